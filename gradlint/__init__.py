@@ -1,0 +1,37 @@
+"""gradlint: will the gradient vanish or explode at initialization, where, and why.
+
+The public API; everything not named in ``__all__`` is private. Torch is imported only
+when a name that needs it is first used, so ``gradlint --version`` and user files that
+only use ``@gradlint.target`` stay cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradlint._version import __version__
+from gradlint.errors import GradlintError, InputError, LoadError, TraceError
+from gradlint.targets import Tokens, target, tokens
+
+__all__ = [
+    "__version__", "check", "target", "tokens", "Tokens", "Report", "Finding", "Severity", "ExitCode",
+    "GradlintError", "InputError", "LoadError", "TraceError",
+]
+
+_LAZY = {
+    "check": ("gradlint.api", "check"),
+    "Report": ("gradlint.report", "Report"),
+    "Finding": ("gradlint.findings", "Finding"),
+    "Severity": ("gradlint.findings", "Severity"),
+    "ExitCode": ("gradlint.findings", "ExitCode"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+        mod, attr = _LAZY[name]
+        value = getattr(importlib.import_module(mod), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gradlint' has no attribute {name!r}")

@@ -1,0 +1,142 @@
+"""The library API: ``check(model, inputs)`` -> ``Report``. The CLI is a thin layer over it."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+
+from gradlint import fusion, params as params_mod, tracing
+from gradlint.engine import propagate
+from gradlint.errors import GradlintError, InputError
+from gradlint.findings import Finding, Severity
+from gradlint.graph import Source
+from gradlint.inputs import ExampleInputs, TensorSpec, resolve_inputs
+from gradlint.report import LayerReport, ParamReport, Report
+from gradlint.result import Result, build_summary
+from gradlint.rule import REGISTRY, Rule, load_builtin
+from gradlint.summary import DEFAULT_THRESHOLD
+from gradlint.targets import TargetOptions
+
+LAYER_KINDS = {"linear", "conv", "embedding", "rnn", "attention", "layer_norm", "rms_norm", "group_norm",
+               "batch_norm", "act", "act_module"}
+
+
+def _as_example_inputs(model: nn.Module, inputs: Any, input_shape: Any = None) -> ExampleInputs:
+    if isinstance(inputs, ExampleInputs):
+        return inputs
+    if isinstance(inputs, torch.Tensor) or (
+            isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs)) or (
+            isinstance(inputs, dict) and inputs and all(isinstance(t, torch.Tensor) for t in inputs.values())):
+        return resolve_inputs(model, TargetOptions(inputs=lambda: inputs))
+    options = TargetOptions(inputs=inputs) if inputs is not None else None
+    cli = [tuple(input_shape)] if input_shape is not None and isinstance(input_shape[0], int) else input_shape
+    return resolve_inputs(model, options, cli)
+
+
+def select_rules(select: Iterable[str] | None = None, ignore: Iterable[str] | None = None,
+                 options: dict[str, dict[str, Any]] | None = None) -> list[Rule]:
+    """Instantiate the registered rules, filtered by code, code prefix or name."""
+    load_builtin()
+    sel = list(select or [])
+    ign = list(ignore or [])
+
+    def matches(cls: type[Rule], pats: list[str]) -> bool:
+        return any(cls.code.startswith(p.upper()) or cls.name == p for p in pats)
+
+    out = []
+    for code in sorted(REGISTRY):
+        cls = REGISTRY[code]
+        if sel and not matches(cls, sel):
+            continue
+        if ign and matches(cls, ign):
+            continue
+        out.append(cls(**((options or {}).get(cls.code) or (options or {}).get(cls.name) or {})))
+    return out
+
+
+def analyze(model: nn.Module, inputs: ExampleInputs | None, *, threshold: float = DEFAULT_THRESHOLD,
+            target_source: Source | None = None) -> tuple[Result, list[str]]:
+    """Trace, propagate and summarize; no rules. Returns the result and tracing failures."""
+    stats = params_mod.collect(model)
+    graph, failures = tracing.trace(model, inputs)
+    fusion.fuse(graph, model, stats)
+    prop = propagate(graph, stats, model)
+    summary = build_summary(prop, threshold)
+    definitions = tracing.definition_sites(model)
+    return Result(graph, prop, summary, definitions, target_source, trace_failures=tuple(failures)), failures
+
+
+def check(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, select: Iterable[str] | None = None,
+          ignore: Iterable[str] | None = None, threshold: float = DEFAULT_THRESHOLD, fail_on: str = "error",
+          rule_options: dict[str, dict[str, Any]] | None = None, name: str | None = None,
+          target_source: Source | None = None) -> Report:
+    """Predict every parameter's gradient at initialization and run the rules. No backward pass.
+
+    Args:
+        model: The model (real or meta-device weights).
+        inputs: A shape tuple, a list of them, a dict name -> shape, ``gradlint.tokens(...)``,
+            a callable returning tensors, or tensors themselves. None: ``example_input_array``,
+            then inference from the first layer.
+        input_shape: A shape to use when ``inputs`` is None and nothing else declares one.
+        select: Rule codes, prefixes or names to run (default: all).
+        ignore: Rule codes, prefixes or names to skip.
+        threshold: Decades of attenuation beyond which the verdict is vanishing/exploding.
+        fail_on: Lowest severity that makes ``report.ok`` false.
+        rule_options: Per rule code or name, options overriding its defaults.
+        name: The target's name in the report (default: the model's class name).
+        target_source: Where the target is defined, for findings without a better place.
+
+    Returns:
+        The ``Report``.
+
+    Raises:
+        InputError: When the arguments are malformed.
+    """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model={model!r} must be a torch.nn.Module")
+    if fail_on not in ("error", "warning", "info"):
+        raise InputError(f"fail_on={fail_on!r} must be 'error', 'warning' or 'info'")
+    if not (isinstance(threshold, (int, float)) and threshold > 0):
+        raise InputError(f"threshold={threshold!r} must be a positive number of decades")
+    ex = _as_example_inputs(model, inputs, input_shape)
+    result, failures = analyze(model, ex, threshold=threshold, target_source=target_source)
+    findings: list[Finding] = []
+    for rule in select_rules(select, ignore, rule_options):
+        findings.extend(rule.check(result))
+    findings.sort(key=lambda f: (-Severity(f.severity).rank, f.path or "", f.line or 0, f.code))
+    return make_report(name or type(model).__name__, result, ex, findings, fail_on, target_source)
+
+
+def make_report(target: str, result: Result, ex: ExampleInputs, findings: list[Finding], fail_on: str,
+                target_source: Source | None) -> Report:
+    prop = result.propagation
+    params = tuple(
+        ParamReport(name=n, shape=st.shape, module=st.module,
+                    predicted_grad_rms=None if prop.params.get(n) is None else math.sqrt(max(prop.params[n], 0.0)),
+                    measured_grad_rms=result.measured.get(n), stats_source=st.source)
+        for n, st in prop.param_stats.items())
+    layers = tuple(
+        LayerReport(module=n.module, kind=n.kind, node=n.name, grad_rms=n.grad_rms, forward_rms=math.sqrt(max(n.q, 0.0)))
+        for n in prop.nodes if n.kind in LAYER_KINDS)
+    inputs = ex.describe() if ex.found else "none"
+    if ex.note:
+        inputs += f" ({ex.note})"
+    return Report(target=target, status="ok", analysis=result.graph.analysis, summary=result.summary, params=params,
+                  layers=layers, findings=tuple(findings), recurrent=prop.recurrent, inputs=inputs, fail_on=fail_on,
+                  path=target_source.path if target_source else None,
+                  line=target_source.line if target_source else None, result=result)
+
+
+def error_report(target: str, err: BaseException, path: str | None = None, line: int | None = None) -> Report:
+    """A report for a target gradlint could not analyze."""
+    if isinstance(err, GradlintError):
+        msg = str(err)
+        path = err.path or path
+        line = err.line or line
+    else:
+        msg = f"{type(err).__name__}: {err}"
+    return Report(target=target, status="error", error=msg, path=path, line=line)

@@ -1,0 +1,65 @@
+"""Findings, severities and exit codes: the vocabulary of gradlint's contract."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+CODE_RE = re.compile(r"^GL[0-9]{3}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+CATEGORIES = ("vanishing", "exploding", "saturation", "init", "normalization", "skip", "recurrent",
+              "blockage", "unused", "trace", "other")
+
+
+class Severity(str, enum.Enum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        return {"info": 0, "warning": 1, "error": 2}[self.value]
+
+
+class ExitCode(enum.IntEnum):
+    CLEAN = 0
+    FINDINGS = 1
+    COULD_NOT_ANALYZE = 2
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing gradlint found, pointing at the user's source.
+
+    Attributes:
+        code: ``GL`` + three digits.
+        name: Kebab-case rule name.
+        severity: ``error``, ``warning`` or ``info``.
+        category: One of ``CATEGORIES``.
+        message: What is wrong, with the numbers.
+        fix: The change that mends it, as code where possible.
+        path: Source file the finding points at.
+        line: Line in that file (1-based).
+        column: Column (1-based).
+        module: Qualified name of the module concerned ('' = the model).
+        evidence: The numbers behind the message (JSON-ready).
+        confirmed: After a probe: whether the measurement agrees (None before).
+    """
+
+    code: str
+    name: str
+    severity: str
+    category: str
+    message: str
+    fix: str = ""
+    path: str | None = None
+    line: int | None = None
+    column: int | None = None
+    module: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    confirmed: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

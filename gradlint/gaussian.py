@@ -1,0 +1,1757 @@
+"""Gaussian expectations for mean-field signal propagation.
+
+This module is the numerical core behind the activation, pooling, softmax and
+recurrent rules of the design reference (``shared/design/signal-propagation.md``,
+"the doc" below):
+
+* :func:`moments` -- E[phi(h)], E[phi(h)^2], E[phi'(h)^2], E[phi'(h)] for
+  h ~ N(mu, v) (doc section 5, rule E1).
+* :func:`cross` -- E[phi(h) phi(h')] and E[phi'(h) phi'(h')] for jointly Gaussian
+  h, h' with correlation c (doc 5.1, used for k' and r_in in E1).
+* :func:`expect`, :func:`gate_moments`, :func:`tanh_moments` -- the gate moments of
+  the LSTM/GRU rules R2/R3 (doc section 6).
+* :func:`softmax_moments` -- S2, S3, S22 of rule S1 (doc 4.5, 4.6).
+* :func:`max_normal_moments` -- e1(n), e2(n) of rule P3 (doc 4.3).
+
+Evaluation strategy (doc 5.1 and 5.3):
+
+* Piecewise-polynomial activations (ReLU, LeakyReLU, PReLU, Hardtanh, ReLU6,
+  Hardsigmoid, Hardswish, identity) and the exponential-linear family (ELU, CELU,
+  SELU) use exact closed forms for any mu: on each piece phi is a sum of terms
+  coef * h**n * exp(beta * h), whose truncated Gaussian expectations are
+  combinations of Phi and phi (truncated-normal moment recursion).
+* Analytic activations (GELU, SiLU, Mish, sigmoid, tanh, softplus, logsigmoid)
+  use the doc's recommended trapezoid grid: 801 uniform points on z in [-10, 10]
+  with weights proportional to exp(-z^2/2), h = mu + sqrt(v) z. For very wide
+  inputs (sqrt(v) much larger than the width of the activation's transition) the
+  grid can no longer resolve the transition, so a graded composite Gauss-Legendre
+  rule refined around h = 0 takes over.
+* Softsign has a kink in phi'' at 0 and no elementary closed form: graded
+  composite Gauss-Legendre split at the kink.
+
+Every public function takes and returns Python floats and is memoised: arguments
+are rounded to 21 significant bits (about 6.3 decimal digits) before the cached
+computation, and a small front dictionary keyed on the raw arguments makes
+repeated identical calls cost about a microsecond.
+
+The module uses torch (float64, CPU) as its only numeric dependency and never
+changes torch's global state.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+import types
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ACTIVATIONS",
+    "ACTIVATION_PARAMS",
+    "Cross",
+    "GateMoments",
+    "MaxNormalMoments",
+    "Moments",
+    "SoftmaxMoments",
+    "TanhMoments",
+    "cross",
+    "expect",
+    "expect_fn",
+    "gate_moments",
+    "max_normal_moments",
+    "moments",
+    "normal_cdf",
+    "normal_pdf",
+    "softmax_moments",
+    "tanh_moments",
+]
+
+# ---------------------------------------------------------------------------
+# Result types
+# ---------------------------------------------------------------------------
+
+
+class Moments(NamedTuple):
+    """Gaussian moments of an activation phi for h ~ N(mu, v).
+
+    Attributes:
+        mean: E[phi(h)].
+        second: E[phi(h)^2].
+        dphi2: E[phi'(h)^2].
+        dphi_mean: E[phi'(h)].
+    """
+
+    mean: float
+    second: float
+    dphi2: float
+    dphi_mean: float
+
+
+class Cross(NamedTuple):
+    """Cross moments for jointly Gaussian h, h' (same mean and variance).
+
+    Attributes:
+        phi_phi: E[phi(h) phi(h')].
+        dphi_dphi: E[phi'(h) phi'(h')].
+    """
+
+    phi_phi: float
+    dphi_dphi: float
+
+
+class GateMoments(NamedTuple):
+    """Sigmoid-gate moments for a pre-activation ~ N(mu, v) (doc section 6).
+
+    Attributes:
+        mean: E[sigma].
+        second: E[sigma^2].
+        deriv_sq: E[(sigma (1 - sigma))^2] = E[sigma'^2].
+    """
+
+    mean: float
+    second: float
+    deriv_sq: float
+
+
+class TanhMoments(NamedTuple):
+    """Tanh moments for a pre-activation ~ N(mu, v) (doc section 6).
+
+    Attributes:
+        second: E[tanh^2].
+        deriv_sq: E[(1 - tanh^2)^2] = E[tanh'^2].
+    """
+
+    second: float
+    deriv_sq: float
+
+
+class SoftmaxMoments(NamedTuple):
+    """Softmax moments of rule S1 (doc 4.5), a = softmax(logits).
+
+    Attributes:
+        S2: E[sum_i a_i^2].
+        S3: E[sum_i a_i^3].
+        S22: E[(sum_i a_i^2)^2].
+    """
+
+    S2: float
+    S3: float
+    S22: float
+
+
+class MaxNormalMoments(NamedTuple):
+    """First two moments of the maximum of n i.i.d. standard normals (doc 4.3, P3).
+
+    Attributes:
+        e1: E[max].
+        e2: E[max^2].
+    """
+
+    e1: float
+    e2: float
+
+
+# ---------------------------------------------------------------------------
+# Scalar normal helpers
+# ---------------------------------------------------------------------------
+
+_SQRT2 = math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_INF = math.inf
+
+
+def normal_cdf(x: float) -> float:
+    """Standard normal CDF Phi(x).
+
+    Uses ``math.erfc`` rather than ``1 + erf`` so that the lower tail keeps its
+    relative precision (Phi(-30) ~ 5e-198 instead of 0).
+
+    Args:
+        x: Point at which to evaluate; +-inf allowed.
+
+    Returns:
+        Phi(x) in [0, 1].
+    """
+    return 0.5 * math.erfc(-x / _SQRT2)
+
+
+def normal_pdf(x: float) -> float:
+    """Standard normal density phi(x) = exp(-x^2/2) / sqrt(2 pi).
+
+    Args:
+        x: Point at which to evaluate; +-inf allowed (gives 0).
+
+    Returns:
+        The density at x.
+    """
+    return _INV_SQRT_2PI * math.exp(-0.5 * x * x)
+
+
+def _log_ndtr(x: float) -> float:
+    """log Phi(x), accurate in both tails (used by the exponential closed forms)."""
+    if x > 5.0:
+        return math.log1p(-0.5 * math.erfc(x / _SQRT2))
+    if x > -30.0:
+        return math.log(0.5 * math.erfc(-x / _SQRT2))
+    # Asymptotic (Mills ratio) series; truncation error < 1e-14 for x <= -30,
+    # where erfc itself would underflow further out.
+    r = 1.0 / (x * x)
+    series = 1.0 - r * (1.0 - 3.0 * r * (1.0 - 5.0 * r * (1.0 - 7.0 * r * (1.0 - 9.0 * r))))
+    return -0.5 * x * x - math.log(-x) - _LOG_SQRT_2PI + math.log(series)
+
+
+def _ndtr_diff(a: float, b: float) -> float:
+    """Phi(b) - Phi(a) for a <= b, computed on the side that avoids cancellation."""
+    if a > 0.0:
+        return normal_cdf(-a) - normal_cdf(-b)
+    return normal_cdf(b) - normal_cdf(a)
+
+
+# ---------------------------------------------------------------------------
+# Argument handling and caching
+# ---------------------------------------------------------------------------
+
+_CACHE_SIZE = 1 << 16
+_FRONT_MAX = 1 << 16
+# Binary rounding to a 21-bit mantissa: relative change <= 2**-21 (~6.3 digits).
+# Much cheaper than formatting to '%.6g' and adequate for every consumer: the
+# engine's own inputs are sums of products of measured weight variances.
+_ROUND_SCALE = float(1 << 21)
+
+
+def _round_sig(x: float) -> float:
+    if x == 0.0:
+        return 0.0
+    m, e = math.frexp(x)
+    return math.ldexp(round(m * _ROUND_SCALE), e - 21)
+
+
+def _positive_int(label: str, x) -> int:
+    try:
+        if isinstance(x, bool):
+            raise TypeError
+        k = operator.index(x)
+    except TypeError:
+        raise ValueError(f"{label}={x!r} must be a positive integer") from None
+    if k < 1:
+        raise ValueError(f"{label}={x!r} must be a positive integer")
+    return k
+
+
+def _check_mu_v(mu: float, v: float) -> tuple[float, float]:
+    mu = float(mu)
+    v = float(v)
+    if not math.isfinite(mu):
+        raise ValueError(f"mu={mu!r} must be finite")
+    if not (math.isfinite(v) and v >= 0.0):
+        raise ValueError(f"v={v!r} must be a finite variance >= 0")
+    return mu, v
+
+
+def _front_put(front: dict, key: tuple, value) -> None:
+    # A plain dict in front of the lru_cache: hits on identical raw arguments
+    # skip validation and rounding (the engine repeats the same (mu, v) across
+    # identical layers). Cleared wholesale when full; the lru_cache behind it
+    # still holds the rounded results.
+    if len(front) >= _FRONT_MAX:
+        front.clear()
+    front[key] = value
+
+
+# ---------------------------------------------------------------------------
+# Quadrature rules
+# ---------------------------------------------------------------------------
+
+_DTYPE = torch.float64
+_GRID_POINTS = 801  # doc 5.3: geometric convergence, <= 1e-15 for v in [0.01, 20]
+_GRID_HALF_WIDTH = 10.0
+# 2D tensor-product trapezoid, points per axis (spacing 1/8). The trapezoid error
+# for an integrand analytic in |Im z| < d is ~exp(-2 pi d / spacing); tanh has
+# poles at h = +-i pi/2, i.e. d = pi / (2 sqrt v) in z. Measured against a
+# 1201^2 grid: <= 5.3e-7 for tanh at v <= 16 (worst at |c| -> 1), <= 1e-10 for
+# GELU/SiLU/Mish/sigmoid/softplus there. Beyond sqrt(v) = 4 transition widths the
+# graded Gauss-Legendre path takes over (measured <= 1e-11 up to v = 49).
+_GRID2D_POINTS = 129  # on [-8, 8]: the mass beyond |z| = 8 is 1.2e-15
+_GRID2D_HALF_WIDTH = 8.0
+_GRID2D_MAX_RATIO = 4.0
+# Elements per torch call in the larger kernels (2D grids, softmax Monte Carlo).
+# ATen's vectorised unary ops (tanh, exp, ndtr, softplus, ...) open an OpenMP
+# region above ~2048 elements; on a loaded machine each region can stall for
+# milliseconds (measured 20-100x slowdowns on a busy 2-core box), while blocks
+# below the threshold run serially at full speed.
+_SERIAL_CHUNK = 2048
+# Switch from the 1D uniform grid to graded Gauss-Legendre when sqrt(v) exceeds
+# this many transition widths; the grid is still at 3e-15 for tanh at v = 100.
+_GRID_MAX_RATIO = 10.0
+# Composite Gauss-Legendre: order per panel and base panel length (panels of
+# length 2 on [-10, 10], then geometric refinement towards kinks / transitions).
+_GL_ORDER = 10
+_BASE_PANEL = 2.0
+
+
+class _Grid(NamedTuple):
+    z: torch.Tensor
+    w: torch.Tensor
+
+
+@functools.cache
+def _grid(points: int) -> _Grid:
+    """Uniform trapezoid grid on [-10, 10] with normalised Gaussian weights (doc 5.3)."""
+    z = torch.linspace(-_GRID_HALF_WIDTH, _GRID_HALF_WIDTH, points, dtype=_DTYPE)
+    w = torch.exp(-0.5 * z * z)
+    # Trapezoid end weights are halved; at |z| = 10 they are ~1e-22 anyway.
+    w[0] *= 0.5
+    w[-1] *= 0.5
+    w = w / w.sum()
+    return _Grid(z, w)
+
+
+@functools.cache
+def _grid_2d(points: int) -> _Grid:
+    """Per-axis trapezoid grid for the 2D tensor product (same construction, [-8, 8])."""
+    z = torch.linspace(-_GRID2D_HALF_WIDTH, _GRID2D_HALF_WIDTH, points, dtype=_DTYPE)
+    w = torch.exp(-0.5 * z * z)
+    w[0] *= 0.5
+    w[-1] *= 0.5
+    return _Grid(z, w / w.sum())
+
+
+@functools.cache
+def _gauss_legendre(order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss-Legendre nodes and weights on [-1, 1] (Golub-Welsch)."""
+    k = torch.arange(1, order, dtype=_DTYPE)
+    off = k / torch.sqrt(4.0 * k * k - 1.0)
+    jac = torch.diag(off, 1) + torch.diag(off, -1)
+    nodes, vecs = torch.linalg.eigh(jac)
+    weights = 2.0 * vecs[0, :] ** 2
+    return nodes, weights
+
+
+def _base_edges(half_width: float) -> list[float]:
+    n = math.ceil(half_width / _BASE_PANEL)
+    return [k * _BASE_PANEL for k in range(-n, n + 1)]
+
+
+def _levels(layer: float | None) -> int:
+    """Number of geometric refinement levels for a transition of width `layer` (z units)."""
+    if layer is None or layer >= 2.0:
+        return 0
+    return min(45, max(1, math.ceil(math.log2(4.0 / max(layer, 1e-300)))))
+
+
+@functools.cache
+def _offsets(levels: int) -> tuple[float, ...]:
+    out = [0.0]
+    for j in range(levels):
+        d = _BASE_PANEL * 2.0 ** (-j - 1)
+        out.extend((-d, d))
+    return tuple(sorted(out))
+
+
+def _panel_rule(edges: list[float]) -> _Grid:
+    """Composite Gauss-Legendre on consecutive edges, Gaussian weight included, normalised."""
+    t, wr = _gauss_legendre(_GL_ORDER)
+    e = torch.tensor(edges, dtype=_DTYPE)
+    lo, hi = e[:-1], e[1:]
+    half = 0.5 * (hi - lo)
+    mid = 0.5 * (hi + lo)
+    z = (mid[:, None] + half[:, None] * t[None, :]).reshape(-1)
+    w = (half[:, None] * wr[None, :]).reshape(-1) * torch.exp(-0.5 * z * z)
+    return _Grid(z, w / w.sum())
+
+
+def _graded_rule(centers: tuple[tuple[float, int], ...]) -> _Grid:
+    """Graded composite Gauss-Legendre rule on [-10, 10] for a standard normal z.
+
+    Unit panels are refined geometrically (ratio 2) towards each center, down to
+    the requested level. Gauss-Legendre converges exponentially on each panel of a
+    piecewise-analytic integrand, and the geometric grading resolves boundary
+    layers of any width (hp-refinement), which a uniform trapezoid grid cannot do
+    at kinks (O(h^2), doc 5.3).
+
+    Args:
+        centers: (z, levels) pairs; z is placed on a panel edge.
+
+    Returns:
+        Nodes and normalised weights.
+    """
+    L = _GRID_HALF_WIDTH
+    edges = _base_edges(L)
+    for zc, lev in centers:
+        if not (-L - 1.0 < zc < L + 1.0):
+            continue
+        edges.extend(zc + o for o in _offsets(lev))
+    edges = sorted(min(L, max(-L, e)) for e in edges)
+    kept = [edges[0]]
+    for e in edges[1:]:
+        if e - kept[-1] > 1e-12:
+            kept.append(e)
+    return _panel_rule(kept)
+
+
+# A kink-centred pattern: unit panels on [-21, 21] around the kink, refined
+# geometrically towards it. Shifted to the kink (clamped to [-11, 11], which
+# keeps [-10, 10] covered; a kink further out is outside the Gaussian mass and
+# the integrand is analytic there), it needs no per-call edge sorting, and rows
+# with different kink positions (inner integral of cross()) share one pattern.
+_PATTERN_HALF_WIDTH = 21
+_PATTERN_CLAMP = 11.0
+
+
+@functools.cache
+def _kink_pattern(levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    t, wr = _gauss_legendre(_GL_ORDER)
+    edges = sorted(set(_base_edges(_PATTERN_HALF_WIDTH)) | set(_offsets(levels)))
+    e = torch.tensor(edges, dtype=_DTYPE)
+    half = 0.5 * (e[1:] - e[:-1])
+    mid = 0.5 * (e[1:] + e[:-1])
+    nodes = (mid[:, None] + half[:, None] * t[None, :]).reshape(-1)
+    weights = (half[:, None] * wr[None, :]).reshape(-1)
+    return nodes, weights
+
+
+def _kink_rule(center: float, levels: int) -> _Grid:
+    """Graded Gauss-Legendre rule for N(0, 1) refined at one point (see _kink_pattern)."""
+    t, wb = _kink_pattern(levels)
+    z = t + max(-_PATTERN_CLAMP, min(_PATTERN_CLAMP, center))
+    w = wb * torch.exp(-0.5 * z * z)
+    return _Grid(z, w / w.sum())
+
+
+def _kink_rule_rows(centers: torch.Tensor, levels: int) -> _Grid:
+    """Row-wise :func:`_kink_rule`: nodes and weights of shape (N, P), rows normalised."""
+    t, wb = _kink_pattern(levels)
+    z = centers.clamp(-_PATTERN_CLAMP, _PATTERN_CLAMP)[:, None] + t
+    w = wb * torch.exp(-0.5 * z * z)
+    return _Grid(z, w / w.sum(dim=1, keepdim=True))
+
+
+# ---------------------------------------------------------------------------
+# Activation definitions
+# ---------------------------------------------------------------------------
+
+# torch.nn.functional.selu constants (torch/nn/functional.py, ATen Activation.cpp).
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+_GELU_TANH_K = math.sqrt(2.0 / math.pi)
+_GELU_TANH_C = 0.044715
+
+# A "term" is (coef, n, beta): coef * h**n * exp(beta * h). A segment is
+# (lo, hi, phi_terms, dphi_terms) in h units. beta != 0 only with n == 0 and
+# lo == -inf, which is all the exponential-linear units need.
+_Term = tuple[float, int, float]
+_Segment = tuple[float, float, tuple[_Term, ...], tuple[_Term, ...]]
+
+
+def _segments_relu(p) -> tuple[_Segment, ...]:
+    return ((-_INF, 0.0, (), ()), (0.0, _INF, ((1.0, 1, 0.0),), ((1.0, 0, 0.0),)))
+
+
+def _segments_leaky(p) -> tuple[_Segment, ...]:
+    (a,) = p
+    return (
+        (-_INF, 0.0, ((a, 1, 0.0),), ((a, 0, 0.0),)),
+        (0.0, _INF, ((1.0, 1, 0.0),), ((1.0, 0, 0.0),)),
+    )
+
+
+def _segments_hardtanh(p) -> tuple[_Segment, ...]:
+    lo, hi = p
+    return (
+        (-_INF, lo, ((lo, 0, 0.0),), ()),
+        (lo, hi, ((1.0, 1, 0.0),), ((1.0, 0, 0.0),)),
+        (hi, _INF, ((hi, 0, 0.0),), ()),
+    )
+
+
+def _segments_relu6(p) -> tuple[_Segment, ...]:
+    return _segments_hardtanh((0.0, 6.0))
+
+
+def _segments_hardsigmoid(p) -> tuple[_Segment, ...]:
+    return (
+        (-_INF, -3.0, (), ()),
+        (-3.0, 3.0, ((1.0 / 6.0, 1, 0.0), (0.5, 0, 0.0)), ((1.0 / 6.0, 0, 0.0),)),
+        (3.0, _INF, ((1.0, 0, 0.0),), ()),
+    )
+
+
+def _segments_hardswish(p) -> tuple[_Segment, ...]:
+    # x * relu6(x + 3) / 6: quadratic on (-3, 3); phi' = x/3 + 1/2 there.
+    return (
+        (-_INF, -3.0, (), ()),
+        (-3.0, 3.0, ((1.0 / 6.0, 2, 0.0), (0.5, 1, 0.0)), ((1.0 / 3.0, 1, 0.0), (0.5, 0, 0.0))),
+        (3.0, _INF, ((1.0, 1, 0.0),), ((1.0, 0, 0.0),)),
+    )
+
+
+def _segments_elu(p) -> tuple[_Segment, ...]:
+    (a,) = p
+    return (
+        (-_INF, 0.0, ((a, 0, 1.0), (-a, 0, 0.0)), ((a, 0, 1.0),)),
+        (0.0, _INF, ((1.0, 1, 0.0),), ((1.0, 0, 0.0),)),
+    )
+
+
+def _segments_celu(p) -> tuple[_Segment, ...]:
+    (a,) = p
+    return (
+        (-_INF, 0.0, ((a, 0, 1.0 / a), (-a, 0, 0.0)), ((1.0, 0, 1.0 / a),)),
+        (0.0, _INF, ((1.0, 1, 0.0),), ((1.0, 0, 0.0),)),
+    )
+
+
+def _segments_selu(p) -> tuple[_Segment, ...]:
+    sa = _SELU_SCALE * _SELU_ALPHA
+    return (
+        (-_INF, 0.0, ((sa, 0, 1.0), (-sa, 0, 0.0)), ((sa, 0, 1.0),)),
+        (0.0, _INF, ((_SELU_SCALE, 1, 0.0),), ((_SELU_SCALE, 0, 0.0),)),
+    )
+
+
+def _segments_identity(p) -> tuple[_Segment, ...]:
+    return ((-_INF, _INF, ((1.0, 1, 0.0),), ((1.0, 0, 0.0),)),)
+
+
+# phi and phi' as torch functions of (h, params). phi is torch's own functional
+# form; phi' is the analytic derivative, written so that no inf * 0 can occur for
+# any finite h (tests compare it with autograd).
+
+
+def _where(cond, a, b):
+    return torch.where(cond, a, b)
+
+
+def _phi_relu(h, p):
+    return F.relu(h)
+
+
+def _dphi_relu(h, p):
+    return (h > 0).to(h.dtype)
+
+
+def _phi_leaky(h, p):
+    return F.leaky_relu(h, p[0])
+
+
+def _dphi_leaky(h, p):
+    return _where(h > 0, torch.ones_like(h), torch.full_like(h, p[0]))
+
+
+def _phi_prelu(h, p):
+    return F.prelu(h, torch.tensor([p[0]], dtype=h.dtype))
+
+
+def _phi_elu(h, p):
+    return F.elu(h, p[0])
+
+
+def _dphi_elu(h, p):
+    return _where(h > 0, torch.ones_like(h), p[0] * torch.exp(h.clamp(max=0.0)))
+
+
+def _phi_celu(h, p):
+    return F.celu(h, p[0])
+
+
+def _dphi_celu(h, p):
+    return _where(h > 0, torch.ones_like(h), torch.exp(h.clamp(max=0.0) / p[0]))
+
+
+def _phi_selu(h, p):
+    return F.selu(h)
+
+
+def _dphi_selu(h, p):
+    return _SELU_SCALE * _where(h > 0, torch.ones_like(h), _SELU_ALPHA * torch.exp(h.clamp(max=0.0)))
+
+
+def _phi_hardtanh(h, p):
+    return F.hardtanh(h, p[0], p[1])
+
+
+def _dphi_hardtanh(h, p):
+    return ((h > p[0]) & (h < p[1])).to(h.dtype)
+
+
+def _phi_relu6(h, p):
+    return F.relu6(h)
+
+
+def _dphi_relu6(h, p):
+    return ((h > 0.0) & (h < 6.0)).to(h.dtype)
+
+
+def _phi_hardsigmoid(h, p):
+    return F.hardsigmoid(h)
+
+
+def _dphi_hardsigmoid(h, p):
+    return ((h > -3.0) & (h < 3.0)).to(h.dtype) / 6.0
+
+
+def _phi_hardswish(h, p):
+    return F.hardswish(h)
+
+
+def _dphi_hardswish(h, p):
+    inner = ((h > -3.0) & (h < 3.0)).to(h.dtype)
+    return inner * (h.clamp(-3.0, 3.0) / 3.0 + 0.5) + (h >= 3.0).to(h.dtype)
+
+
+def _phi_identity(h, p):
+    return h
+
+
+def _dphi_identity(h, p):
+    return torch.ones_like(h)
+
+
+def _phi_softsign(h, p):
+    return F.softsign(h)
+
+
+def _dphi_softsign(h, p):
+    return (1.0 + h.abs()).reciprocal().square()
+
+
+def _pair_softsign(h, p):
+    return F.softsign(h), _dphi_softsign(h, p)
+
+
+def _pair_gelu(h, p):
+    cdf = torch.special.ndtr(h)
+    pdf = torch.exp(-0.5 * h * h) * _INV_SQRT_2PI
+    return h * cdf, cdf + h * pdf
+
+
+def _phi_gelu(h, p):
+    return F.gelu(h)
+
+
+def _dphi_gelu(h, p):
+    return _pair_gelu(h, p)[1]
+
+
+def _phi_gelu_tanh(h, p):
+    return F.gelu(h, approximate="tanh")
+
+
+def _dphi_gelu_tanh(h, p):
+    return _pair_gelu_tanh(h, p)[1]
+
+
+def _pair_gelu_tanh(h, p):
+    # F.gelu(approximate="tanh") = x/2 (1 + tanh(y)) = x sigmoid(2y), y = k (x + c x^3),
+    # so phi' = sg + 2k x sg (1 - sg) (1 + 3c x^2) with sg = sigmoid(2y). Beyond
+    # |h| = 30, sg is exactly 0 or 1 in float64; clamping the argument keeps x^3
+    # finite for any finite h. addcmul fuses a + b * c: on 801 points the cost is
+    # per-call overhead, not arithmetic.
+    x = h.clamp(-30.0, 30.0)
+    u = x * x
+    sg = torch.sigmoid(torch.addcmul(x, x, u, value=_GELU_TANH_C).mul_(2.0 * _GELU_TANH_K))
+    a = x * (sg * (1.0 - sg))
+    d = torch.add(sg, torch.addcmul(a, a, u, value=3.0 * _GELU_TANH_C), alpha=2.0 * _GELU_TANH_K)
+    return h * sg, d
+
+
+def _pair_silu(h, p):
+    sg = torch.sigmoid(h)
+    return h * sg, sg * (1.0 + h * (1.0 - sg))
+
+
+def _phi_silu(h, p):
+    return F.silu(h)
+
+
+def _dphi_silu(h, p):
+    return _pair_silu(h, p)[1]
+
+
+def _pair_mish(h, p):
+    t = torch.tanh(F.softplus(h))
+    return h * t, t + h * torch.sigmoid(h) * (1.0 - t * t)
+
+
+def _phi_mish(h, p):
+    return F.mish(h)
+
+
+def _dphi_mish(h, p):
+    return _pair_mish(h, p)[1]
+
+
+def _pair_sigmoid(h, p):
+    sg = torch.sigmoid(h)
+    return sg, sg * (1.0 - sg)
+
+
+def _phi_sigmoid(h, p):
+    return torch.sigmoid(h)
+
+
+def _dphi_sigmoid(h, p):
+    return _pair_sigmoid(h, p)[1]
+
+
+def _pair_tanh(h, p):
+    t = torch.tanh(h)
+    return t, 1.0 - t * t
+
+
+def _phi_tanh(h, p):
+    return torch.tanh(h)
+
+
+def _dphi_tanh(h, p):
+    return _pair_tanh(h, p)[1]
+
+
+def _phi_softplus(h, p):
+    return F.softplus(h, p[0], p[1])
+
+
+def _dphi_softplus(h, p):
+    bh = p[0] * h
+    # torch's softplus is linear above the threshold, so its derivative is 1 there.
+    return _where(bh > p[1], torch.ones_like(h), torch.sigmoid(bh))
+
+
+def _pair_softplus(h, p):
+    return F.softplus(h, p[0], p[1]), _dphi_softplus(h, p)
+
+
+def _phi_logsigmoid(h, p):
+    return F.logsigmoid(h)
+
+
+def _dphi_logsigmoid(h, p):
+    return torch.sigmoid(-h)
+
+
+def _pair_logsigmoid(h, p):
+    return F.logsigmoid(h), torch.sigmoid(-h)
+
+
+class _Spec(NamedTuple):
+    params: tuple[tuple[str, float], ...]  # (name, default) in canonical order
+    phi: Callable
+    dphi: Callable
+    kind: str  # "segments" | "smooth" | "softsign"
+    segments: Callable | None = None  # params -> tuple[_Segment, ...]
+    pair: Callable | None = None  # smooth: (h, p) -> (phi, phi') sharing work
+    width: Callable | None = None  # smooth: params -> transition width in h
+
+
+def _unit_width(p) -> float:
+    return 1.0
+
+
+def _softplus_width(p) -> float:
+    return 1.0 / p[0]
+
+
+_SPECS: dict[str, _Spec] = {
+    "relu": _Spec((), _phi_relu, _dphi_relu, "segments", _segments_relu),
+    "leaky_relu": _Spec((("negative_slope", 0.01),), _phi_leaky, _dphi_leaky, "segments", _segments_leaky),
+    "prelu": _Spec((("slope", 0.25),), _phi_prelu, _dphi_leaky, "segments", _segments_leaky),
+    "elu": _Spec((("alpha", 1.0),), _phi_elu, _dphi_elu, "segments", _segments_elu),
+    "celu": _Spec((("alpha", 1.0),), _phi_celu, _dphi_celu, "segments", _segments_celu),
+    "selu": _Spec((), _phi_selu, _dphi_selu, "segments", _segments_selu),
+    "hardtanh": _Spec(
+        (("min_val", -1.0), ("max_val", 1.0)), _phi_hardtanh, _dphi_hardtanh, "segments", _segments_hardtanh
+    ),
+    "relu6": _Spec((), _phi_relu6, _dphi_relu6, "segments", _segments_relu6),
+    "hardsigmoid": _Spec((), _phi_hardsigmoid, _dphi_hardsigmoid, "segments", _segments_hardsigmoid),
+    "hardswish": _Spec((), _phi_hardswish, _dphi_hardswish, "segments", _segments_hardswish),
+    "identity": _Spec((), _phi_identity, _dphi_identity, "segments", _segments_identity),
+    "softsign": _Spec((), _phi_softsign, _dphi_softsign, "softsign"),
+    "gelu": _Spec((), _phi_gelu, _dphi_gelu, "smooth", None, _pair_gelu, _unit_width),
+    "gelu_tanh": _Spec((), _phi_gelu_tanh, _dphi_gelu_tanh, "smooth", None, _pair_gelu_tanh, _unit_width),
+    "silu": _Spec((), _phi_silu, _dphi_silu, "smooth", None, _pair_silu, _unit_width),
+    "mish": _Spec((), _phi_mish, _dphi_mish, "smooth", None, _pair_mish, _unit_width),
+    "sigmoid": _Spec((), _phi_sigmoid, _dphi_sigmoid, "smooth", None, _pair_sigmoid, _unit_width),
+    "tanh": _Spec((), _phi_tanh, _dphi_tanh, "smooth", None, _pair_tanh, _unit_width),
+    "softplus": _Spec(
+        (("beta", 1.0), ("threshold", 20.0)),
+        _phi_softplus,
+        _dphi_softplus,
+        "smooth",
+        None,
+        _pair_softplus,
+        _softplus_width,
+    ),
+    "logsigmoid": _Spec((), _phi_logsigmoid, _dphi_logsigmoid, "smooth", None, _pair_logsigmoid, _unit_width),
+}
+
+#: Names accepted by :func:`moments` and :func:`cross`.
+ACTIVATIONS: frozenset[str] = frozenset(_SPECS)
+
+#: Keyword parameters (with torch's defaults) accepted per activation.
+ACTIVATION_PARAMS: Mapping[str, Mapping[str, float]] = types.MappingProxyType(
+    {name: types.MappingProxyType(dict(spec.params)) for name, spec in _SPECS.items()}
+)
+
+
+def _spec(name: str) -> _Spec:
+    try:
+        return _SPECS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown activation name={name!r}; supported: {sorted(_SPECS)}") from None
+
+
+def _canon_params(name: str, spec: _Spec, params: dict) -> tuple[float, ...]:
+    """Validate keyword parameters and return their values in canonical order, rounded."""
+    allowed = dict(spec.params)
+    for key in params:
+        if key not in allowed:
+            raise TypeError(f"activation {name!r} got unexpected parameter {key}={params[key]!r}; "
+                            f"accepted: {sorted(allowed) or 'none'}")
+    values = []
+    for key, default in spec.params:
+        val = params.get(key, default)
+        try:
+            fval = float(val)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} parameter {key}={val!r} must be a real number") from None
+        if not math.isfinite(fval):
+            raise ValueError(f"{name} parameter {key}={val!r} must be finite")
+        values.append(_round_sig(fval))
+    p = tuple(values)
+    if name == "hardtanh" and not p[0] < p[1]:
+        raise ValueError(f"hardtanh needs min_val < max_val, got min_val={p[0]!r}, max_val={p[1]!r}")
+    if name == "celu" and not p[0] > 0.0:
+        raise ValueError(f"celu alpha={p[0]!r} must be > 0")
+    if name == "softplus" and not p[0] > 0.0:
+        raise ValueError(f"softplus beta={p[0]!r} must be > 0")
+    return p
+
+
+# ---------------------------------------------------------------------------
+# Closed forms over segments (scalar, pure Python floats)
+# ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _segment_tables(name: str, p: tuple[float, ...]):
+    """Per segment: (lo, hi, phi, phi^2, phi', phi'^2) term tuples, with merged like terms."""
+    out = []
+    for lo, hi, ft, dt in _SPECS[name].segments(p):
+        out.append((lo, hi, ft, _square_terms(ft), dt, _square_terms(dt)))
+    return tuple(out)
+
+
+def _square_terms(terms: tuple[_Term, ...]) -> tuple[_Term, ...]:
+    acc: dict[tuple[int, float], float] = {}
+    for c1, n1, b1 in terms:
+        for c2, n2, b2 in terms:
+            key = (n1 + n2, b1 + b2)
+            acc[key] = acc.get(key, 0.0) + c1 * c2
+    return tuple((c, n, b) for (n, b), c in sorted(acc.items()) if c != 0.0)
+
+
+def _zbound(x: float, mu: float, s: float) -> float:
+    """Standardised bound (x - mu) / s; for s == 0 the v -> 0+ limit (0 on the boundary)."""
+    if math.isinf(x):
+        return x
+    if s == 0.0:
+        d = x - mu
+        return 0.0 if d == 0.0 else math.copysign(_INF, d)
+    return (x - mu) / s
+
+
+def _trunc_moments(a: float, b: float, nmax: int) -> list[float]:
+    """M_k = E[z^k 1{a < z < b}], z ~ N(0, 1), k = 0..nmax.
+
+    Recursion M_k = (k-1) M_{k-2} + a^{k-1} phi(a) - b^{k-1} phi(b)
+    (integration by parts; standard truncated-normal moments).
+    """
+    pa = normal_pdf(a) if math.isfinite(a) else 0.0
+    pb = normal_pdf(b) if math.isfinite(b) else 0.0
+    m = [_ndtr_diff(a, b)]
+    if nmax >= 1:
+        m.append(pa - pb)
+    apow, bpow = 1.0, 1.0
+    for k in range(2, nmax + 1):
+        apow = apow * a if pa else 0.0
+        bpow = bpow * b if pb else 0.0
+        m.append((k - 1) * m[k - 2] + apow * pa - bpow * pb)
+    return m
+
+
+def _exp_term(beta: float, hi: float, mu: float, s: float, v: float) -> float:
+    """E[exp(beta h) 1{h < hi}] for h ~ N(mu, v).
+
+    Equals exp(beta mu + beta^2 v / 2) Phi((hi - mu - beta v) / s); evaluated in
+    log space because for large v the prefactor overflows while Phi underflows.
+    """
+    if s == 0.0:
+        if mu < hi:
+            ind = 1.0
+        elif mu == hi:
+            ind = 0.5
+        else:
+            return 0.0
+        return ind * math.exp(beta * mu)
+    if math.isinf(hi):
+        return math.exp(beta * mu + 0.5 * beta * beta * v)
+    log_val = beta * mu + 0.5 * beta * beta * v + _log_ndtr((hi - mu - beta * v) / s)
+    return math.exp(log_val)
+
+
+def _poly_expect(terms, moms, mu: float, s: float) -> float:
+    total = 0.0
+    for coef, n, beta in terms:
+        if beta != 0.0:
+            continue
+        # E[h^n 1{seg}] with h = mu + s z, binomial expansion.
+        acc = 0.0
+        for k in range(n + 1):
+            sk = s**k
+            if sk == 0.0 and k > 0:
+                continue
+            acc += math.comb(n, k) * mu ** (n - k) * sk * moms[k]
+        total += coef * acc
+    return total
+
+
+def _segments_moments(name: str, p: tuple[float, ...], mu: float, v: float) -> Moments:
+    s = math.sqrt(v)
+    mean = second = dmean = d2 = 0.0
+    for lo, hi, ft, ft2, dt, dt2 in _segment_tables(name, p):
+        a = _zbound(lo, mu, s)
+        b = _zbound(hi, mu, s)
+        if not a < b:
+            continue
+        nmax = max((n for group in (ft, ft2, dt, dt2) for _, n, beta in group if beta == 0.0), default=0)
+        moms = _trunc_moments(a, b, nmax)
+        vals = []
+        for group in (ft, ft2, dt, dt2):
+            x = _poly_expect(group, moms, mu, s)
+            for coef, n, beta in group:
+                if beta != 0.0:
+                    x += coef * _exp_term(beta, hi, mu, s, v)
+            vals.append(x)
+        mean += vals[0]
+        second += vals[1]
+        dmean += vals[2]
+        d2 += vals[3]
+    # Cancellation in the tails can leave -1e-300-sized negatives.
+    return Moments(mean, max(second, 0.0), max(d2, 0.0), dmean)
+
+
+# ---------------------------------------------------------------------------
+# Numerical 1D expectations
+# ---------------------------------------------------------------------------
+
+
+def _smooth_expect(fn: Callable[[torch.Tensor], torch.Tensor], mu: float, v: float, width: float) -> list[float]:
+    """E[fn(h)] for h ~ N(mu, v); fn maps (N,) -> (k, N) or (N,). Returns k floats.
+
+    Args:
+        fn: Elementwise function(s) of h.
+        mu: Mean.
+        v: Variance (>= 0).
+        width: Width of fn's transition region around h = 0, in h units.
+    """
+    if v == 0.0:
+        out = fn(torch.tensor([mu], dtype=_DTYPE))
+        return out.reshape(-1).tolist()
+    s = math.sqrt(v)
+    z, w = _rule_1d(mu, s, width)
+    vals = fn(z * s + mu)
+    if vals.dim() == 1:
+        return [torch.dot(vals, w).item()]
+    return torch.mv(vals, w).tolist()
+
+
+def _rule_1d(mu: float, s: float, width: float) -> _Grid:
+    """The doc's 801-point grid, or a graded rule once the transition at h = 0 is too narrow."""
+    if s <= _GRID_MAX_RATIO * width:
+        return _grid(_GRID_POINTS)
+    # Transition narrower than ~1/10 of a standard deviation: grade towards it.
+    return _kink_rule(-mu / s, _levels(width / s))
+
+
+def _kinked_expect(fn, mu: float, v: float, kink: float, width: float) -> list[float]:
+    """Like _smooth_expect but for a kink at h = kink with analytic pieces (softsign)."""
+    if v == 0.0:
+        return fn(torch.tensor([mu], dtype=_DTYPE)).reshape(-1).tolist()
+    s = math.sqrt(v)
+    z, w = _kink_rule((kink - mu) / s, _levels(width / s))
+    vals = fn(z * s + mu)
+    return torch.mv(vals, w).tolist()
+
+
+def _moment_stack(pair: Callable, p) -> Callable:
+    def fn(h):
+        f, d = pair(h, p)
+        return torch.stack((f, f * f, d * d, d))
+
+    return fn
+
+
+def _numeric_moments(name: str, spec: _Spec, p, mu: float, v: float) -> Moments:
+    if spec.kind == "softsign":
+        # Poles of x/(1+|x|) sit at distance 1 from the kink: refine to that scale.
+        vals = _kinked_expect(_moment_stack(_pair_softsign, p), mu, v, 0.0, 1.0)
+    else:
+        vals = _smooth_expect(_moment_stack(spec.pair, p), mu, v, spec.width(p))
+    mean, second, d2, dmean = vals
+    return Moments(mean, max(second, 0.0), max(d2, 0.0), dmean)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _moments_cached(name: str, mu: float, v: float, p: tuple[float, ...]) -> Moments:
+    spec = _SPECS[name]
+    if spec.kind == "segments":
+        return _segments_moments(name, p, mu, v)
+    return _numeric_moments(name, spec, p, mu, v)
+
+
+_MOMENTS_FRONT: dict = {}
+
+
+def moments(name: str, mu: float, v: float, **params: float) -> Moments:
+    """Gaussian moments of an activation for h ~ N(mu, v) (doc section 5, rule E1).
+
+    Piecewise-polynomial and exponential-linear activations use exact closed
+    forms for any mu; analytic ones use the doc's 801-point trapezoid grid
+    (graded Gauss-Legendre once sqrt(v) exceeds 10 transition widths); softsign
+    uses graded Gauss-Legendre split at its kink.
+
+    At v == 0 the result is the v -> 0+ limit: phi and phi' at mu, except that
+    when mu sits exactly on a kink of phi the derivative moments average the two
+    one-sided derivatives (E[phi'] = (d- + d+)/2, E[phi'^2] = (d-^2 + d+^2)/2).
+
+    Args:
+        name: One of :data:`ACTIVATIONS`.
+        mu: Mean of the pre-activation.
+        v: Variance of the pre-activation (>= 0; 0 means deterministic).
+        **params: Activation parameters, see :data:`ACTIVATION_PARAMS`
+            (e.g. ``negative_slope`` for leaky_relu, ``slope`` for prelu, ``alpha``
+            for elu/celu, ``min_val``/``max_val`` for hardtanh, ``beta``/``threshold``
+            for softplus). Defaults are torch's.
+
+    Returns:
+        Moments(mean=E[phi], second=E[phi^2], dphi2=E[phi'^2], dphi_mean=E[phi']).
+
+    Raises:
+        ValueError: Unknown name, non-finite mu, negative or non-finite v, or an
+            invalid parameter value.
+        TypeError: Unknown parameter for this activation.
+    """
+    key = (name, mu, v, *params.items()) if params else (name, mu, v)
+    try:
+        hit = _MOMENTS_FRONT.get(key)
+    except TypeError:  # unhashable argument: validate below, skip the front cache
+        hit, key = None, None
+    if hit is not None:
+        return hit
+    spec = _spec(name)
+    mu_f, v_f = _check_mu_v(mu, v)
+    p = _canon_params(name, spec, params)
+    result = _moments_cached(name, _round_sig(mu_f), _round_sig(v_f), p)
+    if key is not None:
+        _front_put(_MOMENTS_FRONT, key, result)
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Cross moments
+# ---------------------------------------------------------------------------
+
+
+def _arccos_relu(v: float, c: float) -> Cross:
+    # Cho & Saul (2009) arc-cosine kernel of degree 1 and 0 (doc 5.1).
+    theta = math.acos(c)
+    return Cross(
+        v / (2.0 * math.pi) * (math.sqrt(max(0.0, 1.0 - c * c)) + (math.pi - theta) * c),
+        (math.pi - theta) / (2.0 * math.pi),
+    )
+
+
+def _arccos_leaky(v: float, c: float, alpha: float) -> Cross:
+    # phi(h) = relu(h) - alpha relu(-h); -h' has correlation -c with h, so every
+    # cross term is an arc-cosine kernel at +-c.
+    kp, jp = _arccos_relu(v, c)
+    km, jm = _arccos_relu(v, -c)
+    return Cross((1.0 + alpha * alpha) * kp - 2.0 * alpha * km, (1.0 + alpha * alpha) * jp + 2.0 * alpha * jm)
+
+
+def _cond_expect(segments: tuple, use_dphi: bool, m: torch.Tensor, s: float) -> torch.Tensor:
+    """E[g(h') | h'] with h' ~ N(m, s^2) elementwise over m, g = phi or phi' (closed form)."""
+    out = torch.zeros_like(m)
+    ndtr = torch.special.ndtr
+    for lo, hi, ft, dt in segments:
+        terms = dt if use_dphi else ft
+        if not terms:
+            continue
+        a = None if math.isinf(lo) else (lo - m) / s
+        b = None if math.isinf(hi) else (hi - m) / s
+        if a is None and b is None:
+            m0 = torch.ones_like(m)
+        elif a is None:
+            m0 = ndtr(b)
+        elif b is None:
+            m0 = ndtr(-a)
+        else:
+            m0 = torch.where(a > 0, ndtr(-a) - ndtr(-b), ndtr(b) - ndtr(a))
+        pa = torch.exp(-0.5 * a * a) * _INV_SQRT_2PI if a is not None else None
+        pb = torch.exp(-0.5 * b * b) * _INV_SQRT_2PI if b is not None else None
+        nmax = max((n for _, n, beta in terms if beta == 0.0), default=0)
+        moms = [m0]
+        if nmax >= 1:
+            m1 = torch.zeros_like(m)
+            if pa is not None:
+                m1 = m1 + pa
+            if pb is not None:
+                m1 = m1 - pb
+            moms.append(m1)
+        for k in range(2, nmax + 1):
+            mk = (k - 1) * moms[k - 2]
+            if pa is not None:
+                mk = mk + a ** (k - 1) * pa
+            if pb is not None:
+                mk = mk - b ** (k - 1) * pb
+            moms.append(mk)
+        for coef, n, beta in terms:
+            if beta == 0.0:
+                val = sum(math.comb(n, k) * m ** (n - k) * (s**k) * moms[k] for k in range(n + 1))
+            else:
+                # Log-space exp-truncated term, as in _exp_term (lo is -inf here).
+                val = torch.exp(beta * m + 0.5 * beta * beta * s * s + torch.special.log_ndtr((hi - m - beta * s * s) / s))
+            out = out + coef * val
+    return out
+
+
+def _kinks(segments: tuple) -> list[float]:
+    return sorted({x for lo, hi, _, _ in segments for x in (lo, hi) if math.isfinite(x)})
+
+
+def _clip_corr(c: float) -> tuple[float, float]:
+    # Keep the conditional standard deviation strictly positive; at |c| = 1 - 1e-12
+    # the remaining smoothing (~1.4e-6 sd) is resolved by the graded outer rule.
+    c = max(-1.0 + 1e-12, min(1.0 - 1e-12, c))
+    return c, math.sqrt(max(0.0, 1.0 - c * c))
+
+
+def _cross_segments(name: str, p, mu: float, v: float, c: float) -> Cross:
+    """Outer graded Gauss-Legendre over h, inner conditional expectation in closed form.
+
+    E[phi(h) phi(h')] = E_h[ phi(h) E[phi(h') | h] ], h' | h ~ N(mu + c (h - mu), v (1 - c^2)).
+    The inner expectation is exact (truncated-normal moments); the outer integrand
+    has kinks where phi has them and smoothed kinks (width sqrt(1-c^2)/|c| in z)
+    where the conditional mean crosses a kink, so the outer rule is graded there.
+    """
+    spec = _SPECS[name]
+    segs = spec.segments(p)
+    s = math.sqrt(v)
+    c, r = _clip_corr(c)
+    centers = []
+    layer_g = r / abs(c) if c != 0.0 else _INF
+    for b in _kinks(segs):
+        centers.append(((b - mu) / s, 0))
+        if c != 0.0:
+            centers.append(((b - mu) / (s * c), _levels(layer_g)))
+    z, w = _graded_rule(tuple(centers))
+    h = z * s + mu
+    m = (c * s) * z + mu
+    sc = s * r
+    g = _cond_expect(segs, False, m, sc)
+    gd = _cond_expect(segs, True, m, sc)
+    pp = torch.dot(w, spec.phi(h, p) * g).item()
+    dd = torch.dot(w, spec.dphi(h, p) * gd).item()
+    return Cross(pp, dd)
+
+
+def _cross_grid(pair, mu: float, v: float, c: float, points: int = _GRID2D_POINTS) -> Cross:
+    """2D tensor-product trapezoid: h = mu + s z1, h' = mu + s (c z1 + sqrt(1-c^2) z2) (doc 5.3).
+
+    Evaluated as E_z1[ f(h) E_z2[f(h') | z1] ] over row blocks of <= _SERIAL_CHUNK
+    elements (see there).
+    """
+    z, w = _grid_2d(points)
+    s = math.sqrt(v)
+    r = math.sqrt(max(0.0, 1.0 - c * c))
+    f1, d1 = pair(z * s + mu)
+    m = z * (c * s) + mu
+    sz = z * (r * s)
+    n = z.shape[0]
+    rows = max(1, _SERIAL_CHUNK // n)
+    gf = torch.empty(n, dtype=_DTYPE)
+    gd = torch.empty(n, dtype=_DTYPE)
+    for i in range(0, n, rows):
+        f2, d2 = pair(m[i : i + rows, None] + sz)
+        gf[i : i + rows] = torch.mv(f2, w)
+        gd[i : i + rows] = torch.mv(d2, w)
+    return Cross(torch.dot(w, f1 * gf).item(), torch.dot(w, d1 * gd).item())
+
+
+def _cross_graded2d(pair, mu: float, v: float, c: float, kink: float, width: float) -> Cross:
+    """Graded Gauss-Legendre in both dimensions, refined at a kink/transition at h = kink.
+
+    Used for softsign and for analytic activations whose transition (width `width`
+    in h) is too narrow for the uniform 2D grid. The outer rule is refined where
+    phi has its transition and where the conditional mean of h' crosses it
+    (a smoothed kink of width sqrt(1-c^2)/|c| in z1).
+    """
+    s = math.sqrt(v)
+    c, r = _clip_corr(c)
+    centers = [((kink - mu) / s, _levels(width / s))]
+    if c != 0.0:
+        layer_g = max(r / abs(c), width / (s * abs(c)))
+        centers.append(((kink - mu) / (s * c), _levels(layer_g)))
+    z1, w1 = _graded_rule(tuple(centers))
+    f1, d1 = pair(z1 * s + mu)
+    m = z1 * (c * s) + mu
+    sc = s * r
+    levels = _levels(width / sc)
+    n = z1.shape[0]
+    rows = max(1, _SERIAL_CHUNK // _kink_pattern(levels)[0].shape[0])
+    gf = torch.empty(n, dtype=_DTYPE)
+    gd = torch.empty(n, dtype=_DTYPE)
+    for i in range(0, n, rows):
+        mi = m[i : i + rows]
+        z2, w2 = _kink_rule_rows((kink - mi) / sc, levels)
+        f2, d2 = pair(mi[:, None] + sc * z2)
+        gf[i : i + rows] = (f2 * w2).sum(dim=1)
+        gd[i : i + rows] = (d2 * w2).sum(dim=1)
+    return Cross(torch.dot(w1, f1 * gf).item(), torch.dot(w1, d1 * gd).item())
+
+
+def _cross_deterministic(name: str, spec: _Spec, p, mu: float, c: float) -> Cross:
+    """v == 0: h = h' = mu. On a kink of phi, the v -> 0+ limit uses orthant probabilities."""
+    t = torch.tensor([mu], dtype=_DTYPE)
+    f = spec.phi(t, p).item()
+    if spec.kind == "segments":
+        segs = spec.segments(p)
+        for i, (lo, hi, _, dt) in enumerate(segs[:-1]):
+            if hi == mu:
+                d_left = _eval_terms(dt, mu)
+                d_right = _eval_terms(segs[i + 1][3], mu)
+                # P(z1 > 0, z2 > 0) = P(z1 < 0, z2 < 0) = 1/4 + asin(c) / (2 pi) (Sheppard).
+                same = 0.25 + math.asin(max(-1.0, min(1.0, c))) / (2.0 * math.pi)
+                mixed = 0.5 - same
+                return Cross(f * f, same * (d_left**2 + d_right**2) + 2.0 * mixed * d_left * d_right)
+    d = spec.dphi(t, p).item()
+    return Cross(f * f, d * d)
+
+
+def _eval_terms(terms, x: float) -> float:
+    return sum(coef * x**n * math.exp(beta * x) for coef, n, beta in terms)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _cross_cached(name: str, mu: float, v: float, c: float, p: tuple[float, ...]) -> Cross:
+    spec = _SPECS[name]
+    if v == 0.0:
+        return _cross_deterministic(name, spec, p, mu, c)
+    if c == 1.0:
+        mo = _moments_cached(name, mu, v, p)
+        return Cross(mo.second, mo.dphi2)
+    if c == 0.0:
+        mo = _moments_cached(name, mu, v, p)
+        return Cross(mo.mean * mo.mean, mo.dphi_mean * mo.dphi_mean)
+    if name == "identity":
+        return Cross(mu * mu + c * v, 1.0)
+    if mu == 0.0 and name == "relu":
+        return _arccos_relu(v, c)
+    if mu == 0.0 and name in ("leaky_relu", "prelu"):
+        return _arccos_leaky(v, c, p[0])
+    if spec.kind == "segments":
+        return _cross_segments(name, p, mu, v, c)
+
+    if spec.kind == "softsign":
+        return _cross_graded2d(lambda h: _pair_softsign(h, p), mu, v, c, 0.0, 1.0)
+
+    def pair(h):
+        return spec.pair(h, p)
+
+    width = spec.width(p)
+    if math.sqrt(v) <= _GRID2D_MAX_RATIO * width:
+        return _cross_grid(pair, mu, v, c)
+    return _cross_graded2d(pair, mu, v, c, 0.0, width)
+
+
+_CROSS_FRONT: dict = {}
+
+
+def cross(name: str, mu: float, v: float, c: float, **params: float) -> Cross:
+    """Cross moments E[phi(h)phi(h')], E[phi'(h)phi'(h')] (doc 5.1, rule E1's k' and r_in).
+
+    h and h' are jointly Gaussian, each N(mu, v), with correlation c (so
+    Cov(h, h') = c v). Exact limits: c = 1 returns (second, dphi2) of
+    :func:`moments`, c = 0 returns (mean^2, dphi_mean^2).
+
+    Methods: arc-cosine kernel for ReLU/LeakyReLU/PReLU at mu = 0 (Cho & Saul
+    2009); otherwise, for piecewise activations, a graded Gauss-Legendre outer
+    integral with the inner conditional expectation in closed form (~1e-10);
+    analytic activations use a 241 x 241 tensor-product trapezoid grid (<= 1e-6
+    for tanh up to v ~ 50, better for the others), or graded Gauss-Legendre in
+    both dimensions for wider inputs and for softsign.
+
+    Args:
+        name: One of :data:`ACTIVATIONS`.
+        mu: Common mean of h and h'.
+        v: Common variance (>= 0).
+        c: Correlation coefficient in [-1, 1].
+        **params: Activation parameters, as for :func:`moments`.
+
+    Returns:
+        Cross(phi_phi=E[phi(h) phi(h')], dphi_dphi=E[phi'(h) phi'(h')]).
+
+    Raises:
+        ValueError: Unknown name, invalid mu/v/parameters, or c outside [-1, 1].
+        TypeError: Unknown parameter for this activation.
+    """
+    key = (name, mu, v, c, *params.items()) if params else (name, mu, v, c)
+    try:
+        hit = _CROSS_FRONT.get(key)
+    except TypeError:
+        hit, key = None, None
+    if hit is not None:
+        return hit
+    spec = _spec(name)
+    mu_f, v_f = _check_mu_v(mu, v)
+    c_f = float(c)
+    if not (-1.0 - 1e-9 <= c_f <= 1.0 + 1e-9):
+        raise ValueError(f"c={c!r} must be a correlation in [-1, 1]")
+    c_f = max(-1.0, min(1.0, c_f))
+    p = _canon_params(name, spec, params)
+    result = _cross_cached(name, _round_sig(mu_f), _round_sig(v_f), _round_sig(c_f), p)
+    if key is not None:
+        _front_put(_CROSS_FRONT, key, result)
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Generic expectations and gate moments (doc section 6)
+# ---------------------------------------------------------------------------
+
+
+def _sigmoid_sq(h):
+    return torch.sigmoid(h).square()
+
+
+def _sigmoid_deriv_sq(h):
+    sg = torch.sigmoid(h)
+    return (sg * (1.0 - sg)).square()
+
+
+def _tanh_sq(h):
+    return torch.tanh(h).square()
+
+
+def _tanh_deriv_sq(h):
+    t = torch.tanh(h)
+    return (1.0 - t * t).square()
+
+
+_EXPECT_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sigmoid_sq": _sigmoid_sq,
+    "sigmoid_deriv_sq": _sigmoid_deriv_sq,
+    "tanh_sq": _tanh_sq,
+    "tanh_deriv_sq": _tanh_deriv_sq,
+}
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _expect_cached(fn: Callable, mu: float, v: float) -> float:
+    return _smooth_expect(fn, mu, v, 1.0)[0]
+
+
+def expect(fn: str | Callable[[torch.Tensor], torch.Tensor], mu: float, v: float) -> float:
+    """Generic Gaussian expectation E[f(h)], h ~ N(mu, v).
+
+    Args:
+        fn: Either a name -- an activation from :data:`ACTIVATIONS` (gives
+            ``moments(name, mu, v).mean``, closed form where available), or one of
+            ``"sigmoid_sq"``, ``"sigmoid_deriv_sq"`` ((sigma(1-sigma))^2),
+            ``"tanh_sq"``, ``"tanh_deriv_sq"`` ((1-tanh^2)^2) -- or a torch
+            elementwise callable mapping a float64 tensor to a tensor of the same
+            shape. Callables are evaluated on the 801-point grid (graded
+            Gauss-Legendre around h = 0 once sqrt(v) > 10), so they should be
+            smooth with their features on the unit scale; results are cached per
+            callable object.
+        mu: Mean.
+        v: Variance (>= 0; 0 evaluates f(mu)).
+
+    Returns:
+        E[f(h)] as a float.
+
+    Raises:
+        ValueError: Unknown name or invalid mu/v.
+    """
+    if isinstance(fn, str):
+        if fn in _SPECS:
+            return moments(fn, mu, v).mean
+        try:
+            fn = _EXPECT_FUNCTIONS[fn]
+        except KeyError:
+            raise ValueError(
+                f"unknown function name fn={fn!r}; use an activation name, one of "
+                f"{sorted(_EXPECT_FUNCTIONS)}, or a callable"
+            ) from None
+    elif not callable(fn):
+        raise TypeError(f"fn={fn!r} must be a name or a callable")
+    mu_f, v_f = _check_mu_v(mu, v)
+    return _expect_cached(fn, _round_sig(mu_f), _round_sig(v_f))
+
+
+def _eval_with_grad(fn: Callable, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fn(h) and its elementwise derivative by autograd (fn must act elementwise)."""
+    x = h.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        y = fn(x)
+        if not isinstance(y, torch.Tensor):
+            y = torch.as_tensor(y, dtype=x.dtype)
+        if y.requires_grad:
+            (d,) = torch.autograd.grad(y.sum(), x, allow_unused=True)
+        else:
+            d = None
+    if d is None:  # piecewise-constant or non-differentiable: phi' = 0 a.e.
+        d = torch.zeros_like(x)
+    return y.detach().to(_DTYPE).expand_as(x), d.detach().to(_DTYPE)
+
+
+_EXPECT_FN_CACHE: dict = {}
+
+
+def _expect_fn_moments(fn: Callable, mu: float, v: float) -> Moments:
+    if v == 0.0:
+        z, w, s = torch.zeros(1, dtype=_DTYPE), torch.ones(1, dtype=_DTYPE), 0.0
+    else:
+        s = math.sqrt(v)
+        z, w = _rule_1d(mu, s, 1.0)
+    h = z * s + mu
+    try:
+        f, d = _eval_with_grad(fn, h)
+    except RuntimeError:
+        # Modules holding float32 parameters reject float64 input.
+        f, d = _eval_with_grad(fn, h.to(torch.float32))
+    mean, second, d2, dmean = torch.mv(torch.stack((f, f * f, d * d, d)), w).tolist()
+    return Moments(mean, max(second, 0.0), max(d2, 0.0), dmean)
+
+
+def expect_fn(fn: Callable[[torch.Tensor], torch.Tensor], mu: float, v: float, *, key=None) -> Moments:
+    """All four moments of an arbitrary elementwise torch callable, phi' by autograd.
+
+    For ops without a rule of their own (a user activation module, ``torch.exp``,
+    a lambda wrapping an aten op): E[f], E[f^2], E[f'^2], E[f'] for h ~ N(mu, v)
+    on the 801-point grid (graded Gauss-Legendre once sqrt(v) > 10). Kinks in f
+    limit the accuracy to O(1e-3) (doc 5.3); prefer :func:`moments` for named
+    activations.
+
+    Args:
+        fn: Elementwise callable (function or parameter-free module); it is run on
+            a float64 tensor (float32 if float64 raises) under ``enable_grad``.
+        mu: Mean.
+        v: Variance (>= 0).
+        key: Hashable cache key identifying fn; defaults to fn itself. Pass one
+            when fn is rebuilt on every call (a fresh lambda) or unhashable.
+
+    Returns:
+        Moments(mean, second, dphi2, dphi_mean) of f.
+    """
+    mu_f, v_f = _check_mu_v(mu, v)
+    mu_r, v_r = _round_sig(mu_f), _round_sig(v_f)
+    # Keyed on `key` only (not on fn), so rebuilt closures still hit the cache.
+    cache_key = (fn if key is None else key, mu_r, v_r)
+    hit = _EXPECT_FN_CACHE.get(cache_key)
+    if hit is None:
+        hit = _expect_fn_moments(fn, mu_r, v_r)
+        _front_put(_EXPECT_FN_CACHE, cache_key, hit)
+    return hit
+
+
+def _gate_stack(h):
+    sg = torch.sigmoid(h)
+    d = sg * (1.0 - sg)
+    return torch.stack((sg, sg * sg, d * d))
+
+
+def _tanh_stack(h):
+    t = torch.tanh(h)
+    t2 = t * t
+    d = 1.0 - t2
+    return torch.stack((t2, d * d))
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _gate_cached(mu: float, v: float) -> GateMoments:
+    return GateMoments(*_smooth_expect(_gate_stack, mu, v, 1.0))
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _tanh_cached(mu: float, v: float) -> TanhMoments:
+    return TanhMoments(*_smooth_expect(_tanh_stack, mu, v, 1.0))
+
+
+def gate_moments(mu: float, v: float) -> GateMoments:
+    """Sigmoid gate moments for LSTM/GRU rules R2/R3 (doc section 6).
+
+    Args:
+        mu: Mean of the gate pre-activation (the chunk's bias mean).
+        v: Variance of the gate pre-activation.
+
+    Returns:
+        GateMoments(mean=E[sigma], second=E[sigma^2], deriv_sq=E[(sigma(1-sigma))^2]).
+    """
+    mu_f, v_f = _check_mu_v(mu, v)
+    return _gate_cached(_round_sig(mu_f), _round_sig(v_f))
+
+
+def tanh_moments(mu: float, v: float) -> TanhMoments:
+    """Tanh moments for LSTM/GRU rules R2/R3 (doc section 6).
+
+    Args:
+        mu: Mean of the pre-activation (0 for the LSTM cell state c_t).
+        v: Variance of the pre-activation.
+
+    Returns:
+        TanhMoments(second=E[tanh^2], deriv_sq=E[(1 - tanh^2)^2]).
+    """
+    mu_f, v_f = _check_mu_v(mu, v)
+    return _tanh_cached(_round_sig(mu_f), _round_sig(v_f))
+
+
+# ---------------------------------------------------------------------------
+# Softmax moments (doc 4.5, rule S1; causal variant for 4.6)
+# ---------------------------------------------------------------------------
+
+_SOFTMAX_SEED = 20240531
+_SOFTMAX_LOGITS = 400_000  # doc 4.5: ~4e5 logits in total, error < 1%
+_SOFTMAX_MIN_ROWS = 8
+# Above this many keys the large-K expansion may replace Monte Carlo, and only
+# where its first-order corrections are <= ~1e-3 (K >= 1000 e^{4v}); the doc's
+# plain e^v/K form is off by up to 16% at K >= 16, v <= 1 (doc 4.5).
+_SOFTMAX_MC_MAX_K = 1 << 16
+_SOFTMAX_ASYM_FACTOR = 1000.0
+_SOFTMAX_POOL_CHUNK = 400_000
+_softmax_pool: list[torch.Tensor] = []
+_softmax_gen: list[torch.Generator] = []
+
+
+def _normal_pool(n: int) -> torch.Tensor:
+    """The first n draws of a fixed-seed standard-normal stream (grown in fixed chunks).
+
+    Reusing one stream for every (K, v) makes the estimates deterministic and
+    smooth in v (common random numbers), and pays the sampling cost once.
+    """
+    if not _softmax_gen:
+        _softmax_gen.append(torch.Generator().manual_seed(_SOFTMAX_SEED))
+    have = sum(t.numel() for t in _softmax_pool)
+    while have < n:
+        chunk = torch.randn(_SOFTMAX_POOL_CHUNK, dtype=_DTYPE, generator=_softmax_gen[0])
+        _softmax_pool.append(chunk)
+        have += chunk.numel()
+    if len(_softmax_pool) > 1:
+        merged = torch.cat(_softmax_pool)
+        _softmax_pool.clear()
+        _softmax_pool.append(merged)
+    return _softmax_pool[0][:n]
+
+
+def _softmax_rows(k: int) -> int:
+    return max(-(-_SOFTMAX_LOGITS // k), _SOFTMAX_MIN_ROWS)
+
+
+def _softmax_mc(k: int, v: float) -> SoftmaxMoments:
+    rows = _softmax_rows(k)
+    z = _normal_pool(rows * k).view(rows, k)
+    sd = math.sqrt(v)
+    step = max(1, _SERIAL_CHUNK // k)
+    acc = torch.zeros(3, dtype=_DTYPE)
+    for i in range(0, rows, step):
+        a = torch.softmax(z[i : i + step] * sd, dim=1)
+        a2 = a * a
+        r2 = a2.sum(dim=1)
+        r3 = (a2 * a).sum(dim=1)
+        acc += torch.stack((r2.sum(), r3.sum(), (r2 * r2).sum()))
+    s2, s3, s22 = (acc / rows).tolist()
+    return SoftmaxMoments(s2, s3, s22)
+
+
+def _softmax_mc_causal_sums(k: int, v: float) -> tuple[float, float, float]:
+    """Sum over prefix lengths n = 1..k of the Monte Carlo moments with n keys."""
+    rows = _softmax_rows(k)
+    z = _normal_pool(rows * k).view(rows, k)
+    sd = math.sqrt(v)
+    # One shift per row (its maximum): while sd * (range of z) < 230, exp(3(x - max))
+    # stays above 1e-300, so prefix sums of e, e^2, e^3 give every prefix softmax
+    # without underflow. Otherwise fall back to log-space prefix sums.
+    stable = sd * (z.max().item() - z.min().item()) < 230.0
+    step = max(1, _SERIAL_CHUNK // k)
+    acc = torch.zeros(3, dtype=_DTYPE)
+    for i in range(0, rows, step):
+        x = z[i : i + step] * sd
+        if stable:
+            e = torch.exp(x - x.amax(dim=1, keepdim=True))
+            e2 = e * e
+            c1 = e.cumsum(dim=1)
+            inv = c1.reciprocal()
+            inv2 = inv * inv
+            s2 = e2.cumsum(dim=1) * inv2
+            s3 = (e2 * e).cumsum(dim=1) * (inv2 * inv)
+        else:
+            l1 = torch.logcumsumexp(x, dim=1)
+            s2 = torch.exp(torch.logcumsumexp(2.0 * x, dim=1) - 2.0 * l1)
+            s3 = torch.exp(torch.logcumsumexp(3.0 * x, dim=1) - 3.0 * l1)
+        acc += torch.stack((s2.sum(), s3.sum(), (s2 * s2).sum()))
+    # Mean over rows, summed over prefix lengths.
+    s2, s3, s22 = (acc / rows).tolist()
+    return s2, s3, s22
+
+
+def _softmax_asym_coeffs(v: float) -> tuple[float, float, float, float, float, float]:
+    """Large-K expansion S(K) = A / K^p (1 + B / K) for S2 (p=1), S3 and S22 (p=2).
+
+    With u = e^x, x ~ N(0, v): S2 = mean(u^2) / (K mean(u)^2) etc.; a second-order
+    delta method with Cov(mean u^j, mean u^k) / (E u^j E u^k) = (e^{jkv} - 1) / K
+    gives the 1/K corrections below.
+    """
+    e1, e2, e3, e4 = (math.expm1(j * v) for j in (1, 2, 3, 4))
+    return (
+        math.exp(v),
+        3.0 * e1 - 2.0 * e2,
+        math.exp(3.0 * v),
+        6.0 * e1 - 3.0 * e3,
+        math.exp(2.0 * v),
+        e4 + 10.0 * e1 - 8.0 * e2,
+    )
+
+
+def _softmax_asymptotic(k: int, v: float) -> SoftmaxMoments:
+    a2, b2, a3, b3, a22, b22 = _softmax_asym_coeffs(v)
+    return SoftmaxMoments(a2 / k * (1.0 + b2 / k), a3 / k**2 * (1.0 + b3 / k), a22 / k**2 * (1.0 + b22 / k))
+
+
+def _tail_inv_powers(a: int) -> tuple[float, float, float]:
+    """sum_{n > a} (log-free parts of) 1/n, 1/n^2, 1/n^3 via Euler-Maclaurin.
+
+    Returns (H_a, zeta(2) tail, zeta(3) tail): H_a is the harmonic number (used as
+    differences), the other two are sum_{n > a} n^-2 and n^-3.
+    """
+    x = float(a)
+    harmonic = math.log(x) + 0.5772156649015329 + 1.0 / (2 * x) - 1.0 / (12 * x * x) + 1.0 / (120 * x**4)
+    t2 = 1.0 / x - 1.0 / (2 * x * x) + 1.0 / (6 * x**3) - 1.0 / (30 * x**5)
+    t3 = 1.0 / (2 * x * x) - 1.0 / (2 * x**3) + 1.0 / (4 * x**4)
+    return harmonic, t2, t3
+
+
+def _harmonic_sums(k: int) -> tuple[float, float]:
+    """(sum_{n<=k} 1/n, sum_{n<=k} 1/n^2), exact loop for small k, Euler-Maclaurin above."""
+    if k <= 4096:
+        return math.fsum(1.0 / n for n in range(1, k + 1)), math.fsum(1.0 / (n * n) for n in range(1, k + 1))
+    harmonic, t2, _ = _tail_inv_powers(k)
+    return harmonic, math.pi**2 / 6.0 - t2
+
+
+def _asym_ok(k: int, v: float) -> bool:
+    return v * 4.0 < math.log(k / _SOFTMAX_ASYM_FACTOR) if k > _SOFTMAX_ASYM_FACTOR else False
+
+
+@functools.lru_cache(maxsize=1024)
+def _softmax_cached(k: int, v: float, causal: bool) -> SoftmaxMoments:
+    if k == 1:
+        return SoftmaxMoments(1.0, 1.0, 1.0)
+    if v == 0.0:
+        # Uniform attention: S2 = 1/n, S3 = S22 = 1/n^2 exactly.
+        if not causal:
+            return SoftmaxMoments(1.0 / k, 1.0 / k**2, 1.0 / k**2)
+        inv1, inv2 = _harmonic_sums(k)
+        return SoftmaxMoments(inv1 / k, inv2 / k, inv2 / k)
+    if not causal:
+        if k > _SOFTMAX_MC_MAX_K and _asym_ok(k, v):
+            return _softmax_asymptotic(k, v)
+        return _softmax_mc(k, v)
+    n0 = _SOFTMAX_MC_MAX_K
+    if k > n0 and _asym_ok(n0, v):
+        # Prefixes up to n0 by Monte Carlo, longer ones by the expansion summed in
+        # closed form: sum_{n0 < n <= K} (A/n + AB/n^2) etc.
+        s2, s3, s22 = _softmax_mc_causal_sums(n0, v)
+        a2, b2, a3, b3, a22, b22 = _softmax_asym_coeffs(v)
+        h0, t2_0, t3_0 = _tail_inv_powers(n0)
+        hk, t2_k, t3_k = _tail_inv_powers(k)
+        d1, d2, d3 = hk - h0, t2_0 - t2_k, t3_0 - t3_k
+        s2 += a2 * (d1 + b2 * d2)
+        s3 += a3 * (d2 + b3 * d3)
+        s22 += a22 * (d2 + b22 * d3)
+        return SoftmaxMoments(s2 / k, s3 / k, s22 / k)
+    s2, s3, s22 = _softmax_mc_causal_sums(k, v)
+    return SoftmaxMoments(s2 / k, s3 / k, s22 / k)
+
+
+def softmax_moments(K: int, v: float, causal: bool = False) -> SoftmaxMoments:
+    """Softmax moments S2, S3, S22 for rule S1 (doc 4.5) and attention (doc 4.6).
+
+    The K logits of a row are i.i.d. N(0, v) (v is the variance of the part of the
+    scores that varies across keys; a common shift does not change the softmax).
+    Estimated by deterministic Monte Carlo over a fixed-seed normal stream with
+    ~4e5 logits in total (max(ceil(4e5 / K), 8) rows of K), so the answer is
+    reproducible and smooth in v. For K > 65536 and K >= 1000 e^{4v} a large-K
+    expansion with 1/K corrections replaces Monte Carlo (the doc's leading term
+    e^v / K alone is only valid for K >> e^v and is off by up to 16%).
+
+    With ``causal=True`` the result is the average over query positions
+    t = 0..K-1 of the moments with t + 1 keys, computed from prefix sums of
+    e^x, e^{2x}, e^{3x} along each sampled row (all prefixes of one row at once).
+
+    Args:
+        K: Number of keys (softmax length), >= 1.
+        v: Logit variance (>= 0).
+        causal: Average over causal prefixes instead of full rows.
+
+    Returns:
+        SoftmaxMoments(S2=E[sum a^2], S3=E[sum a^3], S22=E[(sum a^2)^2]).
+
+    Raises:
+        ValueError: K < 1 or invalid v.
+    """
+    k = _positive_int("K", K)
+    _, v_f = _check_mu_v(0.0, v)
+    return _softmax_cached(k, _round_sig(v_f), bool(causal))
+
+
+# ---------------------------------------------------------------------------
+# Max of normals (doc 4.3, rule P3)
+# ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1024)
+def _max_normal_cached(n: int) -> MaxNormalMoments:
+    if n == 1:
+        return MaxNormalMoments(0.0, 1.0)
+    z, w = _grid(_GRID_POINTS)
+    # Density of the max is n phi(z) Phi(z)^(n-1); the grid weights carry phi(z).
+    dens = n * torch.exp((n - 1) * torch.special.log_ndtr(z))
+    e1 = torch.dot(w, dens * z).item()
+    e2 = torch.dot(w, dens * z * z).item()
+    return MaxNormalMoments(e1, e2)
+
+
+def max_normal_moments(n: int) -> MaxNormalMoments:
+    """First two moments of the max of n i.i.d. standard normals (doc 4.3, rule P3).
+
+    Computed by 1D quadrature of n z^k phi(z) Phi(z)^(n-1) on the 801-point grid
+    (log Phi for accuracy at large n). Max-pool output: q' = mu^2 + 2 mu sqrt(v) e1
+    + v e2 for window entries i.i.d. N(mu, v).
+
+    Args:
+        n: Window size (number of elements), >= 1.
+
+    Returns:
+        MaxNormalMoments(e1=E[max], e2=E[max^2]); n=2: (0.5642, 1), n=4:
+        (1.0294, 1.5513), n=9: (1.4850, 2.5626).
+
+    Raises:
+        ValueError: n is not a positive integer.
+    """
+    return _max_normal_cached(_positive_int("n", n))

@@ -1,0 +1,721 @@
+"""Finding, importing and building the models a user asks gradlint to analyze.
+
+``gradlint check model.py`` names files, directories, or ``file.py::Name``. Each file is
+imported like Python would import a script beside its own modules (its directory and the
+project root on ``sys.path``), but under a private module name, so ``__main__`` blocks do not
+run and two ``model.py`` files do not collide. Every failure in the user's code becomes a
+``LoadError`` pointing at the user's file and line, with their traceback and not ours.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import importlib.machinery
+import importlib.util
+import inspect
+import os
+import re
+import sys
+import sysconfig
+import traceback
+import types
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gradlint.errors import GradlintError, LoadError
+from gradlint.targets import TARGET_ATTR, TargetOptions
+
+__all__ = [
+    "Discovery", "Skipped", "Target", "discover", "find_project_root", "format_user_traceback",
+    "import_file", "innermost_line", "instantiate", "iter_python_files", "parse_target_arg", "user_code",
+]
+
+PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
+SKIP_DIRS = frozenset({"__pycache__", ".venv", "venv", "site-packages", "node_modules", ".git", "build",
+                       "dist", ".tox"})
+
+_GRADLINT_DIR = os.path.dirname(os.path.abspath(__file__))
+_IMPORTLIB_DIR = os.path.dirname(os.path.abspath(importlib.__file__))
+_LIBRARY_DIRS = tuple(dict.fromkeys(
+    os.path.realpath(p) for key in ("stdlib", "platstdlib", "purelib", "platlib")
+    if (p := sysconfig.get_paths().get(key))))
+
+# Top-level names of the user's own modules that import_file brought in: name -> (module,
+# file it came from). A later file may mean another module by the same name (two projects
+# each with a helpers.py); those entries are dropped from sys.modules before it is imported.
+_USER_MODULES: dict[str, tuple[types.ModuleType, str | None]] = {}
+# Resolved file -> the sys.path entries its code needs, for code that imports lazily.
+_ROOTS: dict[str, tuple[str, ...]] = {}
+
+
+# --- naming what to analyze -------------------------------------------------------------------
+
+def parse_target_arg(arg: str) -> tuple[Path, str | None]:
+    """Splits a command-line target into a path and an optional name.
+
+    Args:
+        arg: ``file.py``, ``dir/`` or ``file.py::Name`` (``Name`` may be dotted).
+
+    Returns:
+        ``(path, name)``; name is None unless ``::Name`` was given.
+
+    Raises:
+        LoadError: For an empty path or name, or ``::Name`` after a directory.
+    """
+    path_text, sep, name = arg.partition("::")
+    if not path_text:
+        raise LoadError(f"target {arg!r} names no file; write file.py or file.py::Name")
+    if not sep:
+        return Path(path_text), None
+    if not name or not all(part.isidentifier() for part in name.split(".")):
+        raise LoadError(f"target {arg!r}: {name!r} after '::' is not a Python name; write file.py::Name")
+    if path_text.endswith(("/", os.sep)) or Path(path_text).is_dir():
+        raise LoadError(f"target {arg!r}: ::{name} needs a file, not a directory")
+    return Path(path_text), name
+
+
+def _skip_dir(directory: Path) -> bool:
+    return (directory.name.startswith(".") or directory.name in SKIP_DIRS
+            or (directory / "pyvenv.cfg").is_file())
+
+
+def iter_python_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Lists the Python files named by the given paths.
+
+    Files are taken as given; directories are searched recursively for ``*.py`` in sorted order,
+    skipping hidden directories, ``__pycache__``, virtual environments and build output.
+
+    Args:
+        paths: Files and directories.
+
+    Returns:
+        The files, each once, in the order given.
+
+    Raises:
+        LoadError: For a path that does not exist.
+    """
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for given in map(Path, paths):
+        if given.is_dir():
+            found = []
+            for dirpath, dirnames, filenames in os.walk(given):
+                dirnames[:] = [d for d in dirnames if not _skip_dir(Path(dirpath, d))]
+                found += [Path(dirpath, f) for f in filenames if f.endswith(".py")]
+            files = sorted(found, key=lambda f: f.relative_to(given).parts)
+        elif given.exists():
+            files = [given]
+        else:
+            raise LoadError("no such file or directory", path=str(given))
+        for file in files:
+            if (key := file.resolve()) not in seen:
+                seen.add(key)
+                out.append(file)
+    return out
+
+
+def find_project_root(path: str | os.PathLike[str]) -> Path:
+    """Returns the nearest directory at or above ``path``'s own directory holding a project marker.
+
+    Markers are ``pyproject.toml``, ``setup.py``, ``setup.cfg`` and ``.git``.
+
+    Args:
+        path: A file (or directory) of the project.
+
+    Returns:
+        That directory, or the file's own directory when no ancestor has a marker.
+    """
+    path = Path(path).resolve()
+    start = path if path.is_dir() else path.parent
+    for directory in (start, *start.parents):
+        if any((directory / marker).exists() for marker in PROJECT_MARKERS):
+            return directory
+    return start
+
+
+# --- tracebacks in the user's terms -----------------------------------------------------------
+
+def _is_ours(filename: str) -> bool:
+    if filename.startswith("<frozen importlib"):
+        return True
+    real = os.path.abspath(filename)
+    return real.startswith((_GRADLINT_DIR + os.sep, _IMPORTLIB_DIR + os.sep))
+
+
+def _trim(exc_tb: traceback.TracebackException, seen: set[int]) -> None:
+    if id(exc_tb) in seen:
+        return
+    seen.add(id(exc_tb))
+    exc_tb.stack = traceback.StackSummary.from_list([f for f in exc_tb.stack if not _is_ours(f.filename)])
+    for chained in (exc_tb.__cause__, exc_tb.__context__):
+        if chained is not None:
+            _trim(chained, seen)
+
+
+def format_user_traceback(exc: BaseException) -> str:
+    """Formats an exception's traceback without gradlint's and importlib's own frames.
+
+    Args:
+        exc: An exception raised in the user's code.
+
+    Returns:
+        The traceback text, chained exceptions included.
+    """
+    exc_tb = traceback.TracebackException.from_exception(exc)
+    _trim(exc_tb, set())
+    return "".join(exc_tb.format())
+
+
+def _same_file(a: str, b: str | os.PathLike[str]) -> bool:
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def innermost_line(exc: BaseException, path: str | os.PathLike[str]) -> int | None:
+    """Returns the line of the innermost traceback frame that runs in ``path``.
+
+    Args:
+        exc: The exception.
+        path: The user's file.
+
+    Returns:
+        The line number, or None when no frame ran in that file.
+    """
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if _same_file(frame.filename, path):
+            return frame.lineno
+    return None
+
+
+def _user_error(cls: type[GradlintError], message: str, exc: BaseException, path: str,
+                line: int | None, hint: str | None = None) -> GradlintError:
+    err = cls(message, path=path, line=line, hint=hint)
+    err.traceback_text = format_user_traceback(exc)
+    return err
+
+
+# --- importing --------------------------------------------------------------------------------
+
+def _is_user_file(origin: str | None, roots: list[str]) -> bool:
+    if not origin or os.path.realpath(origin).startswith(tuple(p + os.sep for p in _LIBRARY_DIRS)):
+        return False
+    parts = set(Path(origin).parts)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return False
+    return any(os.path.realpath(origin).startswith(os.path.realpath(root) + os.sep) for root in roots)
+
+
+def _spec_origin(spec: importlib.machinery.ModuleSpec | None) -> str | None:
+    if spec is None:
+        return None
+    if spec.origin and spec.has_location:
+        return os.path.realpath(spec.origin)
+    locations = list(spec.submodule_search_locations or ())
+    return os.path.realpath(locations[0]) if locations else None
+
+
+def _evict_shadowed(search_path: list[str]) -> None:
+    """Drops earlier user modules that this file's imports would find elsewhere."""
+    for top, (module, origin) in list(_USER_MODULES.items()):
+        if sys.modules.get(top) is not module:
+            del _USER_MODULES[top]
+            continue
+        if _spec_origin(importlib.machinery.PathFinder.find_spec(top, search_path)) == origin:
+            continue
+        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+            del sys.modules[name]
+        del _USER_MODULES[top]
+
+
+def _record_user_modules(names: Iterable[str], roots: list[str]) -> None:
+    for name in names:
+        top = name.partition(".")[0]
+        if top.startswith("_gradlint_") or top in _USER_MODULES or top == "gradlint":
+            continue
+        module = sys.modules.get(top)
+        origin = _spec_origin(getattr(module, "__spec__", None))
+        if module is not None and _is_user_file(origin, roots):
+            _USER_MODULES[top] = (module, origin)
+
+
+@contextmanager
+def _sandbox(roots: Iterable[str], argv: list[str] | None = None) -> Iterator[list[str]]:
+    """Runs user code with ``roots`` first on sys.path and no bytecode written.
+
+    Yields a list that, on exit, holds the sys.path entries the user's code added itself.
+    """
+    roots = list(roots)
+    saved_path, saved_argv, saved_bytecode = list(sys.path), sys.argv, sys.dont_write_bytecode
+    sys.path[:0] = roots
+    sys.dont_write_bytecode = True
+    if argv is not None:
+        # Module-level argparse then parses nothing, instead of gradlint's own flags.
+        sys.argv = argv
+    added: list[str] = []
+    try:
+        yield added
+    finally:
+        added.extend(p for p in sys.path if p not in saved_path and p not in roots)
+        sys.path[:] = saved_path
+        sys.argv = saved_argv
+        sys.dont_write_bytecode = saved_bytecode
+
+
+@contextmanager
+def user_code(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Runs code of an imported user file the way it ran at import.
+
+    Puts the file's import roots back on sys.path (for imports done lazily inside constructors
+    or ``forward``) and keeps Python from writing bytecode into the user's tree.
+
+    Args:
+        path: The user's file, as given to ``import_file``.
+
+    Yields:
+        Nothing; restores sys.path and the bytecode flag on exit.
+    """
+    file = str(Path(path).resolve())
+    roots = _ROOTS.get(file) or tuple(dict.fromkeys([str(Path(file).parent), str(find_project_root(file))]))
+    with _sandbox(roots):
+        yield
+
+
+def _identifier(text: str) -> str:
+    return re.sub(r"\W", "_", text)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha1(str(path).encode()).hexdigest()[:10]
+
+
+def _package_parts(file: Path) -> tuple[list[str], Path]:
+    parts: list[str] = []
+    directory = file.parent
+    while (directory / "__init__.py").is_file():
+        parts.insert(0, directory.name)
+        directory = directory.parent
+    return parts, directory
+
+
+def _exec_module(name: str, file: Path, search: list[str] | None = None) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, file, submodule_search_locations=search)
+    if spec is None or spec.loader is None:
+        raise LoadError("cannot be imported as Python source", path=str(file))
+    module = importlib.util.module_from_spec(spec)
+    # Registered before running, as the import system does: dataclasses and pickling look it up.
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _import_package(parts: list[str], package_root: Path) -> str:
+    """Imports the package holding the user's file; returns the name it lives under."""
+    top_dir = (package_root / parts[0]).resolve()
+    top = sys.modules.get(parts[0])
+    if all(part.isidentifier() for part in parts) and (
+            top is None or any(_same_file(p, top_dir) for p in getattr(top, "__path__", ()))):
+        real = ".".join(parts)
+        importlib.import_module(real)
+        if any(_same_file(p, top_dir) for p in getattr(sys.modules[parts[0]], "__path__", ())):
+            return real
+    # Another module already owns the package's name (or it is no identifier): load the
+    # package under a private alias, which keeps its relative imports working.
+    name, directory = f"_gradlint_{_digest(top_dir)}_{_identifier(parts[0])}", top_dir
+    for i, part in enumerate(parts):
+        if i:
+            name, directory = f"{name}.{part}", directory / part
+        if name not in sys.modules:
+            _exec_module(name, directory / "__init__.py", [str(directory)])
+    return name
+
+
+def _load(file: Path, parts: list[str], package_root: Path) -> types.ModuleType:
+    stem = _identifier(file.stem)
+    if not parts:
+        return _exec_module(f"_gradlint_{_digest(file)}_{stem}", file)
+    package = _import_package(parts, package_root)
+    if file.name == "__init__.py":
+        return sys.modules[package]
+    return _exec_module(f"{package}._gradlint_{_digest(file)}_{stem}", file)
+
+
+def import_file(path: str | os.PathLike[str], project_root: str | os.PathLike[str] | None = None,
+                ) -> types.ModuleType:
+    """Imports a user's Python file under a private module name.
+
+    The file's directory, its package root (when it sits in a package) and the project root
+    go first on sys.path while it runs, so its local and relative imports work; sys.path,
+    sys.argv and the bytecode flag are restored afterwards. Modules the file imported stay in
+    sys.modules. ``if __name__ == "__main__":`` blocks do not run. Nothing is written to the
+    user's tree.
+
+    Args:
+        path: The file.
+        project_root: The project's root; by default the nearest ancestor holding
+            ``pyproject.toml``, ``setup.py``, ``setup.cfg`` or ``.git``.
+
+    Returns:
+        The module.
+
+    Raises:
+        LoadError: For a syntax error (at its file and line), any exception or ``SystemExit``
+            while importing (at the innermost line of the user's file, with the trimmed
+            traceback in ``traceback_text``), or a missing file.
+        GradlintError: A gradlint error raised by the file itself (a malformed
+            ``@gradlint.target``), with the file and line filled in.
+    """
+    shown = str(path)
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise LoadError("is a directory, not a Python file" if file.is_dir() else "no such file", path=shown)
+    root = Path(project_root).resolve() if project_root is not None else find_project_root(file)
+    parts, package_root = _package_parts(file)
+    roots = list(dict.fromkeys([str(file.parent), *([str(package_root)] if parts else []), str(root)]))
+    # Files created since the last import (tests, editors) must be visible to the finders.
+    importlib.invalidate_caches()
+    try:
+        with _sandbox(roots, argv=[str(file)]) as added:
+            _evict_shadowed(sys.path)
+            before = set(sys.modules)
+            try:
+                module = _load(file, parts, package_root)
+            finally:
+                _record_user_modules(set(sys.modules) - before, roots)
+    except SyntaxError as exc:
+        where = exc.filename if exc.filename and not _same_file(exc.filename, file) else shown
+        err = LoadError(f"{type(exc).__name__}: {exc.msg}", path=where, line=exc.lineno)
+        err.traceback_text = "".join(traceback.format_exception_only(exc))
+        raise err from exc
+    except GradlintError as exc:
+        err = _user_error(type(exc), exc.message, exc, exc.path or shown,
+                          exc.line if exc.path else innermost_line(exc, file), exc.hint)
+        raise err from exc
+    except SystemExit as exc:
+        raise _user_error(
+            LoadError, f"the file called sys.exit({exc.code!r}) while being imported", exc, shown,
+            innermost_line(exc, file),
+            'gradlint imports the file without running it as a script; move script code under '
+            '`if __name__ == "__main__":`') from exc
+    except Exception as exc:  # noqa: BLE001 - any failure in user code becomes a LoadError
+        hint = None
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            hint = (f"install {exc.name.partition('.')[0]!r} where gradlint runs, or run gradlint from "
+                    "the project's own environment")
+        raise _user_error(LoadError, f"{type(exc).__name__} while importing the file: {exc}", exc, shown,
+                          innermost_line(exc, file), hint) from exc
+    _ROOTS[str(file)] = tuple(dict.fromkeys([*roots, *added]))
+    return module
+
+
+# --- discovering targets ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Target:
+    """A model gradlint can build from a user's file.
+
+    Attributes:
+        path: The file.
+        name: The object's name in the file (dotted for nested objects).
+        kind: ``"factory"``, ``"class"`` or ``"instance"``.
+        line: The line of its ``def``/``class``/assignment; None when unknown.
+        options: What ``@gradlint.target`` recorded; None when undecorated.
+        obj: The factory, class or instance itself.
+    """
+
+    path: Path
+    name: str
+    kind: str
+    line: int | None
+    options: TargetOptions | None = None
+    obj: Any = field(default=None, compare=False, hash=False, repr=False)
+
+    @property
+    def display_name(self) -> str:
+        """The decorator's ``name`` if given, else ``name``."""
+        return self.options.name if self.options is not None and self.options.name else self.name
+
+    @property
+    def ref(self) -> str:
+        """The target as the command line names it: ``file.py::Name``."""
+        return f"{self.path}::{self.name}"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An ``nn.Module`` found in a file but not analyzed, and why.
+
+    Attributes:
+        name: Its name in the file.
+        line: Its line; None when unknown.
+        reason: Why, in a few words (``"constructor needs arguments: depth, width"``).
+    """
+
+    name: str
+    line: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """The targets of one file.
+
+    Attributes:
+        targets: The targets, in source order.
+        skipped: Modules found but not analyzed, in source order.
+    """
+
+    targets: tuple[Target, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
+
+
+def _bound_names(target: ast.expr) -> list[str]:
+    # `a, *b = ...` binds names; `obj.attr = ...` and `obj[i] = ...` bind nothing at module level.
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [name for element in target.elts for name in _bound_names(element)]
+    if isinstance(target, ast.Starred):
+        return _bound_names(target.value)
+    return []
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What the file's own text says about its module-level names."""
+
+    lines: dict[str, int]
+    assigned: frozenset[str]
+    calls: dict[str, frozenset[str]]
+    readable: bool
+
+    @classmethod
+    def read(cls, path: Path) -> _Source:
+        try:
+            tree = ast.parse(path.read_bytes(), filename=str(path))
+        except (OSError, SyntaxError, ValueError):
+            return cls({}, frozenset(), {}, readable=False)
+        lines: dict[str, int] = {}
+        assigned: set[str] = set()
+        calls: dict[str, frozenset[str]] = {}
+        pending = list(tree.body)
+        while pending:
+            node = pending.pop(0)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                lines.setdefault(node.name, node.lineno)
+                if not isinstance(node, ast.ClassDef):
+                    calls[node.name] = frozenset(
+                        c.func.id for c in ast.walk(node) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name))
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                    for name in _bound_names(target):
+                        lines.setdefault(name, node.lineno)
+                        assigned.add(name)
+            elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+                # Module-level code in blocks still binds module-level names.
+                pending[:0] = [child for child in ast.iter_child_nodes(node) if isinstance(child, ast.stmt)]
+        return cls(lines, frozenset(assigned), calls, readable=True)
+
+
+def _options(obj: Any) -> TargetOptions | None:
+    try:
+        # A class's own dict only: subclasses of a decorated class are not decorated.
+        found = vars(obj).get(TARGET_ATTR) if isinstance(obj, type) else getattr(obj, TARGET_ATTR, None)
+    except Exception:  # noqa: BLE001 - exotic objects with __getattr__ are simply not targets
+        return None
+    return found if isinstance(found, TargetOptions) else None
+
+
+def _line(obj: Any, name: str, source: _Source) -> int | None:
+    if name in source.lines:
+        return source.lines[name]
+    try:
+        return inspect.getsourcelines(obj)[1]
+    except (OSError, TypeError):
+        code = getattr(obj, "__code__", None)
+        return code.co_firstlineno if code is not None else None
+
+
+def _required_args(obj: Any) -> list[str] | None:
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return [p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _kind(obj: Any) -> str:
+    from torch import nn
+
+    if isinstance(obj, nn.Module):
+        return "instance"
+    return "class" if isinstance(obj, type) else "factory"
+
+
+def _explicit(module: types.ModuleType, path: Path, name: str, source: _Source,
+              found: Discovery) -> Target:
+    obj: Any = module
+    try:
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        listing = ", ".join(t.name for t in found.targets) or "none"
+        skipped = "; skipped: " + ", ".join(f"{s.name} ({s.reason})" for s in found.skipped) if found.skipped else ""
+        raise LoadError(f"no target named {name!r} in the file; targets: {listing}{skipped}", path=str(path),
+                        hint=f"name one of them: {path}::NAME") from None
+    if not callable(obj):
+        raise LoadError(f"{name} is a {type(obj).__name__}, not a model factory, nn.Module class or nn.Module",
+                        path=str(path), line=source.lines.get(name))
+    return Target(path, name, _kind(obj), _line(obj, name, source), _options(obj), obj)
+
+
+def discover(module: types.ModuleType, path: str | os.PathLike[str], name: str | None = None) -> Discovery:
+    """Finds the models a file defines.
+
+    Targets are every object decorated with ``@gradlint.target``; every ``nn.Module`` subclass
+    defined in the file whose constructor needs no arguments; and every module-level
+    ``nn.Module`` instance assigned in the file (one target per object, under its first name).
+    Classes and instances imported from elsewhere are not targets. Classes needing arguments,
+    abstract classes, classes a decorated factory builds, and instances without parameters are
+    listed in ``skipped``.
+
+    Args:
+        module: The module ``import_file`` returned.
+        path: Its file.
+        name: Select this one target (its name in the file or its decorator ``name``). An object
+            named explicitly is a target even when it would otherwise be skipped.
+
+    Returns:
+        The targets and the skipped modules; with ``name``, that target alone.
+
+    Raises:
+        LoadError: When ``name`` names nothing in the file, or nothing that builds a model; the
+            message lists the available targets.
+    """
+    from torch import nn
+
+    path = Path(path)
+    source = _Source.read(path)
+    namespace = list(vars(module).items())
+    here = module.__name__
+    targets: list[Target] = []
+    skipped: list[Skipped] = []
+    seen: set[int] = set()
+
+    for attr, obj in namespace:
+        options = _options(obj)
+        if options is None or id(obj) in seen:
+            continue
+        if getattr(obj, "__module__", None) == here or attr in source.assigned:
+            seen.add(id(obj))
+            targets.append(Target(path, attr, _kind(obj), _line(obj, attr, source), options, obj))
+    built_by = {called: t.name for t in targets if t.kind == "factory" for called in source.calls.get(t.name, ())}
+
+    for attr, obj in namespace:
+        if id(obj) in seen:
+            continue
+        if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == here:
+            seen.add(id(obj))
+            line = _line(obj, attr, source)
+            required = _required_args(obj)
+            if inspect.isabstract(obj):
+                skipped.append(Skipped(attr, line, "abstract class"))
+            elif required:
+                skipped.append(Skipped(attr, line, f"constructor needs arguments: {', '.join(required)}"))
+            elif attr in built_by:
+                skipped.append(Skipped(attr, line, f"built by the decorated factory {built_by[attr]}"))
+            else:
+                targets.append(Target(path, attr, "class", line, None, obj))
+        elif isinstance(obj, nn.Module) and (attr in source.assigned or not source.readable):
+            seen.add(id(obj))
+            line = source.lines.get(attr)
+            if next(obj.parameters(), None) is None:
+                skipped.append(Skipped(attr, line, "instance has no parameters"))
+            else:
+                targets.append(Target(path, attr, "instance", line, None, obj))
+
+    def order(item: Target | Skipped) -> tuple[int, str]:
+        return (item.line if item.line is not None else sys.maxsize, item.name)
+
+    found = Discovery(tuple(sorted(targets, key=order)), tuple(sorted(skipped, key=order)))
+    if name is None:
+        return found
+    for candidate in found.targets:
+        if name in (candidate.name, candidate.display_name):
+            return Discovery((candidate,))
+    return Discovery((_explicit(module, path, name, source, found),))
+
+
+# --- building -----------------------------------------------------------------------------------
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text}" if len(text) <= 60 else type(value).__name__
+
+
+def _check_call(target: Target, kwargs: dict[str, Any]) -> None:
+    try:
+        params = inspect.signature(target.obj).parameters
+    except (TypeError, ValueError):
+        return
+    where = {"path": str(target.path), "line": target.line}
+    what = f"{target.name}'s constructor" if target.kind == "class" else f"the factory {target.name}"
+    missing = [p.name for p in params.values() if p.default is p.empty and p.name not in kwargs
+               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if missing:
+        declared = ", ".join(f'"{m}": ...' for m in missing)
+        toml = ", ".join(f"{m} = ..." for m in missing)
+        raise LoadError(
+            f"{what} needs arguments: {', '.join(missing)}", **where,
+            hint=f"declare them with @gradlint.target(kwargs={{{declared}}}), or in pyproject.toml: "
+                 f'[tool.gradlint] targets = [{{ path = "{target.path}::{target.name}", kwargs = {{ {toml} }} }}]')
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = [k for k in kwargs if k not in params or params[k].kind is params[k].POSITIONAL_ONLY]
+        if unknown:
+            raise LoadError(f"{what} takes no argument {', '.join(unknown)}", **where,
+                            hint=f"it takes: {', '.join(params) or 'no arguments'}")
+
+
+def instantiate(target: Target, kwargs: dict[str, Any] | None = None) -> Any:
+    """Builds the model a target describes.
+
+    Args:
+        target: From ``discover``.
+        kwargs: Keyword arguments for the factory or class; they override the decorator's.
+
+    Returns:
+        The ``nn.Module``.
+
+    Raises:
+        LoadError: When arguments are missing (with a hint showing how to declare them) or
+            unknown, when the user's code raises (at the innermost line of their file, with the
+            trimmed traceback in ``traceback_text``), or when a factory returns no ``nn.Module``.
+    """
+    from torch import nn
+
+    if target.kind == "instance":
+        if kwargs:
+            raise LoadError(f"{target.name} is an nn.Module instance; it takes no kwargs",
+                            path=str(target.path), line=target.line)
+        return target.obj
+    merged = {**((target.options.kwargs or {}) if target.options is not None else {}), **(kwargs or {})}
+    _check_call(target, merged)
+    try:
+        with user_code(target.path):
+            built = target.obj(**merged)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure in user code becomes a LoadError
+        raise _user_error(LoadError, f"building {target.name} raised {type(exc).__name__}: {exc}", exc,
+                          str(target.path), innermost_line(exc, target.path) or target.line) from exc
+    if not isinstance(built, nn.Module):
+        hint = ("return the model alone; gradlint makes its own inputs" if isinstance(built, tuple)
+                else "return the nn.Module the factory builds")
+        raise LoadError(f"the factory {target.name} returned {_brief(built)}, not an nn.Module",
+                        path=str(target.path), line=target.line, hint=hint)
+    return built

@@ -1,0 +1,229 @@
+"""A real backward pass under the measurement protocol, for comparison with predictions.
+
+Protocol (section 1 of the design note): the model in train mode; inputs drawn afresh per
+seed (N(0, 1) floats, uniform token ids); loss sum(g * y) with g ~ N(0, 1) per output
+element; quantities averaged as mean squares over seeds, reported as RMS.
+
+The model is run through the same exported graph the engine analyzed (its parameters
+swapped for the real ones with ``functional_call``), so every graph node's activation and
+gradient can be read and compared with the prediction at that node. The user's model is
+not modified: parameters and buffers are cloned, and the RNG state is restored.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from gradlint.inputs import ExampleInputs
+from gradlint.tracing import meta_copy
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Measured quantities, as mean squares over seeds (RMS = sqrt).
+
+    Attributes:
+        param_ms: Per parameter name, mean over seeds of mean(grad²).
+        node_q: Per graph node name, mean over seeds of mean(h²).
+        node_s: Per graph node name, mean over seeds of mean(δ²) (0 when no gradient).
+        lag_ms: Per recurrent module, per time step, mean(δ_x²) when only the last step's
+            output carries the loss.
+        nonfinite: Names of nodes whose forward or backward produced inf/nan.
+        seeds: Number of seeds.
+    """
+
+    param_ms: dict[str, float]
+    node_q: dict[str, float]
+    node_s: dict[str, float]
+    lag_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    nonfinite: tuple[str, ...] = ()
+    seeds: int = 0
+
+    def param_rms(self, name: str) -> float | None:
+        v = self.param_ms.get(name)
+        return None if v is None else math.sqrt(v)
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, device: str, dtype: torch.dtype | None):
+        super().__init__(gm, garbage_collect_values=False)
+        self.values: dict[str, torch.Tensor] = {}
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    def call_function(self, target, args, kwargs):
+        # The graph was exported on the meta device: tensors it creates (zeros for an RNN's
+        # initial state, masks) carry device=meta and the export dtype; run them here instead.
+        if isinstance(kwargs.get("device"), torch.device) and kwargs["device"].type == "meta":
+            kwargs = {**kwargs, "device": self.device}
+            if self.dtype is not None and isinstance(kwargs.get("dtype"), torch.dtype) and kwargs["dtype"].is_floating_point:
+                kwargs["dtype"] = self.dtype
+        return super().call_function(target, args, kwargs)
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        t = out[0] if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor) else out
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad:
+            if t.grad_fn is not None or t.is_leaf:
+                t.retain_grad()
+            self.values[n.name] = t
+        return out
+
+
+def _leaves(x: Any) -> list[torch.Tensor]:
+    return [t for t in torch.utils._pytree.tree_leaves(x) if isinstance(t, torch.Tensor)]
+
+
+def measure(model: nn.Module, inputs: ExampleInputs, seeds: int = 3, dtype: torch.dtype | None = torch.float64,
+            device: str = "cpu", seed0: int = 0) -> Measurement:
+    """Run the protocol on a copy of ``model`` and measure every node and parameter.
+
+    Args:
+        model: The model (real weights).
+        inputs: Example inputs (shapes and token vocabularies).
+        seeds: Number of independent draws of inputs and g.
+        dtype: Floating dtype to run in (float64 keeps 1e-30 gradients from underflowing);
+            None keeps the model's own.
+        device: Where to run.
+        seed0: First seed.
+    """
+    rng_state = torch.random.get_rng_state()
+    try:
+        return _measure(model, inputs, seeds, dtype, device, seed0)
+    finally:
+        torch.random.set_rng_state(rng_state)
+
+
+def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
+    mm = meta_copy(model).train()
+    args, kwargs = inputs.meta()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(mm, args, kwargs, strict=False)
+    gm = ep.module()
+    real: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        t = p.detach().to(device)
+        real[name] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t.clone()).requires_grad_(True)
+    for name, b in model.named_buffers(remove_duplicate=False):
+        t = b.detach().to(device)
+        real[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t.clone()
+    gm_names = {n for n, _ in gm.named_parameters(remove_duplicate=False)} | {n for n, _ in gm.named_buffers(remove_duplicate=False)}
+    state = {k: v for k, v in real.items() if k in gm_names}
+    for k, v in list(real.items()):
+        if k not in state and k in gm_names:
+            state[k] = v
+    param_ms: dict[str, float] = {}
+    node_q: dict[str, float] = {}
+    node_s: dict[str, float] = {}
+    lag: dict[str, list[float]] = {}
+    nonfinite: list[str] = []
+    for i in range(seeds):
+        gen = torch.Generator(device="cpu").manual_seed(seed0 + i)
+        a, kw = inputs.materialize("cpu", gen)
+        cast = lambda t: t.to(device=device, dtype=dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and dtype is not None else (t.to(device) if isinstance(t, torch.Tensor) else t)
+        a = tuple(cast(t) for t in a)
+        kw = {k: cast(v) for k, v in kw.items()}
+        for t in state.values():
+            if t.grad is not None:
+                t.grad = None
+        # Interpret the graph module with the real tensors swapped in.
+        orig = {}
+        for name, t in state.items():
+            owner, _, attr = name.rpartition(".")
+            mod = gm.get_submodule(owner) if owner else gm
+            orig[name] = (mod, attr, getattr(mod, attr))
+            if isinstance(orig[name][2], nn.Parameter):
+                mod._parameters[attr] = t  # plain tensor with requires_grad, so grads land on `t`
+            else:
+                mod._buffers[attr] = t
+        try:
+            rec = _Recorder(gm, device, dtype)
+            flat_args = torch.utils._pytree.tree_leaves((a, kw))
+            out = rec.run(*_flatten_for(gm, a, kw))
+        finally:
+            for name, (mod, attr, val) in orig.items():
+                if isinstance(val, nn.Parameter):
+                    mod._parameters[attr] = val
+                else:
+                    mod._buffers[attr] = val
+        ys = [y for y in _leaves(out) if y.is_floating_point() and y.requires_grad]
+        loss = sum((torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=y.dtype) * y).sum()
+                   for y in ys)
+        loss.backward()
+        for name, t in rec.values.items():
+            q = float(t.detach().double().pow(2).mean()) if t.numel() else 0.0
+            node_q[name] = node_q.get(name, 0.0) + q / seeds
+            g = t.grad
+            sv = float(g.double().pow(2).mean()) if g is not None and g.numel() else 0.0
+            node_s[name] = node_s.get(name, 0.0) + sv / seeds
+            if not math.isfinite(q) or not math.isfinite(sv):
+                if name not in nonfinite:
+                    nonfinite.append(name)
+        for name, t in real.items():
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                g = t.grad
+                v = float(g.double().pow(2).mean()) if g is not None else 0.0
+                param_ms[name] = param_ms.get(name, 0.0) + v / seeds
+        for rname, seq in _lag_grads(model, a, kw, device, dtype, gen).items():
+            acc = lag.setdefault(rname, [0.0] * len(seq))
+            for j, v in enumerate(seq):
+                acc[j] += v / seeds
+    return Measurement(param_ms, node_q, node_s, {k: tuple(v) for k, v in lag.items()}, tuple(nonfinite), seeds)
+
+
+def _flatten_for(gm, a, kw) -> list:
+    # The unlifted module's forward takes the user's (args, kwargs) flattened in order.
+    return list(torch.utils._pytree.tree_leaves((a, kw)))
+
+
+def _lag_grads(model: nn.Module, a, kw, device, dtype, gen) -> dict[str, list[float]]:
+    """Per recurrent module: mean(δ_x_t²) for every t when only the last output step carries g."""
+    rnns = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.RNNBase)]
+    if not rnns:
+        return {}
+    import copy
+    work = copy.deepcopy(model).to(device)
+    if dtype is not None:
+        work = work.to(dtype)
+    work.train()
+    caught: dict[str, tuple[torch.Tensor, torch.Tensor, bool]] = {}
+    handles = []
+    for name, _ in rnns:
+        mod = work.get_submodule(name)
+
+        def pre(m, args, name=name):
+            x = args[0].detach().requires_grad_(True)
+            caught[name] = (x, None, m.batch_first)
+            return (x,) + tuple(args[1:])
+
+        def post(m, args, out, name=name):
+            x, _, bf = caught[name]
+            caught[name] = (x, out[0], bf)
+
+        handles.append(mod.register_forward_pre_hook(pre))
+        handles.append(mod.register_forward_hook(post))
+    try:
+        work(*a, **kw)
+    finally:
+        for h in handles:
+            h.remove()
+    res = {}
+    for name, (x, y, bf) in caught.items():
+        if y is None:
+            continue
+        last = y[:, -1] if bf else y[-1]
+        g = torch.randn(last.shape, generator=gen, dtype=torch.float64).to(last)
+        (dx,) = torch.autograd.grad((g * last).sum(), x, allow_unused=True)
+        if dx is None:
+            continue
+        steps = dx.shape[1] if bf else dx.shape[0]
+        res[name] = [float((dx[:, t] if bf else dx[t]).double().pow(2).mean()) for t in range(steps)]
+    return res

@@ -1,0 +1,88 @@
+"""Helpers rules share: where a profile crosses a threshold, and how to word causes and fixes."""
+
+from __future__ import annotations
+
+from gradlint.transfers import INIT, NORMALIZATION, RECURRENCE, RESIDUAL, SATURATION, ATTENTION
+
+WEIGHTED = {"linear", "conv", "embedding", "rnn", "attention"}
+
+
+def first_crossing(result, threshold: float, vanishing: bool) -> tuple[str | None, str]:
+    """The trunk node where the gradient first crosses ``threshold``, going back from the
+    output, and the module of the nearest weighted layer at or before it."""
+    s = result.summary
+    g = result.graph
+    if vanishing and s.recurrent_decay >= max(s.trunk_attenuation, s.forward_collapse) and s.weakest:
+        n = g.by_name.get(s.weakest)
+        return s.weakest, n.module if n else ""
+    pts = list(s.trunk)
+    hit = None
+    for p in reversed(pts):
+        val = -p.t_decades if vanishing else p.t_decades
+        qval = -p.q_decades if vanishing else p.q_decades
+        if val >= threshold or qval >= threshold:
+            hit = p
+            break
+    if hit is None:
+        name = s.weakest if vanishing else s.strongest
+        hit = next((p for p in pts if p.node == name), pts[0] if pts else None)
+    if hit is None:
+        return None, ""
+    idx = pts.index(hit)
+    for p in reversed(pts[: idx + 1]):
+        n = g.by_name.get(p.node)
+        if n is not None and n.kind in WEIGHTED and n.module:
+            return p.node, n.module
+    for p in pts[idx:]:
+        n = g.by_name.get(p.node)
+        if n is not None and n.kind in WEIGHTED and n.module:
+            return p.node, n.module
+    n = g.by_name.get(hit.node)
+    return hit.node, n.module if n else ""
+
+
+def describe_attribution(attribution: dict[str, float]) -> str:
+    """'saturating activations -5.4 decades, init scale -0.8 decades', largest first."""
+    items = sorted(attribution.items(), key=lambda kv: -abs(kv[1]))
+    items = [(k, v) for k, v in items if abs(v) >= 0.05]
+    return ", ".join(f"{k} {v:+.1f} decades" for k, v in items[:3])
+
+
+def dominant_cause(attribution: dict[str, float], vanishing: bool) -> str | None:
+    items = [(k, v) for k, v in attribution.items() if (v < 0 if vanishing else v > 0)]
+    if not items:
+        return None
+    return max(items, key=lambda kv: abs(kv[1]))[0]
+
+
+FIXES_VANISHING = {
+    SATURATION: ("replace the saturating activations by ReLU-family ones with He init, e.g. nn.ReLU() and\n"
+                 "nn.init.kaiming_normal_(m.weight, nonlinearity=\"relu\"); or put nn.LayerNorm(width) before each one"),
+    INIT: ("initialize for the activation that follows, e.g. for every nn.Linear/nn.Conv2d m:\n"
+           "nn.init.kaiming_normal_(m.weight, nonlinearity=\"relu\"); nn.init.zeros_(m.bias)\n"
+           "or add normalization (nn.LayerNorm / nn.BatchNorm2d) between layers"),
+    RECURRENCE: ("use nn.LSTM or nn.GRU instead of nn.RNN; for an LSTM set the forget-gate bias to 1:\n"
+                 "h = lstm.hidden_size; lstm.bias_ih_l0.data[h:2*h].fill_(1.0)"),
+    NORMALIZATION: "check the normalization layers' gains (weight) and eps",
+    RESIDUAL: "add skip connections around the layers that lose the gradient",
+    ATTENTION: "scale attention scores by 1/sqrt(head_dim) and check the projections' init",
+}
+FIXES_EXPLODING = {
+    INIT: ("the weights are initialized too large for their fan-in: use\n"
+           "nn.init.kaiming_normal_(m.weight, nonlinearity=\"relu\") (std sqrt(2/fan_in)), or\n"
+           "nn.init.xavier_uniform_(m.weight) for tanh/linear layers"),
+    NORMALIZATION: ("BatchNorm stacks amplify the gradient toward the input (Yang et al. 2019): add residual\n"
+                    "connections around the BatchNorm blocks, or use nn.LayerNorm / nn.GroupNorm"),
+    RESIDUAL: ("scale the residual branches: zero-init the last layer of each branch\n"
+               "(nn.init.zeros_(block.<last>.weight), SkipInit/Fixup), multiply each branch by 1/sqrt(num_blocks),\n"
+               "or normalize the branch input (pre-norm)"),
+    SATURATION: "lower the init gain of the layers before the saturating activations (nn.init.xavier_uniform_(m.weight))",
+    RECURRENCE: "scale the recurrent weights down (nn.init.orthogonal_(rnn.weight_hh_l0)) or clip gradients",
+    ATTENTION: "scale attention scores by 1/sqrt(head_dim)",
+}
+
+
+def fix_for(result, vanishing: bool) -> str:
+    cause = dominant_cause(result.summary.attribution, vanishing)
+    table = FIXES_VANISHING if vanishing else FIXES_EXPLODING
+    return table.get(cause or INIT, table[INIT])
