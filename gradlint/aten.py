@@ -36,7 +36,7 @@ RESHAPES = {
     "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "contiguous", "clone",
     "unsqueeze", "squeeze", "flatten", "unflatten", "alias", "_to_copy", "to", "type_as",
     "lift_fresh_copy", "view_as", "movedim", "swapaxes", "numpy_T", "mT", "dropout_identity",
-    "_assert_tensor_metadata", "copy", "fill_diagonal_",
+    "copy", "fill_diagonal_",
 }
 # Ops through which no gradient flows.
 BLOCKERS = {
@@ -62,7 +62,7 @@ ELEMENTWISE = {
     "clamp_max", "clip", "pow", "softsign", "sgn", "erfc", "atanh", "acos", "asin", "tan",
     "sigmoid_", "nan_to_num",
 }
-SKIP = {"sym_size", "sym_numel", "sym_stride", "_assert_async", "_assert_scalar",
+SKIP = {"sym_size", "sym_numel", "sym_stride", "_assert_async", "_assert_scalar", "_assert_tensor_metadata",
         "sym_constrain_range_for_size", "_set_grad_enabled", "add_.Scalar"}
 
 

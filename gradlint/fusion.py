@@ -265,7 +265,8 @@ def fuse_rotary(g: Graph) -> int:
             continue
         roots = {_rotate_root(g, s) for s in sides}
         if len(roots) == 1 and None not in roots:
-            x = roots.pop()
+            # The operand that is not the rotated copy is x itself, in the layout the sum has.
+            x = next((sd for sd in sides if g.by_name[sd].kind != "cat"), roots.pop())
             g.nodes[i] = replace(n, kind="identity", op="rotary embedding (fused)", inputs=(x,),
                                  attrs={"op": "rotary"})
             count += 1
@@ -314,10 +315,19 @@ def fuse_norm_modules(g: Graph, model: nn.Module | None, stats: dict[str, ParamS
         names = {m.name for m in members}
         ext_in = [i for m in members for i in m.inputs if i is not None and i not in names
                   and g.by_name.get(i) is not None and g.by_name[i].kind not in ("param", "const")]
-        outs = [m for m in members if any(u not in names for u in g.users.get(m.name, [])) or m.name in g.outputs]
-        if len(set(ext_in)) != 1 or len(outs) != 1:
+        if len(set(ext_in)) != 1:
             continue
         x = ext_in[0]
+        # Casts of the input (x.to(float32)) may be shared with the residual path: they stay.
+        alias = set()
+        for m in members:
+            if m.kind == "identity" and m.inputs and (m.inputs[0] == x or m.inputs[0] in alias):
+                alias.add(m.name)
+        outs = [m for m in members if m.name not in alias and (
+            any(u not in names for u in g.users.get(m.name, [])) or m.name in g.outputs)]
+        if len(outs) != 1:
+            continue
+        names -= alias
         means = [m for m in members if m.kind == "reduce" and m.attrs.get("op") == "mean"]
         centred = any(m.kind == "add" and len(m.inputs) == 2 and m.attrs.get("op") == "sub" for m in members) \
             or len(means) >= 2

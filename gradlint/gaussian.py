@@ -218,6 +218,7 @@ def _ndtr_diff(a: float, b: float) -> float:
 # ---------------------------------------------------------------------------
 
 _CACHE_SIZE = 1 << 16
+_NEG_V_TOL = 1e-12
 _FRONT_MAX = 1 << 16
 # Binary rounding to a 21-bit mantissa: relative change <= 2**-21 (~6.3 digits).
 # Much cheaper than formatting to '%.6g' and adequate for every consumer: the
@@ -250,6 +251,9 @@ def _check_mu_v(mu: float, v: float) -> tuple[float, float]:
     if not math.isfinite(mu):
         raise ValueError(f"mu={mu!r} must be finite")
     if not (math.isfinite(v) and v >= 0.0):
+        # Callers form v = q - mu^2; a rounding-level negative result means v = 0.
+        if math.isfinite(v) and v >= -_NEG_V_TOL * max(1.0, mu * mu):
+            return mu, 0.0
         raise ValueError(f"v={v!r} must be a finite variance >= 0")
     return mu, v
 
@@ -289,10 +293,15 @@ _SERIAL_CHUNK = 2048
 # Switch from the 1D uniform grid to graded Gauss-Legendre when sqrt(v) exceeds
 # this many transition widths; the grid is still at 3e-15 for tanh at v = 100.
 _GRID_MAX_RATIO = 10.0
-# Composite Gauss-Legendre: order per panel and base panel length (panels of
-# length 2 on [-10, 10], then geometric refinement towards kinks / transitions).
+# Composite Gauss-Legendre (kinks, narrow transitions): order per panel; base
+# panels cover [-10, 10] and are refined geometrically towards kinks/transitions.
 _GL_ORDER = 10
-_BASE_PANEL = 2.0
+# Base panel length: 1 in general (softsign's pieces have poles one unit of h
+# from the kink; GL-10 on length-2 panels left 9e-7 there), 2 where every piece
+# is entire (polynomial / exponential segments: measured 4e-15 against the
+# arc-cosine kernel), which halves the work of cross() for the ReLU family.
+_BASE_PANEL = 1.0
+_BASE_PANEL_ENTIRE = 2.0
 
 
 class _Grid(NamedTuple):
@@ -333,23 +342,24 @@ def _gauss_legendre(order: int) -> tuple[torch.Tensor, torch.Tensor]:
     return nodes, weights
 
 
-def _base_edges(half_width: float) -> list[float]:
-    n = math.ceil(half_width / _BASE_PANEL)
-    return [k * _BASE_PANEL for k in range(-n, n + 1)]
+def _base_edges(half_width: float, base: float) -> list[float]:
+    n = math.ceil(half_width / base)
+    return [k * base for k in range(-n, n + 1)]
 
 
-def _levels(layer: float | None) -> int:
+def _levels(layer: float | None, base: float = _BASE_PANEL) -> int:
     """Number of geometric refinement levels for a transition of width `layer` (z units)."""
-    if layer is None or layer >= 2.0:
+    if layer is None or layer >= base:
         return 0
-    return min(45, max(1, math.ceil(math.log2(4.0 / max(layer, 1e-300)))))
+    # Smallest panel next to the center <= layer / 4.
+    return min(50, max(1, math.ceil(math.log2(4.0 * base / max(layer, 1e-300)))))
 
 
 @functools.cache
-def _offsets(levels: int) -> tuple[float, ...]:
+def _offsets(levels: int, base: float) -> tuple[float, ...]:
     out = [0.0]
     for j in range(levels):
-        d = _BASE_PANEL * 2.0 ** (-j - 1)
+        d = base * 2.0 ** (-j - 1)
         out.extend((-d, d))
     return tuple(sorted(out))
 
@@ -366,10 +376,10 @@ def _panel_rule(edges: list[float]) -> _Grid:
     return _Grid(z, w / w.sum())
 
 
-def _graded_rule(centers: tuple[tuple[float, int], ...]) -> _Grid:
+def _graded_rule(centers: tuple[tuple[float, int], ...], base: float = _BASE_PANEL) -> _Grid:
     """Graded composite Gauss-Legendre rule on [-10, 10] for a standard normal z.
 
-    Unit panels are refined geometrically (ratio 2) towards each center, down to
+    Panels of length `base` are refined geometrically (ratio 2) towards each center, down to
     the requested level. Gauss-Legendre converges exponentially on each panel of a
     piecewise-analytic integrand, and the geometric grading resolves boundary
     layers of any width (hp-refinement), which a uniform trapezoid grid cannot do
@@ -382,11 +392,11 @@ def _graded_rule(centers: tuple[tuple[float, int], ...]) -> _Grid:
         Nodes and normalised weights.
     """
     L = _GRID_HALF_WIDTH
-    edges = _base_edges(L)
+    edges = _base_edges(L, base)
     for zc, lev in centers:
         if not (-L - 1.0 < zc < L + 1.0):
             continue
-        edges.extend(zc + o for o in _offsets(lev))
+        edges.extend(zc + o for o in _offsets(lev, base))
     edges = sorted(min(L, max(-L, e)) for e in edges)
     kept = [edges[0]]
     for e in edges[1:]:
@@ -395,7 +405,7 @@ def _graded_rule(centers: tuple[tuple[float, int], ...]) -> _Grid:
     return _panel_rule(kept)
 
 
-# A kink-centred pattern: unit panels on [-21, 21] around the kink, refined
+# A kink-centred pattern: base panels on [-21, 21] around the kink, refined
 # geometrically towards it. Shifted to the kink (clamped to [-11, 11], which
 # keeps [-10, 10] covered; a kink further out is outside the Gaussian mass and
 # the integrand is analytic there), it needs no per-call edge sorting, and rows
@@ -407,7 +417,7 @@ _PATTERN_CLAMP = 11.0
 @functools.cache
 def _kink_pattern(levels: int) -> tuple[torch.Tensor, torch.Tensor]:
     t, wr = _gauss_legendre(_GL_ORDER)
-    edges = sorted(set(_base_edges(_PATTERN_HALF_WIDTH)) | set(_offsets(levels)))
+    edges = sorted(set(_base_edges(_PATTERN_HALF_WIDTH, _BASE_PANEL)) | set(_offsets(levels, _BASE_PANEL)))
     e = torch.tensor(edges, dtype=_DTYPE)
     half = 0.5 * (e[1:] - e[:-1])
     mid = 0.5 * (e[1:] + e[:-1])
@@ -1033,7 +1043,8 @@ def moments(name: str, mu: float, v: float, **params: float) -> Moments:
     Args:
         name: One of :data:`ACTIVATIONS`.
         mu: Mean of the pre-activation.
-        v: Variance of the pre-activation (>= 0; 0 means deterministic).
+        v: Variance of the pre-activation (>= 0; 0 means deterministic; a
+            rounding-level negative value, >= -1e-12 max(1, mu^2), counts as 0).
         **params: Activation parameters, see :data:`ACTIVATION_PARAMS`
             (e.g. ``negative_slope`` for leaky_relu, ``slope`` for prelu, ``alpha``
             for elu/celu, ``min_val``/``max_val`` for hardtanh, ``beta``/``threshold``
@@ -1159,8 +1170,8 @@ def _cross_segments(name: str, p, mu: float, v: float, c: float) -> Cross:
     for b in _kinks(segs):
         centers.append(((b - mu) / s, 0))
         if c != 0.0:
-            centers.append(((b - mu) / (s * c), _levels(layer_g)))
-    z, w = _graded_rule(tuple(centers))
+            centers.append(((b - mu) / (s * c), _levels(layer_g, _BASE_PANEL_ENTIRE)))
+    z, w = _graded_rule(tuple(centers), _BASE_PANEL_ENTIRE)
     h = z * s + mu
     m = (c * s) * z + mu
     sc = s * r

@@ -30,25 +30,42 @@ class Measurement:
     """Measured quantities, as mean squares over seeds (RMS = sqrt).
 
     Attributes:
-        param_ms: Per parameter name, mean over seeds of mean(grad²).
+        param_ms: Per parameter name, per seed, mean(grad²).
         node_q: Per graph node name, mean over seeds of mean(h²).
         node_s: Per graph node name, mean over seeds of mean(δ²) (0 when no gradient).
-        lag_ms: Per recurrent module, per time step, mean(δ_x²) when only the last step's
-            output carries the loss.
+        lag_ms: Per recurrent module, per seed, per time step, mean(δ_x²) when only the last
+            step's output carries the loss.
         nonfinite: Names of nodes whose forward or backward produced inf/nan.
         seeds: Number of seeds.
     """
 
-    param_ms: dict[str, float]
+    param_ms: dict[str, tuple[float, ...]]
     node_q: dict[str, float]
     node_s: dict[str, float]
-    lag_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    lag_ms: dict[str, tuple[tuple[float, ...], ...]] = field(default_factory=dict)
     nonfinite: tuple[str, ...] = ()
     seeds: int = 0
 
     def param_rms(self, name: str) -> float | None:
-        v = self.param_ms.get(name)
-        return None if v is None else math.sqrt(v)
+        """Geometric mean over seeds of the gradient RMS (the design note's convention)."""
+        return _log_mean_rms(self.param_ms.get(name))
+
+    def lag_rms(self, name: str) -> tuple[float, ...]:
+        """Per time step, geometric mean over seeds of RMS(δ_x_t) under a last-step loss."""
+        per_seed = self.lag_ms.get(name) or ()
+        if not per_seed:
+            return ()
+        return tuple(_log_mean_rms(tuple(seq[t] for seq in per_seed)) or 0.0 for t in range(len(per_seed[0])))
+
+
+def _log_mean_rms(values) -> float | None:
+    # Seeds are averaged in log space: gradients deep in a model are log-normal across seeds,
+    # and a mean of squares would be ruled by the luckiest seed.
+    if not values:
+        return None
+    if any(v <= 0 for v in values):
+        return 0.0 if all(v <= 0 for v in values) else math.sqrt(sum(values) / len(values))
+    return 10 ** (sum(0.5 * math.log10(v) for v in values) / len(values))
 
 
 class _Recorder(fx.Interpreter):
@@ -58,14 +75,6 @@ class _Recorder(fx.Interpreter):
         self.device = torch.device(device)
         self.dtype = dtype
 
-    def call_function(self, target, args, kwargs):
-        # The graph was exported on the meta device: tensors it creates (zeros for an RNN's
-        # initial state, masks) carry device=meta and the export dtype; run them here instead.
-        if isinstance(kwargs.get("device"), torch.device) and kwargs["device"].type == "meta":
-            kwargs = {**kwargs, "device": self.device}
-            if self.dtype is not None and isinstance(kwargs.get("dtype"), torch.dtype) and kwargs["dtype"].is_floating_point:
-                kwargs["dtype"] = self.dtype
-        return super().call_function(target, args, kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
@@ -108,6 +117,7 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
         warnings.simplefilter("ignore")
         ep = torch.export.export(mm, args, kwargs, strict=False)
     gm = ep.module()
+    _retarget(gm, torch.device(device), dtype)
     real: dict[str, torch.Tensor] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         t = p.detach().to(device)
@@ -120,10 +130,10 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
     for k, v in list(real.items()):
         if k not in state and k in gm_names:
             state[k] = v
-    param_ms: dict[str, float] = {}
+    param_ms: dict[str, list[float]] = {}
     node_q: dict[str, float] = {}
     node_s: dict[str, float] = {}
-    lag: dict[str, list[float]] = {}
+    lag: dict[str, list[list[float]]] = {}
     nonfinite: list[str] = []
     for i in range(seeds):
         gen = torch.Generator(device="cpu").manual_seed(seed0 + i)
@@ -171,12 +181,40 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
             if isinstance(t, torch.Tensor) and t.requires_grad:
                 g = t.grad
                 v = float(g.double().pow(2).mean()) if g is not None else 0.0
-                param_ms[name] = param_ms.get(name, 0.0) + v / seeds
+                param_ms.setdefault(name, []).append(v)
         for rname, seq in _lag_grads(model, a, kw, device, dtype, gen).items():
-            acc = lag.setdefault(rname, [0.0] * len(seq))
-            for j, v in enumerate(seq):
-                acc[j] += v / seeds
-    return Measurement(param_ms, node_q, node_s, {k: tuple(v) for k, v in lag.items()}, tuple(nonfinite), seeds)
+            lag.setdefault(rname, []).append(list(seq))
+    return Measurement({k: tuple(v) for k, v in param_ms.items()}, node_q, node_s,
+                       {k: tuple(tuple(x) for x in v) for k, v in lag.items()}, tuple(nonfinite), seeds)
+
+
+def _retarget(gm: nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
+    """Point tensor-creating ops and casts at the run device and dtype.
+
+    The graph was exported on the meta device: tensors it creates (an RNN's zero initial
+    state, masks, rotary tables inside no-grad regions) carry device=meta, casts name the
+    export dtype, and export's metadata asserts check both. Running in float64 needs all
+    of them moved.
+    """
+    def fix(a):
+        if isinstance(a, torch.device) and a.type == "meta":
+            return device
+        if dtype is not None and isinstance(a, torch.dtype) and a.is_floating_point:
+            return dtype
+        return a
+
+    for sub in gm.modules():
+        if not isinstance(sub, fx.GraphModule):
+            continue
+        for n in list(sub.graph.nodes):
+            if n.op != "call_function":
+                continue
+            if "_assert_tensor_metadata" in str(n.target) and not n.users:
+                sub.graph.erase_node(n)
+                continue
+            n.args = torch.utils._pytree.tree_map(fix, n.args)
+            n.kwargs = torch.utils._pytree.tree_map(fix, dict(n.kwargs))
+        sub.recompile()
 
 
 def _flatten_for(gm, a, kw) -> list:

@@ -189,3 +189,17 @@ def format_text(reports: Iterable[Report], color: bool = False) -> str:
     for r in reports:
         out.append(format_summary(r, color))
     return "\n".join(out)
+
+
+def summary_counts(reports: Iterable[Report]) -> dict[str, Any]:
+    """Counts for a run: targets, errors, findings by severity, verdicts."""
+    reports = list(reports)
+    sev: dict[str, int] = {"error": 0, "warning": 0, "info": 0}
+    verdicts: dict[str, int] = {}
+    for r in reports:
+        for f in r.findings:
+            sev[f.severity] = sev.get(f.severity, 0) + 1
+        if r.summary is not None:
+            verdicts[r.summary.verdict] = verdicts.get(r.summary.verdict, 0) + 1
+    return {"targets": len(reports), "could_not_analyze": sum(r.status != "ok" for r in reports),
+            "findings": sev, "verdicts": verdicts}

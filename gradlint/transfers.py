@@ -642,14 +642,31 @@ class Elementwise(Transfer):
         x = ins[0]
         if not isinstance(x, Fwd):
             return _first(ins, node)
-        m = gaussian.expect_fn(self._fn(node), x.mu, x.v, key=(str(node.attrs["target"]), repr(sorted(node.attrs.get("extra", {}).items(), key=str))))
+        m = self._moments(ctx, node, x)
+        if m is None:
+            return x.with_(shape=_shape(node, x))
         return x.with_(q=m.second, mu=m.mean, k=m.mean ** 2 + (x.k - x.mu ** 2) * m.dphi_mean ** 2,
                        kt=m.mean ** 2 + (x.kt - x.mu ** 2) * m.dphi_mean ** 2, origin=node.name, normed=0.0)
 
     def backward(self, ctx, node, ins, out, g):
         x = ins[0]
-        m = gaussian.expect_fn(self._fn(node), x.mu, x.v, key=(str(node.attrs["target"]), repr(sorted(node.attrs.get("extra", {}).items(), key=str))))
-        return [Bwd(g.s * m.dphi2, g.r * m.dphi_mean ** 2)] + [None] * (len(ins) - 1)
+        m = self._moments(ctx, node, x)
+        if m is None:
+            return [g] + [None] * (len(ins) - 1)
+        return [Bwd(g.s * m.dphi2, g.r * m.dphi_mean ** 2, 0.0, g.rb * m.dphi_mean ** 2)] + [None] * (len(ins) - 1)
+
+    def _moments(self, ctx, node, x: Fwd):
+        """Grid moments, or None where the op is undefined on part of the Gaussian's support
+        (rsqrt, log of a value that is positive only by construction): then pass through."""
+        key = (str(node.attrs["target"]), repr(sorted(node.attrs.get("extra", {}).items(), key=str)))
+        try:
+            m = gaussian.expect_fn(self._fn(node), x.mu, x.v, key=key)
+        except Exception:
+            m = None
+        if m is None or not all(math.isfinite(v) for v in m):
+            ctx.note_unknown(node)
+            return None
+        return m
 
 
 @register("act_module")

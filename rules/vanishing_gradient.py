@@ -72,8 +72,18 @@ class VanishingGradient(Rule):
         node, module = first_crossing(result, thr, vanishing=True)
         causes = describe_attribution(s.attribution)
         where = module or "the model"
-        msg = (f"gradient vanishes: at {where} it is 10^-{s.attenuation_decades:.1f} of the output's"
-               + (f" ({causes})" if causes else ""))
+        weakest = result.graph.by_name.get(s.weakest) if s.weakest else None
+        rec = next((r for r in result.propagation.recurrent if r.node == s.weakest), None)
+        if rec is not None:
+            msg = (f"gradient vanishes over time: in {where} the gradient from the last of {rec.steps} steps "
+                   f"back to the first is 10^-{s.attenuation_decades:.1f}")
+        elif weakest is not None and weakest.module and weakest.module != module:
+            msg = (f"gradient vanishes: it falls below 10^-{thr:g} of the output's at {where} "
+                   f"and reaches 10^-{s.attenuation_decades:.1f} at {weakest.module}")
+        else:
+            msg = f"gradient vanishes: at {where} it is 10^-{s.attenuation_decades:.1f} of the output's"
+        if causes:
+            msg += f" ({causes})"
         yield self.finding(result, msg, fix=fix_for(result, vanishing=True), module=module, node=node,
                            attenuation_decades=round(s.attenuation_decades, 3),
                            attribution={k: round(v, 3) for k, v in s.attribution.items()},
