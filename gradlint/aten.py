@@ -249,7 +249,8 @@ class Converter:
         elif name in RESHAPES:
             self.reshape(fxn, b)
         elif name in BLOCKERS:
-            self.add(fxn, "block", [_first_tensor(b)], attrs={"reason": BLOCKERS[name]})
+            n_tensors = sum(isinstance(v, fx.Node) for v in b.values())
+            self.add(fxn, "block", [_first_tensor(b)], attrs={"reason": BLOCKERS[name], "n_tensors": n_tensors})
         elif name in CREATORS:
             self.add(fxn, "const", attrs={"op": name})
         elif name in ELEMENTWISE:

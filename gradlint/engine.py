@@ -136,6 +136,18 @@ class Context:
         b = self.batch or 1
         return b if rows % b == 0 else 1
 
+    def distinct_values(self, buffer: str) -> int | None:
+        """Number of distinct values of an integer buffer (None on the meta device)."""
+        if self.model is None:
+            return None
+        try:
+            b = self.model.get_buffer(buffer)
+        except AttributeError:
+            return None
+        if b.is_meta or b.numel() == 0 or b.numel() > 1_000_000:
+            return None
+        return int(b.unique().numel())
+
     def note_unknown(self, node: Node) -> None:
         if node.name not in self.unknown:
             self.unknown.append(node.name)

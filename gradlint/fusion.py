@@ -89,7 +89,9 @@ def _looks_causal(g: Graph, name: str | None, depth: int = 40) -> bool:
             continue
         if n.kind == "datamove" and n.attrs.get("op") in ("triu", "tril"):
             return True
-        if n.kind == "block" and n.attrs.get("reason") == "a comparison":
+        # Causal masks compare query and key indices (two tensors); padding masks compare a
+        # tensor with a scalar.
+        if n.kind == "block" and n.attrs.get("reason") == "a comparison" and n.attrs.get("n_tensors", 1) >= 2:
             return True
         if "causal" in (n.module_type or "").lower() or "causal" in str(n.attrs.get("op", "")):
             return True

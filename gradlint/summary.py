@@ -173,7 +173,11 @@ def summarize(graph: Graph, q: dict[str, float], s: dict[str, float], numel: dic
     kinds = {n.name: n.kind for n in graph.nodes}
     # Start where the first weighted op has produced its output: the gradient at the raw
     # input reaches no weight.
-    first_w = next((i for i, n in enumerate(names) if kinds.get(n) in WEIGHTED_KINDS | NORM_KINDS), None)
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    first_weighted = next((i for i, n in enumerate(graph.nodes) if n.kind in WEIGHTED_KINDS | NORM_KINDS
+                           and n.name in s and s.get(n.name, 0) > 0), None)
+    first_w = None if first_weighted is None else next(
+        (i for i, n in enumerate(names) if order[n] >= first_weighted), None)
     points: list[TrunkPoint] = []
     att = amp = col = gro = 0.0
     weakest = strongest = None
@@ -272,7 +276,14 @@ def _forward_attribution(seq, q, causes, target) -> dict[str, float]:
 
 
 def _earliest_blocked(graph: Graph, param_grads: dict[str, float | None]) -> bool:
-    """True when the first weighted layer on the input side gets exactly no gradient."""
+    """True when the first weighted layer gets exactly no gradient because something blocks it.
+
+    Only ops that stop gradients (detach, argmax, no_grad regions...) block; a zero-initialized
+    layer further on (SkipInit, Fixup) zeroes earlier gradients for one step only.
+    """
+    if not any(n.kind == "block" or (n.kind == "grad_region" and not n.attrs.get("enabled", True))
+               for n in graph.nodes):
+        return False
     for n in graph.nodes:
         names = list(n.params.values()) or ([n.attrs["param"]] if n.kind == "param" else [])
         if n.kind == "rnn":

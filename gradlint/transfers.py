@@ -168,7 +168,13 @@ class Const(Transfer):
         shape = _shape(node, None)
         value = node.attrs.get("value")
         q = float(value) ** 2 if isinstance(value, (int, float)) else 0.0
-        return Fwd(q=q, shape=shape, roles=default_roles(shape), dtype=node.dtype, const=True,
+        distinct = None
+        if node.attrs.get("op") in ("zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "new_zeros",
+                                    "new_ones", "new_full"):
+            distinct = 1
+        elif node.attrs.get("buffer") and node.dtype == "int":
+            distinct = ctx.distinct_values(node.attrs["buffer"])
+        return Fwd(q=q, shape=shape, roles=default_roles(shape), dtype=node.dtype, const=True, vocab=distinct,
                    origin="const:" + str(node.attrs.get("op") or node.attrs.get("buffer") or "value"))
 
     def backward(self, ctx, node, ins, out, g):
@@ -234,6 +240,12 @@ class Identity(Transfer):
                 roles = "".join(r)
             elif op == "t" and len(x.roles) == 2:
                 roles = x.roles[::-1]
+            elif op == "unsqueeze" and args.get("dim") is not None and len(shape) == len(x.roles) + 1:
+                # A new axis takes the role of the axis before it: after the heads of a
+                # (B, heads, T, d) tensor it is a copy of heads (GQA's repeat_kv), after the
+                # batch axis it spreads a per-sample vector over positions.
+                d = int(args["dim"]) % len(shape)
+                roles = x.roles[:d] + (x.roles[d - 1] if d > 0 else BATCH) + x.roles[d:]
             elif op == "movedim":
                 roles = reshape_roles(x.shape, x.roles, shape)
             else:
@@ -306,11 +318,12 @@ class Expand(Transfer):
         roles = _roles_like(shape, x) if len(shape) != len(x.shape) else (x.roles if len(x.roles) == len(shape) else default_roles(shape))
         f = x.with_(shape=shape, roles=roles)
         if len(shape) == len(x.shape):
-            for d_in, d_out, r in zip(x.shape, shape, roles):
+            for i, (d_in, d_out, r) in enumerate(zip(x.shape, shape, roles)):
                 if d_in == 1 and d_out > 1:
-                    if r == POS:
+                    kind = _copy_kind(roles, i)
+                    if kind == POS:
                         f = f.with_(kt=f.q)
-                    elif r == BATCH:
+                    elif kind == BATCH:
                         f = f.with_(k=f.q)
         return f
 
@@ -318,9 +331,10 @@ class Expand(Transfer):
         x = ins[0]
         n_pos = n_other = 1
         if len(out.shape) == len(x.shape):
-            for d_in, d_out, r in zip(x.shape, out.shape, out.roles or default_roles(out.shape)):
+            roles = out.roles or default_roles(out.shape)
+            for i, (d_in, d_out) in enumerate(zip(x.shape, out.shape)):
                 if d_in == 1 and d_out > 1:
-                    if r == POS:
+                    if _copy_kind(roles, i) == POS:
                         n_pos *= d_out
                     else:
                         n_other *= d_out
@@ -330,6 +344,18 @@ class Expand(Transfer):
         s = n * g.s + n_other * n_pos * (n_pos - 1) * g.r
         r = g.r * n if n_pos == 1 else s
         return [Bwd(s, r)]
+
+
+def _copy_kind(roles: str, i: int) -> str:
+    """What copies made along axis ``i`` are: the batch axis copies across samples, any other
+    batch- or position-role axis copies within a sample (positions), a feature axis copies
+    features (GQA heads)."""
+    r = roles[i] if i < len(roles) else POS
+    if r == FEAT:
+        return FEAT
+    if r == BATCH and roles.index(BATCH) == i:
+        return BATCH
+    return POS
 
 
 @register("datamove")
@@ -565,7 +591,9 @@ class Embedding(Transfer):
         q = w.ms if w else 1.0
         shape = _shape(node, ids)
         vocab = w.shape[0] if w else (ids.vocab or 1)
-        same_row = bool(ids.const and ids.origin and any(t in ids.origin for t in ("zeros", "ones", "full", "value")))
+        # Constant ids (position ids, token-type ids) index the same rows in every sample; a
+        # single distinct id (all zeros) means every position reads one row.
+        same_row = bool(ids.const and (ids.vocab == 1 or (ids.vocab is None and ids.origin and "token_type" in ids.origin)))
         if ids.const and not same_row:
             k, kt = q, 0.0  # position ids: each position its own row, the same in every sample
         elif same_row:
@@ -1227,8 +1255,11 @@ class Attention(Transfer):
         qv, kv = V.q, V.kt
         q_o = (qv - kv) * s2d + kv + sc2d * Q.q * max(K.q - K.kt, 0.0) * (qv - kv) * a
         kt_o = kv + (qv - kv) / max(t_k, 1)
+        # Across samples, only what every position shares survives the average over keys.
+        common = min(V.k, V.kt)
+        k_o = (V.k - common) * s2 + common
         shape = _shape(node, Q)
-        return Fwd(q=q_o, mu=V.mu, k=V.k, kt=min(kt_o, q_o), shape=shape, roles=_roles_like(shape, Q),
+        return Fwd(q=q_o, mu=V.mu, k=min(k_o, q_o), kt=min(kt_o, q_o), shape=shape, roles=_roles_like(shape, Q),
                    origin=node.name, blocked=Q.blocked and K.blocked and V.blocked)
 
     def backward(self, ctx, node, ins, out, g):

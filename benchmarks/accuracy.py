@@ -1,0 +1,144 @@
+"""Accuracy of gradlint's static predictions against real backward passes.
+
+For every model of the corpus (``benchmarks/corpus.py``): the static prediction
+(``gradlint.check``) and a measurement under the same protocol (``gradlint.measure``, the
+exported graph run for real in float64, 3 seeds, geometric mean over seeds). Per model:
+
+* profile error: |log10 predicted - log10 measured| per weight matrix after removing the
+  model's median offset;
+* offset: that median (the absolute error; the protocol fixes the scale);
+* verdicts: predicted, and measured (the same ``summarize`` on measured node statistics);
+* for recurrent models, the long-range gradient decay over the sequence, both ways.
+
+Run: ``python benchmarks/accuracy.py [--seeds 3] [--only NAME ...] [--json FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch
+
+import gradlint
+from gradlint.measure import measure
+from gradlint.result import cause_of
+from gradlint.summary import summarize
+from corpus import CORPUS
+
+
+def measured_summary(report, meas, threshold: float):
+    result = report.result
+    g = result.graph
+    numel = {n.name: math.prod(n.shape) if n.shape else 1 for n in result.propagation.nodes}
+    causes = {n.name: cause_of(n) for n in g.nodes}
+    rec = []
+    for r in result.propagation.recurrent:
+        lag = meas.lag_rms(r.module)
+        if lag and lag[-1] > 0:
+            rec.append((r.node, math.log10(lag[-1] / lag[0]) if lag[0] > 0 else math.inf))
+    # Nodes the measurement could not see (non-float, fused away) keep the prediction's q, s.
+    q = {n.name: meas.node_q.get(n.name, n.q) for n in result.propagation.nodes}
+    s = {n.name: meas.node_s.get(n.name, n.s) for n in result.propagation.nodes}
+    grads = {k: (sum(v) / len(v) if v else 0.0) for k, v in meas.param_ms.items()}
+    return summarize(g, q, s, numel, causes, rec, grads, threshold, g.batch_size)
+
+
+def run(entries, seeds: int, threshold: float):
+    rows = []
+    all_errs = []
+    for e in entries:
+        model = e.build()
+        ex = e.inputs()
+        t0 = time.perf_counter()
+        report = gradlint.check(model, ex, threshold=threshold)
+        t_check = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        meas = measure(model, ex, seeds=seeds)
+        t_meas = time.perf_counter() - t0
+        diffs = []
+        for p in report.params:
+            # Weight matrices and tables: two or more dims larger than 1 (not a CLS token).
+            if sum(d > 1 for d in p.shape) < 2 or not p.predicted_grad_rms:
+                continue
+            m = meas.param_rms(p.name)
+            if not m or m <= 0:
+                continue
+            diffs.append((p.name, math.log10(p.predicted_grad_rms) - math.log10(m)))
+        offset = statistics.median(d for _, d in diffs) if diffs else float("nan")
+        errs = [abs(d - offset) for _, d in diffs]
+        all_errs.extend(errs)
+        ms = measured_summary(report, meas, threshold)
+        rec_pred = rec_meas = None
+        for r in report.result.propagation.recurrent:
+            lag = meas.lag_rms(r.module)
+            if lag and lag[0] > 0 and r.lag_grad_rms[0] > 0:
+                rec_pred = math.log10(r.lag_grad_rms[0] / r.lag_grad_rms[-1])
+                rec_meas = math.log10(lag[0] / lag[-1])
+        worst = max(diffs, key=lambda nd: abs(nd[1] - offset))[0] if diffs else ""
+        rows.append({
+            "model": e.name, "family": e.family, "weights": len(diffs),
+            "profile_median": statistics.median(errs) if errs else None,
+            "profile_max": max(errs) if errs else None, "worst": worst, "offset": offset,
+            "verdict_pred": report.summary.verdict, "verdict_meas": ms.verdict,
+            "att_pred": report.summary.attenuation_decades, "att_meas": ms.attenuation_decades,
+            "decay_pred": rec_pred, "decay_meas": rec_meas, "check_s": t_check, "measure_s": t_meas,
+            "codes": sorted({f.code for f in report.findings if f.severity != "info"}),
+        })
+        print(_row(rows[-1]), flush=True)
+    return rows, all_errs
+
+
+def _f(x, fmt="{:+.2f}"):
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def _row(r) -> str:
+    agree = "yes" if r["verdict_pred"] == r["verdict_meas"] else "**no**"
+    decay = f"{_f(r['decay_pred'], '{:.1f}')} / {_f(r['decay_meas'], '{:.1f}')}" if r["decay_pred"] is not None else "-"
+    return (f"| {r['model']} | {r['weights']} | {_f(r['profile_median'], '{:.3f}')} | {_f(r['profile_max'], '{:.3f}')} "
+            f"| {_f(r['offset'])} | {r['verdict_pred']} ({_f(r['att_pred'], '{:+.1f}')}) | {r['verdict_meas']} "
+            f"({_f(r['att_meas'], '{:+.1f}')}) | {agree} | {decay} | {r['check_s']:.2f} |")
+
+
+HEADER = ("| model | weights | profile median | profile max | offset | predicted verdict (att.) | measured verdict (att.) "
+          "| agree | decay pred / meas | check s |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--threshold", type=float, default=2.0)
+    ap.add_argument("--only", nargs="*", help="model names (prefix match)")
+    ap.add_argument("--json", help="write the rows to this file")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    entries = [e for e in CORPUS if not args.only or any(e.name.startswith(o) for o in args.only)]
+    print(f"gradlint {gradlint.__version__}, torch {torch.__version__}, {platform.machine()}, "
+          f"{torch.get_num_threads()} threads, seeds={args.seeds}\n")
+    print(HEADER)
+    rows, errs = run(entries, args.seeds, args.threshold)
+    errs.sort()
+    p50 = statistics.median(errs) if errs else float("nan")
+    p90 = errs[min(len(errs) - 1, int(math.ceil(0.9 * len(errs))) - 1)] if errs else float("nan")
+    worst_offset = max(rows, key=lambda r: abs(r["offset"]) if not math.isnan(r["offset"]) else -1)
+    agree = sum(r["verdict_pred"] == r["verdict_meas"] for r in rows)
+    print(f"\n{len(rows)} models ({sum(r['family'] == 'hf' for r in rows)} Hugging Face), {len(errs)} weight matrices")
+    print(f"profile error: median {p50:.3f}, 90th percentile {p90:.3f} decades")
+    print(f"offset: within {abs(worst_offset['offset']):.2f} decades on every model (worst: {worst_offset['model']})")
+    print(f"verdicts agree on {agree} of {len(rows)} models")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "p50": p50, "p90": p90}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
