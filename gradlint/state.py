@@ -77,18 +77,24 @@ class Bwd:
             except below a BatchNorm, whose backward centres the gradient over the batch:
             sum over the batch of delta is then 0, which cancels the weight gradient's share
             from the input's common component.
+        coh: r_u * E[phi''(h)]^2 from the activation this tensor feeds: with dL/dh shared across
+            positions (pooling, attention), each position's weight-gradient term has a mean
+            along the weights (Stein's lemma: E[phi'(h) x_j] = w_j E[phi''] Var x_j), and those
+            means add coherently over positions. Only the producing layer's weight gradient uses it.
     """
 
     s: float = 0.0
     r: float = 0.0
     sw: float = 0.0
     rb: float = 0.0
+    coh: float = 0.0
 
     def __add__(self, other: "Bwd") -> "Bwd":
-        return Bwd(self.s + other.s, self.r + other.r, self.sw + other.sw, self.rb + other.rb)
+        return Bwd(self.s + other.s, self.r + other.r, self.sw + other.sw, self.rb + other.rb,
+                   self.coh + other.coh)
 
     def scaled(self, f: float) -> "Bwd":
-        return Bwd(self.s * f, self.r * f, self.sw * f, self.rb * f)
+        return Bwd(self.s * f, self.r * f, self.sw * f, self.rb * f, self.coh * f)
 
 
 ZERO = Bwd()

@@ -471,7 +471,8 @@ class Linear(Transfer):
         pos = max(rows // batch, 1)
         rows_all = batch * pos
         ctx.param_grad(node.params["weight"],
-                       rows_all * ((g.s + g.sw) * x.q + (pos - 1) * g.r * x.kt + (rows_all - pos) * g.rb * x.k))
+                       rows_all * ((g.s + g.sw) * x.q + (pos - 1) * g.r * x.kt + (rows_all - pos) * g.rb * x.k
+                                   + (pos - 1) * g.coh * w.ms * x.v ** 2))
         if "bias" in node.params:
             ctx.param_grad(node.params["bias"], rows_all * (g.s + (pos - 1) * g.r + (rows_all - pos) * g.rb))
         f = fan_out * w.ms
@@ -563,7 +564,7 @@ class Conv(Transfer):
         m2 = math.prod(sum(c * c for c in d[0]) / len(d[0]) for d in dims)
         s = g.s + g.sw
         ctx.param_grad(node.params["weight"], batch * (m1 * (s * x.q - g.r * x.kt) + m2 * g.r * x.kt)
-                       + batch * (batch - 1) * m2 * g.rb * x.k)
+                       + batch * (batch - 1) * m2 * g.rb * x.k + batch * (m2 - m1) * g.coh * w.ms * x.v ** 2)
         if "bias" in node.params:
             p_out = math.prod(out.shape[2:]) if len(out.shape) > 2 else 1
             ctx.param_grad(node.params["bias"], batch * p_out * (g.s + (p_out - 1) * g.r)
@@ -647,7 +648,19 @@ class Activation(Transfer):
             w = ctx.param_stats(node.params["weight"])
             neg = gaussian.moments("relu", -x.mu, v).second  # E[min(h, 0)^2]
             ctx.param_grad(node.params["weight"], (x.numel / max(w.numel, 1)) * g.s * neg)
-        return [Bwd(g.s * m.dphi2, g.r * rr, 0.0, g.rb * rb)]
+        coh = g.r * self._dphi_slope(fn, params, x) ** 2 if g.r > 0 else 0.0
+        return [Bwd(g.s * m.dphi2, g.r * rr, 0.0, g.rb * rb, coh)]
+
+    @staticmethod
+    def _dphi_slope(fn, params, x: Fwd) -> float:
+        """E[phi''(h)] as d/dmu E[phi'(h)], which also holds at a kink (ReLU: the density at 0)."""
+        v = x.v
+        if v <= 0:
+            return 0.0
+        eps = 1e-3 * math.sqrt(v)
+        hi = gaussian.moments(fn, x.mu + eps, v, **params).dphi_mean
+        lo = gaussian.moments(fn, x.mu - eps, v, **params).dphi_mean
+        return (hi - lo) / (2 * eps)
 
     def gain(self, ctx, node, ins, out):
         fn, params = self._fn(ctx, node)
@@ -1036,9 +1049,16 @@ class BatchNorm(Transfer):
         if not node.attrs.get("training", True):
             return [Bwd(g.s * f, g.r * f, 0.0, g.rb * f)]
         # Train-mode BN subtracts the gradient's mean over its statistics group (batch x
-        # positions): the gradients of different samples then sum to zero.
+        # positions): the gradients of different samples then sum to zero. The (N-2)/(N-3)
+        # factor counts that for uncorrelated gradients; when positions share their gradient
+        # (pooling downstream), the mean carries more of it and more is removed.
         pos = max(n_b // max(x.shape[0], 1), 1) if x.shape else 1
-        s_in, r_in = g.s * f, g.r * f
+        # The projection on x_hat removes what the next activation's Stein term (coh) makes
+        # coherent across positions.
+        extra = ((pos - 1) * (g.r + g2 * g.coh) + (n_b - pos) * g.rb) / n_b
+        base = f * (n_b - 3) / (n_b - 2) if n_b > 3 else f
+        s_in = max(f * g.s - base * extra, 0.0)
+        r_in = base * (g.r - (g.s + (pos - 1) * g.r + (n_b - pos) * g.rb) / n_b)
         rb = -(s_in + (pos - 1) * r_in) / max(n_b - pos, 1)
         return [Bwd(s_in, r_in, 0.0, rb)]
 

@@ -1,0 +1,79 @@
+"""Shared test helpers: predictions next to real backward passes, with noise-derived tolerances.
+
+Each comparison draws the model's weights, the inputs and the loss weights g afresh per
+seed, predicts from that seed's actual weights, and measures once. The per-seed difference
+(predicted - measured, in decades) then carries both the measurement noise and the
+finite-width fluctuation of one weight draw (section 7.1 of the design note); the test
+asserts that its mean is within 4 standard errors of zero, or within the accuracy the
+design note verified for the rule, whichever is larger.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+import gradlint
+from gradlint.api import _as_example_inputs
+from gradlint.measure import measure
+
+
+def log_rms(e2: float) -> float:
+    return 0.5 * math.log10(e2) if e2 > 0 else -math.inf
+
+
+def decades(rel: float) -> float:
+    """A relative accuracy on a second moment (the note's +-x%) in decades of RMS."""
+    return 0.5 * math.log10(1 + rel)
+
+
+class Trials:
+    """Per-seed predictions and measurements of one architecture."""
+
+    def __init__(self, build: Callable[[], nn.Module], inputs, seeds: int = 4):
+        self.pairs = []
+        for i in range(seeds):
+            torch.manual_seed(1000 + i)
+            model = build()
+            ex = _as_example_inputs(model, inputs)
+            report = gradlint.check(model, ex)
+            self.pairs.append((report, measure(model, ex, seeds=1, seed0=100 + i)))
+
+    @property
+    def report(self):
+        return self.pairs[0][0]
+
+    def node(self, kind: str, index: int = 0) -> str:
+        return [n.name for n in self.report.result.propagation.nodes if n.kind == kind][index]
+
+    def _check(self, label: str, diffs: list[float], preds: list[float], floor: float):
+        mean = statistics.mean(diffs)
+        se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+        tol = max(floor, 4 * se)
+        assert abs(mean) <= tol, (f"{label}: predicted {statistics.mean(preds):.3f}, measured "
+                                  f"{statistics.mean(p - d for p, d in zip(preds, diffs)):.3f} decades "
+                                  f"(mean difference {mean:+.3f}, tolerance {tol:.3f})")
+        return mean, tol
+
+    def check_node(self, name: str, what: str, floor: float):
+        diffs, preds = [], []
+        for report, meas in self.pairs:
+            n = next(x for x in report.result.propagation.nodes if x.name == name)
+            p = log_rms(n.q if what == "q" else n.s)
+            m = log_rms((meas.node_q if what == "q" else meas.node_s)[name])
+            preds.append(p)
+            diffs.append(p - m)
+        return self._check(f"{name}.{what}", diffs, preds, floor)
+
+    def check_param(self, name: str, floor: float):
+        diffs, preds = [], []
+        for report, meas in self.pairs:
+            p = next(x for x in report.params if x.name == name)
+            pv = math.log10(p.predicted_grad_rms)
+            preds.append(pv)
+            diffs.append(pv - log_rms(meas.param_ms[name][0]))
+        return self._check(name, diffs, preds, floor)
