@@ -61,7 +61,9 @@ def select_rules(select: Iterable[str] | None = None, ignore: Iterable[str] | No
 def analyze(model: nn.Module, inputs: ExampleInputs | None, *, threshold: float = DEFAULT_THRESHOLD,
             target_source: Source | None = None) -> tuple[Result, list[str]]:
     """Trace, propagate and summarize; no rules. Returns the result and tracing failures."""
-    stats = params_mod.collect(model)
+    from gradlint.initscan import recorded_init
+
+    stats = params_mod.collect(model, recorded_init(model))
     graph, failures = tracing.trace(model, inputs)
     fusion.fuse(graph, model, stats)
     prop = propagate(graph, stats, model)

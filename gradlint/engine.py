@@ -292,6 +292,12 @@ def propagate(graph: Graph, stats: dict[str, ParamStats], model: nn.Module | Non
             params[name] = 0.0
         else:
             params[name] = None
+    for name, st in stats.items():
+        # A tied tensor's gradient is the sum over all its uses, whatever name the graph used.
+        if st.tied:
+            vals = [params.get(n) for n in (name, *st.tied)]
+            if any(v is not None for v in vals):
+                params[name] = sum(v for v in vals if v is not None)
     return Propagation(graph=graph, nodes=tuple(results), params=params, param_stats=stats,
                        recurrent=tuple(ctx.recurrent), unknown_ops=tuple(ctx.unknown),
                        forward_state=fwd, backward_state=grads)
@@ -301,7 +307,7 @@ def _used_params(graph: Graph) -> set[str]:
     used: set[str] = set()
     for n in graph.nodes:
         used.update(n.params.values())
-        if n.kind == "param":
+        if n.kind == "param" and graph.users.get(n.name):
             used.add(n.attrs["param"])
         for p in n.attrs.get("params", []) or []:
             if isinstance(p, str):

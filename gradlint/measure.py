@@ -22,7 +22,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from gradlint.inputs import ExampleInputs
-from gradlint.tracing import meta_copy
+from gradlint.tracing import export_program
 
 
 @dataclass(frozen=True)
@@ -111,17 +111,16 @@ def measure(model: nn.Module, inputs: ExampleInputs, seeds: int = 3, dtype: torc
 
 
 def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
-    mm = meta_copy(model).train()
-    args, kwargs = inputs.meta()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ep = torch.export.export(mm, args, kwargs, strict=False)
+    ep = export_program(model, inputs)
     gm = ep.module()
     _retarget(gm, torch.device(device), dtype)
     real: dict[str, torch.Tensor] = {}
+    by_id: dict[int, torch.Tensor] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
-        t = p.detach().to(device)
-        real[name] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t.clone()).requires_grad_(True)
+        if id(p) not in by_id:  # tied weights stay one tensor
+            t = p.detach().to(device)
+            by_id[id(p)] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t.clone()).requires_grad_(True)
+        real[name] = by_id[id(p)]
     for name, b in model.named_buffers(remove_duplicate=False):
         t = b.detach().to(device)
         real[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t.clone()

@@ -10,7 +10,7 @@ running the model's own ``_init_weights`` over the meta tensors (``initscan``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,7 @@ class ParamStats:
         module: Qualified name of the owning module.
         module_type: The owning module's class name.
         requires_grad: Whether the parameter is trained.
+        tied: Other names of the same tensor (weight tying); their gradients add up.
     """
 
     name: str
@@ -40,6 +41,7 @@ class ParamStats:
     module: str
     module_type: str
     requires_grad: bool = True
+    tied: tuple[str, ...] = ()
 
     @property
     def numel(self) -> int:
@@ -140,4 +142,11 @@ def collect(model: nn.Module, recorded: dict[str, tuple[float, float]] | None = 
         st = ParamStats(name, shape, ms, mean, src, mname, type(mod).__name__, p.requires_grad)
         seen[id(p)] = st
         out[name] = st
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    for names in groups.values():
+        if len(names) > 1:
+            for n in names:
+                out[n] = replace(out[n], tied=tuple(x for x in names if x != n))
     return out

@@ -13,7 +13,10 @@ Paths, best first (the report names the one used as ``analysis``):
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import logging
 import operator
 import warnings
 from typing import Any
@@ -257,13 +260,31 @@ def fx_graph(model: nn.Module) -> Graph:
     return Graph(nodes, outputs, "fx", None)
 
 
-def export_graph(model: nn.Module, inputs: ExampleInputs) -> Graph:
-    """``torch.export`` of a meta copy of ``model`` on meta inputs, converted to a ``Graph``."""
-    mm = meta_copy(model).train()
-    args, kwargs = inputs.meta()
+@contextlib.contextmanager
+def quiet():
+    """Silence torch's warnings and log output (export failures print the whole graph)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ep = torch.export.export(mm, args, kwargs, strict=False)
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            logging.disable(previous)
+
+
+def export_program(model: nn.Module, inputs: ExampleInputs) -> "torch.export.ExportedProgram":
+    """``torch.export`` (non-strict) of a meta copy of ``model`` on meta copies of the inputs."""
+    mm = meta_copy(model).train()
+    args, kwargs = inputs.meta()
+    with quiet():
+        return torch.export.export(mm, args, kwargs, strict=False)
+
+
+def export_graph(model: nn.Module, inputs: ExampleInputs) -> Graph:
+    """``torch.export`` of a meta copy of ``model`` on meta inputs, converted to a ``Graph``."""
+    ep = export_program(model, inputs)
     user = list(ep.graph_signature.user_inputs)
     specs = [v for v in torch.utils._pytree.tree_leaves((inputs.args, inputs.kwargs),
                                                         is_leaf=lambda x: isinstance(x, TensorSpec))
@@ -296,5 +317,8 @@ def trace(model: nn.Module, inputs: ExampleInputs | None) -> tuple[Graph, list[s
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else ""
+    for line in str(e).strip().splitlines():
+        line = line.strip()
+        if len(line) > 3:
+            return line[:300]
+    return ""

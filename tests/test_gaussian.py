@@ -179,7 +179,7 @@ def test_relu_closed_form_with_mean(mu, v):
     assert m.dphi_mean == pytest.approx(_cdf(a), rel=1e-12)
 
 
-def _quadrature_moments(name, mu, v, params=()):
+def _quadrature_moments(name, mu, v):
     """Independent check: graded Gauss-Legendre split at every kink of torch's phi."""
     s = math.sqrt(v)
     kinks = {"relu": [0], "leaky_relu": [0], "prelu": [0], "elu": [0], "celu": [0], "selu": [0],
@@ -302,6 +302,15 @@ def test_deterministic_limit_v_zero():
     assert g.moments("tanh", 0.3, -1e-15) == g.moments("tanh", 0.3, 0.0)
     with pytest.raises(ValueError, match="v="):
         g.moments("tanh", 0.3, -1e-3)
+
+
+def test_exponential_units_keep_relative_precision_at_tiny_variance():
+    # (e^h - 1)^2 evaluated as e^2h - 2 e^h + 1 would cancel to ~1e-16 absolute.
+    v = 1e-14
+    assert g.moments("elu", 0.0, v).second / v == pytest.approx(1.0, rel=1e-6)
+    lam, alpha = 1.0507009873554805, 1.6732632423543772
+    assert g.moments("selu", 0.0, v).second / v == pytest.approx(lam**2 * (1 + alpha**2) / 2, rel=1e-6)
+    assert g.cross("elu", 0.0, v, 0.4).phi_phi / v == pytest.approx(0.4, rel=1e-5)
 
 
 def test_argument_validation():

@@ -1,0 +1,64 @@
+"""GL902 unknown-op."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from gradlint.findings import Severity
+from gradlint.rule import Case, Rule
+
+
+class _Bessel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(32, 32)
+        self.b = nn.Linear(32, 32)
+
+    def forward(self, x):
+        return self.b(torch.special.bessel_j0(self.a(x)))
+
+
+class UnknownOp(Rule):
+    """An op without a transfer rule: its input statistics were passed through unchanged.
+
+    ## What it finds
+    Ops in the traced graph that gradlint's engine has no rule for, or that its numeric rule
+    could not evaluate. Each is treated as the identity on the signal.
+
+    ## Why it matters
+    The predictions downstream of the op (forward) and upstream of it (gradient) are only as
+    good as that identity assumption.
+
+    ## Example
+    `torch.special.bessel_j0(h)` in a forward.
+
+    ## Fix
+    Nothing in the model needs to change. A custom transfer rule can be registered with
+    `gradlint.transfers.register`; or replace the op with a known one if the choice is free.
+
+    ## Known limits
+    Mask and index computations that reach no parameter's gradient are not reported.
+    """
+
+    code = "GL902"
+    name = "unknown-op"
+    severity = Severity.INFO
+    category = "trace"
+    good = (Case(lambda: nn.Sequential(nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 32)), (8, 32)),)
+    bad = (Case(_Bessel, (8, 32)),)
+
+    def check(self, result):
+        prop = result.propagation
+        for name in prop.unknown_ops:
+            node = result.graph.by_name.get(name)
+            if node is None:
+                continue
+            res = prop.node(name)
+            if res.s <= 0 and not any(u for u in result.graph.users.get(name, [])
+                                      if prop.node(u).s > 0):
+                continue  # mask and index arithmetic that no gradient flows through
+            op = node.attrs.get("target") if isinstance(node.attrs.get("target"), str) else node.op
+            where = node.module or "the model"
+            yield self.finding(result, f"no transfer rule for {op} in {where}: its input's statistics were "
+                                       "passed through unchanged", node=name, module=node.module, op=str(op))

@@ -1,0 +1,145 @@
+"""The engine on toy graphs: coherent sums, blockage, unknown ops, fallbacks, the meta device."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import gradlint
+from helpers import Trials, decades
+
+
+def _node(report, kind, i=0):
+    return [n for n in report.result.propagation.nodes if n.kind == kind][i]
+
+
+class Doubled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(64, 64)
+
+    def forward(self, x):
+        y = self.a(x)
+        return y + y  # the same tensor twice: 4x the second moment, not 2x
+
+
+def test_same_tensor_adds_coherently():
+    t = Trials(Doubled, (32, 64))
+    y = _node(t.report, "linear")
+    s = _node(t.report, "add")
+    assert s.q == pytest.approx(4 * y.q, rel=1e-9)
+    t.check_node(s.name, "q", decades(0.03))
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(128, 128)
+        self.b = nn.Linear(128, 128)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h) + h
+
+
+def test_residual_branches_add_independently():
+    t = Trials(Residual, (64, 128))
+    t.check_node(_node(t.report, "add").name, "q", decades(0.03))
+    t.check_param("a.weight", decades(0.03))
+
+
+class Detached(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(32, 32)
+        self.b = nn.Linear(32, 32)
+
+    def forward(self, x):
+        return self.b(self.a(x).detach())
+
+
+def test_detach_blocks_the_earliest_weights():
+    report = gradlint.check(Detached(), (8, 32))
+    grads = {p.name: p.predicted_grad_rms for p in report.params}
+    assert grads["a.weight"] == 0.0 and grads["b.weight"] > 0
+    assert report.summary.verdict == "blocked"
+
+
+def test_unused_parameter_has_no_prediction():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = nn.Linear(16, 16)
+            self.spare = nn.Linear(16, 16)
+
+        def forward(self, x):
+            return self.used(x)
+
+    report = gradlint.check(Unused(), (4, 16))
+    grads = {p.name: p.predicted_grad_rms for p in report.params}
+    assert grads["spare.weight"] is None and grads["used.weight"] > 0
+
+
+def test_unknown_op_passes_through_with_a_trace_finding():
+    from gradlint.rules.unknown_op import _Bessel
+
+    report = gradlint.check(_Bessel(), (8, 32))
+    assert report.analysis == "export"
+    assert any(f.code == "GL902" and "bessel" in f.message for f in report.findings)
+    assert all(p.predicted_grad_rms and p.predicted_grad_rms > 0 for p in report.params)
+
+
+def test_data_dependent_forward_falls_back_to_module_order():
+    from gradlint.rules.untraceable_model import _DataDependent
+
+    report = gradlint.check(_DataDependent(), (8, 32))
+    assert report.analysis == "module-order"
+    f = next(f for f in report.findings if f.code == "GL901")
+    assert f.severity == "info" and "GuardOnDataDependent" in f.message
+
+
+def test_no_inputs_uses_fx_with_leaf_modules():
+    class Scale(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = Scale()  # the first layer fixes no input shape
+            self.fc = nn.Linear(16, 16)
+
+        def forward(self, x):
+            return self.fc(self.scale(x))
+
+    report = gradlint.check(Odd())
+    assert report.analysis == "fx"
+    assert "could not infer" in report.inputs
+    assert any(f.code == "GL901" for f in report.findings)
+
+
+def test_model_on_the_meta_device_uses_default_init():
+    with torch.device("meta"):
+        model = nn.Sequential(*[m for _ in range(12) for m in (nn.Linear(512, 512), nn.ReLU())])
+    report = gradlint.check(model, (8, 512))
+    assert {p.stats_source for p in report.params} == {"default"}
+    # Default init in a deep ReLU stack: 1/6 per layer in the backward second moment (section 8).
+    assert report.summary.verdict == "vanishing"
+    real = gradlint.check(model.to_empty(device="cpu").apply(
+        lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None), (8, 512))
+    pairs = {p.name: p.predicted_grad_rms for p in real.params}
+    for p in report.params:
+        assert math.log10(p.predicted_grad_rms) == pytest.approx(math.log10(pairs[p.name]), abs=0.05)
+
+
+def test_recurrent_layer_reports_time_profile():
+    model = nn.RNN(32, 32, batch_first=True)
+    report = gradlint.check(model, (4, 40, 32))
+    (rec,) = report.recurrent
+    assert rec.steps == 40 and len(rec.lag_grad_rms) == 40
+    # tanh RNN, default init: about -0.3 decades per step (section 6, R1).
+    slope = math.log10(rec.lag_grad_rms[0] / rec.lag_grad_rms[-1]) / 39
+    assert -0.45 < slope < -0.2
