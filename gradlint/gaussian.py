@@ -1664,7 +1664,9 @@ def _softmax_laplace(v: float, n_max: int) -> _Laplace:
         out[0, i : i + rows] = torch.mv(torch.expm1(-e).neg_(), wz)  # 1 - L, no cancellation
         for k in (2, 3, 4):
             out[k - 1, i : i + rows] = torch.mv(torch.exp(k * y - e), wz)
-    log_l = torch.log1p(-out[0]).clamp(min=-1e300)  # -1e300 * 0 = 0 at n = 1
+    # 1 - L is a weighted mean of values <= 1 whose weights sum to 1: rounding can push it a
+    # hair above 1, where log1p gives NaN.
+    log_l = torch.log1p(-out[0].clamp(max=1.0)).clamp(min=-1e300)  # -1e300 * 0 = 0 at n = 1
     return _Laplace(log_l, out[1], out[2], out[3])
 
 

@@ -565,3 +565,12 @@ def test_no_nan_or_inf_for_extreme_arguments(name, mu, v, c):
 def test_gate_moments_extreme(v, mu):
     values = (*g.gate_moments(mu, v), *g.tanh_moments(mu, v))
     assert all(math.isfinite(t) and t >= -1e-15 for t in values)
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(min_value=2, max_value=4096), v=st.floats(min_value=1e-6, max_value=400.0), causal=st.booleans())
+def test_softmax_moments_finite_and_bounded(k, v, causal):
+    """Regression: rounding once pushed 1 - L above 1 and log1p returned NaN (v = 0.811591, K = 32)."""
+    s2, s3, s22 = g.softmax_moments(k, v, causal)
+    assert all(math.isfinite(x) for x in (s2, s3, s22))
+    assert 1.0 / k - 1e-9 <= s2 <= 1.0 + 1e-9 and 0.0 <= s3 <= s2 + 1e-9 and s2 * s2 - 1e-9 <= s22 <= s2 + 1e-9
