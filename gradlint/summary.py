@@ -12,8 +12,9 @@ not the branches):
   (which scales x and dL/dx inversely) and by homogeneous layers of the right gain; it
   falls through saturating activations and under-scaled weights and rises through BatchNorm
   and over-scaled weights. Pooling and other reductions are counted as neutral;
-* the forward profile of q since the last normalization (the input counts as one): signal
-  that collapses or grows by decades multiplies every later weight's gradient;
+* the forward profile of q since the last normalization (the input counts as one, and the
+  first residual sum after either resets it too): signal that collapses or grows by decades
+  multiplies every later weight's gradient;
 * for recurrent layers, the decay of the long-range gradient over the sequence.
 
 ``attenuation_decades`` is the largest of the losses (trunk attenuation, forward collapse,
@@ -202,11 +203,17 @@ def summarize(graph: Graph, q: dict[str, float], s: dict[str, float], numel: dic
             steps[i] = step
             cum[i] = cum[i + 1] + step
         # Forward: q relative to the latest anchor (input or normalization output).
+        # The first residual sum after an anchor also resets the reference: a pre-norm
+        # transformer's stream jumps from the embedding's scale to the branches' at its first
+        # sum and then grows linearly with depth, which is by design; a stack whose signal
+        # compounds block after block keeps growing after that first sum.
         qdec = []
         ref = None
+        armed = False
         for i, n in enumerate(seq):
             qn = q.get(n, 0.0)
-            if ref is None or kinds.get(n) in NORM_KINDS:
+            if ref is None or kinds.get(n) in NORM_KINDS or (armed and kinds.get(n) == "add"):
+                armed = ref is None or kinds.get(n) in NORM_KINDS
                 ref = qn if qn > 0 else None
                 qdec.append(0.0)
                 continue

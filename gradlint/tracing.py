@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import inspect
 import io
 import logging
 import operator
+import os
+import re
 import warnings
 from typing import Any
 
@@ -125,31 +129,36 @@ def _shape_of(v: Any) -> Any:
 
 
 def definition_sites(model: nn.Module) -> dict[str, Source]:
-    """Where each submodule was assigned in its parent's ``__init__``, from the class source."""
-    import inspect
-    import re
+    """Where each submodule was assigned in its parent's ``__init__`` (``self.fc = nn.Linear(...)``).
+
+    Read from the parent class's source; classes that live in torch itself are skipped (their
+    children are built from arguments, so the user's line is the parent's own definition).
+    """
     sites: dict[str, Source] = {}
-    cache: dict[type, tuple[str, int, list[str]] | None] = {}
     for name, mod in model.named_modules():
+        info = _class_source(type(mod))
+        if info is None:
+            continue
+        path, start, lines = info
         for child_name, _ in mod.named_children():
-            full = f"{name}.{child_name}" if name else child_name
-            cls = type(mod)
-            if cls not in cache:
-                try:
-                    lines, start = inspect.getsourcelines(cls)
-                    cache[cls] = (inspect.getsourcefile(cls) or "", start, lines)
-                except (OSError, TypeError):
-                    cache[cls] = None
-            info = cache[cls]
-            if info is None:
-                continue
-            path, start, lines = info
             pat = re.compile(rf"self\.{re.escape(child_name)}\s*(:[^=]*)?=(?!=)")
             for i, line in enumerate(lines):
                 if pat.search(line):
-                    sites[full] = Source(path, start + i, line.strip())
+                    sites[f"{name}.{child_name}" if name else child_name] = Source(path, start + i, line.strip())
                     break
     return sites
+
+
+@functools.lru_cache(maxsize=512)
+def _class_source(cls: type) -> tuple[str, int, list[str]] | None:
+    try:
+        path = inspect.getsourcefile(cls) or ""
+        if not path or path.startswith(os.path.dirname(torch.__file__)):
+            return None
+        lines, start = inspect.getsourcelines(cls)
+    except (OSError, TypeError):
+        return None
+    return path, start, lines
 
 
 def _chain_graph(model: nn.Module, order: list[tuple[str, nn.Module, Any, Any]], inputs: ExampleInputs | None,
