@@ -2,8 +2,8 @@
 
 Sections (run all, or pick with ``--only``):
 
-* ``realistic``: BERT-base, GPT-2 medium and an HF ResNet-50 at 224x224, batch 8, built from
-  transformers configs (random init). Per model, in the same process: the median of
+* ``realistic``: BERT-base and GPT-2 medium on 8 sequences of 512 tokens, and an HF ResNet-50
+  on 8 images of 224x224, built from transformers configs (random init). Per model, in the same process: the median of
   ``--repeat`` timed ``check`` calls after one warm-up, and the median of ``--repeat`` forward
   + backward passes (float32, CPU, train mode, loss sum(g * y)) after one warm-up; the ratio.
 * ``meta7b``: the Llama-2-7B config built on the meta device; ``check`` time and the
@@ -61,10 +61,10 @@ def realistic(repeat: int) -> None:
 
     b = 8
     cases = [
-        ("BERT-base, 8x128 tokens", lambda: T.BertModel(T.BertConfig()),
-         ExampleInputs((TensorSpec((b, 128), "int64", 30522),), {"return_dict": False}, "decorator")),
-        ("GPT-2 medium, 8x128 tokens", lambda: T.GPT2LMHeadModel(T.GPT2Config(n_embd=1024, n_layer=24, n_head=16)),
-         ExampleInputs((TensorSpec((b, 128), "int64", 50257),), {"use_cache": False, "return_dict": False},
+        ("BERT-base, 8x512 tokens", lambda: T.BertModel(T.BertConfig()),
+         ExampleInputs((TensorSpec((b, 512), "int64", 30522),), {"return_dict": False}, "decorator")),
+        ("GPT-2 medium, 8x512 tokens", lambda: T.GPT2LMHeadModel(T.GPT2Config(n_embd=1024, n_layer=24, n_head=16)),
+         ExampleInputs((TensorSpec((b, 512), "int64", 50257),), {"use_cache": False, "return_dict": False},
                        "decorator")),
         ("ResNet-50 (HF), 8x3x224x224", lambda: T.ResNetModel(T.ResNetConfig()),
          ExampleInputs((TensorSpec((b, 3, 224, 224)),), {"return_dict": False}, "decorator")),

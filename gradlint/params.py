@@ -136,8 +136,12 @@ def collect(model: nn.Module, recorded: dict[str, tuple[float, float]] | None = 
                 if p.numel() == 0:
                     ms, mean = 0.0, 0.0
                 else:
-                    ms = float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64) ** 2) / n
-                    mean = float(p.detach().sum(dtype=torch.float64)) / n
+                    # float32 accumulation: exact enough for a mean square, and no float64 copy
+                    # of a large tensor (this loop reads every weight once).
+                    d = p.detach()
+                    d = d if d.dtype == torch.float32 else d.float()
+                    ms = float(torch.linalg.vector_norm(d)) ** 2 / n
+                    mean = float(d.sum()) / n
             src = "tensor"
         st = ParamStats(name, shape, ms, mean, src, mname, type(mod).__name__, p.requires_grad)
         seen[id(p)] = st
