@@ -257,6 +257,10 @@ def _check_mu_v(mu: float, v: float) -> tuple[float, float]:
         if math.isfinite(v) and v >= -_NEG_V_TOL * max(1.0, mu * mu):
             return mu, 0.0
         raise ValueError(f"v={v!r} must be a finite variance >= 0")
+    if v < 1e-250:
+        # Subnormal variances overflow the grid's 1/sqrt(v) scalings; the distribution is a
+        # point mass at this scale anyway.
+        return mu, 0.0
     return mu, v
 
 

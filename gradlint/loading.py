@@ -256,6 +256,7 @@ def _sandbox(roots: Iterable[str], argv: list[str] | None = None) -> Iterator[li
         # Module-level argparse then parses nothing, instead of gradlint's own flags.
         sys.argv = argv
     added: list[str] = []
+    stashed = _stash_shadowed(roots)
     try:
         yield added
     finally:
@@ -263,6 +264,40 @@ def _sandbox(roots: Iterable[str], argv: list[str] | None = None) -> Iterator[li
         sys.path[:] = saved_path
         sys.argv = saved_argv
         sys.dont_write_bytecode = saved_bytecode
+        for name, module in stashed.items():
+            sys.modules.setdefault(name, module)
+
+
+def _stash_shadowed(roots: list[str]) -> dict[str, types.ModuleType]:
+    """Set aside already-imported modules that a sibling of the user's file would shadow.
+
+    The user's ``import helpers`` must find their own ``helpers.py``, not a ``helpers`` some
+    other code (a test suite, another project) imported first. The standard library and
+    installed packages are left alone: Python would not let a sibling file shadow them once
+    imported either, and swapping them out would break torch.
+    """
+    stdlib = {os.path.dirname(os.__file__)}
+    stashed: dict[str, types.ModuleType] = {}
+    for root in roots:
+        try:
+            entries = os.listdir(root)
+        except OSError:
+            continue
+        names = {e[:-3] for e in entries if e.endswith(".py")} | {
+            e for e in entries if os.path.isfile(os.path.join(root, e, "__init__.py"))}
+        for name in names:
+            module = sys.modules.get(name)
+            if module is None or name in stashed:
+                continue
+            origin = _spec_origin(getattr(module, "__spec__", None)) or ""
+            if not origin or "site-packages" in origin or "dist-packages" in origin or any(
+                    origin.startswith(d) for d in stdlib):
+                continue
+            if os.path.dirname(origin) in (root, os.path.join(root, name)):
+                continue  # it is that sibling already
+            for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+                stashed[key] = sys.modules.pop(key)
+    return stashed
 
 
 @contextmanager

@@ -97,8 +97,12 @@ def test_pooling_and_fan_changes_are_neutral():
     model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
                           nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1000), nn.ReLU(), nn.Linear(1000, 2))
+    for m in model.modules():  # He init everywhere: what is left is pooling and fan changes
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
     s = gradlint.check(model, (16, 3, 64, 64)).summary
-    assert s.verdict == "healthy" and abs(s.attenuation_decades) < 1.0
+    assert s.verdict == "healthy" and abs(s.attenuation_decades) < 0.5
 
 
 def test_small_branch_scales_are_not_vanishing():

@@ -125,7 +125,8 @@ def test_model_on_the_meta_device_uses_default_init():
     with torch.device("meta"):
         model = nn.Sequential(*[m for _ in range(12) for m in (nn.Linear(512, 512), nn.ReLU())])
     report = gradlint.check(model, (8, 512))
-    assert {p.stats_source for p in report.params} == {"default"}
+    # Read from each layer's own reset_parameters, run on a meta copy (else PyTorch's defaults).
+    assert {p.stats_source for p in report.params} <= {"init", "default"}
     # Default init in a deep ReLU stack: 1/6 per layer in the backward second moment (section 8).
     assert report.summary.verdict == "vanishing"
     real = gradlint.check(model.to_empty(device="cpu").apply(
