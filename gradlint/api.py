@@ -125,7 +125,11 @@ def make_report(target: str, result: Result, ex: ExampleInputs, findings: list[F
         LayerReport(module=n.module, kind=n.kind, node=n.name, grad_rms=n.grad_rms, forward_rms=math.sqrt(max(n.q, 0.0)))
         for n in prop.nodes if n.kind in LAYER_KINDS)
     inputs = ex.describe() if ex.found else "none"
-    if ex.note:
+    where = {"decorator": "declared by @gradlint.target", "example_input_array": "from example_input_array",
+             "cli": "from --input-shape"}.get(ex.source or "")
+    if where:
+        inputs += f" ({where})"
+    elif ex.note:
         inputs += f" ({ex.note})"
     return Report(target=target, status="ok", analysis=result.graph.analysis, summary=result.summary, params=params,
                   layers=layers, findings=tuple(findings), recurrent=prop.recurrent, inputs=inputs, fail_on=fail_on,

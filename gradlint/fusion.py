@@ -76,10 +76,10 @@ def _projection_source(g: Graph, name: str) -> tuple[str | None, str | None]:
     return n.name, inp
 
 
-def _looks_causal(g: Graph, name: str | None, depth: int = 40) -> bool:
-    """A mask built with triu/tril or by comparing position indices is a causal mask."""
+def _ancestors(g: Graph, name: str | None, limit: int):
+    """Nodes reachable backwards from ``name``, depth first, at most ``limit`` of them."""
     stack, seen = [name], set()
-    while stack and len(seen) < depth:
+    while stack and len(seen) < limit:
         cur = stack.pop()
         if cur is None or cur in seen:
             continue
@@ -87,6 +87,13 @@ def _looks_causal(g: Graph, name: str | None, depth: int = 40) -> bool:
         n = g.by_name.get(cur)
         if n is None:
             continue
+        yield n
+        stack.extend(i for i in n.inputs if i is not None)
+
+
+def _looks_causal(g: Graph, name: str | None, depth: int = 40) -> bool:
+    """A mask built with triu/tril or by comparing position indices is a causal mask."""
+    for n in _ancestors(g, name, depth):
         if n.kind == "datamove" and n.attrs.get("op") in ("triu", "tril"):
             return True
         # Causal masks compare query and key indices (two tensors); padding masks compare a
@@ -95,7 +102,6 @@ def _looks_causal(g: Graph, name: str | None, depth: int = 40) -> bool:
             return True
         if "causal" in (n.module_type or "").lower() or "causal" in str(n.attrs.get("op", "")):
             return True
-        stack.extend(i for i in n.inputs if i is not None)
     return False
 
 
@@ -145,12 +151,12 @@ def fuse_attention(g: Graph, stats: dict[str, ParamStats]) -> int:
         m2 = None
         p_drop = 0.0
         for u in users:
-            cur_u = u
+            cur_u, prev = u, sm.name
             for _ in range(6):
                 un = g.by_name.get(cur_u)
                 if un is None:
                     break
-                if un.kind == "matmul" and un.inputs and un.inputs[0] in (sm.name, *_chain_names(g, sm.name, un.inputs[0])):
+                if un.kind == "matmul" and un.inputs and un.inputs[0] == prev:  # probabilities @ V
                     m2 = un
                     break
                 if un.kind == "dropout":
@@ -160,7 +166,7 @@ def fuse_attention(g: Graph, stats: dict[str, ParamStats]) -> int:
                 nxt = g.users.get(un.name, [])
                 if len(nxt) != 1:
                     break
-                cur_u = nxt[0]
+                cur_u, prev = nxt[0], un.name
             if m2 is not None:
                 break
         if m2 is None:
@@ -210,23 +216,11 @@ def fuse_attention(g: Graph, stats: dict[str, ParamStats]) -> int:
 
 
 def _all_const(g: Graph, name: str, depth: int = 60) -> bool:
-    stack, seen = [name], set()
-    while stack and len(seen) < depth:
-        cur = stack.pop()
-        if cur is None or cur in seen:
-            continue
-        seen.add(cur)
-        n = g.by_name.get(cur)
-        if n is None:
-            continue
+    """True when no float input and no parameter reaches ``name`` (masks, position tables)."""
+    for n in _ancestors(g, name, depth):
         if n.kind in ("input", "param") or n.params:
             return n.kind == "input" and n.dtype != "float"
-        stack.extend(i for i in n.inputs if i is not None)
     return True
-
-
-def _chain_names(g: Graph, start: str, end: str) -> list[str]:
-    return [end]
 
 
 def _reaches(g: Graph, name: str, kind: str, depth: int = 12) -> bool:
