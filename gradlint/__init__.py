@@ -7,6 +7,7 @@ only use ``@gradlint.target`` stay cheap.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from gradlint._version import __version__
@@ -17,6 +18,9 @@ __all__ = [
     "__version__", "check", "target", "tokens", "Tokens", "Report", "Finding", "Severity", "ExitCode",
     "GradlintError", "InputError", "LoadError", "TraceError",
 ]
+
+# torch imports NumPy when it can and warns when it cannot; gradlint does not need it.
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
 _LAZY = {
     "check": ("gradlint.api", "check"),
