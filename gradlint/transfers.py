@@ -478,11 +478,6 @@ class Linear(Transfer):
         f = fan_out * w.ms
         return [Bwd(f * g.s, f * g.r, 0.0, f * g.rb)]
 
-    def gain(self, ctx, node, ins, out):
-        """Per-sample gradient-energy gain fan_in·σ², the part of L1 that init controls."""
-        w, fan_in, _ = self._dims(ctx, node)
-        return fan_in * w.ms
-
 
 def _conv_counts(n_in: int, n_out: int, k: int, stride: int, pad_left: int, dil: int, transposed: bool):
     """Per-tap valid counts along one dim, and the backward fan per input position (L2, L3).
@@ -572,15 +567,6 @@ class Conv(Transfer):
         f = bwd_fan * w.ms
         return [Bwd(f * g.s, f * g.r, 0.0, f * g.rb)]
 
-    def gain(self, ctx, node, ins, out):
-        """Per-sample gradient-energy gain of the conv, (C_in/g)·Πk·σ² up to border effects."""
-        wshape, dims = self._geometry(ctx, node, ins[0], out)
-        _, bwd_fan = self._fans(node, wshape, dims)
-        x, w = ins[0], ctx.param_stats(node.params["weight"])
-        per_sample_in = x.numel / max(x.shape[0], 1) if x.shape else 1
-        per_sample_out = out.numel / max(out.shape[0], 1) if out.shape else 1
-        return bwd_fan * w.ms * per_sample_in / max(per_sample_out, 1)
-
 
 @register("embedding")
 class Embedding(Transfer):
@@ -662,10 +648,6 @@ class Activation(Transfer):
         lo = gaussian.moments(fn, x.mu - eps, v, **params).dphi_mean
         return (hi - lo) / (2 * eps)
 
-    def gain(self, ctx, node, ins, out):
-        fn, params = self._fn(ctx, node)
-        return gaussian.moments(fn, ins[0].mu, ins[0].v, **params).dphi2
-
     def cause_of(self, node):
         return SATURATION if node.attrs["fn"] in SATURATING else INIT
 
@@ -727,9 +709,6 @@ class ActivationModule(Transfer):
     def backward(self, ctx, node, ins, out, g):
         m = self._m(node, ins[0])
         return [Bwd(g.s * m.dphi2, g.r * m.dphi_mean ** 2)]
-
-    def gain(self, ctx, node, ins, out):
-        return self._m(node, ins[0]).dphi2
 
 
 @register("dropout")
@@ -956,12 +935,6 @@ class _RowNorm(Transfer):
         if "bias" in node.params:
             ctx.param_grad(node.params["bias"], rows * (g.s + (pos - 1) * g.r))
 
-    def gain(self, ctx, node, ins, out):
-        x = ins[0]
-        g2, _, _ = _affine(ctx, node)
-        ve = self.var(x) + self.eps(node)
-        return g2 / ve * self.rho(self.group(node, x), x.normed) if ve > 0 else 1.0
-
 
 @register("layer_norm")
 class LayerNorm(_RowNorm):
@@ -1061,16 +1034,6 @@ class BatchNorm(Transfer):
         r_in = base * (g.r - (g.s + (pos - 1) * g.r + (n_b - pos) * g.rb) / n_b)
         rb = -(s_in + (pos - 1) * r_in) / max(n_b - pos, 1)
         return [Bwd(s_in, r_in, 0.0, rb)]
-
-    def gain(self, ctx, node, ins, out):
-        x = ins[0]
-        g2, _, _ = _affine(ctx, node)
-        eps = node.attrs.get("eps", 1e-5)
-        _, n_b = self._stats(node, x)
-        if not node.attrs.get("training", True):
-            return g2 / (1 + eps)
-        vb = max(x.q - x.k, 0.0)
-        return g2 / (vb + eps) * ((n_b - 2) / (n_b - 3) if n_b > 3 else 1.0)
 
 
 # -- reductions, pooling, softmax -------------------------------------------------------------------
@@ -1305,9 +1268,6 @@ class Attention(Transfer):
         for b in ins[4:]:
             res.append(_broadcast_sum(b, scores, s_logit, 0.0) if isinstance(b, Fwd) and not b.const else None)
         return res
-
-    def gain(self, ctx, node, ins, out):
-        return None
 
 
 @register("matmul")
