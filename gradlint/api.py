@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-from gradlint import fusion, params as params_mod, tracing
+from gradlint import fusion, params as params_mod, suppress, tracing
 from gradlint.engine import propagate
 from gradlint.errors import GradlintError, InputError
 from gradlint.findings import Finding, Severity
@@ -108,6 +108,7 @@ def check(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, sele
     findings: list[Finding] = []
     for rule in select_rules(select, ignore, rule_options):
         findings.extend(rule.check(result))
+    findings = suppress.apply(findings)
     findings.sort(key=lambda f: (-Severity(f.severity).rank, f.path or "", f.line or 0, f.code))
     return make_report(name or type(model).__name__, result, ex, findings, fail_on, target_source)
 

@@ -100,5 +100,30 @@ def explain(rule: str) -> None:
     raise click.ClickException(f"no rule {rule!r}; see `gradlint rules`")
 
 
+@main.command("test-rules")
+@click.argument("package")
+def test_rules(package: str) -> None:
+    """Run the example harness on the rules a PACKAGE registers (a rule pack's own test)."""
+    from gradlint.testing import rules_of, run_all
+
+    rules = rules_of(package)
+    if not rules:
+        raise click.ClickException(f"{package} registers no rules")
+    outcomes = run_all(rules)
+    for o in outcomes:
+        click.echo(f"{'ok  ' if o.ok else 'FAIL'} {o.label}" + ("" if o.ok else f": {o.failure}"))
+    failed = sum(not o.ok for o in outcomes)
+    click.echo(f"{len(outcomes) - failed} passed, {failed} failed")
+    sys.exit(EXIT_FINDINGS if failed else EXIT_CLEAN)
+
+
+@main.command("docs")
+def docs_cmd() -> None:
+    """Print docs/rules.md, generated from the rules."""
+    from gradlint.docs import rules_markdown
+
+    click.echo(rules_markdown(), nl=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

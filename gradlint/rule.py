@@ -78,8 +78,17 @@ class Rule:
 
 
 def load_builtin() -> dict[str, type[Rule]]:
-    """Import every module of ``gradlint.rules`` so its rules register."""
+    """Import every module of ``gradlint.rules``, and every rule pack registered under the
+    ``gradlint.rules`` entry-point group, so their rules register."""
     import gradlint.rules as pkg
     for info in pkgutil.iter_modules(pkg.__path__):
         importlib.import_module(f"{pkg.__name__}.{info.name}")
+    if not _PACKS_LOADED:
+        from importlib.metadata import entry_points
+        for ep in entry_points(group="gradlint.rules"):
+            ep.load()  # importing the pack registers its rules
+        _PACKS_LOADED.append(True)
     return dict(REGISTRY)
+
+
+_PACKS_LOADED: list[bool] = []

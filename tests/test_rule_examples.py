@@ -1,4 +1,7 @@
-"""Every rule's good and bad examples, and the rule contract (codes, names, documentation)."""
+"""Every rule's good and bad examples, and the rule contract (codes, names, documentation).
+
+The harness is gradlint.testing, the same one `gradlint test-rules PACKAGE` runs for rule packs.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +9,27 @@ import re
 
 import pytest
 
-import gradlint
-from gradlint.rule import DOC_SECTIONS, load_builtin
+from gradlint.rule import load_builtin
+from gradlint.testing import cases, contract_problems, run_case
 
 RULES = load_builtin()
-CASES = [(code, kind, i) for code, cls in sorted(RULES.items())
-         for kind, cases in (("good", cls.good), ("bad", cls.bad)) for i in range(len(cases))]
+CASES = cases(RULES)
 
 
-@pytest.mark.parametrize("code,kind,i", CASES, ids=[f"{c}-{k}-{i}" for c, k, i in CASES])
-def test_rule_example(code, kind, i):
+@pytest.mark.parametrize("cls,kind,i", CASES, ids=[f"{c.code}-{k}-{i}" for c, k, i in CASES])
+def test_rule_example(cls, kind, i):
+    outcome = run_case(cls, kind, i)
+    assert outcome.ok, outcome.failure
+
+
+@pytest.mark.parametrize("code", sorted(RULES))
+def test_contract(code):
     cls = RULES[code]
-    case = (cls.good if kind == "good" else cls.bad)[i]
-    report = gradlint.check(case.build(), case.inputs)
-    found = [f for f in report.findings if f.code == code]
-    if kind == "good":
-        assert not found, found
-    else:
-        assert found, f"{code} did not fire on its bad example"
-        if case.at is not None:
-            assert any(f.module == case.at for f in found), [f.module for f in found]
+    assert re.fullmatch(r"GL\d{3}", code)
+    assert re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", cls.name)
+    assert not contract_problems(cls)
 
 
-def test_contract():
+def test_codes_and_names_unique():
     names = [cls.name for cls in RULES.values()]
-    assert len(set(names)) == len(names)
-    for code, cls in RULES.items():
-        assert re.fullmatch(r"GL\d{3}", code)
-        assert re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", cls.name)
-        doc = cls.__doc__ or ""
-        for section in DOC_SECTIONS:
-            assert f"## {section}" in doc, f"{code} lacks '## {section}'"
-        assert cls.good and cls.bad, f"{code} needs good and bad examples"
+    assert len(set(names)) == len(names) == len(RULES)
