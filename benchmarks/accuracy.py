@@ -91,7 +91,8 @@ def run(entries, seeds: int, threshold: float):
             "verdict_pred": report.summary.verdict, "verdict_meas": ms.verdict,
             "att_pred": report.summary.attenuation_decades, "att_meas": ms.attenuation_decades,
             "decay_pred": rec_pred, "decay_meas": rec_meas, "check_s": t_check, "measure_s": t_meas,
-            "codes": sorted({f.code for f in report.findings if f.severity != "info"}),
+            "errors": sorted({f.code for f in report.findings if f.severity == "error"}),
+            "warnings": sorted({f.code for f in report.findings if f.severity == "warning"}),
         })
         print(_row(rows[-1]), flush=True)
     return rows, all_errs
@@ -111,6 +112,25 @@ def _row(r) -> str:
 
 HEADER = ("| model | weights | profile median | profile max | offset | predicted verdict (att.) | measured verdict (att.) "
           "| agree | decay pred / meas | check s |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def print_findings(rows) -> None:
+    """Rules that fired against the measured behaviour: recall on failing models, false alarms on healthy ones."""
+    print("\n| model | measured | errors | warnings |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['verdict_meas']} | {' '.join(r['errors']) or '-'} | {' '.join(r['warnings']) or '-'} |")
+    failing = [r for r in rows if r["verdict_meas"] != "healthy"]
+    healthy = [r for r in rows if r["verdict_meas"] == "healthy"]
+    caught = [r for r in failing if r["errors"]]
+    false_err = [r for r in healthy if r["errors"]]
+    false_warn = [r for r in healthy if r["warnings"]]
+    hf_err = [r for r in healthy if r["family"] == "hf" and r["errors"]]
+    print(f"\nrecall on failing models (an error-level finding): {len(caught)} of {len(failing)}")
+    print(f"error-level false alarms on healthy models: {len(false_err)} of {len(healthy)} "
+          f"({', '.join(r['model'] for r in false_err) or 'none'}); on healthy real architectures: "
+          f"{len(hf_err)} of {sum(r['family'] == 'hf' for r in healthy)}")
+    print(f"healthy models with a warning: {len(false_warn)} of {len(healthy)} "
+          f"({', '.join(r['model'] + ' ' + '/'.join(r['warnings']) for r in false_warn) or 'none'})")
 
 
 def main(argv=None) -> int:
@@ -135,6 +155,7 @@ def main(argv=None) -> int:
     print(f"profile error: median {p50:.3f}, 90th percentile {p90:.3f} decades")
     print(f"offset: within {abs(worst_offset['offset']):.2f} decades on every model (worst: {worst_offset['model']})")
     print(f"verdicts agree on {agree} of {len(rows)} models")
+    print_findings(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "p50": p50, "p90": p90}, indent=1))
     return 0

@@ -41,11 +41,27 @@ def first_crossing(result, threshold: float, vanishing: bool) -> tuple[str | Non
     return hit.node, n.module if n else ""
 
 
-def describe_attribution(attribution: dict[str, float]) -> str:
-    """'saturating activations -5.4 decades, init scale -0.8 decades', largest first."""
+_SINGULAR = {"saturating activations": "saturating activation", "init scale": "layer's init scale",
+             "normalization": "normalization layer", "residual summation": "residual sum",
+             "recurrence": "recurrent layer", "attention": "attention layer"}
+_PLURAL = {"init scale": "layers' init scale", "normalization": "normalization layers",
+           "residual summation": "residual sums", "recurrence": "recurrent layers", "attention": "attention layers"}
+
+
+def describe_attribution(attribution: dict[str, float], counts: dict[str, int] | None = None) -> str:
+    """'19 saturating activations cost 15.8 decades, 19 layers' init scale 0.1', largest first."""
     items = sorted(attribution.items(), key=lambda kv: -abs(kv[1]))
     items = [(k, v) for k, v in items if abs(v) >= 0.05]
-    return ", ".join(f"{k} {v:+.1f} decades" for k, v in items[:3])
+    parts = []
+    for k, v in items[:3]:
+        n = (counts or {}).get(k)
+        verb = "cost" if v < 0 else "add"
+        if n:
+            what = _SINGULAR.get(k, k) if n == 1 else _PLURAL.get(k, k)
+            parts.append(f"{n} {what} {verb} {abs(v):.1f} decades")
+        else:
+            parts.append(f"{k} {verb} {abs(v):.1f} decades")
+    return ", ".join(parts)
 
 
 def dominant_cause(attribution: dict[str, float], vanishing: bool) -> str | None:

@@ -77,6 +77,7 @@ class Summary:
         weakest: Trunk node at the weakest point (or the recurrent layer's node).
         strongest: Trunk node at the strongest point.
         attribution: Decades per cause along the dominant effect's path (negative = loss).
+        counts: Per cause, how many ops on that path it was attributed to.
         threshold: The threshold the verdict used.
         trunk: The trunk profile, input side first.
     """
@@ -93,6 +94,7 @@ class Summary:
     attribution: dict[str, float] = field(default_factory=dict)
     threshold: float = DEFAULT_THRESHOLD
     trunk: tuple[TrunkPoint, ...] = ()
+    counts: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -184,6 +186,8 @@ def summarize(graph: Graph, q: dict[str, float], s: dict[str, float], numel: dic
     weakest = strongest = None
     attribution_att: dict[str, float] = {}
     attribution_amp: dict[str, float] = {}
+    counts_att: dict[str, int] = {}
+    counts_amp: dict[str, int] = {}
     if first_w is not None and names:
         seq = names[first_w:]
         tvals = []
@@ -233,15 +237,17 @@ def summarize(graph: Graph, q: dict[str, float], s: dict[str, float], numel: dic
         for i in range(i_min, last):
             c = causes.get(seq[i + 1]) or "other"
             attribution_att[c] = attribution_att.get(c, 0.0) + steps[i]
+            counts_att[c] = counts_att.get(c, 0) + _counts_as(c, kinds.get(seq[i + 1]), steps[i])
         for i in range(i_max, last):
             c = causes.get(seq[i + 1]) or "other"
             attribution_amp[c] = attribution_amp.get(c, 0.0) + steps[i]
+            counts_amp[c] = counts_amp.get(c, 0) + _counts_as(c, kinds.get(seq[i + 1]), steps[i])
         if col > att and col > 0:
             weakest = seq[min(range(len(seq)), key=lambda i: qdec[i])]
-            attribution_att = _forward_attribution(seq, q, causes, weakest)
+            attribution_att, counts_att = _forward_attribution(seq, q, causes, weakest, kinds)
         if gro > amp and gro > 0:
             strongest = seq[max(range(len(seq)), key=lambda i: qdec[i])]
-            attribution_amp = _forward_attribution(seq, q, causes, strongest)
+            attribution_amp, counts_amp = _forward_attribution(seq, q, causes, strongest, kinds)
     rec = 0.0
     rec_node = None
     for node, dec in recurrent_decay:
@@ -263,23 +269,36 @@ def summarize(graph: Graph, q: dict[str, float], s: dict[str, float], numel: dic
     if param_grads is not None and _earliest_blocked(graph, param_grads):
         verdict = "blocked"
     attribution = attribution_att if attenuation >= 0 else attribution_amp
+    counts = counts_att if attenuation >= 0 else counts_amp
     return Summary(verdict=verdict, attenuation_decades=attenuation, trunk_attenuation=att,
                    trunk_amplification=amp, forward_collapse=col, forward_growth=gro, recurrent_decay=rec,
                    weakest=weakest, strongest=strongest,
                    attribution={k: v for k, v in attribution.items() if abs(v) >= 0.005},
-                   threshold=threshold, trunk=tuple(points))
+                   threshold=threshold, trunk=tuple(points),
+                   counts={k: v for k, v in counts.items() if k in attribution and abs(attribution[k]) >= 0.005})
 
 
-def _forward_attribution(seq, q, causes, target) -> dict[str, float]:
+def _counts_as(cause: str, kind: str | None, step: float) -> int:
+    """Whether an op counts toward its cause in messages: an activation's share of "init
+    scale" belongs to the layer before it, which is the one counted."""
+    if abs(step) <= 1e-9:
+        return 0
+    return int(cause != "init scale" or kind in WEIGHTED_KINDS)
+
+
+def _forward_attribution(seq, q, causes, target, kinds) -> tuple[dict[str, float], dict[str, int]]:
     out: dict[str, float] = {}
+    counts: dict[str, int] = {}
     for a, b in zip(seq, seq[1:]):
         qa, qb = q.get(a, 0.0), q.get(b, 0.0)
         if qa > 0 and qb > 0:
             c = causes.get(b) or "other"
-            out[c] = out.get(c, 0.0) + 0.5 * math.log10(qb / qa)
+            step = 0.5 * math.log10(qb / qa)
+            out[c] = out.get(c, 0.0) + step
+            counts[c] = counts.get(c, 0) + _counts_as(c, kinds.get(b), step)
         if b == target:
             break
-    return out
+    return out, counts
 
 
 def _earliest_blocked(graph: Graph, param_grads: dict[str, float | None]) -> bool:
