@@ -69,7 +69,7 @@ class ExplodingGradient(Rule):
         if s.attenuation_decades > -thr and not math.isinf(s.trunk_amplification):
             return
         node, module = first_crossing(result, thr, vanishing=False)
-        causes = describe_attribution(s.attribution)
+        causes = describe_attribution(s.attribution, s.counts)
         growth = -s.attenuation_decades
         kind = "gradient" if s.trunk_amplification >= s.forward_growth else "forward signal"
         where = module or "the model"

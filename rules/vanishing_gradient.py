@@ -70,7 +70,7 @@ class VanishingGradient(Rule):
         if s.attenuation_decades < thr:
             return
         node, module = first_crossing(result, thr, vanishing=True)
-        causes = describe_attribution(s.attribution)
+        causes = describe_attribution(s.attribution, s.counts)
         where = module or "the model"
         weakest = result.graph.by_name.get(s.weakest) if s.weakest else None
         rec = next((r for r in result.propagation.recurrent if r.node == s.weakest), None)
