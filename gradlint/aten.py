@@ -44,8 +44,8 @@ BLOCKERS = {
     "sign": "sign", "floor": "floor", "ceil": "ceil", "trunc": "trunc", "gt": "a comparison",
     "lt": "a comparison", "ge": "a comparison", "le": "a comparison", "eq": "a comparison",
     "ne": "a comparison", "logical_not": "a logical op", "logical_and": "a logical op",
-    "logical_or": "a logical op", "bitwise_not": "a logical op", "topk": "topk indices",
-    "sort": "sort", "bucketize": "bucketize", "searchsorted": "searchsorted",
+    "logical_or": "a logical op", "bitwise_not": "a logical op",
+    "bucketize": "bucketize", "searchsorted": "searchsorted",
     "heaviside": "heaviside", "isnan": "isnan", "isinf": "isinf", "isfinite": "isfinite",
 }
 # Ops that make tensors from nothing (shapes and constants only).

@@ -264,8 +264,6 @@ def propagate(graph: Graph, stats: dict[str, ParamStats], model: nn.Module | Non
         for i, b in zip(node.inputs, back):
             if i is None or b is None:
                 continue
-            if isinstance(fwd.get(i), Fwd) and fwd[i].blocked:
-                continue
             prev = grads.get(i)
             if isinstance(prev, list):
                 prev[0] = b if prev[0] is None else prev[0] + b

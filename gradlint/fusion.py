@@ -331,9 +331,11 @@ def fuse_norm_modules(g: Graph, model: nn.Module | None, stats: dict[str, ParamS
         dims = means[0].attrs.get("dims") or [-1]
         d = math.prod(xs[k] for k in dims) if xs else 1
         params: dict[str, str] = {}
-        for m in members:
-            if m.kind == "param":
-                pname = m.attrs["param"]
+        # Parameter placeholders carry no module of their own: find them among the operands.
+        operands = [g.by_name.get(i) for m in members for i in m.inputs if i is not None]
+        for p in [*members, *operands]:
+            if p is not None and p.kind == "param":
+                pname = p.attrs["param"]
                 role = "bias" if pname.endswith("bias") else "weight"
                 params.setdefault(role, pname)
         eps = None

@@ -74,12 +74,13 @@ def build_summary(prop: Propagation, threshold: float) -> Summary:
     s = {n.name: n.s for n in prop.nodes}
     numel = {n.name: math.prod(n.shape) if n.shape else 1 for n in prop.nodes}
     causes = {n.name: cause_of(n) for n in g.nodes}
-    rec = [(r.node, max(0.0, _lag_loss(r))) for r in prop.recurrent]
+    rec = [(r.node, _lag_loss(r)) for r in prop.recurrent]
     return summarize(g, q, s, numel, causes, rec, prop.params, threshold, g.batch_size)
 
 
 def _lag_loss(r) -> float:
-    """Decades by which the long-range gradient at the first step is below the last step's."""
+    """Decades by which the long-range gradient at the first step is below the last step's
+    (negative when it grows toward the first step: an exploding recurrence)."""
     first, last = r.lag_grad_rms[0], r.lag_grad_rms[-1]
     if last <= 0:
         return 0.0

@@ -55,7 +55,8 @@ def describe_attribution(attribution: dict[str, float], counts: dict[str, int] |
     parts = []
     for k, v in items[:3]:
         n = (counts or {}).get(k)
-        verb = "cost" if v < 0 else "add"
+        plural = bool(n) and n > 1
+        verb = ("cost" if plural else "costs") if v < 0 else ("add" if plural else "adds")
         if n:
             what = _SINGULAR.get(k, k) if n == 1 else _PLURAL.get(k, k)
             parts.append(f"{n} {what} {verb} {abs(v):.1f} decades")

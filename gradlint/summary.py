@@ -165,7 +165,8 @@ def summarize(graph: Graph, q: dict[str, float], s: dict[str, float], numel: dic
         s: Per node, backward second moment E[δ²] (missing or 0 = no gradient).
         numel: Per node, number of elements of its output.
         causes: Per node, the cause its op is attributed to (None = benign).
-        recurrent_decay: (node, decades) per recurrent layer: long-range decay over the sequence.
+        recurrent_decay: (node, decades) per recurrent layer: long-range decay over the sequence
+            (negative: the long-range gradient grows, an exploding recurrence).
         param_grads: Per parameter, E[(dL/dθ)²]; used to tell a blocked model.
         threshold: Decades beyond which the verdict is vanishing or exploding.
         batch: Batch size (elements per sample = numel / batch).
@@ -248,13 +249,18 @@ def summarize(graph: Graph, q: dict[str, float], s: dict[str, float], numel: dic
         if gro > amp and gro > 0:
             strongest = seq[max(range(len(seq)), key=lambda i: qdec[i])]
             attribution_amp, counts_amp = _forward_attribution(seq, q, causes, strongest, kinds)
-    rec = 0.0
-    rec_node = None
+    rec = grow = 0.0
+    rec_node = grow_node = None
     for node, dec in recurrent_decay:
         if dec > rec:
             rec, rec_node = dec, node
+        if -dec > grow:
+            grow, grow_node = -dec, node
     vanish = max(att, col, rec)
-    explode = max(amp, gro)
+    explode = max(amp, gro, grow)
+    if grow >= max(amp, gro) and grow > 0:
+        strongest = grow_node
+        attribution_amp = {"recurrence": grow}
     if rec >= max(att, col) and rec > 0:
         weakest = rec_node
         attribution_att = {"recurrence": -rec}

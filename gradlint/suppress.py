@@ -4,6 +4,7 @@ finding points to; a bare ``# gradlint: ignore`` silences every finding on that 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import tokenize
 from typing import Iterable
@@ -14,9 +15,18 @@ _GRADLINT = re.compile(r"#\s*gradlint:\s*ignore(?:\[(?P<codes>[^\]]*)\])?", re.I
 _NOQA = re.compile(r"#\s*noqa(?::\s*(?P<codes>[A-Z0-9, ]+))?", re.IGNORECASE)
 
 
-@functools.lru_cache(maxsize=256)
 def _comments(path: str) -> dict[int, str]:
-    """Comment text per line of a source file (tokenized, so '#' inside strings is not a comment)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    return _comments_of(path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _comments_of(path: str, mtime_ns: int, size: int) -> dict[int, str]:
+    """Comment text per line of a source file (tokenized, so '#' inside strings is not a comment);
+    cached per file version, so an edited file is read again."""
     out: dict[int, str] = {}
     try:
         with tokenize.open(path) as f:

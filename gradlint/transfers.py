@@ -253,7 +253,14 @@ class Identity(Transfer):
         else:
             roles = default_roles(shape)
         dtype = node.dtype if node.dtype in ("float", "int", "bool") else x.dtype
-        return x.with_(shape=shape, roles=roles, dtype=dtype)
+        # A cast from float to an integer or bool type is a gradient blockage (.long(), .to(int)).
+        return x.with_(shape=shape, roles=roles, dtype=dtype, blocked=x.blocked or (x.dtype == "float" and dtype != "float"))
+
+    def backward(self, ctx, node, ins, out, g):
+        x = ins[0]
+        if isinstance(x, Fwd) and x.dtype == "float" and out.dtype != "float":
+            return [None] * len(ins)
+        return [g] + [None] * (len(ins) - 1)
 
 
 @register("select")

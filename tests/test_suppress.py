@@ -24,9 +24,10 @@ class Deep(nn.Module):
 
 
 def run(tmp_path, comment, *args):
+    """Check the model with only GL101 (or the rules ``args`` select) on."""
     f = tmp_path / "m.py"
     f.write_text(MODEL.format(comment=comment))
-    return CliRunner().invoke(main, ["check", str(f), *args])
+    return CliRunner().invoke(main, ["check", str(f), *(args or ("--select", "GL101"))])
 
 
 def test_unsuppressed(tmp_path):
@@ -68,4 +69,12 @@ def test_select_and_ignore(tmp_path):
     assert "GL101 [" not in run(tmp_path, "", "--ignore", "GL1").output
     assert "GL101 [" not in run(tmp_path, "", "--ignore", "vanishing-gradient").output
     assert "GL101 [" in run(tmp_path, "", "--select", "GL101").output
+    assert "GL101 [" in run(tmp_path, "", "--select", "GL1").output
     assert "GL101 [" not in run(tmp_path, "", "--select", "GL9").output
+
+
+def test_bare_ignore_silences_every_rule_on_its_line(tmp_path):
+    loud = run(tmp_path, "", "--select", "GL")
+    assert "m.py:9:1:" in loud.output
+    quiet = run(tmp_path, "  # gradlint: ignore", "--select", "GL")
+    assert "m.py:9:1:" not in quiet.output
