@@ -74,6 +74,9 @@ def module_node(name: str, path: str, mod: nn.Module, inputs: tuple, shape: Any 
     typ = type(mod).__name__
     prm = {pn: f"{path}.{pn}" if path else pn for pn, _ in mod.named_parameters(recurse=False)}
     base = dict(name=name, op=f"nn.{typ}", inputs=inputs, shape=shape, module=path, module_type=typ, call_site=src)
+    if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)) and "weight" not in prm:
+        # A parametrized weight (weight_norm, spectral_norm) is computed, not a parameter.
+        return Node(kind="unknown", params=prm, attrs={"target": f"{typ} with a parametrized weight"}, **base)
     if isinstance(mod, nn.Linear):
         return Node(kind="linear", params=prm, attrs={"layout": "out_in"}, **base)
     if isinstance(mod, nn.modules.conv._ConvNd):
