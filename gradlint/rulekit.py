@@ -55,7 +55,7 @@ def describe_attribution(attribution: dict[str, float], counts: dict[str, int] |
     parts = []
     for k, v in items[:3]:
         n = (counts or {}).get(k)
-        plural = bool(n) and n > 1
+        plural = (n > 1) if n else k.endswith("s") and not k.endswith("ss")
         verb = ("cost" if plural else "costs") if v < 0 else ("add" if plural else "adds")
         if n:
             what = _SINGULAR.get(k, k) if n == 1 else _PLURAL.get(k, k)
