@@ -103,3 +103,42 @@ def fix_for(result, vanishing: bool) -> str:
     cause = dominant_cause(result.summary.attribution, vanishing)
     table = FIXES_VANISHING if vanishing else FIXES_EXPLODING
     return table.get(cause or INIT, table[INIT])
+
+
+def forward_of(result, name: str | None):
+    """The forward statistics (``Fwd``) of a node's output, first output for tuple-valued ops.
+
+    A result without the full forward state (a probe) still has q and mu per node.
+    """
+    from gradlint.state import Fwd
+
+    if name is None:
+        return None
+    f = result.propagation.forward_state.get(name)
+    if isinstance(f, tuple):
+        f = f[0] if f else None
+    if isinstance(f, Fwd):
+        return f
+    if name in result.graph.by_name:
+        r = result.propagation.node(name)
+        return Fwd(q=r.q, mu=r.mu, shape=tuple(r.shape) if isinstance(r.shape, tuple) else (), blocked=r.blocked)
+    return None
+
+
+def feeds_output(result) -> set[str]:
+    """Nodes with a path to a model output along which a gradient can flow."""
+    g = result.graph
+    live = set(g.outputs)
+    for n in reversed(g.nodes):
+        if n.name in live and n.kind != "block":
+            live.update(i for i in n.inputs if i is not None)
+    return live
+
+
+def const_like(result, name: str) -> bool:
+    """True for parameters, constants and values computed from them alone."""
+    n = result.graph.by_name.get(name)
+    if n is None or n.kind in ("param", "const"):
+        return True
+    f = forward_of(result, name)
+    return f is not None and f.const

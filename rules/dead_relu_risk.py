@@ -10,6 +10,7 @@ from gradlint import gaussian
 from gradlint.findings import Severity
 from gradlint.rule import Case, Rule
 from gradlint.state import Fwd
+from gradlint.rulekit import forward_of as _fwd, const_like as _const_like
 
 DEAD_FNS = {"relu", "relu6"}
 # Between a layer and the ReLU it feeds: data movement only.
@@ -29,30 +30,6 @@ def _mlp(depth: int = 4, width: int = 64, bias: float = 0.0) -> nn.Module:
         if i < depth - 1:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
-
-
-def _fwd(result, name: str | None) -> Fwd | None:
-    if name is None:
-        return None
-    f = result.propagation.forward_state.get(name)
-    if isinstance(f, tuple):
-        f = f[0] if f else None
-    if isinstance(f, Fwd):
-        return f
-    # A result without the full forward state (a probe): q and mu are all there is.
-    if name in result.graph.by_name:
-        r = result.propagation.node(name)
-        return Fwd(q=r.q, mu=r.mu, shape=tuple(r.shape) if isinstance(r.shape, tuple) else (),
-                   blocked=r.blocked)
-    return None
-
-
-def _const_like(result, name: str) -> bool:
-    n = result.graph.by_name.get(name)
-    if n is None or n.kind in ("param", "const"):
-        return True
-    f = _fwd(result, name)
-    return f is not None and f.const
 
 
 def _producer(result, name: str | None):

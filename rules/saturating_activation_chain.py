@@ -10,7 +10,7 @@ import torch.nn as nn
 from gradlint import gaussian
 from gradlint.findings import Severity
 from gradlint.rule import Case, Rule
-from gradlint.state import Fwd
+from gradlint.rulekit import forward_of as _fwd, feeds_output as _feeds_output, const_like as _const_like
 
 SATURATING_FNS = {"sigmoid", "tanh", "hardtanh", "softsign", "hardsigmoid", "logsigmoid"}
 # Ops a run of activations continues through: weights, pooling and data movement.
@@ -64,32 +64,6 @@ class _SaturatedHead(nn.Module):
 
     def forward(self, x):
         return self.act(self.out(self.body(x)))
-
-
-def _fwd(result, name: str | None) -> Fwd | None:
-    if name is None:
-        return None
-    f = result.propagation.forward_state.get(name)
-    if isinstance(f, tuple):
-        f = f[0] if f else None
-    if isinstance(f, Fwd):
-        return f
-    # A result without the full forward state (a probe): q and mu are all there is.
-    if name in result.graph.by_name:
-        r = result.propagation.node(name)
-        return Fwd(q=r.q, mu=r.mu, shape=tuple(r.shape) if isinstance(r.shape, tuple) else (),
-                   blocked=r.blocked)
-    return None
-
-
-def _feeds_output(result) -> set[str]:
-    """Nodes with a path to a model output along which a gradient can flow."""
-    g = result.graph
-    live = set(g.outputs)
-    for n in reversed(g.nodes):
-        if n.name in live and n.kind != "block":
-            live.update(i for i in n.inputs if i is not None)
-    return live
 
 
 def _callable_of(node) -> tuple[Callable | None, object]:
@@ -155,16 +129,6 @@ def _is_saturating(node) -> bool:
     if node.kind in ("act_module", "elementwise"):
         return _bounded(node)
     return False
-
-
-def _const_like(result, name: str) -> bool:
-    n = result.graph.by_name.get(name)
-    if n is None:
-        return True
-    if n.kind in ("param", "const"):
-        return True
-    f = _fwd(result, name)
-    return f is not None and f.const
 
 
 def _is_gate(result, name: str) -> bool:

@@ -10,7 +10,7 @@ import torch.nn as nn
 from gradlint import gaussian
 from gradlint.findings import Severity
 from gradlint.rule import Case, Rule
-from gradlint.state import Fwd
+from gradlint.rulekit import forward_of as _fwd, feeds_output as _feeds_output
 
 # Ops between a projection and the attention that only move data around.
 _PASS_BACK = {"identity", "select", "split", "getitem", "expand", "datamove", "dropout"}
@@ -32,32 +32,6 @@ class _SelfAttention(nn.Module):
         if self.scaled:
             scores = scores / math.sqrt(q.shape[-1])
         return x + self.proj(torch.softmax(scores, dim=-1) @ v)
-
-
-def _fwd(result, name: str | None) -> Fwd | None:
-    if name is None:
-        return None
-    f = result.propagation.forward_state.get(name)
-    if isinstance(f, tuple):
-        f = f[0] if f else None
-    if isinstance(f, Fwd):
-        return f
-    # A result without the full forward state (a probe): q and mu are all there is.
-    if name in result.graph.by_name:
-        r = result.propagation.node(name)
-        return Fwd(q=r.q, mu=r.mu, shape=tuple(r.shape) if isinstance(r.shape, tuple) else (),
-                   blocked=r.blocked)
-    return None
-
-
-def _feeds_output(result) -> set[str]:
-    """Nodes with a path to a model output along which a gradient can flow."""
-    g = result.graph
-    live = set(g.outputs)
-    for n in reversed(g.nodes):
-        if n.name in live and n.kind != "block":
-            live.update(i for i in n.inputs if i is not None)
-    return live
 
 
 def _projection(result, name: str | None) -> str:
