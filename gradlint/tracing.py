@@ -48,6 +48,12 @@ def meta_copy(model: nn.Module) -> nn.Module:
     for b in model.buffers(recurse=True):
         if id(b) not in memo:
             memo[id(b)] = torch.empty_like(b, device="meta")
+    # Plain tensor attributes too: legacy weight_norm keeps its computed weight as one, a
+    # non-leaf tensor that deepcopy refuses to copy.
+    for mod in model.modules():
+        for value in vars(mod).values():
+            if isinstance(value, torch.Tensor) and id(value) not in memo:
+                memo[id(value)] = torch.empty_like(value, device="meta")
     # RNN modules keep a list of their weights; the memo maps those entries too.
     return copy.deepcopy(model, memo)
 

@@ -144,3 +144,13 @@ def test_recurrent_layer_reports_time_profile():
     # tanh RNN, default init: about -0.3 decades per step (section 6, R1).
     slope = math.log10(rec.lag_grad_rms[0] / rec.lag_grad_rms[-1]) / 39
     assert -0.45 < slope < -0.2
+
+
+def test_legacy_weight_norm_is_analyzable():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.nn.utils.weight_norm is deprecated
+        model = nn.Sequential(torch.nn.utils.weight_norm(nn.Linear(16, 16)), nn.ReLU(), nn.Linear(16, 16))
+    report = gradlint.check(model, (4, 16))
+    assert report.status == "ok" and report.summary is not None
