@@ -15,7 +15,7 @@ from gradlint.errors import GradlintError, InputError, LoadError, TraceError
 from gradlint.targets import Tokens, target, tokens
 
 __all__ = [
-    "__version__", "check", "target", "tokens", "Tokens", "Report", "Finding", "Severity", "ExitCode",
+    "__version__", "check", "probe", "target", "tokens", "Tokens", "Report", "Finding", "Severity", "ExitCode",
     "GradlintError", "InputError", "LoadError", "TraceError",
 ]
 
@@ -24,6 +24,7 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
 _LAZY = {
     "check": ("gradlint.api", "check"),
+    "probe": ("gradlint.probe", "probe"),
     "Report": ("gradlint.report", "Report"),
     "Finding": ("gradlint.findings", "Finding"),
     "Severity": ("gradlint.findings", "Severity"),

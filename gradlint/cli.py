@@ -46,14 +46,17 @@ def main() -> None:
 @click.option("--threshold", type=float, default=2.0, show_default=True,
               help="Decades of attenuation or growth beyond which the verdict is vanishing/exploding.")
 @click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error", show_default=True)
+@click.option("--probe", is_flag=True, help="Also run a real backward pass and compare it with the prediction.")
+@click.option("--device", default="cpu", show_default=True, help="Where --probe runs: cpu, cuda, cuda:N or auto.")
+@click.option("--seeds", type=click.IntRange(1, 100), default=3, show_default=True, help="Seeds --probe averages over.")
 def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, select: tuple[str, ...],
-          ignore: tuple[str, ...], threshold: float, fail_on: str) -> None:
+          ignore: tuple[str, ...], threshold: float, fail_on: str, probe: bool, device: str, seeds: int) -> None:
     """Analyze the models in PATHS (files, directories, or file.py::Name)."""
     shapes = [_parse_shape(s) for s in input_shapes] or None
     from gradlint.runner import run_paths
 
     reports, notes = run_paths(list(paths), cli_shapes=shapes, select=select, ignore=ignore,
-                               threshold=threshold, fail_on=fail_on)
+                               threshold=threshold, fail_on=fail_on, probe=probe, device=device, seeds=seeds)
     color = fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     if fmt == "json":
         from gradlint.report import summary_counts

@@ -84,6 +84,8 @@ class Report:
     path: str | None = None
     line: int | None = None
     result: Any = field(default=None, compare=False, repr=False)
+    probe: Any = None
+    predicted_summary: Summary | None = None
 
     @property
     def ok(self) -> bool:
@@ -107,6 +109,11 @@ class Report:
                  "lag_grad_rms": [_num(x) for x in r.lag_grad_rms],
                  "lag_grad_rms_bound": [_num(x) for x in r.lag_grad_rms_bound]} for r in self.recurrent],
             "findings": [f.to_dict() for f in self.findings],
+            "probe": None if self.probe is None else {
+                "device": self.probe.device, "seeds": self.probe.seeds, "seconds": round(self.probe.seconds, 3),
+                "median_decades": round(self.probe.median_decades, 4), "worst_decades": round(self.probe.worst_decades, 4),
+                "worst_param": self.probe.worst_param, "disagreeing": list(self.probe.disagreeing),
+                "predicted_summary": self.predicted_summary.to_dict() if self.predicted_summary else None},
         }
 
     def __str__(self) -> str:
@@ -155,6 +162,15 @@ def format_summary(r: Report, color: bool = False, weakest: int = 3) -> str:
              f" (attenuation {_decades(s.attenuation_decades)} decades, analysis: {r.analysis})"]
     if r.inputs:
         lines.append(f"  inputs: {r.inputs}")
+    if r.probe is not None:
+        p = r.probe
+        pred = r.predicted_summary
+        lines.append(f"  probe ({p.device}, {p.seeds} seeds, {p.seconds:.2f} s): measured verdict {s.verdict}"
+                     f"{'' if pred is None or pred.verdict == s.verdict else f' (predicted {pred.verdict}: the measurement decides)'}; "
+                     f"|log10 predicted - measured| median {p.median_decades:.2f}, worst {p.worst_decades:.2f} decades"
+                     + (f" ({p.worst_param})" if p.worst_param else ""))
+        if p.disagreeing:
+            lines.append(f"  more than a decade apart: {', '.join(p.disagreeing[:5])}")
     weights = [p for p in r.params if p.predicted_grad_rms is not None and len(p.shape) >= 2]
     if weights:
         ordered = sorted(weights, key=lambda p: p.predicted_grad_rms)

@@ -14,7 +14,8 @@ from gradlint.report import Report
 
 
 def run_paths(paths: list[str], *, cli_shapes: list[tuple[int, ...]] | None = None, select: Iterable[str] = (),
-              ignore: Iterable[str] = (), threshold: float = 2.0, fail_on: str = "error") -> tuple[list[Report], list[str]]:
+              ignore: Iterable[str] = (), threshold: float = 2.0, fail_on: str = "error",
+              probe: bool = False, device: str = "cpu", seeds: int = 3) -> tuple[list[Report], list[str]]:
     """Check every target under ``paths``.
 
     Returns:
@@ -61,8 +62,13 @@ def run_paths(paths: list[str], *, cli_shapes: list[tuple[int, ...]] | None = No
                     opts = target.options
                     ex = resolve_inputs(model, opts, cli_shapes)
                     src = Source(str(path), target.line or 1)
-                    reports.append(check(model, ex, select=list(select) or None, ignore=list(ignore) or None,
-                                         threshold=threshold, fail_on=fail_on, name=label, target_source=src))
+                    kwargs = dict(select=list(select) or None, ignore=list(ignore) or None, threshold=threshold,
+                                  fail_on=fail_on, name=label, target_source=src)
+                    if probe:
+                        from gradlint.probe import probe as run_probe
+                        reports.append(run_probe(model, ex, device=device, seeds=seeds, **kwargs))
+                    else:
+                        reports.append(check(model, ex, **kwargs))
             except GradlintError as e:
                 reports.append(error_report(label, e, str(path), target.line))
             except Exception as e:  # the user's forward or an op gradlint cannot run
