@@ -142,3 +142,12 @@ def const_like(result, name: str) -> bool:
         return True
     f = forward_of(result, name)
     return f is not None and f.const
+
+
+def descendants(graph, start: str, order: dict[str, int]) -> set[str]:
+    """``start`` and every node computed from it (one sweep in topological order)."""
+    out = {start}
+    for n in graph.nodes[order[start] + 1:]:
+        if any(i in out for i in n.inputs if i is not None):
+            out.add(n.name)
+    return out

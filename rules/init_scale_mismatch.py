@@ -10,7 +10,7 @@ import torch.nn as nn
 from gradlint import gaussian
 from gradlint.findings import Severity
 from gradlint.rule import Case, Rule
-from gradlint.rulekit import forward_of as _fwd, feeds_output as _feeds_output, const_like as _const_like
+from gradlint.rulekit import descendants as _descendants, forward_of as _fwd, feeds_output as _feeds_output, const_like as _const_like
 
 # Between a weight layer and its activation: data movement only (a bias added separately too).
 MOVES = {"identity", "select", "getitem", "expand", "datamove", "dropout"}
@@ -383,11 +383,7 @@ class _Walker:
 
     def descendants(self, start: str) -> set[str]:
         if start not in self._desc:
-            out = {start}
-            for n in self.g.nodes[self.order[start] + 1:]:
-                if any(i in out for i in n.inputs if i is not None):
-                    out.add(n.name)
-            self._desc[start] = out
+            self._desc[start] = _descendants(self.g, start, self.order)
         return self._desc[start]
 
     def successors(self, act: str) -> set[str]:

@@ -8,7 +8,7 @@ import torch.nn as nn
 from gradlint.findings import Severity
 from gradlint.rule import Case, Rule
 from gradlint.rulekit import describe_attribution, dominant_cause
-from gradlint.rules.missing_skip_path import (ACTIVATIONS, Structure, activation_call, activation_name, conv_dims,
+from gradlint.rules.missing_skip_path import (run_profile, ACTIVATIONS, Structure, activation_call, activation_name, conv_dims,
                                               layer_type, out_width, plain_runs, structure_of, threshold_of, where)
 
 
@@ -99,10 +99,7 @@ class MissingNormalization(Rule):
             if len(members) < n_min:
                 continue
             first = members[0]
-            ins = st.tensor_inputs(first)
-            q_ref = st.q(ins[0]) if ins else st.q(first)
-            lost, gained, collapse, growth = st.profile(span, q_ref)
-            attribution = st.span_attribution(span[0], span[-1])
+            q_ref, lost, gained, collapse, growth, attribution = run_profile(st, members, span)
             cost = max(lost, gained, collapse, growth)
             sev = Severity.ERROR if cost >= thr else Severity.WARNING if cost >= warn else Severity.INFO
             act = activation_name(st, span)

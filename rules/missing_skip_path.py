@@ -221,6 +221,14 @@ _ACT_MODULES = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh", "gelu": "G
                 "hardswish": "Hardswish", "hardsigmoid": "Hardsigmoid", "logsigmoid": "LogSigmoid"}
 
 
+def run_profile(st: Structure, members: list[str], span: list[str]):
+    """(q_ref, lost, gained, collapse, growth, attribution) across a run: q_ref is the forward
+    second moment at the run's input, which the profile is measured from."""
+    ins = st.tensor_inputs(members[0])
+    q_ref = st.q(ins[0]) if ins else st.q(members[0])
+    return (q_ref, *st.profile(span, q_ref), st.span_attribution(span[0], span[-1]))
+
+
 def activation_name(st: Structure, span: list[str]) -> str:
     """The activation a run uses most, by its PyTorch module name ('ReLU'), or 'activation'."""
     names: list[str] = []
@@ -373,10 +381,7 @@ class MissingSkipPath(Rule):
             if len(members) < n_min:
                 continue
             first = members[0]
-            ins = st.tensor_inputs(first)
-            q_ref = st.q(ins[0]) if ins else st.q(first)
-            lost, gained, collapse, growth = st.profile(span, q_ref)
-            attribution = st.span_attribution(span[0], span[-1])
+            q_ref, lost, gained, collapse, growth, attribution = run_profile(st, members, span)
             has_bn = any(st.node(n).kind == "batch_norm" for n in span)
             bn_gain = gained if has_bn and attribution.get(NORMALIZATION, 0.0) > 0 else 0.0
             loss = max(lost, collapse)
