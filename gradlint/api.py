@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Iterable
 
 import torch
@@ -30,10 +31,12 @@ def _as_example_inputs(model: nn.Module, inputs: Any, input_shape: Any = None) -
     if isinstance(inputs, torch.Tensor) or (
             isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs)) or (
             isinstance(inputs, dict) and inputs and all(isinstance(t, torch.Tensor) for t in inputs.values())):
-        return resolve_inputs(model, TargetOptions(inputs=lambda: inputs))
+        return replace(resolve_inputs(model, TargetOptions(inputs=lambda: inputs)), source="argument")
     options = TargetOptions(inputs=inputs) if inputs is not None else None
     cli = [tuple(input_shape)] if input_shape is not None and isinstance(input_shape[0], int) else input_shape
-    return resolve_inputs(model, options, cli)
+    ex = resolve_inputs(model, options, cli)
+    # Inputs given to check() are the caller's, not a decorator's: the report says so.
+    return replace(ex, source="argument") if ex.source == "decorator" else ex
 
 
 def select_rules(select: Iterable[str] | None = None, ignore: Iterable[str] | None = None,
@@ -125,7 +128,8 @@ def make_report(target: str, result: Result, ex: ExampleInputs, findings: list[F
         LayerReport(module=n.module, kind=n.kind, node=n.name, grad_rms=n.grad_rms, forward_rms=math.sqrt(max(n.q, 0.0)))
         for n in prop.nodes if n.kind in LAYER_KINDS)
     inputs = ex.describe() if ex.found else "none"
-    where = {"decorator": "declared by @gradlint.target", "example_input_array": "from example_input_array",
+    where = {"decorator": "declared by @gradlint.target", "argument": "given to gradlint.check",
+             "example_input_array": "from example_input_array",
              "cli": "from --input-shape"}.get(ex.source or "")
     if where:
         inputs += f" ({where})"

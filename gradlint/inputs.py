@@ -15,7 +15,7 @@ import inspect
 import os
 import textwrap
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from gradlint.errors import InputError
@@ -152,7 +152,8 @@ class ExampleInputs:
     Attributes:
         args: Positional inputs: ``TensorSpec`` or a constant passed as is.
         kwargs: Keyword inputs, likewise.
-        source: ``"decorator"``, ``"example_input_array"``, ``"cli"``, ``"inferred"``, or None
+        source: ``"decorator"``, ``"argument"`` (given to ``gradlint.check``), ``"example_input_array"``,
+            ``"cli"``, ``"inferred"``, or None
             when nothing could be found (the analysis then runs from parameter shapes only).
         note: A sentence for the report saying where the inputs came from.
         concrete: ``(args, kwargs)`` of the real tensors the user supplied (an inputs callable or
@@ -192,6 +193,34 @@ class ExampleInputs:
         parts = [v.describe() if isinstance(v, TensorSpec) else repr(v) for v in self.args]
         parts += [f"{k}: {v.describe() if isinstance(v, TensorSpec) else repr(v)}" for k, v in self.kwargs.items()]
         return ", ".join(parts) if parts else "no inputs"
+
+    def with_batch(self, size: int) -> ExampleInputs:
+        """The same inputs with ``size`` samples: every tensor input whose batch dim matches the
+        first input's is resized; the user's own tensors are cut down (never padded)."""
+        old = self.batch_size
+        if old is None or size == old:
+            return self
+
+        def resize(value: Any) -> Any:
+            if isinstance(value, TensorSpec) and len(value.shape) > self.batch_dim and value.shape[self.batch_dim] == old:
+                shape = list(value.shape)
+                shape[self.batch_dim] = size
+                return replace(value, shape=tuple(shape))
+            return value
+
+        def cut(value: Any) -> Any:
+            import torch
+
+            if isinstance(value, torch.Tensor) and value.dim() > self.batch_dim and value.shape[self.batch_dim] == old:
+                return value.narrow(self.batch_dim, 0, min(size, old))
+            return value
+
+        concrete = None
+        if self.concrete is not None and size <= old:
+            c_args, c_kwargs = self.concrete
+            concrete = (tuple(cut(v) for v in c_args), {k: cut(v) for k, v in c_kwargs.items()})
+        return replace(self, args=tuple(resize(v) for v in self.args),
+                       kwargs={k: resize(v) for k, v in self.kwargs.items()}, concrete=concrete)
 
     def materialize(self, device: Any = "cpu", generator: torch.Generator | None = None,
                     ) -> tuple[tuple[Any, ...], dict[str, Any]]:

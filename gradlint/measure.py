@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -35,16 +35,27 @@ class Measurement:
         node_s: Per graph node name, mean over seeds of mean(δ²) (0 when no gradient).
         lag_ms: Per recurrent module, per seed, per time step, mean(δ_x²) when only the last
             step's output carries the loss.
-        nonfinite: Names of nodes whose forward or backward produced inf/nan.
+        nonfinite_forward: Nodes whose value held inf/nan, in execution order.
+        nonfinite_backward: Nodes whose gradient held inf/nan while their value was finite,
+            in backward order (the node nearest the output first).
         seeds: Number of seeds.
+        batch_size: Samples per seed (None without tensor inputs).
+        peak_memory_bytes: On CUDA, the peak memory allocated while measuring.
     """
 
     param_ms: dict[str, tuple[float, ...]]
     node_q: dict[str, float]
     node_s: dict[str, float]
     lag_ms: dict[str, tuple[tuple[float, ...], ...]] = field(default_factory=dict)
-    nonfinite: tuple[str, ...] = ()
+    nonfinite_forward: tuple[str, ...] = ()
+    nonfinite_backward: tuple[str, ...] = ()
     seeds: int = 0
+    batch_size: int | None = None
+    peak_memory_bytes: int | None = None
+
+    @property
+    def nonfinite(self) -> bool:
+        return bool(self.nonfinite_forward or self.nonfinite_backward)
 
     def param_rms(self, name: str) -> float | None:
         """Geometric mean over seeds of the gradient RMS (the design note's convention)."""
@@ -72,6 +83,7 @@ class _Recorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, device: str, dtype: torch.dtype | None):
         super().__init__(gm, garbage_collect_values=False)
         self.values: dict[str, torch.Tensor] = {}
+        self.computed: set[str] = set()
         self.device = torch.device(device)
         self.dtype = dtype
 
@@ -83,6 +95,8 @@ class _Recorder(fx.Interpreter):
             if t.grad_fn is not None or t.is_leaf:
                 t.retain_grad()
             self.values[n.name] = t
+            if n.op == "call_function":
+                self.computed.add(n.name)
         return out
 
 
@@ -103,11 +117,18 @@ def measure(model: nn.Module, inputs: ExampleInputs, seeds: int = 3, dtype: torc
         device: Where to run.
         seed0: First seed.
     """
-    rng_state = torch.random.get_rng_state()
-    try:
-        return _measure(model, inputs, seeds, dtype, device, seed0)
-    finally:
-        torch.random.set_rng_state(rng_state)
+    dev = torch.device(device)
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    # Dropout draws from the global generators: they are forked, so the user's random stream
+    # continues as if gradlint had never run.
+    with torch.random.fork_rng(devices=cuda):
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(dev)
+        meas = _measure(model, inputs, seeds, dtype, device, seed0)
+        if cuda:
+            torch.cuda.synchronize(dev)
+            meas = replace(meas, peak_memory_bytes=int(torch.cuda.max_memory_allocated(dev)))
+    return meas
 
 
 def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
@@ -133,9 +154,11 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
     node_q: dict[str, float] = {}
     node_s: dict[str, float] = {}
     lag: dict[str, list[list[float]]] = {}
-    nonfinite: list[str] = []
+    bad_fwd: list[str] = []
+    bad_bwd: list[str] = []
     for i in range(seeds):
         gen = torch.Generator(device="cpu").manual_seed(seed0 + i)
+        torch.manual_seed(seed0 + i)
         a, kw = inputs.materialize("cpu", gen)
         cast = lambda t: t.to(device=device, dtype=dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and dtype is not None else (t.to(device) if isinstance(t, torch.Tensor) else t)
         a = tuple(cast(t) for t in a)
@@ -155,7 +178,6 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
                 mod._buffers[attr] = t
         try:
             rec = _Recorder(gm, device, dtype)
-            flat_args = torch.utils._pytree.tree_leaves((a, kw))
             out = rec.run(*_flatten_for(gm, a, kw))
         finally:
             for name, (mod, attr, val) in orig.items():
@@ -173,9 +195,13 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
             g = t.grad
             sv = float(g.double().pow(2).mean()) if g is not None and g.numel() else 0.0
             node_s[name] = node_s.get(name, 0.0) + sv / seeds
-            if not math.isfinite(q) or not math.isfinite(sv):
-                if name not in nonfinite:
-                    nonfinite.append(name)
+            if name not in rec.computed:
+                continue  # parameters and inputs: their values are GL103's static part
+            if not bool(torch.isfinite(t.detach()).all()):
+                if name not in bad_fwd:
+                    bad_fwd.append(name)
+            elif g is not None and not bool(torch.isfinite(g).all()) and name not in bad_bwd:
+                bad_bwd.append(name)
         for name, t in real.items():
             if isinstance(t, torch.Tensor) and t.requires_grad:
                 g = t.grad
@@ -183,8 +209,11 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
                 param_ms.setdefault(name, []).append(v)
         for rname, seq in _lag_grads(model, a, kw, device, dtype, gen).items():
             lag.setdefault(rname, []).append(list(seq))
+    order = {name: k for k, name in enumerate(rec.values)} if seeds else {}
     return Measurement({k: tuple(v) for k, v in param_ms.items()}, node_q, node_s,
-                       {k: tuple(tuple(x) for x in v) for k, v in lag.items()}, tuple(nonfinite), seeds)
+                       {k: tuple(tuple(x) for x in v) for k, v in lag.items()},
+                       tuple(sorted(bad_fwd, key=lambda n: order.get(n, 0))),
+                       tuple(sorted(bad_bwd, key=lambda n: -order.get(n, 0))), seeds, inputs.batch_size)
 
 
 def _retarget(gm: nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:

@@ -26,7 +26,9 @@ class ParamStats:
         ms: Mean of squares over all elements.
         mean: Mean over all elements.
         source: ``tensor`` (read from values), ``init`` (the model's init, recorded on meta),
-            ``default`` (PyTorch's default for the layer type) or ``assumed`` (a guess).
+            ``default`` (PyTorch's default for the layer type), ``assumed`` (a guess) or
+            ``nonfinite`` (the tensor holds NaN/inf) or ``overflow`` (its mean square overflows
+            float64); in these two cases its layer's default init stands in.
         module: Qualified name of the owning module.
         module_type: The owning module's class name.
         requires_grad: Whether the parameter is trained.
@@ -142,7 +144,17 @@ def collect(model: nn.Module, recorded: dict[str, tuple[float, float]] | None = 
                     d = d if d.dtype == torch.float32 else d.float()
                     ms = float(torch.linalg.vector_norm(d)) ** 2 / n
                     mean = float(d.sum()) / n
+                    if not (math.isfinite(ms) and math.isfinite(mean)):
+                        if bool(torch.isfinite(p.detach()).all()):  # large but finite: float32 overflowed
+                            d = p.detach().double()
+                            ms, mean = float(d.pow(2).mean()), float(d.mean())
             src = "tensor"
+            if not (math.isfinite(ms) and math.isfinite(mean)):
+                # NaN/inf weights, or finite ones whose square overflows (GL103 names them): the rest
+                # of the model is still analyzed, with this tensor at its layer's default init.
+                finite = bool(torch.isfinite(p.detach()).all())
+                ms, mean, _ = default_init(mod, pname, shape)
+                src = "overflow" if finite else "nonfinite"
         st = ParamStats(name, shape, ms, mean, src, mname, type(mod).__name__, p.requires_grad)
         seen[id(p)] = st
         out[name] = st

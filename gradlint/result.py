@@ -33,6 +33,9 @@ class Result:
         definitions: Per module, where it was assigned in its parent's ``__init__``.
         target_source: Where the target itself is defined (fallback location).
         measured: Per parameter, measured gradient RMS after a probe (else empty).
+        trace_failures: Why the better graph captures failed, when a fallback was used.
+        nonfinite: After a probe, ``(node, "forward" | "backward")`` for the first node whose
+            value (or, when every value was finite, whose gradient) held inf/nan.
     """
 
     graph: Graph
@@ -42,6 +45,7 @@ class Result:
     target_source: Source | None = None
     measured: dict[str, float] = field(default_factory=dict)
     trace_failures: tuple[str, ...] = ()
+    nonfinite: tuple[str, str] | None = None
 
     def locate(self, node: str | None = None, module: str = "") -> tuple[str | None, int | None]:
         """The user's source line for a node or a module: its definition, else its call."""
