@@ -37,3 +37,7 @@ class InputError(GradlintError):
 
 class TraceError(GradlintError):
     """No graph could be obtained from the model, not even by a fallback."""
+
+
+class ConfigError(GradlintError):
+    """The ``[tool.gradlint]`` configuration is malformed: an unknown key or rule, or a wrong type."""
