@@ -1,0 +1,200 @@
+"""Output formats of `gradlint check`: SARIF against the official schema, GitHub workflow
+commands, JSON, --output and colors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+from gradlint.cli import main
+from gradlint.findings import Finding
+from gradlint.formats import (FINGERPRINT_KEY, github_escape_data, github_escape_property, github_lines, render,
+                              repo_relpath, repo_root, sarif_doc, use_color)
+from gradlint.report import Report
+from gradlint.runner import run_paths
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = Path(__file__).parent / "data" / "sarif-schema-2.1.0.json"
+ESC = "\x1b["
+GITHUB_LINE = re.compile(r"^::(?P<level>error|warning|notice)(?: (?P<props>[^:]*))?::(?P<msg>.*)$")
+
+
+def _unescape(text: str) -> str:
+    return (text.replace("%0D", "\r").replace("%0A", "\n").replace("%3A", ":").replace("%2C", ",")
+            .replace("%25", "%"))
+
+
+def _parse_github(line: str) -> tuple[str, dict[str, str], str]:
+    m = GITHUB_LINE.match(line)
+    assert m, f"not a workflow command: {line!r}"
+    props = dict(p.split("=", 1) for p in m["props"].split(",")) if m["props"] else {}
+    return m["level"], {k: _unescape(v) for k, v in props.items()}, _unescape(m["msg"])
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A repository (it has .git) with a vanishing model in a subfolder and a broken file."""
+    ws = tmp_path_factory.mktemp("repo")
+    (ws / ".git").mkdir()
+    (ws / "models").mkdir()
+    shutil.copy(ROOT / "examples" / "sigmoid_mlp.py", ws / "models" / "m.py")
+    (ws / "models" / "bad.py").write_text("import torch\ndef broken(:\n")
+    return ws
+
+
+@pytest.fixture(scope="module")
+def run(workspace):
+    reports, notes = run_paths([str(workspace / "models" / "m.py"), str(workspace / "models" / "bad.py")])
+    return reports, notes
+
+
+def cli(*args, env=None):
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def test_vendored_schema_is_the_official_sarif_2_1_0():
+    schema = json.loads(SCHEMA.read_text())
+    assert "2.1.0" in schema["id"] and schema["id"].startswith("https://docs.oasis-open.org/sarif/")
+    assert schema["title"] == "Static Analysis Results Format (SARIF) Version 2.1.0 JSON Schema"
+    jsonschema.Draft4Validator.check_schema(schema)
+
+
+def test_repo_root_is_the_git_top_level(workspace, monkeypatch):
+    monkeypatch.chdir(workspace / "models")
+    assert repo_root() == workspace.resolve()
+    assert repo_relpath(str(workspace / "models" / "m.py"), repo_root()) == "models/m.py"
+    assert repo_relpath("/elsewhere/m.py", repo_root()) is None
+
+
+def test_sarif_is_valid_and_has_what_code_scanning_reads(run, workspace):
+    reports, notes = run
+    doc = sarif_doc(reports, notes, workspace.resolve())
+    jsonschema.Draft4Validator(json.loads(SCHEMA.read_text())).validate(doc)
+    assert doc["version"] == "2.1.0"
+    (run_,) = doc["runs"]
+    driver = run_["tool"]["driver"]
+    assert driver["name"] == "gradlint" and driver["version"] and driver["informationUri"].startswith("https://")
+    rules = driver["rules"]
+    gl101 = next(r for r in rules if r["id"] == "GL101")
+    assert gl101["name"] == "vanishing-gradient" and gl101["defaultConfiguration"]["level"] == "error"
+    assert gl101["shortDescription"]["text"] and gl101["fullDescription"]["text"]
+    assert "## Why it matters" in gl101["help"]["markdown"] and "Why it matters" in gl101["help"]["text"]
+    assert run_["originalUriBaseIds"]["%SRCROOT%"]["uri"] == workspace.resolve().as_uri() + "/"
+    results = run_["results"]
+    assert len(results) == len(reports[0].findings) >= 1
+    for res in results:
+        assert rules[res["ruleIndex"]]["id"] == res["ruleId"]
+        assert res["level"] in ("error", "warning", "note")
+        loc = res["locations"][0]["physicalLocation"]
+        assert loc["artifactLocation"] == {"uri": "models/m.py", "uriBaseId": "%SRCROOT%"}
+        assert loc["region"]["startLine"] >= 1 and loc["region"]["startColumn"] >= 1
+        assert re.fullmatch(r"[0-9a-f]{32}", res["partialFingerprints"][FINGERPRINT_KEY])
+    assert len({r["partialFingerprints"][FINGERPRINT_KEY] for r in results}) == len(results)
+    (inv,) = run_["invocations"]
+    assert inv["executionSuccessful"] is False
+    (err,) = [n for n in inv["toolExecutionNotifications"] if n["level"] == "error"]
+    assert "bad.py" in err["message"]["text"] and "SyntaxError" in err["message"]["text"]
+    assert err["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "models/bad.py"
+
+
+def test_sarif_of_a_clean_run_is_valid_and_successful(tmp_path):
+    doc = sarif_doc([Report(target="x.py::Net")], [], tmp_path)
+    jsonschema.Draft4Validator(json.loads(SCHEMA.read_text())).validate(doc)
+    assert doc["runs"][0]["results"] == [] and doc["runs"][0]["invocations"][0]["executionSuccessful"] is True
+
+
+def test_github_lines_parse(run, workspace):
+    reports, _ = run
+    lines = github_lines(reports, workspace.resolve())
+    parsed = [_parse_github(line) for line in lines]
+    findings = reports[0].findings
+    assert len(parsed) == len(findings) + 1
+    for (level, props, msg), f in zip(parsed, findings):
+        assert level == {"error": "error", "warning": "warning", "info": "notice"}[f.severity]
+        assert props == {"file": "models/m.py", "line": str(f.line), "col": "1", "title": f"{f.code} {f.name}"}
+        assert msg.startswith(f.message) and f.fix.splitlines()[0] in msg
+    level, props, msg = parsed[-1]
+    assert level == "error" and props["file"] == "models/bad.py" and props["line"] == "2"
+    assert "SyntaxError" in msg
+
+
+def test_github_escaping(tmp_path):
+    assert github_escape_data("100% a\r\nb: c, d") == "100%25 a%0D%0Ab: c, d"
+    assert github_escape_property("a:b,c%\n") == "a%3Ab%2Cc%25%0A"
+    f = Finding(code="GL999", name="odd-one", severity="info", category="other",
+                message="50% lost: a, b\nsecond line", fix="do x,\ny", path=str(tmp_path / "we:ird,name.py"),
+                line=3, column=1)
+    (line,) = github_lines([Report(target="t", findings=(f,))], tmp_path)
+    assert "\n" not in line and "\r" not in line
+    level, props, msg = _parse_github(line)
+    assert level == "notice" and props["file"] == "we:ird,name.py" and props["line"] == "3"
+    assert props["title"] == "GL999 odd-one" and msg == "50% lost: a, b\nsecond line\nfix: do x,\ny"
+
+
+def test_json_has_targets_summary_and_fingerprints(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    r = cli("check", "models/m.py", "--format", "json")
+    assert r.exit_code == 1
+    doc = json.loads(r.stdout)
+    (t,) = doc["targets"]
+    assert t["target"] == "models/m.py::SigmoidMLP" and t["summary"]["verdict"] == "vanishing"
+    assert doc["summary"]["targets"] == 1 and doc["summary"]["findings"]["error"] == len(t["findings"]) >= 1
+    assert doc["summary"]["verdicts"] == {"vanishing": 1} and doc["notes"] == []
+    assert all(re.fullmatch(r"[0-9a-f]{32}", f["fingerprint"]) for f in t["findings"])
+
+
+def test_output_writes_the_file_and_nothing_on_stdout(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    r = cli("check", "models/m.py", "--format", "sarif", "--output", "out/gradlint.sarif")
+    assert r.exit_code == 1 and r.stdout == ""
+    doc = json.loads((workspace / "out" / "gradlint.sarif").read_text())
+    jsonschema.Draft4Validator(json.loads(SCHEMA.read_text())).validate(doc)
+    assert doc["runs"][0]["results"]
+
+
+def test_colors_only_on_request_and_never_in_a_file(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    m = "models/m.py"
+    plain = cli("check", m, env={"NO_COLOR": None, "FORCE_COLOR": None})  # CliRunner's stdout is no tty
+    assert plain.exit_code == 1 and "GL101" in plain.stdout and ESC not in plain.output
+    forced = cli("check", m, env={"NO_COLOR": None, "FORCE_COLOR": "1"})
+    assert ESC in forced.stdout
+    assert ESC not in cli("check", m, env={"NO_COLOR": "1", "FORCE_COLOR": "1"}).output
+    r = cli("check", m, "-o", "report.txt", env={"NO_COLOR": None, "FORCE_COLOR": "1"})
+    text = (workspace / "report.txt").read_text()
+    assert r.stdout == "" and "GL101" in text and ESC not in text
+
+
+def test_use_color_rules():
+    assert use_color("text", to_file=False, isatty=True, env={})
+    assert not use_color("text", to_file=False, isatty=False, env={})
+    assert not use_color("text", to_file=False, isatty=True, env={"NO_COLOR": "1"})
+    assert use_color("text", to_file=False, isatty=True, env={"NO_COLOR": ""})  # empty means unset
+    assert use_color("text", to_file=False, isatty=False, env={"FORCE_COLOR": "1"})
+    assert not use_color("text", to_file=False, isatty=False, env={"FORCE_COLOR": "0"})
+    assert not use_color("text", to_file=True, isatty=True, env={"FORCE_COLOR": "1"})
+    assert not use_color("json", to_file=False, isatty=True, env={"FORCE_COLOR": "1"})
+
+
+def test_render_dispatches_and_refuses_unknown_formats(run, workspace):
+    reports, notes = run
+    assert "GL101 [error]" in render("text", reports, notes)
+    assert render("text", [], notes) == ""
+    assert render("github", reports, notes, root=workspace.resolve()).startswith("::error ")
+    with pytest.raises(ValueError, match="unknown format"):
+        render("xml", reports, notes)
+
+
+def test_github_format_from_the_command_line(workspace, monkeypatch):
+    monkeypatch.chdir(workspace / "models")
+    r = cli("check", "m.py", "bad.py", "--format", "github")
+    assert r.exit_code == 2
+    lines = r.stdout.splitlines()
+    assert lines and all(GITHUB_LINE.match(line) for line in lines)
+    assert lines[0].startswith("::error file=models/m.py,line=15,col=1,title=GL101 vanishing-gradient::")
