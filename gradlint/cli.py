@@ -6,9 +6,10 @@ answer at once.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -16,6 +17,10 @@ import click
 from gradlint._version import __version__
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+# check's options that [tool.gradlint] can set too (gradlint.config.CLI_OPTIONS, kept here so
+# --help imports nothing more).
+_CONFIG_OPTIONS = ("select", "ignore", "fail_on", "threshold", "input_shapes", "probe", "device", "seeds",
+                   "force_exclude")
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -36,44 +41,143 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="SHAPE",
               help="Example input shape, e.g. 8,3,32,32 (repeat for several inputs); used when the "
                    "target declares none.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "github"]), default="text",
+              show_default=True, help="text for people, json, sarif (GitHub code scanning) or github "
+                                      "(GitHub Actions annotations).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the report to FILE instead of stdout (notes still go to stderr).")
+@click.option("--baseline", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Fail only on findings not in FILE; when FILE does not exist, record the current "
+                   "findings into it and exit 0.")
+@click.option("--update-baseline", is_flag=True, help="Rewrite the --baseline FILE from this run's findings.")
 @click.option("--select", multiple=True, help="Run only these rules (code, prefix or name).")
 @click.option("--ignore", multiple=True, help="Skip these rules (code, prefix or name).")
-@click.option("--threshold", type=float, default=2.0, show_default=True,
-              help="Decades of attenuation or growth beyond which the verdict is vanishing/exploding.")
-@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default="error", show_default=True)
-@click.option("--probe", is_flag=True, help="Also run a real backward pass and compare it with the prediction.")
-@click.option("--device", default="cpu", show_default=True, help="Where --probe runs: cpu, cuda, cuda:N or auto.")
-@click.option("--seeds", type=click.IntRange(1, 100), default=3, show_default=True, help="Seeds --probe averages over.")
+@click.option("--threshold", type=float, default=None,
+              help="Decades of attenuation or growth beyond which the verdict is vanishing/exploding (default: 2.0).")
+@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default=None,
+              help="Lowest severity that fails the run (default: error).")
+@click.option("--probe/--no-probe", default=None, help="Also run a real backward pass and compare it with the prediction.")
+@click.option("--device", default=None, help="Where --probe runs: cpu, cuda, cuda:N or auto (default: cpu).")
+@click.option("--seeds", type=click.IntRange(1, 100), default=None, help="Seeds --probe averages over (default: 3).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Read [tool.gradlint] from FILE instead of the nearest pyproject.toml that has one.")
+@click.option("--force-exclude/--no-force-exclude", default=None,
+              help="Apply the configuration's exclude to files named on the command line too.")
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="Samples per example input, for the prediction and --probe (default: the inputs' own); "
+                   "on CUDA out-of-memory --probe halves it down to 1.")
+@click.option("--profile", "show_profile", is_flag=True,
+              help="Print a bar chart of the gradient profile (per layer, forward order) under each target.")
+@click.option("--plot", "plot_to", type=click.Path(), metavar="PATH",
+              help="Write the per-layer gradient chart (predicted; measured too with --probe): a .png file for "
+                   "one target, else a directory with one PNG per target. Needs matplotlib.")
 def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, select: tuple[str, ...],
-          ignore: tuple[str, ...], threshold: float, fail_on: str, probe: bool, device: str, seeds: int) -> None:
-    """Analyze the models in PATHS (files, directories, or file.py::Name)."""
-    shapes = [_parse_shape(s) for s in input_shapes] or None
+          ignore: tuple[str, ...], threshold: float, fail_on: str, probe: bool, device: str, seeds: int,
+          output: str | None = None, baseline: str | None = None, update_baseline: bool = False,
+          batch_size: int | None = None, plot_to: str | None = None, config_file: str | None = None,
+          force_exclude: bool | None = None, show_profile: bool = False) -> None:
+    """Analyze the models in PATHS (files, directories, or file.py::Name).
+
+    Options not given come from [tool.gradlint] in the nearest pyproject.toml, then the
+    defaults; with no PATHS, the configuration's targets and include are checked.
+    """
+    if update_baseline and not baseline:
+        raise click.UsageError("--update-baseline needs --baseline FILE")
+    cfg = _configure(dict(config_file=config_file, input_shapes=input_shapes, select=select, ignore=ignore,
+                          threshold=threshold, fail_on=fail_on, probe=probe, device=device, seeds=seeds,
+                          force_exclude=force_exclude))
+    if not paths and not (cfg.targets or cfg.include):
+        raise click.UsageError("give PATHS to check, or targets or include in [tool.gradlint]")
     from gradlint.runner import run_paths
 
-    reports, notes = run_paths(list(paths), cli_shapes=shapes, select=select, ignore=ignore,
-                               threshold=threshold, fail_on=fail_on, probe=probe, device=device, seeds=seeds)
-    color = fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
-    if fmt == "json":
-        from gradlint.report import summary_counts
-        doc = {"version": __version__, "targets": [r.to_dict() for r in reports], "notes": notes,
-               "summary": summary_counts(reports)}
-        click.echo(json.dumps(doc, indent=2))
-    else:
-        from gradlint.report import format_text
+    reports, notes = run_paths(list(paths), cli_shapes=list(cfg.input_shape) or None, select=cfg.select,
+                               ignore=cfg.ignore, threshold=cfg.threshold, fail_on=cfg.fail_on, probe=cfg.probe,
+                               device=cfg.device, seeds=cfg.seeds, batch_size=batch_size, config=cfg,
+                               progress=progress_bar(cfg.probe, sys.stderr.isatty(), os.environ))
+    plot_failed = False
+    if plot_to:
+        from gradlint.errors import GradlintError
+        from gradlint.plot import write_plots
+        try:
+            notes = [*notes, *(f"wrote {written}" for written in write_plots(reports, plot_to))]
+        except GradlintError as e:  # the report still prints; the exit code says the chart is missing
+            notes = [*notes, f"gradlint: {e}"]
+            plot_failed = True
+    recorded = False
+    if baseline:
+        from gradlint.baseline import BaselineError, apply as apply_baseline
+        try:
+            reports, more, recorded = apply_baseline(reports, baseline, update=update_baseline)
+        except BaselineError as e:
+            click.echo(f"gradlint: {e}", err=True)
+            sys.exit(EXIT_ERROR)
+        notes = [*notes, *more]
+    from gradlint.formats import render, use_color
+
+    color = use_color(fmt, to_file=output is not None, isatty=sys.stdout.isatty())
+    text = render(fmt, reports, notes, color=color, profile=show_profile)
+    if fmt != "json":  # the JSON document carries the notes itself, so stdout stays one document
         for note in notes:
             click.echo(note, err=True)
-        if reports:
-            click.echo(format_text(reports, color=color))
-    if any(r.status != "ok" for r in reports):
+    if output is not None:
+        out = Path(output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n" if text else "", encoding="utf-8")
+    elif text:
+        click.echo(text, color=color)  # color=True keeps FORCE_COLOR's codes where click would strip them
+    if plot_failed or any(r.status != "ok" for r in reports):
         sys.exit(EXIT_ERROR)
+    if recorded:
+        sys.exit(EXIT_CLEAN)
     if any(not r.ok for r in reports):
         sys.exit(EXIT_FINDINGS)
     sys.exit(EXIT_CLEAN)
+
+
+def _configure(params: dict[str, Any]) -> Any:
+    """defaults < [tool.gradlint] < the command line; a bad configuration exits 2 naming its line."""
+    from gradlint.config import ConfigError, from_command_line, load, merge
+
+    shapes = tuple(_parse_shape(s) for s in params.get("input_shapes") or ())
+    try:
+        return merge(load(params.get("config_file")), from_command_line({**params, "input_shapes": shapes}))
+    except ConfigError as e:
+        click.echo(f"gradlint: {e}", err=True)
+        sys.exit(EXIT_ERROR)
+
+
+@main.command("config")
+def config_cmd(**params: Any) -> None:
+    """Print the effective configuration and where each value came from.
+
+    Takes check's options, so `gradlint config --fail-on warning` shows what check would use.
+    """
+    from gradlint.config import describe
+
+    click.echo(describe(_configure(params)))
+
+
+# The very options of `check`, so the two cannot drift apart.
+config_cmd.params.extend(p for p in check.params if p.name in ("config_file", *_CONFIG_OPTIONS))
+
+
+def progress_bar(probe: bool, isatty: bool, env: Any) -> Any:
+    """A progress bar over the files to check, on a terminal only: never on a pipe or in CI
+    (where ``CI`` is set), and not for a single file unless it is probed."""
+    if not isatty or env.get("CI") or env.get("GRADLINT_NO_PROGRESS"):
+        return None
+
+    def wrap(jobs: list) -> Any:
+        if len(jobs) < 2 and not probe:
+            return contextlib.nullcontext(jobs)
+        return click.progressbar(jobs, label="gradlint", file=sys.stderr, show_pos=True,
+                                 item_show_func=lambda job: str(job[0])[-48:] if job else None)
+
+    return wrap
 
 
 @main.command("rules")

@@ -70,7 +70,7 @@ def plot_report(report: Report, path: str | os.PathLike) -> Path:
                    label=f"vanishing: below $10^{{-{threshold:g}}}$ × the last layer's")
         ax.axhspan(ref * 10 ** threshold, hi * 3, color="#ff7f0e", alpha=0.10, lw=0,
                    label=f"exploding: above $10^{{{threshold:g}}}$ × the last layer's")
-        ax.plot(x, predicted, "-o", color="#1f77b4", ms=3, lw=1.5, label="predicted (gradlint check)")
+        ax.plot(x, predicted, "-o", color="#1f77b4", ms=5, lw=3.5, alpha=0.6, label="predicted (gradlint check)")
         if probed:
             p = report.probe
             ax.plot(x, measured, "--s", color="#2ca02c", ms=3, lw=1.2,

@@ -285,11 +285,18 @@ def quiet():
         warnings.simplefilter("ignore")
         previous = logging.root.manager.disable
         logging.disable(logging.WARNING)
+        # torch's structured-trace logger logs at DEBUG and ignores logging.disable; pytest >= 9
+        # attaches its capture handlers to such non-propagating loggers, so every failing test
+        # that ran gradlint would show empty "DEBUG torch.__trace" lines.
+        trace_log = logging.getLogger("torch.__trace")
+        trace_was_disabled = trace_log.disabled
+        trace_log.disabled = True
         try:
             with contextlib.redirect_stderr(io.StringIO()):
                 yield
         finally:
             logging.disable(previous)
+            trace_log.disabled = trace_was_disabled
 
 
 def export_program(model: nn.Module, inputs: ExampleInputs) -> "torch.export.ExportedProgram":

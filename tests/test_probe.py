@@ -302,3 +302,18 @@ def test_cli_plot_without_matplotlib_is_a_clear_error(tmp_path, monkeypatch):
     assert "--plot needs matplotlib" in res.output and "torch-gradlint[plot]" in res.output
     assert "KaimingMLP: healthy" in res.output  # the report itself still printed
     assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_profile_draws_a_bar_per_layer_and_marks_the_zones():
+    res = _cli("check", str(EXAMPLES / "relu_std1_mlp.py"), "--profile")
+    assert res.exit_code == 1, res.output
+    head, *rows = res.output[res.output.index("gradient profile"):].splitlines()
+    assert "log10 RMS at each layer's output" in head
+    bars = {line.split()[0]: (float(line.split()[1]), line.count("█"), line.endswith("exploding")) for line in rows
+            if "█" in line}
+    assert len(bars) == 20
+    # ReLU with std 1 weights: the gradient grows toward the input, so bars shrink going forward.
+    lengths = [bars[f"layers.{i}"][1] for i in range(20)]
+    assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]
+    # Marked exactly where the value is more than 2 decades above the last layer's.
+    assert all(marked == (value > bars["layers.19"][0] + 2) for value, _, marked in bars.values())
