@@ -15,8 +15,8 @@ from gradlint.errors import GradlintError, InputError, LoadError, TraceError
 from gradlint.targets import Tokens, target, tokens
 
 __all__ = [
-    "__version__", "check", "probe", "target", "tokens", "Tokens", "Report", "Finding", "Severity", "ExitCode",
-    "GradlintError", "InputError", "LoadError", "TraceError",
+    "__version__", "check", "probe", "assert_healthy", "target", "tokens", "Tokens", "Report", "Finding",
+    "Severity", "ExitCode", "GradlintError", "InputError", "LoadError", "TraceError",
 ]
 
 # torch imports NumPy when it can and warns when it cannot; gradlint does not need it.
@@ -24,7 +24,8 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
 _LAZY = {
     "check": ("gradlint.api", "check"),
-    "probe": ("gradlint.probe", "probe"),
+    "probe": ("gradlint.probing", "probe"),
+    "assert_healthy": ("gradlint.assertions", "assert_healthy"),
     "Report": ("gradlint.report", "Report"),
     "Finding": ("gradlint.findings", "Finding"),
     "Severity": ("gradlint.findings", "Severity"),
