@@ -246,8 +246,8 @@ def probe(model: nn.Module, inputs: Any = None, *, device: str = "cpu", seeds: i
         first = (meas.nonfinite_forward[0], "forward") if meas.nonfinite_forward else (meas.nonfinite_backward[0], "backward")
         measured = Summary(verdict="exploding", attenuation_decades=-math.inf, strongest=first[0],
                            threshold=report.summary.threshold)
-        rules = [r for r in select_rules(check_kwargs.get("select"), check_kwargs.get("ignore"))
-                 if r.code == "GL103"]
+        rules = [r for r in select_rules(check_kwargs.get("select"), check_kwargs.get("ignore"),
+                                         check_kwargs.get("rule_options")) if r.code == "GL103"]
         probed = replace(result, nonfinite=first)
         findings += [f for r in rules for f in r.check(probed) if f.evidence.get("phase")]
     else:

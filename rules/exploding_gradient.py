@@ -59,13 +59,13 @@ class ExplodingGradient(Rule):
     name = "exploding-gradient"
     severity = Severity.ERROR
     category = "exploding"
-    options = {"threshold": 2.0}
+    options = {"threshold": None}  # None: the run's --threshold
     good = (Case(_he_relu_mlp, (32, 64)),)
     bad = (Case(_std1_relu_mlp, (32, 64)),)
 
     def check(self, result):
         s = result.summary
-        thr = float(self.opts["threshold"])
+        thr = float(self.opts["threshold"]) if self.opts["threshold"] is not None else float(result.summary.threshold)
         if s.attenuation_decades > -thr and not math.isinf(s.trunk_amplification):
             return
         node, module = first_crossing(result, thr, vanishing=False)

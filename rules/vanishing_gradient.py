@@ -60,13 +60,13 @@ class VanishingGradient(Rule):
     name = "vanishing-gradient"
     severity = Severity.ERROR
     category = "vanishing"
-    options = {"threshold": 2.0}
+    options = {"threshold": None}  # None: the run's --threshold
     good = (Case(_kaiming_mlp, (32, 64)),)
     bad = (Case(_sigmoid_mlp, (32, 64)),)
 
     def check(self, result):
         s = result.summary
-        thr = float(self.opts["threshold"])
+        thr = float(self.opts["threshold"]) if self.opts["threshold"] is not None else float(result.summary.threshold)
         if s.attenuation_decades < thr:
             return
         node, module = first_crossing(result, thr, vanishing=True)
