@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import replace
 from typing import Any, Iterable
@@ -9,9 +10,9 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-from gradlint import fusion, params as params_mod, suppress, tracing
+from gradlint import fusion, loading, params as params_mod, suppress, tracing
 from gradlint.engine import propagate
-from gradlint.errors import GradlintError, InputError
+from gradlint.errors import ForwardError, InputError
 from gradlint.findings import Finding, Severity
 from gradlint.graph import Source
 from gradlint.inputs import ExampleInputs, TensorSpec, resolve_inputs
@@ -67,11 +68,27 @@ def analyze(model: nn.Module, inputs: ExampleInputs | None, *, threshold: float 
 
     stats = params_mod.collect(model, recorded_init(model))
     graph, failures = tracing.trace(model, inputs)
+    if not graph.outputs:
+        raise _no_output(model)
     fusion.fuse(graph, model, stats)
     prop = propagate(graph, stats, model)
     summary = build_summary(prop, threshold)
     definitions = tracing.definition_sites(model)
     return Result(graph, prop, summary, definitions, target_source, trace_failures=tuple(failures)), failures
+
+
+def _no_output(model: nn.Module) -> ForwardError:
+    # Nested outputs are fine (every tensor in them is an output); with none, nothing carries a gradient.
+    path = line = None
+    try:
+        lines, line = inspect.getsourcelines(type(model).forward)
+        path = loading.shown_path(inspect.getsourcefile(type(model).forward))
+        line += next((i for i, text in enumerate(lines) if text.lstrip().startswith("def ")), 0)
+    except (OSError, TypeError):
+        pass
+    return ForwardError(f"{type(model).__name__}.forward returns no tensor: no gradient can flow back from its output",
+                        path=path, line=line, hint="return the tensor (or the tuple, list or dict of tensors) the "
+                                                   "loss is computed from")
 
 
 def check(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, select: Iterable[str] | None = None,
@@ -142,11 +159,7 @@ def make_report(target: str, result: Result, ex: ExampleInputs, findings: list[F
 
 
 def error_report(target: str, err: BaseException, path: str | None = None, line: int | None = None) -> Report:
-    """A report for a target gradlint could not analyze."""
-    if isinstance(err, GradlintError):
-        msg = str(err)
-        path = err.path or path
-        line = err.line or line
-    else:
-        msg = f"{type(err).__name__}: {err}"
-    return Report(target=target, status="error", error=msg, path=path, line=line)
+    """A report for a target gradlint could not analyze (the same as ``gradlint.runner.error_report``)."""
+    from gradlint.runner import error_report as report_of
+
+    return report_of(target, err, path, line)

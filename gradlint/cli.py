@@ -17,6 +17,7 @@ import click
 from gradlint._version import __version__
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
 # check's options that [tool.gradlint] can set too (gradlint.config.CLI_OPTIONS, kept here so
 # --help imports nothing more).
 _CONFIG_OPTIONS = ("select", "ignore", "fail_on", "threshold", "input_shapes", "probe", "device", "seeds",
@@ -75,11 +76,21 @@ def main() -> None:
 @click.option("--plot", "plot_to", type=click.Path(), metavar="PATH",
               help="Write the per-layer gradient chart (predicted; measured too with --probe): a .png file for "
                    "one target, else a directory with one PNG per target. Needs matplotlib.")
+@click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True,
+              help="Worker processes checking files in parallel; the output keeps the files' order.")
+@click.option("--timeout", type=click.FloatRange(0), default=300, show_default=True, metavar="SECONDS",
+              help="Seconds one target (or one file's import) may run before its worker process is killed and "
+                   "the target reported; 0: no limit.")
+@click.option("--no-cache", is_flag=True, help="Check every file afresh, without reading or writing the cache.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Where the cache lives (default: $GRADLINT_CACHE_DIR, else the user cache directory, "
+                   "e.g. ~/.cache/gradlint).")
 def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, select: tuple[str, ...],
           ignore: tuple[str, ...], threshold: float, fail_on: str, probe: bool, device: str, seeds: int,
           output: str | None = None, baseline: str | None = None, update_baseline: bool = False,
           batch_size: int | None = None, plot_to: str | None = None, config_file: str | None = None,
-          force_exclude: bool | None = None, show_profile: bool = False) -> None:
+          force_exclude: bool | None = None, show_profile: bool = False, jobs: int = 1, timeout: float = 300,
+          no_cache: bool = False, cache_dir: str | None = None) -> None:
     """Analyze the models in PATHS (files, directories, or file.py::Name).
 
     Options not given come from [tool.gradlint] in the nearest pyproject.toml, then the
@@ -87,19 +98,35 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
     """
     if update_baseline and not baseline:
         raise click.UsageError("--update-baseline needs --baseline FILE")
+    if select or ignore or _names_rules(config_file):
+        # Checking rule names imports the rules, and torch with them, here: a worker started now
+        # imports its own torch meanwhile, not after.
+        from gradlint.workers import prestart
+        prestart()
     cfg = _configure(dict(config_file=config_file, input_shapes=input_shapes, select=select, ignore=ignore,
                           threshold=threshold, fail_on=fail_on, probe=probe, device=device, seeds=seeds,
                           force_exclude=force_exclude))
     if not paths and not (cfg.targets or cfg.include):
         raise click.UsageError("give PATHS to check, or targets or include in [tool.gradlint]")
-    from gradlint.runner import run_paths
+    from gradlint.cache import default_dir
+    from gradlint.runner import Interrupted, run_paths
 
-    reports, notes = run_paths(list(paths), cli_shapes=list(cfg.input_shape) or None, select=cfg.select,
-                               ignore=cfg.ignore, threshold=cfg.threshold, fail_on=cfg.fail_on, probe=cfg.probe,
-                               device=cfg.device, seeds=cfg.seeds, batch_size=batch_size, config=cfg,
-                               progress=progress_bar(cfg.probe, sys.stderr.isatty(), os.environ))
+    interrupted = False
+    try:
+        # Worker processes, so one target's crash or hang costs that target alone.
+        reports, notes = run_paths(list(paths), cli_shapes=list(cfg.input_shape) or None, select=cfg.select,
+                                   ignore=cfg.ignore, threshold=cfg.threshold, fail_on=cfg.fail_on, probe=cfg.probe,
+                                   device=cfg.device, seeds=cfg.seeds, batch_size=batch_size, config=cfg,
+                                   progress=progress_bar(cfg.probe, sys.stderr.isatty(), os.environ),
+                                   workers=jobs, timeout=timeout or None,
+                                   cache_dir=None if no_cache else (cache_dir or default_dir()))
+    except Interrupted as e:  # the results so far are printed, then exit 130
+        reports, notes, interrupted = e.reports, e.notes, True
+    except KeyboardInterrupt:
+        click.echo("gradlint: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     plot_failed = False
-    if plot_to:
+    if plot_to and not interrupted:
         from gradlint.errors import GradlintError
         from gradlint.plot import write_plots
         try:
@@ -108,7 +135,8 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
             notes = [*notes, f"gradlint: {e}"]
             plot_failed = True
     recorded = False
-    if baseline:
+    # An interrupted run's findings are partial: they may filter the output, never be recorded.
+    if baseline and not (interrupted and (update_baseline or not Path(baseline).exists())):
         from gradlint.baseline import BaselineError, apply as apply_baseline
         try:
             reports, more, recorded = apply_baseline(reports, baseline, update=update_baseline)
@@ -129,6 +157,8 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
         out.write_text(text + "\n" if text else "", encoding="utf-8")
     elif text:
         click.echo(text, color=color)  # color=True keeps FORCE_COLOR's codes where click would strip them
+    if interrupted:
+        sys.exit(EXIT_INTERRUPTED)
     if plot_failed or any(r.status != "ok" for r in reports):
         sys.exit(EXIT_ERROR)
     if recorded:
@@ -136,6 +166,18 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
     if any(not r.ok for r in reports):
         sys.exit(EXIT_FINDINGS)
     sys.exit(EXIT_CLEAN)
+
+
+def _names_rules(config_file: str | None) -> bool:
+    """Whether the configuration file may name rules (a cheap look at its text)."""
+    from gradlint.config import ConfigError, find
+
+    try:
+        file = Path(config_file) if config_file else find()
+        text = file.read_text(encoding="utf-8") if file is not None else ""
+    except (ConfigError, OSError, UnicodeDecodeError):
+        return False
+    return any(word in text for word in ("select", "ignore", "rules"))
 
 
 def _configure(params: dict[str, Any]) -> Any:

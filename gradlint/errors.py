@@ -39,5 +39,9 @@ class TraceError(GradlintError):
     """No graph could be obtained from the model, not even by a fallback."""
 
 
+class ForwardError(GradlintError):
+    """The model's forward raised on the example inputs, by itself and not because of tracing."""
+
+
 class ConfigError(GradlintError):
     """The ``[tool.gradlint]`` configuration is malformed: an unknown key or rule, or a wrong type."""

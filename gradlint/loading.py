@@ -15,14 +15,16 @@ import importlib
 import importlib.machinery
 import importlib.util
 import inspect
+import io
 import os
 import re
 import sys
 import sysconfig
+import tokenize
 import traceback
 import types
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,8 @@ from gradlint.targets import TARGET_ATTR, TargetOptions
 
 __all__ = [
     "Discovery", "Skipped", "Target", "discover", "find_project_root", "format_user_traceback",
-    "import_file", "innermost_line", "instantiate", "iter_python_files", "parse_target_arg", "user_code",
+    "import_file", "innermost_line", "innermost_user_frame", "instantiate", "iter_python_files", "may_define_model",
+    "parse_target_arg", "shown_path", "user_code",
 ]
 
 PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
@@ -147,18 +150,44 @@ def _is_ours(filename: str) -> bool:
     return real.startswith((_GRADLINT_DIR + os.sep, _IMPORTLIB_DIR + os.sep))
 
 
-def _trim(exc_tb: traceback.TracebackException, seen: set[int]) -> None:
+def _is_library(filename: str) -> bool:
+    if filename.startswith("<"):  # <frozen ...>, <string>: no file of the user's
+        return True
+    return os.path.realpath(filename).startswith(tuple(p + os.sep for p in _LIBRARY_DIRS))
+
+
+def _trim(exc_tb: traceback.TracebackException, seen: set[int], files: set[str]) -> None:
     if id(exc_tb) in seen:
         return
     seen.add(id(exc_tb))
-    exc_tb.stack = traceback.StackSummary.from_list([f for f in exc_tb.stack if not _is_ours(f.filename)])
+    frames = [f for f in exc_tb.stack if not _is_ours(f.filename)]
+    # torch's and the standard library's frames say how, not where: the user's last frame is the
+    # call that failed. A traceback that runs in libraries only is left whole.
+    users = [f for f in frames if not _is_library(f.filename)]
+    exc_tb.stack = traceback.StackSummary.from_list(users or frames)
+    files.update(f.filename for f in exc_tb.stack)
+    if isinstance(getattr(exc_tb, "filename", None), str):  # a SyntaxError's own file
+        files.add(exc_tb.filename)
     for chained in (exc_tb.__cause__, exc_tb.__context__):
         if chained is not None:
-            _trim(chained, seen)
+            _trim(chained, seen, files)
+
+
+def shown_path(filename: str) -> str:
+    """``filename`` relative to the working directory when it lies below it, else as given."""
+    try:
+        rel = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return filename if rel.startswith("..") else rel
 
 
 def format_user_traceback(exc: BaseException) -> str:
-    """Formats an exception's traceback without gradlint's and importlib's own frames.
+    """Formats an exception's traceback with the user's frames only.
+
+    gradlint's, importlib's, torch's and the standard library's frames are left out (all of them
+    are kept when no frame of the user's remains); files below the working directory are shown
+    relative to it, as the report names them.
 
     Args:
         exc: An exception raised in the user's code.
@@ -167,8 +196,13 @@ def format_user_traceback(exc: BaseException) -> str:
         The traceback text, chained exceptions included.
     """
     exc_tb = traceback.TracebackException.from_exception(exc)
-    _trim(exc_tb, set())
-    return "".join(exc_tb.format())
+    files: set[str] = set()
+    _trim(exc_tb, set(), files)
+    text = "".join(exc_tb.format())
+    for name in files:
+        if os.path.isabs(name) and (shown := shown_path(name)) != name:
+            text = text.replace(f'File "{name}"', f'File "{shown}"')
+    return text
 
 
 def _same_file(a: str, b: str | os.PathLike[str]) -> bool:
@@ -188,6 +222,24 @@ def innermost_line(exc: BaseException, path: str | os.PathLike[str]) -> int | No
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
         if _same_file(frame.filename, path):
             return frame.lineno
+    return None
+
+
+def innermost_user_frame(exc: BaseException) -> tuple[str, int] | None:
+    """Returns ``(file, line)`` of the innermost traceback frame in the user's code.
+
+    The user's code is whatever is neither gradlint's nor importlib's, torch's or the
+    standard library's; files below the working directory are named relative to it.
+
+    Args:
+        exc: The exception.
+
+    Returns:
+        The file and line, or None when every frame is a library's.
+    """
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if not _is_ours(frame.filename) and not _is_library(frame.filename) and frame.lineno:
+            return shown_path(frame.filename), frame.lineno
     return None
 
 
@@ -242,14 +294,77 @@ def _record_user_modules(names: Iterable[str], roots: list[str]) -> None:
             _USER_MODULES[top] = (module, origin)
 
 
+@dataclass(frozen=True)
+class _GlobalState:
+    """Process-wide settings a user's file may change, which must not leak into the next file."""
+
+    cwd: str | None
+    default_dtype: Any
+    default_device: Any
+    grad_enabled: bool
+    deterministic: bool
+    deterministic_warn_only: bool
+    threads: int
+    anomaly: bool
+    anomaly_check_nan: bool
+
+    @classmethod
+    def capture(cls) -> _GlobalState:
+        import torch
+
+        try:
+            cwd: str | None = os.getcwd()
+        except OSError:  # the user's code deleted the directory it was in
+            cwd = None
+        get_device = getattr(torch, "get_default_device", None)
+        return cls(cwd, torch.get_default_dtype(), get_device() if get_device else None, torch.is_grad_enabled(),
+                   torch.are_deterministic_algorithms_enabled(),
+                   torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_num_threads(),
+                   torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled())
+
+    def restore(self) -> None:
+        import torch
+
+        now = _GlobalState.capture()
+        if self.cwd is not None and now.cwd != self.cwd:
+            os.chdir(self.cwd)
+        if now.default_dtype != self.default_dtype:
+            torch.set_default_dtype(self.default_dtype)
+        if now.default_device != self.default_device and self.default_device is not None:
+            # None clears torch's device context; setting "cpu" would leave one on every call.
+            torch.set_default_device(None if self.default_device == torch.device("cpu") else self.default_device)
+        torch.set_grad_enabled(self.grad_enabled)
+        if (now.deterministic, now.deterministic_warn_only) != (self.deterministic, self.deterministic_warn_only):
+            torch.use_deterministic_algorithms(self.deterministic, warn_only=self.deterministic_warn_only)
+        if now.threads != self.threads:
+            torch.set_num_threads(self.threads)
+        if (now.anomaly, now.anomaly_check_nan) != (self.anomaly, self.anomaly_check_nan):
+            torch.set_anomaly_enabled(self.anomaly, self.anomaly_check_nan)
+
+
+# Resolved file -> the default dtype its import left set: its models are built under it, as they
+# would be in the user's own process, while everything else the import changed is undone.
+_DTYPES: dict[str, Any] = {}
+
+
 @contextmanager
-def _sandbox(roots: Iterable[str], argv: list[str] | None = None) -> Iterator[list[str]]:
+def _sandbox(roots: Iterable[str], argv: list[str] | None = None, dtype: Any = None,
+             left: dict[str, Any] | None = None) -> Iterator[list[str]]:
     """Runs user code with ``roots`` first on sys.path and no bytecode written.
+
+    What the code prints goes to stderr, so it cannot corrupt a report on stdout (``--format
+    json``). The working directory, warning filters and torch's global settings (default dtype
+    and device, grad mode, deterministic algorithms, thread count, anomaly mode) are restored
+    on exit; ``dtype`` is set as the default dtype for the duration, and ``left["dtype"]`` gets
+    the default dtype the code left behind.
 
     Yields a list that, on exit, holds the sys.path entries the user's code added itself.
     """
+    import warnings
+
     roots = list(roots)
     saved_path, saved_argv, saved_bytecode = list(sys.path), sys.argv, sys.dont_write_bytecode
+    saved_state = _GlobalState.capture()
     sys.path[:0] = roots
     sys.dont_write_bytecode = True
     if argv is not None:
@@ -258,8 +373,18 @@ def _sandbox(roots: Iterable[str], argv: list[str] | None = None) -> Iterator[li
     added: list[str] = []
     stashed = _stash_shadowed(roots)
     try:
-        yield added
+        with warnings.catch_warnings(), redirect_stdout(sys.stderr), redirect_stderr(sys.stderr):
+            if dtype is not None:
+                import torch
+
+                torch.set_default_dtype(dtype)
+            yield added
     finally:
+        if left is not None:
+            import torch
+
+            left["dtype"] = torch.get_default_dtype()
+        saved_state.restore()
         added.extend(p for p in sys.path if p not in saved_path and p not in roots)
         sys.path[:] = saved_path
         sys.argv = saved_argv
@@ -305,17 +430,20 @@ def user_code(path: str | os.PathLike[str]) -> Iterator[None]:
     """Runs code of an imported user file the way it ran at import.
 
     Puts the file's import roots back on sys.path (for imports done lazily inside constructors
-    or ``forward``) and keeps Python from writing bytecode into the user's tree.
+    or ``forward``), sets the default dtype its import left (``torch.set_default_dtype`` at
+    module level still decides how its models are built), keeps Python from writing bytecode
+    into the user's tree, and sends what the code prints to stderr.
 
     Args:
         path: The user's file, as given to ``import_file``.
 
     Yields:
-        Nothing; restores sys.path and the bytecode flag on exit.
+        Nothing; restores sys.path, the bytecode flag, the working directory and torch's global
+        settings on exit.
     """
     file = str(Path(path).resolve())
     roots = _ROOTS.get(file) or tuple(dict.fromkeys([str(Path(file).parent), str(find_project_root(file))]))
-    with _sandbox(roots):
+    with _sandbox(roots, dtype=_DTYPES.get(file)):
         yield
 
 
@@ -382,6 +510,86 @@ def _load(file: Path, parts: list[str], package_root: Path) -> types.ModuleType:
     return _exec_module(f"{package}._gradlint_{_digest(file)}_{stem}", file)
 
 
+_CODING = re.compile(rb"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)")
+
+
+def _check_encoding(file: Path, shown: str) -> None:
+    """Refuses a file Python could not run as a script because of its bytes, before importing it.
+
+    importlib decodes more leniently than ``python model.py`` (it lets undecodable bytes in
+    comments through), so the file is checked the way the interpreter reads a script.
+    """
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise LoadError(f"cannot be read: {exc.strerror or exc}", path=shown) from exc
+    head = data.split(b"\n", 2)[:2]
+    cookie = next(((i + 1, m.group(1).decode("ascii", "replace")) for i, line in enumerate(head)
+                   if (m := _CODING.match(line))), None)
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    except SyntaxError as exc:
+        raise LoadError(f"SyntaxError: {exc.msg}", path=shown, line=cookie[0] if cookie else 1,
+                        hint="declare an encoding Python knows, e.g. `# -*- coding: latin-1 -*-`, or save the file "
+                             "as UTF-8 and drop the declaration") from exc
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        byte = data[exc.start:exc.start + 1].hex()
+        if cookie is None:
+            raise LoadError(f"the file is not UTF-8 and declares no encoding: byte 0x{byte} on line {line} is not "
+                            "valid UTF-8", path=shown, line=line,
+                            hint="save the file as UTF-8, or declare its encoding on its first or second line, "
+                                 "e.g. `# -*- coding: latin-1 -*-` (PEP 263)") from exc
+        raise LoadError(f"the file declares the encoding {cookie[1]} on line {cookie[0]}, but byte 0x{byte} on "
+                        f"line {line} is not valid {cookie[1]}", path=shown, line=line,
+                        hint=f"fix the coding declaration, or save the file as {cookie[1]}") from exc
+
+
+def _import_hint(exc: ImportError, file: Path, parts: list[str], roots: list[str]) -> str | None:
+    """What to do about an import that failed: install a package, or fix a local import."""
+    if "no known parent package" in str(exc):
+        return (f"{file.name} uses a relative import, but {file.parent.name}/ has no __init__.py: add an empty "
+                "__init__.py to make the directory a package, or import the module by its absolute name")
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    top, _, rest = exc.name.partition(".")
+    if top.startswith("_gradlint_") and parts:
+        top = parts[0]  # the private alias gradlint imported the file's package under
+    local = next((Path(r) for r in roots if (Path(r) / top).is_dir() or (Path(r) / f"{top}.py").is_file()), None)
+    if local is None:
+        return (f"{top!r} is not installed where gradlint runs and is no module of the project: install it, "
+                "or run gradlint from the project's own environment")
+    if not rest:
+        return None
+    missing = shown_path(str(local.joinpath(top, *rest.split("."))))
+    return f"the project has no {missing}.py and no {missing}/ package: fix the import, or add the module"
+
+
+_MODEL_WORDS = re.compile(rb"torch|\bnn\b|Module|Model|gradlint")
+
+
+def may_define_model(path: str | os.PathLike[str]) -> bool:
+    """Whether a file's text could define a model, so that it is worth importing.
+
+    A file that mentions none of ``torch``, ``nn``, ``Module``, ``Model`` and ``gradlint`` can
+    only define one through a base class imported under another name; directory walks skip
+    such files without running them, and a file named on the command line is always imported.
+
+    Args:
+        path: The file.
+
+    Returns:
+        False only when the file was read and mentions none of those words.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return True  # importing it says what is wrong
+    return _MODEL_WORDS.search(data) is not None
+
+
 def import_file(path: str | os.PathLike[str], project_root: str | os.PathLike[str] | None = None,
                 ) -> types.ModuleType:
     """Imports a user's Python file under a private module name.
@@ -411,13 +619,15 @@ def import_file(path: str | os.PathLike[str], project_root: str | os.PathLike[st
     file = Path(path).resolve()
     if not file.is_file():
         raise LoadError("is a directory, not a Python file" if file.is_dir() else "no such file", path=shown)
+    _check_encoding(file, shown)
     root = Path(project_root).resolve() if project_root is not None else find_project_root(file)
     parts, package_root = _package_parts(file)
     roots = list(dict.fromkeys([str(file.parent), *([str(package_root)] if parts else []), str(root)]))
     # Files created since the last import (tests, editors) must be visible to the finders.
     importlib.invalidate_caches()
     try:
-        with _sandbox(roots, argv=[str(file)]) as added:
+        left: dict[str, Any] = {}
+        with _sandbox(roots, argv=[str(file)], left=left) as added:
             _evict_shadowed(sys.path)
             before = set(sys.modules)
             try:
@@ -425,9 +635,9 @@ def import_file(path: str | os.PathLike[str], project_root: str | os.PathLike[st
             finally:
                 _record_user_modules(set(sys.modules) - before, roots)
     except SyntaxError as exc:
-        where = exc.filename if exc.filename and not _same_file(exc.filename, file) else shown
+        where = shown_path(exc.filename) if exc.filename and not _same_file(exc.filename, file) else shown
         err = LoadError(f"{type(exc).__name__}: {exc.msg}", path=where, line=exc.lineno)
-        err.traceback_text = "".join(traceback.format_exception_only(exc))
+        err.traceback_text = format_user_traceback(exc)
         raise err from exc
     except GradlintError as exc:
         err = _user_error(type(exc), exc.message, exc, exc.path or shown,
@@ -440,13 +650,11 @@ def import_file(path: str | os.PathLike[str], project_root: str | os.PathLike[st
             'gradlint imports the file without running it as a script; move script code under '
             '`if __name__ == "__main__":`') from exc
     except Exception as exc:  # noqa: BLE001 - any failure in user code becomes a LoadError
-        hint = None
-        if isinstance(exc, ModuleNotFoundError) and exc.name:
-            hint = (f"install {exc.name.partition('.')[0]!r} where gradlint runs, or run gradlint from "
-                    "the project's own environment")
+        hint = _import_hint(exc, file, parts, roots) if isinstance(exc, ImportError) else None
         raise _user_error(LoadError, f"{type(exc).__name__} while importing the file: {exc}", exc, shown,
                           innermost_line(exc, file), hint) from exc
     _ROOTS[str(file)] = tuple(dict.fromkeys([*roots, *added]))
+    _DTYPES[str(file)] = left.get("dtype")
     return module
 
 
@@ -496,6 +704,7 @@ class Skipped:
     name: str
     line: int | None
     reason: str
+    hint: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -663,7 +872,8 @@ def discover(module: types.ModuleType, path: str | os.PathLike[str], name: str |
             if inspect.isabstract(obj):
                 skipped.append(Skipped(attr, line, "abstract class"))
             elif required:
-                skipped.append(Skipped(attr, line, f"constructor needs arguments: {', '.join(required)}"))
+                skipped.append(Skipped(attr, line, f"constructor needs arguments: {', '.join(required)}",
+                                       hint=_kwargs_hint(path, attr, required)))
             elif attr in built_by:
                 skipped.append(Skipped(attr, line, f"built by the decorated factory {built_by[attr]}"))
             else:
@@ -695,6 +905,13 @@ def _brief(value: Any) -> str:
     return f"{type(value).__name__} {text}" if len(text) <= 60 else type(value).__name__
 
 
+def _kwargs_hint(path: Path, name: str, missing: list[str]) -> str:
+    declared = ", ".join(f'"{m}": ...' for m in missing)
+    toml = ", ".join(f"{m} = ..." for m in missing)
+    return (f"declare them with @gradlint.target(kwargs={{{declared}}}), or in pyproject.toml: "
+            f'[tool.gradlint] targets = [{{ path = "{path}::{name}", kwargs = {{ {toml} }} }}]')
+
+
 def _check_call(target: Target, kwargs: dict[str, Any]) -> None:
     try:
         params = inspect.signature(target.obj).parameters
@@ -705,12 +922,8 @@ def _check_call(target: Target, kwargs: dict[str, Any]) -> None:
     missing = [p.name for p in params.values() if p.default is p.empty and p.name not in kwargs
                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if missing:
-        declared = ", ".join(f'"{m}": ...' for m in missing)
-        toml = ", ".join(f"{m} = ..." for m in missing)
-        raise LoadError(
-            f"{what} needs arguments: {', '.join(missing)}", **where,
-            hint=f"declare them with @gradlint.target(kwargs={{{declared}}}), or in pyproject.toml: "
-                 f'[tool.gradlint] targets = [{{ path = "{target.path}::{target.name}", kwargs = {{ {toml} }} }}]')
+        raise LoadError(f"{what} needs arguments: {', '.join(missing)}", **where,
+                        hint=_kwargs_hint(target.path, target.name, missing))
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = [k for k in kwargs if k not in params or params[k].kind is params[k].POSITIONAL_ONLY]
         if unknown:

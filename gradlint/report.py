@@ -68,6 +68,8 @@ class Report:
         recurrent: Per recurrent layer, the per-time-step input gradients.
         inputs: The example inputs used, in words, and where they came from.
         fail_on: The lowest severity that makes the report not ``ok``.
+        traceback: When status is ``error``: the traceback of the user's code when it raised
+            (their frames only), or the whole one when gradlint itself failed; None otherwise.
     """
 
     target: str
@@ -86,6 +88,7 @@ class Report:
     result: Any = field(default=None, compare=False, repr=False)
     probe: Any = None
     predicted_summary: Summary | None = None
+    traceback: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -112,6 +115,7 @@ class Report:
             "target": self.target,
             "status": self.status,
             "error": self.error,
+            "traceback": self.traceback,
             "analysis": self.analysis,
             "inputs": self.inputs,
             "summary": self.summary.to_dict() if self.summary else None,
@@ -165,9 +169,26 @@ def _decades(x: float) -> str:
     return f"{x:+.1f}" if math.isfinite(x) else ("+inf" if x > 0 else "-inf")
 
 
+def format_error(r: Report, color: bool = False) -> str:
+    """``file:line: could not analyze TARGET: what happened``, its hint, and the user's traceback.
+
+    The location leads, as in a compiler's message, so editors and terminals can jump to it.
+    """
+    error = r.error or ""
+    head = ""
+    if r.path:
+        where = f"{r.path}:{r.line}" if r.line else r.path
+        if error.startswith(f"{where}: "):
+            head, error = f"{_c(where, 'bold', color)}: ", error[len(where) + 2:]
+    lines = [f"{head}{_c('could not analyze', 'error', color)} {_c(r.target, 'bold', color)}: {error}"]
+    if r.traceback:
+        lines.extend(f"  {line}" if line else "" for line in r.traceback.rstrip().splitlines())
+    return "\n".join(lines)
+
+
 def format_summary(r: Report, color: bool = False, weakest: int = 3) -> str:
     if r.status != "ok":
-        return f"{_c(r.target, 'bold', color)}: {_c('could not analyze', 'error', color)}: {r.error}"
+        return format_error(r, color)
     s = r.summary
     verdict = s.verdict if s else "?"
     tone = "info" if verdict == "healthy" else "error"

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gradlint.aten import Converter, call_site
+from gradlint.gaussian import ACTIVATION_PARAMS
 from gradlint.graph import Graph, Node, Source
 from gradlint.inputs import ExampleInputs, TensorSpec
 
@@ -109,7 +110,9 @@ def module_node(name: str, path: str, mod: nn.Module, inputs: tuple, shape: Any 
         return Node(kind="dropout", attrs={"p": mod.p, "train": True}, **base)
     if type(mod) in _ACT_MODULES:
         attrs: dict[str, Any] = {"fn": _ACT_MODULES[type(mod)]}
-        for a in ("negative_slope", "alpha", "min_val", "max_val", "beta", "threshold"):
+        # Only the parameters the function takes: ReLU6 is a Hardtanh, with min_val and
+        # max_val attributes that relu6 fixes.
+        for a in ACTIVATION_PARAMS.get(attrs["fn"], {}):
             if hasattr(mod, a):
                 attrs[a] = float(getattr(mod, a))
         if isinstance(mod, nn.GELU) and mod.approximate == "tanh":
@@ -133,7 +136,9 @@ def _shape_of(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         return tuple(int(d) for d in v.shape)
     if isinstance(v, (tuple, list)) and v and isinstance(v[0], torch.Tensor):
-        return tuple(_shape_of(x) for x in v)
+        # Flat, tensors only, as export lists a multi-output op's values: an LSTM's
+        # (out, (h, c)) gives three shapes, attention's (out, None) one.
+        return tuple(_shape_of(x) for x in torch.utils._pytree.tree_leaves(v) if isinstance(x, torch.Tensor))
     return None
 
 
@@ -184,6 +189,13 @@ def _chain_graph(model: nn.Module, order: list[tuple[str, nn.Module, Any, Any]],
         node = module_node(f"{path or 'model'}#{i}", path, mod, (prev,), out_shape)
         nodes.append(node)
         prev = node.name
+        if node.kind == "rnn" or (isinstance(out_shape, tuple) and out_shape and isinstance(out_shape[0], tuple)):
+            # Tuple-valued modules (RNNs' (output, h_n), attention's (output, weights)) feed
+            # the next module their first element, as the forward most likely does.
+            first = out_shape[0] if isinstance(out_shape, tuple) and out_shape and isinstance(out_shape[0], tuple) else None
+            nodes.append(Node(name=f"{node.name}[0]", kind="getitem", op="getitem", inputs=(prev,),
+                              attrs={"index": 0}, shape=first, module=path, module_type=node.module_type))
+            prev = nodes[-1].name
     batch = inputs.batch_size if inputs else (shape[0] if shape else None)
     return Graph(nodes, [prev], analysis, batch)
 
@@ -244,6 +256,7 @@ def fx_graph(model: nn.Module) -> Graph:
     tracer = _LeafTracer()
     tracer.record_stack_traces = True
     g = tracer.trace(model)
+    params = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     nodes: list[Node] = []
     outputs: list[str] = []
     for n in g.nodes:
@@ -264,6 +277,8 @@ def fx_graph(model: nn.Module) -> Graph:
                                "size": (None, None)}.get(n.target, ("unknown", {"target": n.target}))
                 if kind is None:
                     continue
+            if n.target is operator.getitem and len(n.args) > 1 and isinstance(n.args[1], int):
+                kind, attrs = "getitem", {"index": n.args[1]}  # (output, h_n)[0] after an RNN
             if kind is None:
                 kind, attrs = "unknown", {"target": getattr(n.target, "__name__", str(n.target))}
             attrs = dict(attrs)
@@ -272,7 +287,10 @@ def fx_graph(model: nn.Module) -> Graph:
                 attrs["scalar"] = scalars[0]
             nodes.append(Node(name=n.name, kind=kind, op=str(n.target), inputs=tensors, attrs=attrs, call_site=src))
         elif n.op == "get_attr":
-            nodes.append(Node(name=n.name, kind="param", attrs={"param": n.target}))
+            if n.target in params:
+                nodes.append(Node(name=n.name, kind="param", attrs={"param": n.target}))
+            else:  # a buffer or a plain tensor attribute
+                nodes.append(Node(name=n.name, kind="const", op="get_attr", attrs={"buffer": n.target}))
         elif n.op == "output":
             outputs = list(tensors)
     return Graph(nodes, outputs, "fx", None)
@@ -284,7 +302,8 @@ def quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)
+        # ERROR too: fake tensors log a whole traceback at that level before export raises.
+        logging.disable(logging.ERROR)
         # torch's structured-trace logger logs at DEBUG and ignores logging.disable; pytest >= 9
         # attaches its capture handlers to such non-propagating loggers, so every failing test
         # that ran gradlint would show empty "DEBUG torch.__trace" lines.
@@ -326,6 +345,10 @@ def trace(model: nn.Module, inputs: ExampleInputs | None) -> tuple[Graph, list[s
 
     Returns:
         The graph, and one message per path that was tried and failed.
+
+    Raises:
+        InputError: When export failed because the inputs do not fit a layer.
+        ForwardError: When export failed because the user's forward raises on the inputs by itself.
     """
     failures: list[str] = []
     if inputs is not None and inputs.found:
@@ -333,6 +356,10 @@ def trace(model: nn.Module, inputs: ExampleInputs | None) -> tuple[Graph, list[s
             return export_graph(model, inputs), failures
         except Exception as e:  # any failure of export means: try the next path
             failures.append(f"torch.export failed: {type(e).__name__}: {_first_line(e)}")
+        # A fallback graph of a forward that cannot run at all would be analyzed as if it could.
+        from gradlint.inputs import forward_error
+        if (error := forward_error(model, inputs)) is not None:
+            raise error
     else:
         try:
             return fx_graph(model), failures
