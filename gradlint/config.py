@@ -523,9 +523,9 @@ class _Reader:
 # --- the keys -----------------------------------------------------------------------------------
 
 def _rules() -> dict[str, Any]:
-    from gradlint.rule import load_builtin
+    from gradlint.rule import catalog
 
-    return load_builtin()
+    return catalog()
 
 
 def _rule_pattern(r: _Reader, path: tuple[Any, ...], value: Any) -> str:
@@ -681,8 +681,8 @@ def _targets(r: _Reader, path: tuple[Any, ...], value: Any) -> tuple[TargetSpec,
 def _fits(default: Any, value: Any) -> str | None:
     """None when ``value`` has the type of the option's ``default``; else what it must be."""
     if default is None:
-        # No default to compare with (a threshold that defaults to the run's): any single value.
-        return "a single value" if isinstance(value, (Mapping, list)) else None
+        # Every option without a default is a threshold that falls back to the run's.
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "true or false"
     if isinstance(default, int):

@@ -92,3 +92,45 @@ def load_builtin() -> dict[str, type[Rule]]:
 
 
 _PACKS_LOADED: list[bool] = []
+
+
+@dataclass(frozen=True)
+class RuleInfo:
+    """What configuration checks need of a rule: its code, name and default options."""
+
+    code: str
+    name: str
+    options: dict[str, Any]
+
+
+def catalog() -> dict[str, Any]:
+    """Every rule's code, name and options, by code, without importing torch where possible.
+
+    The built-in rules are read from their source with ``ast``, so checking a configuration
+    costs no torch import in the parent process; with rule packs installed, or a built-in
+    module the reader cannot follow, the rules are imported (``load_builtin``).
+    """
+    import ast
+    from importlib.metadata import entry_points
+    from pathlib import Path
+
+    import gradlint.rules as pkg
+
+    if REGISTRY or list(entry_points(group="gradlint.rules")):
+        return load_builtin()
+    out: dict[str, Any] = {}
+    for path in sorted(Path(p) for base in pkg.__path__ for p in Path(base).glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+                attrs = {t.id: stmt.value for stmt in cls.body if isinstance(stmt, ast.Assign)
+                         for t in stmt.targets if isinstance(t, ast.Name)}
+                if "code" in attrs and "name" in attrs:
+                    options = ast.literal_eval(attrs["options"]) if "options" in attrs else {}
+                    info = RuleInfo(ast.literal_eval(attrs["code"]), ast.literal_eval(attrs["name"]), options)
+                    out[info.code] = info
+        except (OSError, SyntaxError, ValueError):
+            return load_builtin()
+    return out or load_builtin()

@@ -281,7 +281,7 @@ def test_a_configured_name_the_file_lacks_points_at_the_configuration(project):
     project("pyproject.toml", pyproject('targets = [{ path = "models/net.py::Nett", kwargs = { depth = 2 } }]\n'))
     r = run("check", "models/net.py")
     assert r.exit_code == 2
-    assert "pyproject.toml:5: targets: no target named 'Nett'" in r.output
+    assert "pyproject.toml:5: could not analyze models/net.py::Nett: targets: no target named 'Nett'" in r.output
     assert "models/net.py::model: healthy" in r.output  # the file's other targets are still checked
 
 
@@ -340,3 +340,27 @@ def test_adjust_matches_the_finding_file_or_the_checked_file(tmp_path):
     assert cfg.adjust([f], tmp_path / "legacy" / "net.py") == ()
     assert cfg.adjust([f], tmp_path / "net.py") == (f,)
     assert [x.severity for x in cfg.adjust([g, f])] == ["error", "info"]
+
+
+def test_rule_catalog_read_from_source_matches_the_imported_rules():
+    from gradlint.rule import RuleInfo, catalog, load_builtin
+
+    full = load_builtin()
+    import gradlint.rule as rule_mod
+    saved = dict(rule_mod.REGISTRY)
+    rule_mod.REGISTRY.clear()  # catalog() reads the source only while no rule is imported yet
+    try:
+        read = catalog()
+    finally:
+        rule_mod.REGISTRY.update(saved)
+    assert all(isinstance(v, RuleInfo) for v in read.values())
+    assert {c: (r.name, r.options) for c, r in read.items()} == {c: (r.name, r.options) for c, r in full.items()}
+
+
+def test_checking_rule_names_in_the_configuration_imports_no_torch(tmp_path):
+    import subprocess
+    import sys
+    (tmp_path / "pyproject.toml").write_text('[tool.gradlint]\nselect = ["GL1"]\n[tool.gradlint.rules.GL101]\nthreshold = 3.0\n')
+    code = "import sys, gradlint.config as c; c.load(start=sys.argv[1]); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -280,9 +280,11 @@ def test_cli_probe_prints_the_layer_table_and_writes_the_chart(tmp_path):
     assert "measured verdict vanishing" in res.output
     img = matplotlib.image.imread(out)
     assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 500
-    # Both lines are drawn: the predicted one in blue (#1f77b4), the measured one in green (#2ca02c).
+    # Both lines are drawn: the predicted one in blue (#1f77b4 at alpha 0.6 over the white band between the
+    # zones), the measured one in green (#2ca02c).
     rgb = (img[..., :3] * 255).round()
-    for color in ((31, 119, 180), (44, 160, 44)):
+    blue_on_white = tuple(0.6 * c + 0.4 * 255 for c in (31, 119, 180))
+    for color in (blue_on_white, (44, 160, 44)):
         assert ((abs(rgb - color) < 8).all(axis=-1)).sum() > 50, color
 
 
