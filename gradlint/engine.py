@@ -18,7 +18,7 @@ from gradlint import recurrent
 from gradlint.graph import Graph, Node, Source
 from gradlint.params import ParamStats
 from gradlint.state import Bwd, Fwd
-from gradlint.transfers import TRANSFERS
+from gradlint.transfers import TRANSFERS, default_roles
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +121,7 @@ class Context:
         self.batch = graph.batch_size
         self.grads: dict[str, float] = {}
         self.unknown: list[str] = []
+        self._unknown_seen: set[str] = set()  # a list test per unknown op is quadratic in their number
         self.recurrent: list[RecurrentResult] = []
         self._rnn_cache: dict[str, Any] = {}
 
@@ -149,7 +150,8 @@ class Context:
         return int(b.unique().numel())
 
     def note_unknown(self, node: Node) -> None:
-        if node.name not in self.unknown:
+        if node.name not in self._unknown_seen:
+            self._unknown_seen.add(node.name)
             self.unknown.append(node.name)
 
     # -- recurrent layers ------------------------------------------------------------------
@@ -176,12 +178,20 @@ class Context:
         if mod is None:
             self.note_unknown(node)
             return tuple(x.with_(shape=s) for s in shapes) or (x,)
+        if steps < 1 or batch < 1:
+            # An empty sequence or batch: the output is empty, and h_n is the initial state,
+            # which depends on no weight.
+            return tuple(Fwd(q=0.0, shape=s, roles=default_roles(s), const=True) for s in shapes) or (
+                Fwd(q=0.0, shape=x.shape, roles=x.roles, const=True),)
         pred = recurrent.predict_module(mod, batch, steps, q_x=x.q)
         self._rnn_cache[node.name] = (mod, batch, steps, x.q)
         q_out = sum(pred.q_out) / len(pred.q_out)
         outs = []
-        for i, s in enumerate(shapes):
-            roles = x.roles if i == 0 and len(x.roles) == len(s) else "".join("B" if d == batch else "P" for d in s[:-1]) + "F"
+        # Without shapes (a module-order graph from registration order) the output is still
+        # a tuple whose first element is the sequence output.
+        for i, s in enumerate(shapes or ((),)):
+            roles = x.roles if i == 0 and len(x.roles) == len(s) else (
+                "".join("B" if d == batch else "P" for d in s[:-1]) + "F" if s else "")
             outs.append(Fwd(q=q_out if i == 0 else pred.q_out[-1], shape=s, roles=roles, origin=f"{node.name}:{i}"))
         return tuple(outs)
 
@@ -224,11 +234,16 @@ def propagate(graph: Graph, stats: dict[str, ParamStats], model: nn.Module | Non
         table.update(transfers)
     ctx = Context(graph, stats, model)
     fwd: dict[str, Any] = {}
+    overflowed: set[str] = set()
     for node in graph.nodes:
         rule = table.get(node.kind) or table["unknown"]
         ins = [fwd.get(i) if i is not None else None for i in node.inputs]
         if node.kind not in ("input", "const", "param") and not any(isinstance(f, (Fwd, tuple)) for f in ins):
             fwd[node.name] = Fwd(q=0.0, shape=node.shape if isinstance(node.shape, tuple) else (), const=True)
+            continue
+        if node.kind not in ("input", "const", "param") and node.dtype not in ("int", "bool") and _overflowed(ins):
+            fwd[node.name] = _overflow(node, ins)
+            overflowed.add(node.name)
             continue
         fwd[node.name] = rule.forward(ctx, node, ins)
 
@@ -249,7 +264,15 @@ def propagate(graph: Graph, stats: dict[str, ParamStats], model: nn.Module | Non
                 continue
         rule = table.get(node.kind) or table["unknown"]
         ins = [fwd.get(i) if i is not None else None for i in node.inputs]
-        back = rule.backward(ctx, node, ins, out, g)
+        if node.name in overflowed:
+            # A loss computed from overflowed values is inf or NaN, and so is every gradient.
+            back = [Bwd(math.inf, 0.0) if isinstance(f, tuple) or (isinstance(f, Fwd) and f.dtype == "float"
+                                                                   and not f.const) else None for f in ins]
+            for p in [*node.params.values(), *(node.attrs.get("params") or ())]:
+                if isinstance(p, str):
+                    ctx.param_grad(p, math.inf)
+        else:
+            back = rule.backward(ctx, node, ins, out, g)
         if node.kind == "getitem":
             src = node.inputs[0]
             if isinstance(fwd.get(src), tuple) and back and back[0] is not None:
@@ -299,6 +322,37 @@ def propagate(graph: Graph, stats: dict[str, ParamStats], model: nn.Module | Non
     return Propagation(graph=graph, nodes=tuple(results), params=params, param_stats=stats,
                        recurrent=tuple(ctx.recurrent), unknown_ops=tuple(ctx.unknown),
                        forward_state=fwd, backward_state=grads)
+
+
+def _overflowed(ins: list) -> bool:
+    """Whether a float operand's statistics are inf or NaN: its values overflowed (a second
+    moment beyond float64 means values beyond any float dtype), or a constant inf or NaN
+    scaled them."""
+    for f in ins:
+        if isinstance(f, tuple):
+            if _overflowed(list(f)):
+                return True
+        elif isinstance(f, Fwd) and f.dtype == "float" and not (
+                math.isfinite(f.q) and math.isfinite(f.mu) and math.isfinite(f.k) and math.isfinite(f.kt)):
+            return True
+    return False
+
+
+def _overflow(node: Node, ins: list) -> Fwd | tuple[Fwd, ...]:
+    """The output of an op fed overflowed values: inf as well. The transfer rules' Gaussian
+    maths has no value at infinite moments, and the real forward is inf or NaN from here on."""
+    first = next((f for x in ins for f in (x if isinstance(x, tuple) else (x,)) if isinstance(f, Fwd)), Fwd(q=0.0))
+
+    def one(shape: Any) -> Fwd:
+        shape = shape if isinstance(shape, tuple) and all(isinstance(d, int) for d in shape) else first.shape
+        roles = first.roles if len(first.roles) == len(shape) else default_roles(shape)
+        return Fwd(q=math.inf, k=math.inf, kt=math.inf, shape=shape, roles=roles, origin=node.name,
+                   blocked=first.blocked)
+
+    s = node.shape
+    if isinstance(s, tuple) and s and all(isinstance(x, tuple) for x in s):
+        return tuple(one(x) for x in s)
+    return one(s)
 
 
 def _used_params(graph: Graph) -> set[str]:

@@ -9,6 +9,7 @@ not independent), so they are rewritten into single ``attention``, ``rms_norm`` 
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import replace
 from typing import Any, Callable
@@ -118,6 +119,7 @@ def fuse_attention(g: Graph, stats: dict[str, ParamStats]) -> int:
     Also fills ``e_in`` and ``causal`` on attention nodes that came from SDPA directly.
     """
     count = 0
+    pos = {n.name: i for i, n in enumerate(g.nodes)}
     for sm in [n for n in g.nodes if n.kind == "softmax" and not n.attrs.get("log")]:
         scale = 1.0
         extra: list[str] = []
@@ -192,7 +194,7 @@ def fuse_attention(g: Graph, stats: dict[str, ParamStats]) -> int:
                  "dropout": p_drop, "k_transposed": k_transposed, "masks": mask_names}
         new = replace(m2, kind="attention", op="attention (fused)", inputs=(q_name, k_name, v_name, None),
                       attrs=attrs, fused=(m1.name, sm.name, m2.name), params={})
-        g.nodes[g.nodes.index(m2)] = new
+        g.nodes[pos[m2.name]] = new
         g.by_name[new.name] = new
         count += 1
     g.reindex()
@@ -290,6 +292,43 @@ def _rotate_root(g: Graph, name: str) -> str | None:
     return n.name if n is not None else None
 
 
+class _Splice:
+    """Replaces groups of nodes by one node each, keeping ``by_name`` and ``users`` exactly as a
+    ``reindex`` after every replacement would leave them, while the node list is rebuilt once
+    in ``finish``: rebuilding and reindexing per group made fusion quadratic in the depth."""
+
+    def __init__(self, g: Graph):
+        self.g = g
+        self.pos = {n.name: i for i, n in enumerate(g.nodes)}
+        self.replaced: dict[str, Node] = {}
+        self.removed: set[str] = set()
+
+    def replace(self, names: set[str], new: Node) -> None:
+        g, out = self.g, new.name
+        gone = names - {out}
+        for name in names:
+            for i in g.by_name[name].inputs:
+                if i is not None and i not in gone and name in g.users.get(i, ()):
+                    g.users[i].remove(name)
+        for k in gone:
+            del g.by_name[k]
+            g.users.pop(k, None)
+        g.users[out] = [u for u in g.users[out] if u not in gone]
+        for i in dict.fromkeys(x for x in new.inputs if x is not None):
+            if out not in g.users[i]:
+                # Users stay in graph order, as reindex lists them.
+                bisect.insort(g.users[i], out, key=self.pos.__getitem__)
+        g.by_name[out] = new
+        self.replaced[out] = new
+        self.removed |= gone
+
+    def finish(self) -> None:
+        if self.replaced:
+            g = self.g
+            g.nodes[:] = [self.replaced.get(n.name, n) for n in g.nodes if n.name not in self.removed]
+            g.reindex()
+
+
 _NORM_OPS = {"identity", "reduce", "elementwise", "add", "mul", "const", "param", "datamove"}
 
 
@@ -300,6 +339,7 @@ def fuse_norm_modules(g: Graph, model: nn.Module | None, stats: dict[str, ParamS
         if n.module:
             groups.setdefault(n.module, []).append(n)
     count = 0
+    splice = _Splice(g)
     for path, members in groups.items():
         kinds = {m.kind for m in members}
         if not kinds <= _NORM_OPS or "reduce" not in kinds or len(members) > 40:
@@ -349,10 +389,9 @@ def fuse_norm_modules(g: Graph, model: nn.Module | None, stats: dict[str, ParamS
                           "dims": dims},
                    shape=out.shape, dtype=out.dtype, module=path, module_type=members[0].module_type,
                    call_site=members[0].call_site, fused=tuple(m.name for m in members))
-        keep = [n for n in g.nodes if n.name not in names or n.name == out.name]
-        g.nodes[:] = [new if n.name == out.name else n for n in keep]
-        g.reindex()
+        splice.replace(names, new)
         count += 1
+    splice.finish()
     return count
 
 
@@ -367,6 +406,7 @@ def fuse_activation_modules(g: Graph, model: nn.Module | None) -> int:
         if n.module:
             groups.setdefault(n.module, []).append(n)
     count = 0
+    splice = _Splice(g)
     for path, members in groups.items():
         kinds = {m.kind for m in members}
         if not kinds <= {"elementwise", "add", "mul", "act", "identity"} or not kinds & {"elementwise", "act"}:
@@ -389,10 +429,9 @@ def fuse_activation_modules(g: Graph, model: nn.Module | None) -> int:
                    attrs={"module": mod}, shape=out.shape, dtype=out.dtype, module=path,
                    module_type=members[0].module_type, call_site=members[0].call_site,
                    fused=tuple(m.name for m in members))
-        keep = [n for n in g.nodes if n.name not in names or n.name == out.name]
-        g.nodes[:] = [new if n.name == out.name else n for n in keep]
-        g.reindex()
+        splice.replace(names, new)
         count += 1
+    splice.finish()
     return count
 
 

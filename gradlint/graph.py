@@ -81,7 +81,9 @@ class Graph:
         users: dict[str, list[str]] = {n.name: [] for n in self.nodes}
         for n in self.nodes:
             for i in n.inputs:
-                if i is not None and n.name not in users[i]:
+                # A node's own earlier entry can only be the last one: a membership test would
+                # be quadratic in a tensor's uses (a mask or table that every layer reads).
+                if i is not None and (not users[i] or users[i][-1] != n.name):
                     users[i].append(n.name)
         self.users = users
 

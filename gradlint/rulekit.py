@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from gradlint.transfers import INIT, NORMALIZATION, RECURRENCE, RESIDUAL, SATURATION, ATTENTION
 
 WEIGHTED = {"linear", "conv", "embedding", "rnn", "attention"}
@@ -108,7 +110,9 @@ def fix_for(result, vanishing: bool) -> str:
 def forward_of(result, name: str | None):
     """The forward statistics (``Fwd``) of a node's output, first output for tuple-valued ops.
 
-    A result without the full forward state (a probe) still has q and mu per node.
+    A result without the full forward state (a probe) still has q and mu per node. None
+    also where the statistics overflowed (inf or NaN): there is nothing to reason about,
+    and the Gaussian maths rules re-run is undefined there (the summary says exploding).
     """
     from gradlint.state import Fwd
 
@@ -117,11 +121,11 @@ def forward_of(result, name: str | None):
     f = result.propagation.forward_state.get(name)
     if isinstance(f, tuple):
         f = f[0] if f else None
-    if isinstance(f, Fwd):
-        return f
-    if name in result.graph.by_name:
+    if not isinstance(f, Fwd) and name in result.graph.by_name:
         r = result.propagation.node(name)
-        return Fwd(q=r.q, mu=r.mu, shape=tuple(r.shape) if isinstance(r.shape, tuple) else (), blocked=r.blocked)
+        f = Fwd(q=r.q, mu=r.mu, shape=tuple(r.shape) if isinstance(r.shape, tuple) else (), blocked=r.blocked)
+    if isinstance(f, Fwd) and all(math.isfinite(v) for v in (f.q, f.mu, f.k, f.kt)):
+        return f
     return None
 
 
@@ -151,3 +155,51 @@ def descendants(graph, start: str, order: dict[str, int]) -> set[str]:
         if any(i in out for i in n.inputs if i is not None):
             out.add(n.name)
     return out
+
+
+class Reach:
+    """Descendant questions about one graph, each answered by a sweep in topological order
+    that stops as soon as the answer is known. A full descendant set per node (``descendants``)
+    made the stack rules quadratic in the model's depth.
+    """
+
+    def __init__(self, graph):
+        self.g = graph
+        self.order = {n.name: i for i, n in enumerate(graph.nodes)}
+        self.last_use = {n.name: max((self.order[u] for u in graph.users.get(n.name, ())), default=i)
+                         for i, n in enumerate(graph.nodes)}
+        self._from: dict[str, tuple[set[str], int]] = {}
+
+    def descends(self, start: str, name: str) -> bool:
+        """Whether ``name`` is ``start`` or computed from it."""
+        end, first = self.order.get(name), self.order[start]
+        if end is None or end < first:
+            return False
+        out, done = self._from.get(start) or ({start}, first)
+        nodes = self.g.nodes
+        for k in range(done + 1, end + 1):
+            if any(i in out for i in nodes[k].inputs if i is not None):
+                out.add(nodes[k].name)
+        self._from[start] = (out, max(done, end))
+        return name in out
+
+    def apart(self, start: str, avoid: str) -> tuple[set[str], int]:
+        """The nodes computed from ``start`` but not from ``avoid``, and the last position at
+        which any of them is read: no node past it takes one as an input."""
+        nodes = self.g.nodes
+        first = self.order[start]
+        mine: set[str] = set()
+        theirs = {avoid}
+        limit = first
+        # Each such node reads another one (or is start), so it comes at or before the last
+        # use of those found so far: the sweep ends there.
+        k = min(first, self.order[avoid])
+        while k <= limit:
+            n = nodes[k]
+            if n.name == avoid or any(i in theirs for i in n.inputs if i is not None):
+                theirs.add(n.name)
+            elif n.name == start or any(i in mine for i in n.inputs if i is not None):
+                mine.add(n.name)
+                limit = max(limit, self.last_use[n.name])
+            k += 1
+        return mine, limit

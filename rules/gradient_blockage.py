@@ -80,6 +80,8 @@ class Paths:
     def __init__(self, result):
         g = result.graph
         self.graph = g
+        self.order = {n.name: k for k, n in enumerate(g.nodes)}
+        self._sweeps: dict[str, dict[str, bool]] = {}
         self.block = {n.name: r for n in g.nodes if (r := blocking_reason(g, n)) is not None}
         outs = set(g.outputs)
         self.live: set[str] = set()
@@ -113,9 +115,13 @@ class Paths:
     def reaches_output(self, param: str) -> bool:
         return any(u in self.reach for u in self.uses.get(param, []))
 
-    def params_behind(self, names, trainable: set[str]) -> list[str]:
-        """Trainable parameters with a gradient-carrying path into any of ``names``."""
-        seen: set[str] = set()
+    def params_behind(self, names, trainable: set[str], seen: set[str] | None = None) -> list[str]:
+        """Trainable parameters with a gradient-carrying path into any of ``names``.
+
+        ``seen``: nodes an earlier call already walked from, to walk no further from them (their
+        parameters are in that call's answer); it is updated.
+        """
+        seen = set() if seen is None else seen
         found: dict[str, None] = {}
         todo = deque(x for x in names if x is not None and self.carrier(x))
         while todo:
@@ -129,6 +135,59 @@ class Paths:
                     found[p] = None
             todo.extend(i for i in n.inputs if i is not None and i not in seen and self.carrier(i))
         return list(found)
+
+    def _behind(self, key: str, own) -> dict[str, bool]:
+        # Per gradient-carrying node, whether ``own`` holds there or anywhere params_behind would
+        # walk to from it: one sweep, not one walk per blocking op (quadratic in the depth).
+        if key not in self._sweeps:
+            out: dict[str, bool] = {}
+            for n in self.graph.nodes:
+                if self.carrier(n.name):
+                    out[n.name] = own(n) or any(out.get(i, False) for i in n.inputs if i is not None)
+            self._sweeps[key] = out
+        return self._sweeps[key]
+
+    def any_behind(self, names, trainable: set[str]) -> bool:
+        """Whether ``params_behind(names, trainable)`` is not empty (``trainable``: the same in every call)."""
+        memo = self._behind("trainable", lambda n: any(p in trainable for p in node_params(n)))
+        return any(memo.get(x, False) for x in names if x is not None)
+
+    def any_starved_behind(self, names, trainable: set[str]) -> bool:
+        """Whether a parameter of ``params_behind(names, trainable)`` gets no gradient."""
+        memo = self._behind("starved", lambda n: any(p in trainable and not self.gets_gradient(p)
+                                                     for p in node_params(n)))
+        return any(memo.get(x, False) for x in names if x is not None)
+
+    def input_dependent(self, names) -> bool:
+        """``depends_on_input``, from one sweep over the graph."""
+        if "input" not in self._sweeps:
+            dep: dict[str, bool] = {}
+            for n in self.graph.nodes:
+                dep[n.name] = n.kind == "input" or any(dep.get(i, False) for i in n.inputs if i is not None)
+            self._sweeps["input"] = dep
+        return any(self._sweeps["input"].get(x, False) for x in names if x is not None)
+
+    def computed_from(self, name: str, source: str | None) -> bool:
+        """Whether ``source`` is ``name`` or one of its ancestors (``source in ancestors(name) | {name}``)."""
+        if source == name:
+            return True
+        lo = self.order.get(source)
+        if lo is None or name not in self.order:
+            return source in self.ancestors(name)
+        stack, seen = [name], {name}
+        while stack:
+            n = self.graph.by_name.get(stack.pop())
+            if n is None:
+                continue
+            for i in n.inputs:
+                if i is None or i in seen:
+                    continue
+                if i == source:
+                    return True
+                if self.order.get(i, -1) > lo:  # nodes before source are not computed from it
+                    seen.add(i)
+                    stack.append(i)
+        return False
 
     def depends_on_input(self, names) -> bool:
         """Whether any of ``names`` is computed from a model input (an activation, not a weight statistic)."""
@@ -191,15 +250,12 @@ def _straight_through(paths: Paths, node) -> bool:
     if node.kind != "block" or not node.inputs or node.inputs[0] is None:
         return False
     g = paths.graph
-    behind = None
     for u in g.users.get(node.name, []):
         un = g.by_name.get(u)
         if un is None or un.kind != "add" or un.attrs.get("op") != "add" or len(un.inputs) != 2:
             continue
         other = un.inputs[1] if un.inputs[0] == node.name else un.inputs[0]
-        if behind is None:
-            behind = paths.ancestors(node.inputs[0]) | {node.inputs[0]}
-        if other in behind:
+        if paths.computed_from(node.inputs[0], other):
             return True
     return False
 
@@ -341,13 +397,11 @@ class GradientBlockage(Rule):
             if name not in paths.reach:
                 continue  # its result is never used for an output
             ins = list(node.inputs) if node.kind == "grad_region" else list(node.inputs[:1])
-            behind = paths.params_behind(ins, trainable)
-            if not behind:
+            if not paths.any_behind(ins, trainable):
                 continue  # masks and indices from inputs, token ids or constants
-            starved = [p for p in behind if not paths.gets_gradient(p)]
-            if starved:
+            if paths.any_starved_behind(ins, trainable):
                 sev = Severity.ERROR
-            elif reason in LOSSY and not _straight_through(paths, node) and paths.depends_on_input(ins):
+            elif reason in LOSSY and not _straight_through(paths, node) and paths.input_dependent(ins):
                 # A stop-gradient on weight-only statistics (spectral norm's power iteration, an
                 # EMA copy) is by design; on activations it throws away part of the signal.
                 sev = Severity.WARNING
@@ -358,7 +412,11 @@ class GradientBlockage(Rule):
             # One finding per line of code: a block inside a layer that is repeated N times is one mistake.
             key = (reason, site.path, site.line) if site is not None else (reason, None, None, node.module)
             grp = groups.setdefault(key, {"nodes": [], "modules": {}, "behind": {}, "starved": {}, "sev": sev,
-                                          "site": site, "node": node})
+                                          "site": site, "node": node, "walked": set()})
+            # The group's earlier walks already hold every parameter behind the nodes they walked:
+            # a per-layer block need not walk back through all the layers before it again.
+            behind = paths.params_behind(ins, trainable, grp["walked"])
+            starved = [p for p in behind if not paths.gets_gradient(p)]
             grp["nodes"].append(name)
             grp["modules"][node.module] = None
             grp["behind"].update(dict.fromkeys(behind))

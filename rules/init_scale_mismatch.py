@@ -10,7 +10,7 @@ import torch.nn as nn
 from gradlint import gaussian
 from gradlint.findings import Severity
 from gradlint.rule import Case, Rule
-from gradlint.rulekit import descendants as _descendants, forward_of as _fwd, feeds_output as _feeds_output, const_like as _const_like
+from gradlint.rulekit import Reach, forward_of as _fwd, feeds_output as _feeds_output, const_like as _const_like
 
 # Between a weight layer and its activation: data movement only (a bias added separately too).
 MOVES = {"identity", "select", "getitem", "expand", "datamove", "dropout"}
@@ -378,13 +378,7 @@ class _Walker:
         self.g = result.graph
         self.layer_to_act = layer_to_act
         self.acts = set(layer_to_act.values())
-        self.order = {n.name: i for i, n in enumerate(self.g.nodes)}
-        self._desc: dict[str, set[str]] = {}
-
-    def descendants(self, start: str) -> set[str]:
-        if start not in self._desc:
-            self._desc[start] = _descendants(self.g, start, self.order)
-        return self._desc[start]
+        self.reach = Reach(self.g)
 
     def successors(self, act: str) -> set[str]:
         """Activations of the pairs whose layer consumes this activation's output."""
@@ -407,8 +401,7 @@ class _Walker:
                 elif n.kind == "mul" and all(_const_like(self.result, i) for i in others):
                     stack.append(u)
                 elif n.kind == "add":
-                    desc = self.descendants(act)
-                    if any(i in desc for i in others if not _const_like(self.result, i)):
+                    if any(self.reach.descends(act, i) for i in others if not _const_like(self.result, i)):
                         continue  # a skip connection ends the stack
                     stack.append(u)
                 # Normalization, attention, gates, other ops: the stack ends here.
@@ -417,18 +410,18 @@ class _Walker:
     def bypassed(self, start: str, act: str) -> bool:
         """Whether a sum after ``act`` adds back a path from ``start`` that avoids it: a skip
         connection around the layer (x = x + relu(W x)), which then is no part of a stack."""
-        d_start, d_act = self.descendants(start), self.descendants(act)
+        apart, limit = self.reach.apart(start, act)
         stack, seen = [act], set()
         while stack:
             cur = stack.pop()
             for u in self.g.users.get(cur, []):
-                if u in seen:
-                    continue
+                if u in seen or self.reach.order[u] > limit:
+                    continue  # past the last use of what avoids act, no sum can add it back
                 seen.add(u)
                 n = self.g.by_name[u]
                 others = [i for i in n.inputs if i is not None and i != cur and not _const_like(self.result, i)]
                 if n.kind == "add":
-                    if any(i in d_start and i not in d_act for i in others):
+                    if any(i in apart for i in others):
                         return True
                     stack.append(u)
                 elif (u in self.acts or n.kind in THROUGH or n.kind in ("linear", "conv")

@@ -10,7 +10,7 @@ import torch.nn as nn
 from gradlint import gaussian
 from gradlint.findings import Severity
 from gradlint.rule import Case, Rule
-from gradlint.rulekit import descendants as _descendants, forward_of as _fwd, feeds_output as _feeds_output, const_like as _const_like
+from gradlint.rulekit import Reach, forward_of as _fwd, feeds_output as _feeds_output, const_like as _const_like
 
 SATURATING_FNS = {"sigmoid", "tanh", "hardtanh", "softsign", "hardsigmoid", "logsigmoid"}
 # Ops a run of activations continues through: weights, pooling and data movement.
@@ -203,13 +203,7 @@ class _Walker:
         self.result = result
         self.g = result.graph
         self.members = members
-        self.order = {n.name: i for i, n in enumerate(self.g.nodes)}
-        self._desc: dict[str, set[str]] = {}
-
-    def descendants(self, start: str) -> set[str]:
-        if start not in self._desc:
-            self._desc[start] = _descendants(self.g, start, self.order)
-        return self._desc[start]
+        self.reach = Reach(self.g)
 
     def successors(self, start: str) -> set[str]:
         found: set[str] = set()
@@ -233,8 +227,7 @@ class _Walker:
                 elif n.kind == "add":
                     # A sum whose other operand also depends on the run is a skip connection:
                     # the gradient has a way around the activations and the run ends.
-                    desc = self.descendants(start)
-                    if any(i in desc for i in others if not _const_like(self.result, i)):
+                    if any(self.reach.descends(start, i) for i in others if not _const_like(self.result, i)):
                         continue
                     stack.append(u)
                 # Normalization, other activations, attention, gates: the run ends here.
@@ -246,18 +239,18 @@ class _Walker:
         That is a skip connection around ``member`` (x = x + tanh(W x)): the gradient
         reaching ``start`` need not pass through ``member``.
         """
-        d_start, d_member = self.descendants(start), self.descendants(member)
+        apart, limit = self.reach.apart(start, member)
         stack, seen = [member], set()
         while stack:
             cur = stack.pop()
             for u in self.g.users.get(cur, []):
-                if u in seen:
-                    continue
+                if u in seen or self.reach.order[u] > limit:
+                    continue  # past the last use of what avoids member, no sum can add it back
                 seen.add(u)
                 n = self.g.by_name[u]
                 others = [i for i in n.inputs if i is not None and i != cur and not _const_like(self.result, i)]
                 if n.kind == "add":
-                    if any(i in d_start and i not in d_member for i in others):
+                    if any(i in apart for i in others):
                         return True
                     stack.append(u)
                 elif u in self.members or n.kind in THROUGH or (n.kind == "mul" and not others):
