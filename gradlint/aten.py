@@ -435,7 +435,9 @@ def _binary(kind):
             attrs["scalar"], attrs["scalar_first"] = a, True
         elif not isinstance(o, fx.Node):
             attrs["scalar"] = o
-        c.add(fxn, "add" if kind in ("add", "sub", "rsub") else kind, tensors, attrs=attrs)
+        # Division is the "mul" rule's (op "div"): a scale by 1/c, which fusion and the rules
+        # read as one; a kind of its own had no transfer rule and passed x / c through unscaled.
+        c.add(fxn, {"add": "add", "sub": "add", "rsub": "add", "div": "mul"}.get(kind, kind), tensors, attrs=attrs)
     return fn
 
 

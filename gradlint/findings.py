@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -62,4 +63,16 @@ class Finding:
     confirmed: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _finite(asdict(self))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with inf and NaN floats as None, so the report stays strict JSON (an
+    overflowed or empty model's evidence holds them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

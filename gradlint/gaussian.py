@@ -979,9 +979,23 @@ def _exp_term(beta: float, hi: float, mu: float, s: float, v: float) -> float:
             return 0.0
         return ind * math.exp(beta * mu)
     if math.isinf(hi):
-        return math.exp(beta * mu + 0.5 * beta * beta * v)
-    log_val = beta * mu + 0.5 * beta * beta * v + _log_ndtr((hi - mu - beta * v) / s)
-    return math.exp(log_val)
+        return _exp_or_inf(beta * mu + 0.5 * beta * beta * v)
+    z = (hi - mu - beta * v) / s
+    if z <= -30.0:
+        # Deep in Phi's tail, log Phi(z) = -z^2/2 + O(log|z|), and the z^2/2 cancels the
+        # beta^2 v/2 of the prefactor. Cancelled by algebra rather than in floating point,
+        # because at v ~ 1e60 the rounding of either term alone exceeds exp's range.
+        r = 1.0 / (z * z)
+        series = 1.0 - r * (1.0 - 3.0 * r * (1.0 - 5.0 * r * (1.0 - 7.0 * r * (1.0 - 9.0 * r))))
+        log_val = beta * hi - (hi - mu) * (hi - mu) / (2.0 * v) - math.log(-z) - _LOG_SQRT_2PI + math.log(series)
+    else:
+        log_val = beta * mu + 0.5 * beta * beta * v + _log_ndtr(z)
+    return _exp_or_inf(log_val)
+
+
+def _exp_or_inf(x: float) -> float:
+    # A moment beyond float64 is inf (an overflowed signal), not an error.
+    return math.exp(x) if x < 709.0 else math.inf
 
 
 def _poly_expect(terms, moms, mu: float, s: float) -> float:
@@ -1805,7 +1819,7 @@ def softmax_moments(K: int, v: float, causal: bool = False) -> SoftmaxMoments:
 
     Args:
         K: Number of keys (softmax length), >= 1.
-        v: Logit variance (>= 0).
+        v: Logit variance (>= 0; inf gives the one-hot limit).
         causal: Average over causal prefixes instead of full rows.
 
     Returns:
@@ -1815,6 +1829,9 @@ def softmax_moments(K: int, v: float, causal: bool = False) -> SoftmaxMoments:
         ValueError: K not a positive integer, or invalid v.
     """
     k = _positive_int("K", K)
+    if v == math.inf:
+        # Scores whose variance overflowed float64: one-hot attention, the v -> inf limit.
+        return SoftmaxMoments(1.0, 1.0, 1.0)
     _, v_f = _check_mu_v(0.0, v)
     return _softmax_cached(k, _round_sig(v_f), bool(causal))
 

@@ -140,11 +140,14 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
     for name, p in model.named_parameters(remove_duplicate=False):
         if id(p) not in by_id:  # tied weights stay one tensor
             t = p.detach().to(device)
-            by_id[id(p)] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t.clone()).requires_grad_(True)
+            # copy=True: in the run dtype already, .to() would alias the user's tensor.
+            by_id[id(p)] = (t.to(dtype, copy=True) if dtype is not None and t.is_floating_point()
+                            else t.clone()).requires_grad_(True)
         real[name] = by_id[id(p)]
     for name, b in model.named_buffers(remove_duplicate=False):
         t = b.detach().to(device)
-        real[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t.clone()
+        # A copy even in the run dtype: train-mode BatchNorm updates its running stats in place.
+        real[name] = t.to(dtype, copy=True) if dtype is not None and t.is_floating_point() else t.clone()
     gm_names = {n for n, _ in gm.named_parameters(remove_duplicate=False)} | {n for n, _ in gm.named_buffers(remove_duplicate=False)}
     state = {k: v for k, v in real.items() if k in gm_names}
     for k, v in list(real.items()):
@@ -160,7 +163,7 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
         gen = torch.Generator(device="cpu").manual_seed(seed0 + i)
         torch.manual_seed(seed0 + i)
         a, kw = inputs.materialize("cpu", gen)
-        cast = lambda t: t.to(device=device, dtype=dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and dtype is not None else (t.to(device) if isinstance(t, torch.Tensor) else t)
+        cast = lambda t: t.to(device=device, dtype=_run_dtype(t.dtype, dtype)) if isinstance(t, torch.Tensor) else t
         a = tuple(cast(t) for t in a)
         kw = {k: cast(v) for k, v in kw.items()}
         for t in state.values():
@@ -188,7 +191,8 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
         ys = [y for y in _leaves(out) if y.is_floating_point() and y.requires_grad]
         loss = sum((torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=y.dtype) * y).sum()
                    for y in ys)
-        loss.backward()
+        if ys:  # else no output depends on a parameter or an input: every gradient is absent
+            loss.backward()
         for name, t in rec.values.items():
             q = float(t.detach().double().pow(2).mean()) if t.numel() else 0.0
             node_q[name] = node_q.get(name, 0.0) + q / seeds
@@ -227,8 +231,8 @@ def _retarget(gm: nn.Module, device: torch.device, dtype: torch.dtype | None) ->
     def fix(a):
         if isinstance(a, torch.device) and a.type == "meta":
             return device
-        if dtype is not None and isinstance(a, torch.dtype) and a.is_floating_point:
-            return dtype
+        if isinstance(a, torch.dtype):
+            return _run_dtype(a, dtype)
         return a
 
     for sub in gm.modules():
@@ -243,6 +247,18 @@ def _retarget(gm: nn.Module, device: torch.device, dtype: torch.dtype | None) ->
             n.args = torch.utils._pytree.tree_map(fix, n.args)
             n.kwargs = torch.utils._pytree.tree_map(fix, dict(n.kwargs))
         sub.recompile()
+
+
+def _run_dtype(own: torch.dtype, run: torch.dtype | None) -> torch.dtype:
+    """What a tensor of dtype ``own`` becomes in a run in ``run``: floats take it, complex
+    values its complex counterpart (else their real parts meet float64 weights in float32)."""
+    if run is None:
+        return own
+    if own.is_floating_point:
+        return run
+    if own.is_complex:
+        return torch.complex128 if run == torch.float64 else torch.complex64
+    return own
 
 
 def _flatten_for(gm, a, kw) -> list:
@@ -278,6 +294,15 @@ def _lag_grads(model: nn.Module, a, kw, device, dtype, gen) -> dict[str, list[fl
         handles.append(mod.register_forward_hook(post))
     try:
         work(*a, **kw)
+    except torch.OutOfMemoryError:
+        raise  # the caller retries with a smaller batch
+    except Exception as e:
+        from gradlint.probing import ProbeError
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ProbeError(
+            f"the probe re-runs the model in {dtype or 'its own dtype'} to measure its recurrent layers' per-step "
+            f"gradients, and its forward raised {type(e).__name__}: {first}",
+            hint="let the forward follow the dtype of its inputs and weights rather than casting to a fixed one") from e
     finally:
         for h in handles:
             h.remove()

@@ -66,6 +66,8 @@ def default_init(module: nn.Module, pname: str, shape: tuple[int, ...]) -> tuple
     Layer types not listed fall back to kaiming_uniform_(a=sqrt(5)) for matrices (what most
     custom layers copy from nn.Linear), 1 for 1-D ``weight``s (norm gains) and 0 for biases.
     """
+    if math.prod(shape) == 0:
+        return 0.0, 0.0, "default"  # an empty tensor: init is a no-op
     if isinstance(module, nn.MultiheadAttention):
         e = module.embed_dim
         if pname == "in_proj_weight":
@@ -92,9 +94,10 @@ def default_init(module: nn.Module, pname: str, shape: tuple[int, ...]) -> tuple
         if pname == "bias":
             wshape = tuple(module.weight.shape)
             fan = _fan_in(wshape)
-        return 1.0 / (3 * fan), 0.0, "default"
+        # No inputs (fan-in 0): PyTorch leaves the bias unset; 0 stands in.
+        return (1.0 / (3 * fan) if fan else 0.0), 0.0, "default"
     if isinstance(module, nn.Linear):
-        return 1.0 / (3 * module.in_features), 0.0, "default"
+        return (1.0 / (3 * module.in_features) if module.in_features else 0.0), 0.0, "default"
     if len(shape) >= 2:
         return 1.0 / (3 * _fan_in(shape)), 0.0, "assumed"
     if pname.endswith("weight") or pname in ("gamma", "scale", "g"):

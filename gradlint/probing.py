@@ -215,6 +215,12 @@ def probe(model: nn.Module, inputs: Any = None, *, device: str = "cpu", seeds: i
             raise ProbeError(f"batch_size={batch_size!r} must be a positive int")
         ex = ex.with_batch(batch_size)
     report = check(model, ex, **check_kwargs)
+    if report.analysis != "export":
+        # The measurement runs the exported graph, to read every node the prediction names.
+        why = "; ".join(report.result.trace_failures) or "no example inputs to export with"
+        raise ProbeError(f"cannot probe: the probe runs the graph torch.export captures, and there is none ({why})",
+                         hint=f"the static check still runs, from the {report.analysis} fallback: gradlint check "
+                              "without --probe")
     dev = resolve_device(device)
     t0 = time.perf_counter()
     real, how = materialize(model, dev)

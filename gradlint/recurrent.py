@@ -1214,7 +1214,7 @@ def layer_stats(module: nn.Module, layer: int = 0, reverse: bool = False) -> Rec
             hn_mean, hn_var = float(b_hh[2].mean()), float(b_hh[2].var(unbiased=False))
         bias_mean = tuple(float(c.mean()) for c in summed)
         bias_var = tuple(float(c.var(unbiased=False)) for c in summed)
-    return RecurrentLayerStats(
+    stats = RecurrentLayerStats(
         kind=kind,
         input_size=w_ih.shape[1],
         hidden_size=module.hidden_size,
@@ -1228,6 +1228,12 @@ def layer_stats(module: nn.Module, layer: int = 0, reverse: bool = False) -> Rec
         proj_size=proj,
         var_hr=_chunk_mean_sq(getattr(module, "weight_hr" + sfx), 1)[0] if proj else 0.0,
     )
+    numbers = (*stats.var_ih, *stats.var_hh, *stats.bias_mean, *stats.bias_var, hn_mean, hn_var, stats.var_hr)
+    if not all(math.isfinite(x) for x in numbers):
+        # NaN/inf weights (or a mean square beyond float64): as for every other layer
+        # (params.collect, GL103), the layer is analyzed at its default init.
+        return default_layer_stats(kind, w_ih.shape[1], module.hidden_size, bias=module.bias, proj_size=proj)
+    return stats
 
 
 def module_layer_stats(module: nn.Module) -> tuple[tuple[RecurrentLayerStats, ...], ...]:

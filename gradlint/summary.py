@@ -113,8 +113,10 @@ class Summary:
 
 
 def _round(x: float) -> float | None:
-    if x is None or not math.isfinite(x):
-        return None if x is None else (1e308 if x > 0 else -1e308)
+    if x is None or math.isnan(x):
+        return None
+    if not math.isfinite(x):
+        return 1e308 if x > 0 else -1e308
     return round(x, 3)
 
 

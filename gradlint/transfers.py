@@ -167,7 +167,7 @@ class Const(Transfer):
     def forward(self, ctx, node, ins):
         shape = _shape(node, None)
         value = node.attrs.get("value")
-        q = float(value) ** 2 if isinstance(value, (int, float)) else 0.0
+        q = float(value) * float(value) if isinstance(value, (int, float)) else 0.0
         distinct = None
         if node.attrs.get("op") in ("zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "new_zeros",
                                     "new_ones", "new_full"):
@@ -194,7 +194,7 @@ class ParamValue(Transfer):
         st = ctx.param_stats(node.attrs["param"])
         shape = _shape(node, None)
         positional = sum(1 for d in shape[:-1] if d > 1) > 0
-        kt = st.mean ** 2 if positional else st.ms
+        kt = st.mean * st.mean if positional else st.ms
         return Fwd(q=st.ms, mu=st.mean, k=st.ms, kt=kt, shape=shape, roles=default_roles(shape),
                    origin="param:" + node.attrs["param"])
 
@@ -473,13 +473,13 @@ class Linear(Transfer):
     def backward(self, ctx, node, ins, out, g):
         x = ins[0]
         w, fan_in, fan_out = self._dims(ctx, node)
-        rows = max(x.numel // fan_in, 1) if x.numel else 1
+        rows = max(x.numel // fan_in, 1) if x.numel and fan_in else 1
         batch = ctx.batch_of(rows)
         pos = max(rows // batch, 1)
         rows_all = batch * pos
         ctx.param_grad(node.params["weight"],
                        rows_all * ((g.s + g.sw) * x.q + (pos - 1) * g.r * x.kt + (rows_all - pos) * g.rb * x.k
-                                   + (pos - 1) * g.coh * w.ms * x.v ** 2))
+                                   + (pos - 1) * g.coh * w.ms * x.v * x.v))
         if "bias" in node.params:
             ctx.param_grad(node.params["bias"], rows_all * (g.s + (pos - 1) * g.r + (rows_all - pos) * g.rb))
         f = fan_out * w.ms
@@ -566,7 +566,7 @@ class Conv(Transfer):
         m2 = math.prod(sum(c * c for c in d[0]) / len(d[0]) for d in dims)
         s = g.s + g.sw
         ctx.param_grad(node.params["weight"], batch * (m1 * (s * x.q - g.r * x.kt) + m2 * g.r * x.kt)
-                       + batch * (batch - 1) * m2 * g.rb * x.k + batch * (m2 - m1) * g.coh * w.ms * x.v ** 2)
+                       + batch * (batch - 1) * m2 * g.rb * x.k + batch * (m2 - m1) * g.coh * w.ms * x.v * x.v)
         if "bias" in node.params:
             p_out = math.prod(out.shape[2:]) if len(out.shape) > 2 else 1
             ctx.param_grad(node.params["bias"], batch * p_out * (g.s + (p_out - 1) * g.r)
@@ -601,9 +601,10 @@ class Embedding(Transfer):
         if "weight" in node.params:
             w = ctx.param_stats(node.params["weight"])
             n_tok = ins[0].numel or 1
+            rows = max(w.shape[0], 1)  # an empty table: no row to update
             if node.attrs.get("padding_idx") is not None:
-                n_tok = n_tok * (w.shape[0] - 1) / w.shape[0]
-            ctx.param_grad(node.params["weight"], n_tok / w.shape[0] * (g.s + g.sw))
+                n_tok = n_tok * (rows - 1) / rows
+            ctx.param_grad(node.params["weight"], n_tok / rows * (g.s + g.sw))
         return [None]
 
 
@@ -675,15 +676,17 @@ class Elementwise(Transfer):
         m = self._moments(ctx, node, x)
         if m is None:
             return x.with_(shape=_shape(node, x))
-        return x.with_(q=m.second, mu=m.mean, k=m.mean ** 2 + (x.k - x.mu ** 2) * m.dphi_mean ** 2,
-                       kt=m.mean ** 2 + (x.kt - x.mu ** 2) * m.dphi_mean ** 2, origin=node.name, normed=0.0)
+        d2 = m.dphi_mean * m.dphi_mean
+        return x.with_(q=m.second, mu=m.mean, k=m.mean * m.mean + (x.k - x.mu * x.mu) * d2,
+                       kt=m.mean * m.mean + (x.kt - x.mu * x.mu) * d2, origin=node.name, normed=0.0)
 
     def backward(self, ctx, node, ins, out, g):
         x = ins[0]
         m = self._moments(ctx, node, x)
         if m is None:
             return [g] + [None] * (len(ins) - 1)
-        return [Bwd(g.s * m.dphi2, g.r * m.dphi_mean ** 2, 0.0, g.rb * m.dphi_mean ** 2)] + [None] * (len(ins) - 1)
+        d2 = m.dphi_mean * m.dphi_mean
+        return [Bwd(g.s * m.dphi2, g.r * d2, 0.0, g.rb * d2)] + [None] * (len(ins) - 1)
 
     def _moments(self, ctx, node, x: Fwd):
         """Grid moments, or None where the op is undefined on part of the Gaussian's support
@@ -710,12 +713,13 @@ class ActivationModule(Transfer):
     def forward(self, ctx, node, ins):
         x = ins[0]
         m = self._m(node, x)
-        return x.with_(q=m.second, mu=m.mean, k=m.mean ** 2 + (x.k - x.mu ** 2) * m.dphi_mean ** 2,
-                       kt=m.mean ** 2 + (x.kt - x.mu ** 2) * m.dphi_mean ** 2, origin=node.name, normed=0.0)
+        d2 = m.dphi_mean * m.dphi_mean
+        return x.with_(q=m.second, mu=m.mean, k=m.mean * m.mean + (x.k - x.mu * x.mu) * d2,
+                       kt=m.mean * m.mean + (x.kt - x.mu * x.mu) * d2, origin=node.name, normed=0.0)
 
     def backward(self, ctx, node, ins, out, g):
         m = self._m(node, ins[0])
-        return [Bwd(g.s * m.dphi2, g.r * m.dphi_mean ** 2)]
+        return [Bwd(g.s * m.dphi2, g.r * m.dphi_mean * m.dphi_mean)]
 
 
 @register("dropout")
@@ -840,8 +844,8 @@ class Mul(Transfer):
         if a.origin is not None and a.origin == b.origin:
             # x * x: fourth moment of a Gaussian.
             v, mu, sc = a.v, a.mu, a.scale * b.scale / (a.scale * a.scale) if a.scale else 1.0
-            q4 = 3 * v * v + 6 * v * mu * mu + mu ** 4
-            return a.with_(q=sc * sc * q4, mu=sc * a.q, k=sc * sc * a.q ** 2, kt=sc * sc * a.q ** 2, shape=shape,
+            q4 = 3 * v * v + 6 * v * mu * mu + mu * mu * mu * mu
+            return a.with_(q=sc * sc * q4, mu=sc * a.q, k=sc * sc * a.q * a.q, kt=sc * sc * a.q * a.q, shape=shape,
                            roles=roles, origin=node.name, scale=1.0)
         return Fwd(q=a.q * b.q, mu=a.mu * b.mu, k=a.k * b.k, kt=a.kt * b.kt, shape=shape, roles=roles,
                    dtype=a.dtype, blocked=a.blocked and b.blocked,
@@ -975,7 +979,7 @@ class GroupNorm(_RowNorm):
     def param_grads(self, ctx, node, x, g, rows, xhat2):
         if len(x.shape) < 2:
             return
-        n_stat = x.numel // x.shape[1]
+        n_stat = x.numel // max(x.shape[1], 1)
         if "weight" in node.params:
             ctx.param_grad(node.params["weight"], n_stat * g.s * xhat2)
         if "bias" in node.params:
@@ -1088,11 +1092,14 @@ class Reduce(Transfer):
             e1, e2 = gaussian.max_normal_moments(max(n, 1))
             v = x.v
             sign = -1.0 if op in ("min", "amin") else 1.0
-            return x.with_(q=x.mu ** 2 + 2 * sign * x.mu * math.sqrt(v) * e1 + v * e2, mu=x.mu + sign * math.sqrt(v) * e1,
+            return x.with_(q=x.mu * x.mu + 2 * sign * x.mu * math.sqrt(v) * e1 + v * e2, mu=x.mu + sign * math.sqrt(v) * e1,
                            shape=shape, roles=roles, origin=node.name)
         if op not in ("mean", "sum"):
             ctx.note_unknown(node)
             return x.with_(shape=shape, roles=roles)
+        if n == 0:
+            # Over zero elements: a sum is 0; a mean is NaN in torch, with no gradient either way.
+            return x.with_(q=0.0, mu=0.0, k=0.0, kt=0.0, shape=shape, roles=roles, origin=node.name, normed=0.0)
         q = _mean_q(x, nb, np_, nf)
         k = (x.k + (nf - 1) * x.mu * x.mu) / nf
         kt = (x.kt + (nf - 1) * x.mu * x.mu) / nf if np_ == 1 else k
@@ -1175,6 +1182,14 @@ class AvgPool(Transfer):
         return [Bwd(s, g.s / (n * n) + g.r * nw / (n * n), 0.0, g.rb * nw / (n * n))]
 
 
+def _softmax_len(x: Fwd, dim: int) -> int:
+    """Entries along the softmax dim; an empty dim (a zero-length sequence) has no moments,
+    and one entry stands in for it (the output has no elements either)."""
+    if not x.shape or not -len(x.shape) <= dim < len(x.shape):
+        return 1
+    return max(x.shape[dim], 1)
+
+
 def _softmax_dim_var(x: Fwd, dim: int) -> float:
     roles = x.roles if len(x.roles) == len(x.shape) else default_roles(x.shape)
     role = roles[dim % len(roles)] if roles else FEAT
@@ -1188,7 +1203,7 @@ class Softmax(Transfer):
     def forward(self, ctx, node, ins):
         x = ins[0]
         dim = node.attrs["dim"]
-        K = x.shape[dim] if x.shape else 1
+        K = _softmax_len(x, dim)
         v = _softmax_dim_var(x, dim)
         if node.attrs.get("log"):
             return x.with_(q=v + math.log(max(K, 1)) ** 2, mu=-math.log(max(K, 1)), origin=node.name)
@@ -1198,7 +1213,7 @@ class Softmax(Transfer):
     def backward(self, ctx, node, ins, out, g):
         x = ins[0]
         dim = node.attrs["dim"]
-        K = x.shape[dim] if x.shape else 1
+        K = _softmax_len(x, dim)
         v = _softmax_dim_var(x, dim)
         if node.attrs.get("log"):
             s2, _, _ = gaussian.softmax_moments(K, v)
@@ -1208,6 +1223,12 @@ class Softmax(Transfer):
 
 
 # -- attention ----------------------------------------------------------------------------------
+
+def _scaled(x: float, f: float) -> float:
+    """x·f, and 0 where f is: a one-hot softmax's factors (F, the alignment term) vanish
+    faster than the overflowed score variance multiplying them grows, and inf·0 is NaN."""
+    return x * f if f else 0.0
+
 
 @register("attention")
 class Attention(Transfer):
@@ -1222,7 +1243,8 @@ class Attention(Transfer):
     def _moments(self, node, Q: Fwd, K: Fwd, V: Fwd, extra_var: float = 0.0):
         d = Q.shape[-1] if Q.shape else 1
         kdim = -1 if node.attrs.get("k_transposed") else -2
-        t_k = K.shape[kdim] if len(K.shape) >= 2 else 1
+        # A zero-length key axis has no moments: one key stands in (the output is empty anyway).
+        t_k = max(K.shape[kdim], 1) if len(K.shape) >= 2 else 1
         scale = node.attrs.get("scale")
         sc2d = (scale * scale * d) if scale is not None else 1.0
         vs = sc2d * Q.q * max(K.q - K.kt, 0.0) + extra_var
@@ -1243,7 +1265,7 @@ class Attention(Transfer):
         p = node.attrs.get("dropout", 0.0)
         s2d = s2 / (1 - p) if 0 < p < 1 else s2
         qv, kv = V.q, V.kt
-        q_o = (qv - kv) * s2d + kv + sc2d * Q.q * max(K.q - K.kt, 0.0) * (qv - kv) * a
+        q_o = (qv - kv) * s2d + kv + _scaled(sc2d * Q.q * max(K.q - K.kt, 0.0) * (qv - kv), a)
         kt_o = kv + (qv - kv) / max(t_k, 1)
         # Across samples, only what every position shares survives the average over keys.
         common = min(V.k, V.kt)
@@ -1262,15 +1284,15 @@ class Attention(Transfer):
         kk = max(K.q - K.kt, 0.0)
         s_v = g.s * s2d + g.r * (1 - s2)
         r_v = g.s / max(t_k, 1) + g.r
-        s_q = g.s * vv * kk * sc2d * (F + a)
-        s_k = g.s * vv * Q.q * sc2d * F
+        s_q = _scaled(g.s * vv * kk * sc2d, F + a)
+        s_k = _scaled(g.s * vv * Q.q * sc2d, F)
         # The alignment term reaches the K and V projection weights but is not propagated (4.6).
-        sw_k = g.s * vv * Q.q * sc2d * a
-        sw_v = g.s * Q.q * kk * sc2d * a
+        sw_k = _scaled(g.s * vv * Q.q * sc2d, a)
+        sw_v = _scaled(g.s * Q.q * kk * sc2d, a)
         res: list[Bwd | None] = [Bwd(s_q, 0.0), Bwd(s_k, 0.0, sw_k), Bwd(s_v, r_v, sw_v), None]
         # Gradient at each score logit: d·s_o·(q_V - k_V)·F / T_k (the s_Q relation of 4.6
         # with the key sum taken out), summed over the bias's broadcast copies.
-        s_logit = d * g.s * vv * F / max(t_k, 1)
+        s_logit = _scaled(d * g.s * vv, F) / max(t_k, 1)
         scores = Fwd(q=0.0, shape=tuple(Q.shape[:-1]) + (t_k,), roles=_roles_like(tuple(Q.shape[:-1]) + (t_k,), Q))
         for b in ins[4:]:
             res.append(_broadcast_sum(b, scores, s_logit, 0.0) if isinstance(b, Fwd) and not b.const else None)

@@ -121,7 +121,7 @@ class UnscaledAttentionScores(Rule):
             if scale is None or Q is None or K is None or not Q.shape or len(K.shape) < 2:
                 continue  # the default 1/sqrt(d) scale
             d = Q.shape[-1]
-            sc2d = float(scale) ** 2 * d
+            sc2d = float(scale) * float(scale) * d
             if sc2d < ratio * ratio:
                 continue
             t_k = K.shape[-1 if node.attrs.get("k_transposed") else -2]
