@@ -182,6 +182,12 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
         try:
             rec = _Recorder(gm, device, dtype)
             out = rec.run(*_flatten_for(gm, a, kw))
+        except torch.OutOfMemoryError:
+            raise  # the caller retries with a smaller batch
+        except Exception as e:
+            # Kernels differ by dtype (a transposed convolution with an empty output passes in
+            # float32 and raises in float64): the model's own code, not a gradlint failure.
+            raise _run_failed("runs the exported graph on real tensors", dtype, e, _STATIC_HINT) from e
         finally:
             for name, (mod, attr, val) in orig.items():
                 if isinstance(val, nn.Parameter):
@@ -192,7 +198,12 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
         loss = sum((torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=y.dtype) * y).sum()
                    for y in ys)
         if ys:  # else no output depends on a parameter or an input: every gradient is absent
-            loss.backward()
+            try:
+                loss.backward()
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # a custom autograd.Function's backward, an in-place op autograd refuses
+                raise _run_failed("runs the backward pass", dtype, e, _STATIC_HINT) from e
         for name, t in rec.values.items():
             q = float(t.detach().double().pow(2).mean()) if t.numel() else 0.0
             node_q[name] = node_q.get(name, 0.0) + q / seeds
@@ -249,6 +260,18 @@ def _retarget(gm: nn.Module, device: torch.device, dtype: torch.dtype | None) ->
         sub.recompile()
 
 
+_STATIC_HINT = "gradlint check without --probe still gives the static prediction, which runs no arithmetic"
+
+
+def _run_failed(what: str, dtype: torch.dtype | None, e: BaseException, hint: str) -> Exception:
+    """A ProbeError for the user's computation failing in the probe's run."""
+    from gradlint.probing import ProbeError  # probing imports this module
+
+    first = (str(e).strip().splitlines() or [""])[0]
+    where = f"in {str(dtype).removeprefix('torch.')}" if dtype is not None else "in the model's own dtype"
+    return ProbeError(f"the probe {what} {where}, and it raised {type(e).__name__}: {first}", hint=hint)
+
+
 def _run_dtype(own: torch.dtype, run: torch.dtype | None) -> torch.dtype:
     """What a tensor of dtype ``own`` becomes in a run in ``run``: floats take it, complex
     values its complex counterpart (else their real parts meet float64 weights in float32)."""
@@ -297,12 +320,9 @@ def _lag_grads(model: nn.Module, a, kw, device, dtype, gen) -> dict[str, list[fl
     except torch.OutOfMemoryError:
         raise  # the caller retries with a smaller batch
     except Exception as e:
-        from gradlint.probing import ProbeError
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ProbeError(
-            f"the probe re-runs the model in {dtype or 'its own dtype'} to measure its recurrent layers' per-step "
-            f"gradients, and its forward raised {type(e).__name__}: {first}",
-            hint="let the forward follow the dtype of its inputs and weights rather than casting to a fixed one") from e
+        raise _run_failed("re-runs the model to measure its recurrent layers' per-step gradients", dtype, e,
+                          "let the forward follow the dtype of its inputs and weights rather than casting to a "
+                          "fixed one") from e
     finally:
         for h in handles:
             h.remove()

@@ -13,11 +13,9 @@ specs shrink toward a plain chain. An op whose construction or eager run fails o
 sample inputs (a shape it does not fit) becomes a pass-through: every generated model runs
 eagerly, except where a spec asks for a failing forward on purpose.
 
-The default run is small and derandomized (tests/conftest.py). The long campaign:
-
-    GRADLINT_FUZZ_EXAMPLES=20000 nice -n 10 python -m pytest tests/test_fuzz.py -q
-
-(``GRADLINT_FUZZ_PROBE_EXAMPLES`` sets the probe test's count likewise.)
+The default run is small and derandomized (tests/conftest.py). ``GRADLINT_FUZZ_EXAMPLES``
+and ``GRADLINT_FUZZ_PROBE_EXAMPLES`` set the example counts for a long campaign;
+docs/fuzzing.md records one, and what fuzzing found.
 """
 
 from __future__ import annotations
