@@ -12,11 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from gradlint.errors import GradlintError
-from gradlint.report import Report
-
-#: Layer kinds drawn: the ones that hold weights or normalize; activations repeat their neighbour.
-PLOTTED_KINDS = ("linear", "conv", "embedding", "rnn", "attention", "layer_norm", "rms_norm", "group_norm",
-                 "batch_norm")
+from gradlint.report import PROFILE_KINDS as PLOTTED_KINDS, Report
 
 
 class PlotError(GradlintError):

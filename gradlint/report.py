@@ -295,6 +295,8 @@ def format_text(reports: Iterable[Report], color: bool = False, profile: bool = 
     return "\n".join(out)
 
 
+#: Layer kinds the bar profile and the chart show: the ones that hold weights or normalize;
+#: an activation's output gradient repeats its neighbour's.
 PROFILE_KINDS = ("linear", "conv", "embedding", "rnn", "attention", "layer_norm", "rms_norm", "group_norm",
                  "batch_norm")
 

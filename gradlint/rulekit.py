@@ -183,6 +183,29 @@ class Reach:
         self._from[start] = (out, max(done, end))
         return name in out
 
+    def bypassed(self, result, start: str, node: str, flows) -> bool:
+        """Whether a sum after ``node`` adds back a path from ``start`` that avoids it: a skip
+        connection around ``node`` (x = x + tanh(W x)), so the gradient reaching ``start``
+        need not pass through it. ``flows(name, node)`` says which ops the path from ``node``
+        to that sum may pass (besides sums, and products with constants)."""
+        apart, limit = self.apart(start, node)
+        stack, seen = [node], set()
+        while stack:
+            cur = stack.pop()
+            for u in self.g.users.get(cur, []):
+                if u in seen or self.order[u] > limit:
+                    continue  # past the last use of what avoids node, no sum can add it back
+                seen.add(u)
+                n = self.g.by_name[u]
+                others = [i for i in n.inputs if i is not None and i != cur and not const_like(result, i)]
+                if n.kind == "add":
+                    if any(i in apart for i in others):
+                        return True
+                    stack.append(u)
+                elif flows(u, n) or (n.kind == "mul" and not others):
+                    stack.append(u)
+        return False
+
     def apart(self, start: str, avoid: str) -> tuple[set[str], int]:
         """The nodes computed from ``start`` but not from ``avoid``, and the last position at
         which any of them is read: no node past it takes one as an input."""

@@ -408,23 +408,7 @@ class _Walker:
         return found
 
     def bypassed(self, start: str, act: str) -> bool:
-        """Whether a sum after ``act`` adds back a path from ``start`` that avoids it: a skip
-        connection around the layer (x = x + relu(W x)), which then is no part of a stack."""
-        apart, limit = self.reach.apart(start, act)
-        stack, seen = [act], set()
-        while stack:
-            cur = stack.pop()
-            for u in self.g.users.get(cur, []):
-                if u in seen or self.reach.order[u] > limit:
-                    continue  # past the last use of what avoids act, no sum can add it back
-                seen.add(u)
-                n = self.g.by_name[u]
-                others = [i for i in n.inputs if i is not None and i != cur and not _const_like(self.result, i)]
-                if n.kind == "add":
-                    if any(i in apart for i in others):
-                        return True
-                    stack.append(u)
-                elif (u in self.acts or n.kind in THROUGH or n.kind in ("linear", "conv")
-                      or (n.kind == "mul" and not others)):
-                    stack.append(u)
-        return False
+        """Whether a skip connection around the layer (x = x + relu(W x)) adds back a path from
+        ``start`` that avoids ``act``: such a layer is no part of a stack."""
+        return self.reach.bypassed(self.result, start, act, lambda u, n: (
+            u in self.acts or n.kind in THROUGH or n.kind in ("linear", "conv")))

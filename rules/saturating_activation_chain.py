@@ -234,28 +234,9 @@ class _Walker:
         return found
 
     def bypassed(self, start: str, member: str) -> bool:
-        """Whether a sum after ``member`` adds back a path from ``start`` that avoids it.
-
-        That is a skip connection around ``member`` (x = x + tanh(W x)): the gradient
-        reaching ``start`` need not pass through ``member``.
-        """
-        apart, limit = self.reach.apart(start, member)
-        stack, seen = [member], set()
-        while stack:
-            cur = stack.pop()
-            for u in self.g.users.get(cur, []):
-                if u in seen or self.reach.order[u] > limit:
-                    continue  # past the last use of what avoids member, no sum can add it back
-                seen.add(u)
-                n = self.g.by_name[u]
-                others = [i for i in n.inputs if i is not None and i != cur and not _const_like(self.result, i)]
-                if n.kind == "add":
-                    if any(i in apart for i in others):
-                        return True
-                    stack.append(u)
-                elif u in self.members or n.kind in THROUGH or (n.kind == "mul" and not others):
-                    stack.append(u)
-        return False
+        """Whether a skip connection around ``member`` (x = x + tanh(W x)) adds back a path from
+        ``start`` that avoids it: the gradient reaching ``start`` need not pass through ``member``."""
+        return self.reach.bypassed(self.result, start, member, lambda u, n: u in self.members or n.kind in THROUGH)
 
 
 class SaturatingActivationChain(Rule):
