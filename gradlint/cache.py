@@ -30,6 +30,15 @@ to a temporary file and renamed into place, so a run that is killed or runs besi
 leaves no half-written entry. An entry that cannot be read, is not the user's own, names
 another key or holds anything unexpected is ignored, never trusted; ``gradlint.workers.loads``
 refuses every class outside gradlint's torch-free modules.
+
+Pruning keeps the directory bounded. A hit refreshes its entry's modification time (at most
+once a day per entry), so the time stands for the last use. A run that wrote an entry prunes
+when the last pruning is a day old (one ``stat`` of a stamp file tells): entries unused for
+``MAX_AGE`` go, then the least recently used ones until the entries take at most
+``MAX_BYTES``, and temporary files a killed run left behind. Pruning removes gradlint's own
+entries only: files named as an entry (``v<N>/<2 hex>/<62 hex>.pickle``) that start with the
+cache's header, and its temporary files, never following a link, so a ``--cache-dir`` that
+holds other files keeps them.
 """
 
 from __future__ import annotations
@@ -39,19 +48,34 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from gradlint import loading
 from gradlint._version import __version__
 
-__all__ = ["Cache", "FORMAT", "default_dir", "local_imports"]
+__all__ = ["Cache", "FORMAT", "MAX_AGE", "MAX_BYTES", "PRUNE_EVERY", "default_dir", "local_imports", "prune"]
 
 FORMAT = 1
 _MAGIC = b"gradlint-cache\n"
+DAY = 24 * 3600.0
+# Entries unused this long (seconds) are pruned; then the least recently used, down to MAX_BYTES.
+MAX_AGE = 30 * DAY
+MAX_BYTES = 256 * 1024 * 1024
+# Seconds between prunings; and how stale an entry's time may get before a hit refreshes it.
+PRUNE_EVERY = DAY
+_TOUCH_AFTER = DAY
+_STAMP = "last-prune"
+# What gradlint writes, and nothing else: v<FORMAT>/<key[:2]>/<key[2:]>.pickle and mkstemp's files.
+_FORMAT_DIR = re.compile(r"v[0-9]+")
+_SHARD_DIR = re.compile(r"[0-9a-f]{2}")
+_ENTRY = re.compile(r"[0-9a-f]{62}\.pickle")
+_TEMP = re.compile(r"\.tmp-[A-Za-z0-9_]+")
 
 
 def default_dir() -> Path:
@@ -133,6 +157,7 @@ class Cache:
             sorted((k, sorted(dict(v).items())) for k, v in config.rule_options.items()) if config else None])
         self._files: dict[Path, tuple[str, list[tuple[int, str | None, tuple[str, ...]]]] | None] = {}
         self._resolved: dict[Any, list[Path]] = {}
+        self.written = 0
 
     # --- keys ---------------------------------------------------------------------------------
 
@@ -179,7 +204,8 @@ class Cache:
         entry = self._entry(key)
         try:
             with open(entry, "rb") as f:
-                if hasattr(os, "getuid") and os.fstat(f.fileno()).st_uid != os.getuid():
+                st = os.fstat(f.fileno())
+                if hasattr(os, "getuid") and st.st_uid != os.getuid():
                     return None  # someone else's file: a pickle is code, in effect
                 data = f.read()
             if not data.startswith(_MAGIC):
@@ -197,6 +223,8 @@ class Cache:
                     (event[0] == "report" and isinstance(event[1], Report))
                     or (event[0] == "note" and isinstance(event[1], str)))):
                 return None
+        if time.time() - st.st_mtime > _TOUCH_AFTER:
+            _touch(entry)  # an entry's time is its last use, which pruning goes by
         return events
 
     def put(self, key: str, events: list[tuple[str, Any]]) -> None:
@@ -216,6 +244,7 @@ class Cache:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
                 os.replace(tmp, entry)
+                self.written += 1
             except BaseException:
                 try:
                     os.unlink(tmp)
@@ -224,6 +253,138 @@ class Cache:
                 raise
         except Exception:  # noqa: BLE001 - read-only, full, or gone: the run's results stand
             pass
+
+    # --- pruning ------------------------------------------------------------------------------
+
+    def prune_if_due(self, now: float | None = None) -> tuple[int, int] | None:
+        """Prunes the cache (``prune``) when this run wrote to it and the last pruning is at
+        least ``PRUNE_EVERY`` old; one ``stat`` otherwise. Never raises.
+
+        Returns:
+            ``prune``'s (entries removed, bytes freed), or None when it was not due.
+        """
+        if not self.written:
+            return None
+        now = time.time() if now is None else now
+        stamp = self.dir / _STAMP
+        try:
+            if now - stamp.stat().st_mtime < PRUNE_EVERY:
+                return None
+        except OSError:
+            pass  # never pruned
+        try:
+            # The stamp first, so runs beside this one do not prune too.
+            stamp.touch()
+            os.utime(stamp, (now, now))
+        except OSError:
+            return None
+        try:
+            return prune(self.dir.parent, now=now)
+        except Exception:  # noqa: BLE001 - a cache that cannot be pruned is still a cache
+            return None
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def _is_ours(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_MAGIC)) == _MAGIC
+    except OSError:
+        return False
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _scandir(path: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+def prune(directory: str | os.PathLike[str], *, max_age: float | None = None, max_bytes: int | None = None,
+          now: float | None = None) -> tuple[int, int]:
+    """Removes gradlint's entries not used for ``max_age`` seconds, then the least recently
+    used ones until the rest take at most ``max_bytes``, and temporary files older than a day.
+
+    Only gradlint's own files are candidates: ``v<N>/<2 hex>/<62 hex>.pickle`` below
+    ``directory`` that start with the cache's header, and ``.tmp-*`` files in those shard
+    directories; links are not followed, and other users' files are left alone. Never raises.
+
+    Args:
+        directory: The cache directory (``--cache-dir``; the one holding ``v<FORMAT>``).
+        max_age: Seconds; ``MAX_AGE`` by default.
+        max_bytes: ``MAX_BYTES`` by default.
+        now: The current time (``time.time()``).
+
+    Returns:
+        (entries removed, bytes they held).
+    """
+    max_age = MAX_AGE if max_age is None else max_age
+    max_bytes = MAX_BYTES if max_bytes is None else max_bytes
+    now = time.time() if now is None else now
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    entries: list[tuple[float, int, str]] = []
+    temps: list[tuple[float, str]] = []
+    for version in _scandir(os.fspath(directory)):
+        if not (_FORMAT_DIR.fullmatch(version.name) and _is_dir(version)):
+            continue
+        for shard in _scandir(version.path):
+            if not (_SHARD_DIR.fullmatch(shard.name) and _is_dir(shard)):
+                continue
+            for item in _scandir(shard.path):
+                entry, temp = _ENTRY.fullmatch(item.name), _TEMP.fullmatch(item.name)
+                if not (entry or temp):
+                    continue
+                try:
+                    if not item.is_file(follow_symlinks=False):
+                        continue
+                    st = item.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if uid is not None and st.st_uid != uid:
+                    continue
+                if entry:
+                    entries.append((st.st_mtime, st.st_size, item.path))
+                else:
+                    temps.append((st.st_mtime, item.path))
+    removed = freed = 0
+    entries.sort()  # least recently used first
+    total = sum(size for _, size, _ in entries)
+    for mtime, size, path in entries:
+        if now - mtime <= max_age and total <= max_bytes:
+            break
+        if not _is_ours(path):
+            continue
+        try:
+            os.unlink(path)
+        except FileNotFoundError:  # another run pruned it
+            total -= size
+            continue
+        except OSError:
+            continue
+        total -= size
+        removed += 1
+        freed += size
+    for mtime, path in temps:
+        if now - mtime > DAY:  # older than any write in progress
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    return removed, freed
 
 
 # --- local imports ------------------------------------------------------------------------------

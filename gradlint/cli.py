@@ -21,7 +21,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ende
 # check's options that [tool.gradlint] can set too (gradlint.config.CLI_OPTIONS, kept here so
 # --help imports nothing more).
 _CONFIG_OPTIONS = ("select", "ignore", "fail_on", "threshold", "input_shapes", "probe", "device", "seeds",
-                   "force_exclude")
+                   "jobs", "timeout", "force_exclude")
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -76,11 +76,11 @@ def main() -> None:
 @click.option("--plot", "plot_to", type=click.Path(), metavar="PATH",
               help="Write the per-layer gradient chart (predicted; measured too with --probe): a .png file for "
                    "one target, else a directory with one PNG per target. Needs matplotlib.")
-@click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True,
-              help="Worker processes checking files in parallel; the output keeps the files' order.")
-@click.option("--timeout", type=click.FloatRange(0), default=300, show_default=True, metavar="SECONDS",
+@click.option("--jobs", "-j", type=click.IntRange(1), default=None,
+              help="Worker processes checking files in parallel; the output keeps the files' order (default: 1).")
+@click.option("--timeout", type=click.FloatRange(0), default=None, metavar="SECONDS",
               help="Seconds one target (or one file's import) may run before its worker process is killed and "
-                   "the target reported; 0: no limit.")
+                   "the target reported; 0: no limit (default: 300).")
 @click.option("--no-cache", is_flag=True, help="Check every file afresh, without reading or writing the cache.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Where the cache lives (default: $GRADLINT_CACHE_DIR, else the user cache directory, "
@@ -89,8 +89,8 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
           ignore: tuple[str, ...], threshold: float, fail_on: str, probe: bool, device: str, seeds: int,
           output: str | None = None, baseline: str | None = None, update_baseline: bool = False,
           batch_size: int | None = None, plot_to: str | None = None, config_file: str | None = None,
-          force_exclude: bool | None = None, show_profile: bool = False, jobs: int = 1, timeout: float = 300,
-          no_cache: bool = False, cache_dir: str | None = None) -> None:
+          force_exclude: bool | None = None, show_profile: bool = False, jobs: int | None = None,
+          timeout: float | None = None, no_cache: bool = False, cache_dir: str | None = None) -> None:
     """Analyze the models in PATHS (files, directories, or file.py::Name).
 
     Options not given come from [tool.gradlint] in the nearest pyproject.toml, then the
@@ -105,7 +105,7 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
         prestart()
     cfg = _configure(dict(config_file=config_file, input_shapes=input_shapes, select=select, ignore=ignore,
                           threshold=threshold, fail_on=fail_on, probe=probe, device=device, seeds=seeds,
-                          force_exclude=force_exclude))
+                          jobs=jobs, timeout=timeout, force_exclude=force_exclude))
     if not paths and not (cfg.targets or cfg.include):
         raise click.UsageError("give PATHS to check, or targets or include in [tool.gradlint]")
     from gradlint.cache import default_dir
@@ -118,7 +118,7 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
                                    ignore=cfg.ignore, threshold=cfg.threshold, fail_on=cfg.fail_on, probe=cfg.probe,
                                    device=cfg.device, seeds=cfg.seeds, batch_size=batch_size, config=cfg,
                                    progress=progress_bar(cfg.probe, sys.stderr.isatty(), os.environ),
-                                   workers=jobs, timeout=timeout or None,
+                                   workers=cfg.jobs, timeout=cfg.timeout or None,
                                    cache_dir=None if no_cache else (cache_dir or default_dir()))
     except Interrupted as e:  # the results so far are printed, then exit 130
         reports, notes, interrupted = e.reports, e.notes, True

@@ -49,7 +49,7 @@ SEVERITIES = ("error", "warning", "info")
 # Click parameter name of each `gradlint check` option -> the configuration key it overrides.
 CLI_OPTIONS = {"select": "select", "ignore": "ignore", "fail_on": "fail-on", "threshold": "threshold",
                "input_shapes": "input-shape", "probe": "probe", "device": "device", "seeds": "seeds",
-               "force_exclude": "force-exclude"}
+               "jobs": "jobs", "timeout": "timeout", "force_exclude": "force-exclude"}
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -106,6 +106,9 @@ class Config:
         probe: Whether to measure with a real backward pass too.
         device: Where the probe runs.
         seeds: Seeds the probe averages over.
+        jobs: Worker processes checking files in parallel (``--jobs``).
+        timeout: Seconds one target (or one file's import) may run in a worker before it is
+            killed (``--timeout``); 0: no limit.
         include: Globs a directory walk keeps (empty: every ``*.py``).
         exclude: Globs a directory walk drops.
         force_exclude: Whether ``exclude`` drops files named explicitly too.
@@ -129,6 +132,8 @@ class Config:
     probe: bool = False
     device: str = "cpu"
     seeds: int = 3
+    jobs: int = 1
+    timeout: float = 300.0  # gradlint.runner.DEFAULT_TIMEOUT
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     force_exclude: bool = False
@@ -591,6 +596,18 @@ def _seeds(r: _Reader, path: tuple[Any, ...], value: Any) -> int:
     return value
 
 
+def _jobs(r: _Reader, path: tuple[Any, ...], value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise r.wrong(path, value, "a positive integer, the number of worker processes", "2")
+    return value
+
+
+def _timeout(r: _Reader, path: tuple[Any, ...], value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise r.wrong(path, value, "a number of seconds, 0 or more (0: no limit)", "600")
+    return float(value)
+
+
 def _globs(r: _Reader, path: tuple[Any, ...], value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise r.wrong(path, value, "an array of glob patterns", '["models/**/*.py"]')
@@ -714,6 +731,8 @@ _KEYS: dict[str, _Key] = {
     "probe": _Key("probe", _bool),
     "device": _Key("device", _device),
     "seeds": _Key("seeds", _seeds),
+    "jobs": _Key("jobs", _jobs),
+    "timeout": _Key("timeout", _timeout),
     "include": _Key("include", _globs),
     "exclude": _Key("exclude", _globs),
     "force-exclude": _Key("force_exclude", _bool),

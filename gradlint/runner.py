@@ -158,6 +158,8 @@ def run_paths(paths: list[str], *, cli_shapes: list[tuple[int, ...]] | None = No
             for i, (path, name) in zip(todo, bar):
                 events = [e for e in check_file(path, name, settings) if e[0] in ("report", "note")]
                 finished(i, events, all(e[1].status == "ok" for e in events if e[0] == "report"))
+    if cache is not None and not interrupted:
+        cache.prune_if_due()  # at most once a day, by a run that added entries
     for events in outcomes:
         for kind, value in events or ():
             (reports if kind == "report" else notes).append(value)

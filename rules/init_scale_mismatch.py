@@ -158,6 +158,18 @@ def _recommend(phi: _Phi, gain2: float, over: bool) -> tuple[str, str]:
     return f"nn.init.normal_(m.weight, std={gain:.3g} / math.sqrt(m.weight[0].numel()))", words
 
 
+def _relative(ratio: float) -> str:
+    """``ratio`` (weight variance / critical variance) as the message says it: ``16x``, ``0.5x``,
+    ``1/62842 of``; from 10^4 on in e-notation (``1.59e+21x``, ``1/6.28e+18 of``), as the same
+    message writes the variance and chi. Every form masks to the same baseline fingerprint
+    (``#x`` or ``#/# of``), so a finding keeps its fingerprint when its ratio crosses 10^4."""
+    if ratio >= 10:
+        return f"{ratio:.0f}x" if ratio < 1e4 else f"{ratio:.3g}x"
+    if ratio >= 0.34:
+        return f"{ratio:.2g}x"
+    return f"1/{1 / ratio:.0f} of" if 1 / ratio < 1e4 else f"1/{1 / ratio:.3g} of"
+
+
 def _scales(items: list[dict]) -> tuple[float, float]:
     """(median sigma_w^2 * fan_in of the stack, the critical value for its first activation)."""
     gains = sorted(it["gain2"] for it in items)
@@ -347,7 +359,7 @@ class InitScaleMismatch(Rule):
         where = first["node"].module or "the model"
         span = where if n == 1 else f"{where} to {last['node'].module or 'the model'}"
         scale = "1/(3 fan_in), PyTorch's default kaiming_uniform_(a=sqrt(5))" if default else f"{med:.3g}/fan_in"
-        rel = f"{ratio:.0f}x" if ratio >= 10 else (f"{ratio:.2g}x" if ratio >= 0.34 else f"1/{1 / ratio:.0f} of")
+        rel = _relative(ratio)
         direction = "shrinks" if total < 0 else "grows"
         msg = (f"{n} consecutive {layer_type}+{act} layers without normalization ({span}) are initialized with "
                f"weight variance {scale}, {rel} the critical {crit_words} for {act}: the gradient {direction} by "

@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,133 @@ def test_local_imports_follow_the_project_not_site_packages(tmp_path):
     found = cache_mod.local_imports((root / "model.py").resolve(), c._read)
     rel = sorted(str(f.relative_to(root.resolve())) for f in found)
     assert rel == ["lazy.py", "pkg/__init__.py", "pkg/sub/__init__.py", "pkg/sub/leaf.py", "pkg/util.py"]
+
+
+# --- pruning ------------------------------------------------------------------------------------
+
+DAY = 24 * 3600
+
+
+def _key(n: int) -> str:
+    return f"{n:064x}"
+
+
+def _entry(root: Path, n: int, age_days: float, size: int = 100, now: float | None = None) -> Path:
+    """A file as Cache.put writes it, last used ``age_days`` ago."""
+    key = _key(n)
+    path = root / f"v{cache_mod.FORMAT}" / key[:2] / f"{key[2:]}.pickle"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(cache_mod._MAGIC + b"x" * (size - len(cache_mod._MAGIC)))
+    t = (now or time.time()) - age_days * DAY
+    os.utime(path, (t, t))
+    return path
+
+
+def _aged(path: Path, age_days: float) -> Path:
+    t = time.time() - age_days * DAY
+    os.utime(path, (t, t), follow_symlinks=False)
+    return path
+
+
+def test_prune_drops_entries_unused_for_max_age_and_keeps_fresh_ones(tmp_path):
+    c = tmp_path / "cache"
+    old = [_entry(c, n, age) for n, age in ((1, 31), (2, 400))]
+    fresh = [_entry(c, n, age) for n, age in ((3, 0), (4, 29))]
+    assert cache_mod.prune(c) == (2, 200)
+    assert not any(p.exists() for p in old)
+    assert all(p.exists() for p in fresh)
+
+
+def test_prune_keeps_the_cache_under_its_size_cap_least_recently_used_first(tmp_path):
+    c = tmp_path / "cache"
+    by_age = [_entry(c, n, age_days=n, size=1000) for n in range(1, 11)]  # entry n: used n days ago
+    assert cache_mod.prune(c, max_bytes=4500) == (6, 6000)
+    assert [p.exists() for p in by_age] == [True] * 4 + [False] * 6
+    assert cache_mod.prune(c, max_bytes=4500) == (0, 0)
+
+
+def test_prune_removes_only_gradlints_own_files(tmp_path):
+    # A --cache-dir pointed at a directory that holds other things, all of them ancient.
+    c = tmp_path / "shared"
+    outside = tmp_path / "elsewhere"
+    (outside / "ab").mkdir(parents=True)
+    theirs = [
+        c / "notes.txt", c / "v1" / "notes.txt", c / "v1" / "ab" / "README.md", c / "v1" / "ab" / "x.pickle",
+        c / "v1" / "ab" / ("0" * 62 + ".pickled"), c / "data" / "ab" / ("0" * 62 + ".pickle"),
+        c / "v1" / "abc" / ("0" * 62 + ".pickle"), c / "vx" / "ab" / ("0" * 62 + ".pickle"),
+        outside / "ab" / ("1" * 62 + ".pickle"),
+    ]
+    for p in theirs:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(cache_mod._MAGIC + b"not gradlint's, by where it is")
+    # Named like an entry, in the right place, but not in gradlint's format.
+    impostor = c / "v1" / "ab" / ("2" * 62 + ".pickle")
+    impostor.write_bytes(b"someone else's pickle")
+    theirs.append(impostor)
+    # Links to the outside: neither a linked shard directory nor a linked entry is followed.
+    (c / "v1" / "cd").symlink_to(outside / "ab", target_is_directory=True)
+    link = c / "v1" / "ef" / ("3" * 62 + ".pickle")
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside / "ab" / ("1" * 62 + ".pickle"))
+    for p in theirs:
+        _aged(p, 1000)
+    _aged(link, 1000)
+    mine = _entry(c, 5, age_days=1000)
+    before = {p: p.read_bytes() for p in theirs}
+
+    assert cache_mod.prune(c, max_bytes=0) == (1, 100)
+    assert not mine.exists()
+    assert {p: p.read_bytes() for p in theirs} == before  # every one still there, unchanged
+    assert link.is_symlink() and (c / "v1" / "cd").is_symlink()
+    assert sorted(p.relative_to(outside) for p in outside.rglob("*")) == [Path("ab"), Path("ab", "1" * 62 + ".pickle")]
+
+
+def test_prune_removes_temporary_files_a_killed_run_left(tmp_path):
+    c = tmp_path / "cache"
+    kept = _entry(c, 7, age_days=0)
+    stale, inflight = kept.parent / ".tmp-abc123", kept.parent / ".tmp-inflight"
+    stale.write_bytes(b"half")
+    inflight.write_bytes(b"being written")
+    _aged(stale, 2)
+    cache_mod.prune(c)
+    assert not stale.exists()
+    assert inflight.exists() and kept.exists()
+
+
+def test_prune_runs_at_most_once_a_day_and_only_after_a_write(tmp_path, monkeypatch):
+    from gradlint.runner import Settings
+
+    c = tmp_path / "cache"
+    old = _entry(c, 1, age_days=60)
+    cache = cache_mod.Cache(c, Settings())
+    assert cache.prune_if_due() is None and old.exists()  # nothing written: nothing can have grown
+    cache.put(_key(2), [("note", "hello")])
+    assert cache.prune_if_due() == (1, 100) and not old.exists()
+    stamp = c / f"v{cache_mod.FORMAT}" / "last-prune"
+    assert stamp.exists()
+    # Within the day, a run that writes looks at the stamp only.
+    old = _entry(c, 3, age_days=60)
+    calls = []
+    monkeypatch.setattr(cache_mod, "prune", lambda *a, **k: calls.append(a) or (0, 0))
+    cache.put(_key(4), [("note", "again")])
+    assert cache.prune_if_due(now=time.time() + 0.5 * DAY) is None and calls == []
+    assert cache.prune_if_due(now=time.time() + 1.1 * DAY) == (0, 0) and len(calls) == 1
+    assert cache.prune_if_due(now=time.time() + 1.2 * DAY) is None and len(calls) == 1
+
+
+def test_a_run_prunes_old_entries_and_a_hit_keeps_its_entry_fresh(project, tmp_path):
+    c = tmp_path / "cache"
+    stale = _entry(c, 9, age_days=45)
+    assert run(c, "model.py").checked == 1
+    assert not stale.exists()
+    (entry,) = entries(c)
+    # A hit refreshes the entry's time, which pruning goes by.
+    _aged(entry, 20)
+    assert run(c, "model.py").checked == 0
+    assert time.time() - entry.stat().st_mtime < 60
+    # One not used for longer than MAX_AGE goes at the next pruning; the stamp is a day old by then.
+    _aged(entry, 31)
+    _aged(c / f"v{cache_mod.FORMAT}" / "last-prune", 2)
+    (project / "model.py").write_text(MODEL + "\n# changed\n")
+    assert run(c, "model.py").checked == 1
+    assert not entry.exists() and len(entries(c)) == 1

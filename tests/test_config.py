@@ -186,6 +186,76 @@ def test_fail_on_from_the_file_and_from_the_command_line(project):
     assert run("check", "net.py", "--fail-on", "error").exit_code == 0
 
 
+def test_jobs_and_timeout_come_from_the_command_line_then_the_file_then_the_defaults(project, monkeypatch):
+    from gradlint import workers
+
+    seen = []
+
+    def fake_run(jobs, settings, *, workers, timeout, finished, advance):
+        seen.append((workers, timeout))
+        for index, _path, _name in jobs:
+            finished(index, [], False)
+            advance()
+
+    monkeypatch.setattr(workers, "run", fake_run)
+    project("net.py", NET)
+
+    def check(*args):
+        seen.clear()
+        r = run("check", "--no-cache", "net.py", *args)
+        assert r.exit_code == 0, r.output
+        (used,) = seen
+        return used
+
+    # The defaults: one worker, 300 s.
+    assert config.load().jobs == 1 and config.load().timeout == 300.0
+    assert check() == (1, 300.0)
+    r = run("config")
+    assert "jobs = 1 " in r.output and origin_of(r.output, "jobs") == "default"
+    assert "timeout = 300.0 " in r.output and origin_of(r.output, "timeout") == "default"
+    # The file's.
+    project("pyproject.toml", pyproject("jobs = 2\ntimeout = 60\n"))
+    assert check() == (2, 60.0)
+    r = run("config")
+    assert "jobs = 2 " in r.output and origin_of(r.output, "jobs") == "pyproject.toml:5"
+    assert "timeout = 60.0 " in r.output and origin_of(r.output, "timeout") == "pyproject.toml:6"
+    # The command line's over the file's; 0 is no limit, in either place.
+    assert check("--jobs", "3") == (3, 60.0)
+    assert check("-j", "3", "--timeout", "0") == (3, None)
+    r = run("config", "--jobs", "3", "--timeout", "0")
+    assert "jobs = 3 " in r.output and origin_of(r.output, "jobs") == "command line"
+    assert "timeout = 0.0 " in r.output and origin_of(r.output, "timeout") == "command line"
+    project("pyproject.toml", pyproject("timeout = 0\n"))
+    assert check() == (1, None)
+    assert check("--timeout", "5") == (1, 5.0)
+    cfg = config.merge(config.load(), {"jobs": 4})
+    assert (cfg.jobs, cfg.origin("jobs"), cfg.origin("timeout")) == (4, config.COMMAND_LINE, "pyproject.toml:5")
+
+
+def test_a_timeout_from_the_file_kills_a_target_that_hangs(project):
+    project("pyproject.toml", pyproject("timeout = 2\n"))
+    project("hangs.py", """\
+        import time
+        import torch.nn as nn
+
+
+        class Hangs(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(4, 4)
+
+            def forward(self, x):
+                while True:
+                    time.sleep(0.05)
+
+
+        model = Hangs()
+        """)
+    r = run("check", "--no-cache", "hangs.py", "--input-shape", "2,4")
+    assert r.exit_code == 2, r.output
+    assert "timed out after 2 s" in r.output, r.output
+
+
 # --- errors -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("body, line, words", [
@@ -201,6 +271,12 @@ def test_fail_on_from_the_file_and_from_the_command_line(project):
      ["targets[1].kwargs = 3: must be a table"]),
     ('targets = [{ path = "missing.py::Net" }]\n', 5, ["no such file"]),
     ('per-file-ignores = { "legacy/*.py" = "GL4" }\n', 5, ['"legacy/*.py" = "GL4": must be an array']),
+    ('seeds = 3\njobs = 0\n', 6, ["jobs = 0: must be a positive integer"]),
+    ("jobs = 1.5\n", 5, ["jobs = 1.5: must be a positive integer"]),
+    ("jobs = true\n", 5, ["jobs = true: must be a positive integer"]),
+    ('timeout = "60s"\n', 5, ['timeout = "60s": must be a number of seconds, 0 or more']),
+    ("\ntimeout = -1\n", 6, ["timeout = -1: must be a number of seconds, 0 or more"]),
+    ("timeout = inf\n", 5, ["timeout = inf: must be a number of seconds"]),
 ])
 def test_bad_configuration_is_an_error_at_its_line_with_exit_2(project, body, line, words):
     project("net.py", NET)
