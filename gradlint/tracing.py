@@ -3,7 +3,10 @@
 Paths, best first (the report names the one used as ``analysis``):
 
 1. ``export``: ``torch.export`` of a meta-device copy of the model on meta copies of the
-   example inputs: an ATen graph with module paths and stack traces on every node.
+   example inputs: an ATen graph with module paths and stack traces on every node. The
+   same graph is recorded directly from one meta-device forward when ``gradlint.recording``
+   can reproduce it (most models, at a quarter of export's cost); ``GRADLINT_CAPTURE=export``
+   turns that off.
 2. ``fx``: without example inputs, ``torch.fx.symbolic_trace`` with known layer types
    kept as leaves (no shapes, so the estimates that need them are left out).
 3. ``module-order``: when tracing fails, the leaf modules in the order a forward pass on
@@ -326,9 +329,34 @@ def export_program(model: nn.Module, inputs: ExampleInputs) -> "torch.export.Exp
         return torch.export.export(mm, args, kwargs, strict=False)
 
 
+def recorded_program(model: nn.Module, inputs: ExampleInputs):
+    """The program ``torch.export`` would give, recorded from one meta-device forward.
+
+    Raises:
+        recording.Unsupported: When only ``torch.export`` represents the forward faithfully.
+    """
+    from gradlint.recording import Unsupported, record_program
+
+    if os.environ.get("GRADLINT_CAPTURE") == "export":
+        raise Unsupported("GRADLINT_CAPTURE=export")
+    mm = meta_copy(model).train()
+    args, kwargs = inputs.meta()
+    with quiet():
+        return record_program(mm, args, kwargs)
+
+
 def export_graph(model: nn.Module, inputs: ExampleInputs) -> Graph:
-    """``torch.export`` of a meta copy of ``model`` on meta inputs, converted to a ``Graph``."""
-    ep = export_program(model, inputs)
+    """The ``torch.export`` graph of a meta copy of ``model`` on meta inputs, as a ``Graph``.
+
+    Recorded directly when ``gradlint.recording`` can (a quarter of export's cost, and the
+    same graph); otherwise from ``torch.export`` itself.
+    """
+    from gradlint.recording import Unsupported
+
+    try:
+        ep = recorded_program(model, inputs)
+    except Unsupported:
+        ep = export_program(model, inputs)
     user = list(ep.graph_signature.user_inputs)
     specs = [v for v in torch.utils._pytree.tree_leaves((inputs.args, inputs.kwargs),
                                                         is_leaf=lambda x: isinstance(x, TensorSpec))

@@ -1,0 +1,315 @@
+"""The recorded graph (gradlint.recording) is the graph torch.export gives.
+
+Each test builds a model, converts both programs with the same ``aten.Converter`` and
+compares every field of every node, then compares whole reports. Where recording must
+refuse (autocast, a raising forward), the report still equals export's, because the
+refusal falls back to export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given, settings
+
+import gradlint
+from gradlint import tracing
+from gradlint.inputs import ExampleInputs, TensorSpec
+from gradlint.recording import Unsupported
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def export_only(monkeypatch):
+    """A context in which gradlint uses torch.export alone."""
+    def ctx():
+        import contextlib
+
+        @contextlib.contextmanager
+        def cm():
+            with monkeypatch.context() as m:
+                m.setenv("GRADLINT_CAPTURE", "export")
+                yield
+        return cm()
+    return ctx
+
+
+def _graphs(model: nn.Module, inputs: ExampleInputs):
+    """(export's Graph, the recorded Graph); raises Unsupported when recording refuses."""
+    recorded = _convert(tracing.recorded_program(model, inputs), inputs)
+    old = os.environ.get("GRADLINT_CAPTURE")
+    os.environ["GRADLINT_CAPTURE"] = "export"
+    try:
+        exported = tracing.export_graph(model, inputs)
+    finally:
+        if old is None:
+            del os.environ["GRADLINT_CAPTURE"]
+        else:
+            os.environ["GRADLINT_CAPTURE"] = old
+    return exported, recorded
+
+
+def _convert(program, inputs: ExampleInputs):
+    from gradlint.aten import Converter
+
+    user = list(program.graph_signature.user_inputs)
+    specs = [v for v in torch.utils._pytree.tree_leaves((inputs.args, inputs.kwargs),
+                                                        is_leaf=lambda x: isinstance(x, TensorSpec))
+             if isinstance(v, TensorSpec)]
+    return Converter(program, {n: (specs[i].vocab if i < len(specs) else None) for i, n in enumerate(user)}).convert()
+
+
+def assert_same_graph(model: nn.Module, inputs: ExampleInputs) -> None:
+    exported, recorded = _graphs(model, inputs)
+    a = [dataclasses.asdict(n) for n in exported.nodes]
+    b = [dataclasses.asdict(n) for n in recorded.nodes]
+    for x, y in zip(a, b):
+        assert x == y, {k: (x[k], y[k]) for k in x if x[k] != y[k]}
+    assert len(a) == len(b)
+    assert exported.outputs == recorded.outputs
+    assert exported.batch_size == recorded.batch_size
+
+
+def assert_same_report(model: nn.Module, inputs, export_only) -> gradlint.Report:
+    fast = gradlint.check(model, inputs)
+    with export_only():
+        slow = gradlint.check(model, inputs)
+    assert fast.to_dict() == slow.to_dict()
+    return fast
+
+
+def floats(*shape: int) -> ExampleInputs:
+    return ExampleInputs((TensorSpec(shape),), {}, "argument")
+
+
+# -- the corpus and the examples -----------------------------------------------------------------
+
+def _corpus():
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.corpus import CORPUS
+
+    return CORPUS
+
+
+@pytest.mark.parametrize("entry", _corpus(), ids=lambda e: e.name)
+def test_corpus_models_record_the_export_graph(entry):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert_same_graph(entry.build(), entry.inputs())
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
+def test_example_reports_are_the_same_either_way(path, export_only, tmp_path):
+    from click.testing import CliRunner
+
+    from gradlint.cli import main
+
+    runner = CliRunner()
+    args = ["check", str(path), "--format", "json", "--no-cache"]
+    fast = runner.invoke(main, args)
+    with export_only():
+        slow = runner.invoke(main, args)
+    assert fast.exit_code == slow.exit_code and fast.exit_code in (0, 1)
+    assert fast.output == slow.output
+
+
+# -- what is hard to get right -------------------------------------------------------------------
+
+class NoGradMiddle(nn.Module):
+    """A no_grad region between two layers, with two values leaving it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        h = self.a(x)
+        with torch.no_grad():
+            scale = h.abs().mean(-1, keepdim=True) + 1
+            shift = torch.tanh(h).sum(-1, keepdim=True)
+        return self.b(h / scale + shift)
+
+
+class Tied(nn.Module):
+    """One module called twice; a tied weight; a root-level op."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.block = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 50, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        h = torch.relu(self.block(torch.relu(self.block(h))))
+        return self.head(h.mean(1))
+
+
+class Aliased(Tied):
+    """One module under two names: export names each call by the attribute it went through."""
+
+    def __init__(self):
+        super().__init__()
+        self.again = self.block
+
+    def forward(self, ids):
+        h = torch.relu(self.again(torch.relu(self.block(self.emb(ids)))))
+        return self.head(h.mean(1))
+
+
+class Constants(nn.Module):
+    """A plain tensor attribute, a torch.tensor literal, factory ops, in-place ops."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.table = torch.linspace(0, 1, 8)
+        self.register_buffer("steps", torch.zeros(()))
+
+    def forward(self, x):
+        self.steps.add_(1)
+        y = self.fc(x) * self.table + torch.tensor(0.5)
+        y = y + torch.ones_like(y) + torch.zeros(8, device=x.device)
+        y.relu_()
+        return y.chunk(2, -1)[0]
+
+
+class Kwargs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x, scale: float = 1.0, mask=None, flag: bool = True):
+        out = self.fc(x) * scale
+        return {"out": out if mask is None else out * mask, "aux": (out.detach(), 3)}
+
+
+class Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(8, 16, num_layers=2, batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        out, (h, c) = self.rnn(x)
+        return self.head(out[:, -1] + h[-1])
+
+
+TOKENS = ExampleInputs((TensorSpec((4, 7), "int64", 50),), {}, "argument")
+CASES = [
+    (NoGradMiddle, floats(4, 16)),
+    (Tied, TOKENS),
+    (Constants, floats(4, 8)),
+    (Kwargs, ExampleInputs((TensorSpec((4, 8)),), {"scale": 0.5, "mask": TensorSpec((4, 8))}, "argument")),
+    (Recurrent, floats(2, 5, 8)),
+]
+
+
+@pytest.mark.parametrize("cls,inputs", CASES, ids=lambda c: getattr(c, "__name__", ""))
+def test_hard_cases_record_the_export_graph(cls, inputs):
+    torch.manual_seed(0)
+    assert_same_graph(cls(), inputs)
+
+
+def test_no_grad_region_becomes_one_grad_region_node():
+    _, recorded = _graphs(NoGradMiddle(), floats(4, 16))
+    regions = [n for n in recorded.nodes if n.kind == "grad_region"]
+    assert len(regions) == 1 and regions[0].attrs == {"enabled": False}
+    # Two values leave the region (scale and shift), each through its own getitem.
+    assert sum(1 for n in recorded.nodes if n.kind == "getitem" and n.inputs == (regions[0].name,)) == 2
+
+
+def test_a_recorded_report_is_the_same_report(export_only):
+    torch.manual_seed(0)
+    report = assert_same_report(NoGradMiddle(), (4, 16), export_only)
+    assert report.analysis == "export"
+
+
+class Autocast(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.fc(x).float()
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+
+@pytest.mark.parametrize("cls,inputs", [(Autocast, floats(4, 8)), (DataDependent, floats(4, 8)), (Aliased, TOKENS)],
+                         ids=lambda c: getattr(c, "__name__", ""))
+def test_what_recording_refuses_goes_to_export(cls, inputs, export_only):
+    with pytest.raises(Unsupported):
+        tracing.recorded_program(cls(), inputs)
+    torch.manual_seed(0)
+    assert_same_report(cls(), inputs, export_only)
+
+
+def test_a_forward_that_fails_fails_the_same_way(export_only):
+    model = nn.Sequential(nn.Linear(8, 8))
+    with pytest.raises(gradlint.GradlintError) as fast:
+        gradlint.check(model, (4, 9))
+    with export_only(), pytest.raises(gradlint.GradlintError) as slow:
+        gradlint.check(model, (4, 9))
+    assert str(fast.value) == str(slow.value)
+
+
+def test_recording_leaves_torch_as_it_found_it():
+    before = (torch.is_grad_enabled(), torch.compiler.is_compiling(), torch.compiler.is_exporting(),
+              torch._C._dispatch_tls_is_dispatch_key_included(torch._C.DispatchKey.PreDispatch))
+    hooks = (len(nn.modules.module._global_forward_pre_hooks), len(nn.modules.module._global_forward_hooks))
+    tracing.recorded_program(NoGradMiddle(), floats(4, 16))
+    with pytest.raises(Unsupported):
+        tracing.recorded_program(DataDependent(), floats(4, 8))
+    assert (torch.is_grad_enabled(), torch.compiler.is_compiling(), torch.compiler.is_exporting(),
+            torch._C._dispatch_tls_is_dispatch_key_included(torch._C.DispatchKey.PreDispatch)) == before
+    assert (len(nn.modules.module._global_forward_pre_hooks), len(nn.modules.module._global_forward_hooks)) == hooks
+    x = torch.randn(3, 8)
+    assert torch.equal(nn.functional.relu(x), x.clamp(min=0))  # ordinary dispatch works afterwards
+
+
+# -- generated models ----------------------------------------------------------------------------
+
+from test_fuzz import _settings, build, specs  # noqa: E402  (the fuzzer's model generator)
+
+EXAMPLES = int(os.environ.get("GRADLINT_FUZZ_EXAMPLES", "100")) // 2
+
+
+@settings(max_examples=max(EXAMPLES, 10), **_settings)
+@given(spec=specs)
+def test_generated_models_give_the_same_report_either_way(spec):
+    """Differential fuzzing: whatever the fuzzer builds, the fast path changes nothing."""
+    model, inputs = build(spec)
+    outcomes = []
+    for capture in (None, "export"):
+        if capture:
+            os.environ["GRADLINT_CAPTURE"] = capture
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                outcomes.append(("report", gradlint.check(model, inputs).to_dict()))
+        except gradlint.GradlintError as e:
+            outcomes.append(("error", type(e).__name__, str(e)))
+        finally:
+            os.environ.pop("GRADLINT_CAPTURE", None)
+    assert outcomes[0] == outcomes[1]
