@@ -12,14 +12,15 @@ Sections (each prints a markdown table; every measurement runs in a fresh subpro
 * ``bigmodels``: Llama-2-70B, Mixtral-8x7B and BERT-large from transformers configs written
   out here (no download; HF_HUB_OFFLINE=1), built on the meta device, 1 x 512 tokens: time to
   build, wall and CPU time of ``check`` (the first in the process, so torch.export's
-  first-use imports are in it) and the CPU time of its ``torch.export`` part, peak RSS of
+  first-use imports are in it) and the CPU time of its graph capture (gradlint.recording, or
+  torch.export where recording refuses; the table names the path), peak RSS of
   the process (``ru_maxrss``), graph size, verdict, and the ops without a transfer rule
   (GL902).
 * ``linear``: MLPs (Linear + ReLU, width 64, on the CPU) and pre-LN transformers
   (LayerNorm, fused QKV, SDPA, GELU MLP, d = 64, on the meta device) of ``--layers`` layers:
   ``check`` time against graph nodes, the least-squares slope of log(time) over
   log(nodes) from 100 layers up (1 = linear), and time per node, for the whole ``check``
-  and for gradlint's own part (``check`` less ``torch.export``). The fit uses CPU time,
+  and for gradlint's own part (``check`` less graph capture). The fit uses CPU time,
   which a busy machine inflates far less than wall time. A warm-up ``check`` of a one-layer
   model comes first, so first-use imports are not counted.
 
@@ -27,6 +28,8 @@ Run: ``python benchmarks/scale.py {startup,bigmodels,linear,all} [--runs 10]
 [--layers 10 100 1000 5000] [--only llama70b mixtral bertlarge]``.
 
 Timings depend on the machine's load: the header prints the load average before and after.
+``GRADLINT_CAPTURE=export`` in the environment (the children inherit it) measures the
+torch.export path alone, for comparison.
 """
 
 from __future__ import annotations
@@ -193,21 +196,29 @@ BIG = {
 }
 
 
-def _timed_export(total: list[float]):
-    """Adds each ``torch.export`` call's wall and CPU seconds to ``total[0]`` and ``total[1]``."""
+def _timed_capture(total: list) -> None:
+    """Adds each graph capture's wall and CPU seconds to ``total[0]`` and ``total[1]``, and the
+    path that gave the graph (``recorded`` or ``torch.export``) to ``total[2]``.
+
+    Capture is ``tracing.recorded_program`` (gradlint.recording) and, where recording refuses,
+    ``tracing.export_program`` after it; both are counted.
+    """
     from gradlint import tracing
 
-    original = tracing.export_program
+    def timed(original, path):
+        def wrapper(*args, **kwargs):
+            t, c = time.perf_counter(), time.process_time()
+            try:
+                out = original(*args, **kwargs)
+                total[2] = path
+                return out
+            finally:
+                total[0] += time.perf_counter() - t
+                total[1] += time.process_time() - c
+        return wrapper
 
-    def wrapper(*args, **kwargs):
-        t, c = time.perf_counter(), time.process_time()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            total[0] += time.perf_counter() - t
-            total[1] += time.process_time() - c
-
-    tracing.export_program = wrapper
+    tracing.recorded_program = timed(tracing.recorded_program, "recorded")
+    tracing.export_program = timed(tracing.export_program, "torch.export")
 
 
 def _bigmodel(key: str, seq: int) -> dict:
@@ -218,8 +229,8 @@ def _bigmodel(key: str, seq: int) -> dict:
     from gradlint.inputs import ExampleInputs, TensorSpec
 
     label, cls_name, cfg_name, vocab, cfg = BIG[key]
-    export = [0.0, 0.0]
-    _timed_export(export)
+    export = [0.0, 0.0, ""]
+    _timed_capture(export)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
     with torch.device("meta"):
@@ -235,7 +246,7 @@ def _bigmodel(key: str, seq: int) -> dict:
         codes[f.code] = codes.get(f.code, 0) + 1
     unknown = sorted({report.result.graph.by_name[n].attrs.get("target") or report.result.graph.by_name[n].op
                       for n in report.result.propagation.unknown_ops if n in report.result.graph.by_name})
-    return dict(label=label, build=build, check=check, cpu=cpu, export=export[0], export_cpu=export[1],
+    return dict(label=label, build=build, check=check, cpu=cpu, export=export[0], export_cpu=export[1], path=export[2],
                 rss_before=rss0,
                 peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 params=sum(p.numel() for p in model.parameters()), nodes=len(report.result.graph.nodes),
@@ -244,7 +255,7 @@ def _bigmodel(key: str, seq: int) -> dict:
 
 def bigmodels(only: list[str], seq: int) -> None:
     print(f"Built on the meta device, 1 x {seq} tokens, each in a fresh process:\n")
-    print("| model | parameters | build s | check s | check CPU s | of which torch.export CPU s | peak RSS MB | "
+    print("| model | parameters | build s | check s | check CPU s | of which graph capture CPU s (path) | peak RSS MB | "
           "graph nodes | verdict | findings | ops without a transfer rule (GL902 where a gradient passes) |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
     for key in only:
@@ -254,7 +265,7 @@ def bigmodels(only: list[str], seq: int) -> None:
             continue
         findings = ", ".join(f"{c} x{n}" if n > 1 else c for c, n in sorted(r["codes"].items())) or "-"
         print(f"| {r['label']} | {r['params'] / 1e9:.1f} B | {r['build']:.1f} | {r['check']:.1f} | {r['cpu']:.1f} | "
-              f"{r['export_cpu']:.1f} | {r['peak']:.0f} | {r['nodes']} | {r['verdict']} | {findings} | {', '.join(r['unknown']) or '-'} |",
+              f"{r['export_cpu']:.1f} ({r['path']}) | {r['peak']:.0f} | {r['nodes']} | {r['verdict']} | {findings} | {', '.join(r['unknown']) or '-'} |",
               flush=True)
 
 
@@ -297,15 +308,15 @@ def _linear_one(kind: str, layers: int) -> dict:
 
     build, shape = _models()[kind]
     gradlint.check(build(1), shape)  # first-use imports and caches
-    export = [0.0, 0.0]
-    _timed_export(export)
+    export = [0.0, 0.0, ""]
+    _timed_capture(export)
     t = time.perf_counter()
     model = build(layers)
     built = time.perf_counter() - t
     t, c = time.perf_counter(), time.process_time()
     report = gradlint.check(model, shape)
     check, cpu = time.perf_counter() - t, time.process_time() - c
-    return dict(build=built, check=check, cpu=cpu, export=export[1], nodes=len(report.result.graph.nodes),
+    return dict(build=built, check=check, cpu=cpu, export=export[1], path=export[2], nodes=len(report.result.graph.nodes),
                 peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, verdict=report.summary.verdict)
 
 
@@ -320,7 +331,7 @@ def linear(kinds: list[str], layers: list[int]) -> None:
     for kind in kinds:
         rows = []
         print(f"\n{kind}: one fresh process per size\n")
-        print("| layers | graph nodes | build s | check wall s | check CPU s | torch.export CPU s | gradlint's own CPU s | "
+        print("| layers | graph nodes | build s | check wall s | check CPU s | graph capture CPU s (path) | gradlint's own CPU s | "
               "check CPU ms/node | own CPU ms/node | peak RSS MB | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|")
         for n in layers:
             r = _child(["linear", kind, str(n)], timeout=3600)
@@ -329,7 +340,7 @@ def linear(kinds: list[str], layers: list[int]) -> None:
                 continue
             own = r["cpu"] - r["export"]
             rows.append((n, r["nodes"], r["cpu"], own))
-            print(f"| {n} | {r['nodes']} | {r['build']:.2f} | {r['check']:.2f} | {r['cpu']:.2f} | {r['export']:.2f} | "
+            print(f"| {n} | {r['nodes']} | {r['build']:.2f} | {r['check']:.2f} | {r['cpu']:.2f} | {r['export']:.2f} ({r['path']}) | "
                   f"{own:.2f} | {1000 * r['cpu'] / r['nodes']:.2f} | {1000 * own / r['nodes']:.2f} | {r['peak']:.0f} | "
                   f"{r['verdict']} |", flush=True)
         fit = [row for row in rows if row[0] >= 100]

@@ -656,8 +656,9 @@ def _seed() -> None:
 
 
 def _warm_up() -> None:
-    """Checks a two-weight model, so torch.export's one-time start (seconds: its own imports,
-    first compilations) happens now, not on the first target's clock."""
+    """Checks a two-weight model, so graph capture's one-time start (about a second: the Python
+    dispatcher's imports and first compilations) happens now, not on the first target's clock.
+    A target that recording refuses still pays torch.export's own first use."""
     import torch
 
     from gradlint.api import check
