@@ -23,7 +23,7 @@ from gradlint.summary import DEFAULT_THRESHOLD
 from gradlint.targets import TargetOptions
 
 LAYER_KINDS = {"linear", "conv", "embedding", "rnn", "attention", "layer_norm", "rms_norm", "group_norm",
-               "batch_norm", "act", "act_module"}
+               "batch_norm", "act", "act_module", "moe_linear"}
 
 
 def _as_example_inputs(model: nn.Module, inputs: Any, input_shape: Any = None) -> ExampleInputs:

@@ -47,6 +47,10 @@ BLOCKERS = {
     "logical_or": "a logical op", "bitwise_not": "a logical op",
     "bucketize": "bucketize", "searchsorted": "searchsorted",
     "heaviside": "heaviside", "isnan": "isnan", "isinf": "isinf", "isfinite": "isfinite",
+    # Index arithmetic of mixture-of-experts dispatch: integer results, zero derivative.
+    "__and__": "a logical op", "__or__": "a logical op", "__xor__": "a logical op",
+    "bitwise_and": "a logical op", "bitwise_or": "a logical op", "bitwise_xor": "a logical op",
+    "floor_divide": "floor_divide", "histc": "histc", "bincount": "bincount", "argsort": "sort indices",
 }
 # Ops that make tensors from nothing (shapes and constants only).
 CREATORS = {
@@ -531,6 +535,72 @@ def _datamove(c, fxn, b):
     tensors = [main] + [a for a in torch.utils._pytree.tree_leaves((fxn.args, fxn.kwargs))
                         if isinstance(a, fx.Node) and a is not main]
     c.add(fxn, "datamove", tensors, attrs={"op": name})
+
+
+@normalizer("topk", "sort")
+def _topk(c, fxn, b):
+    # (values, indices); sort is a top-k of every entry. The indices carry no gradient.
+    name = op_name(fxn.target)
+    dim = b.get("dim")
+    try:
+        k = int(b["k"]) if name == "topk" else None
+    except (TypeError, ValueError):  # a data-dependent k
+        k = None
+    largest = bool(b.get("largest", True)) if name == "topk" else not bool(b.get("descending", False))
+    c.add(fxn, "topk", [b["self"]], attrs={"op": name, "k": k, "dim": -1 if dim is None else int(dim),
+                                           "largest": largest})
+
+
+_CASTS = {"_to_copy", "to", "alias", "contiguous", "clone", "type_as"}
+
+
+def _grouped_weight(c: Converter, a: Any) -> tuple[str | None, bool]:
+    """The parameter a grouped matmul's 3-D weight operand is, and whether its last two
+    dims were swapped on the way (``weight.transpose(-2, -1)``: stored (E, out, in))."""
+    swapped = False
+    for _ in range(8):
+        p = c.param_of(a)
+        if p is not None or not isinstance(a, fx.Node) or a.op != "call_function":
+            return p, swapped
+        name = op_name(a.target)
+        if name in ("transpose", "swapaxes"):
+            nd = len(_shape(a.meta.get("val")) or ())
+            dims = {int(d) % nd for d in a.args[1:3]} if nd and len(a.args) >= 3 else set()
+            if dims != {nd - 2, nd - 1}:
+                return None, swapped
+            swapped = not swapped
+        elif name == "permute":
+            dims = [int(d) for d in a.args[1]]
+            nd = len(dims)
+            if dims[:-2] != list(range(nd - 2)) or [d % nd for d in dims[-2:]] != [nd - 1, nd - 2]:
+                return None, swapped
+            swapped = not swapped
+        elif name not in _CASTS:
+            return None, swapped
+        a = a.args[0]
+    return None, swapped
+
+
+@normalizer("grouped_mm_fallback", "_grouped_mm", "grouped_mm")
+def _grouped_mm(c, fxn, b):
+    """Grouped matmul of mixture-of-experts layers: transformers' ``grouped_mm_fallback``
+    custom op and ATen's ``_grouped_mm``. Rows of a 2-D input, sorted by expert, are cut into
+    groups by ``offs``; group e is multiplied by the expert weight W[e] (E, in, out)."""
+    x = b.get("input", b.get("self", b.get("mat_a")))
+    w = b.get("weight", b.get("mat2", b.get("mat_b")))
+    offs = b.get("offs")
+    xs, ws = _shape(getattr(x, "meta", {}).get("val")), _shape(getattr(w, "meta", {}).get("val"))
+    param, swapped = _grouped_weight(c, w)
+    routed = isinstance(offs, fx.Node) and xs is not None and len(xs) == 2
+    batched = offs is None and xs is not None and len(xs) == 3
+    if param is None or ws is None or len(ws) != 3 or not (routed or batched):
+        tensors = [a for a in (x, w, offs) if isinstance(a, fx.Node)]
+        c.add(fxn, "unknown", tensors, attrs={"target": op_name(fxn.target)})
+        return
+    bias = c.param_of(b.get("bias"))
+    params = {"weight": param} | ({"bias": bias} if bias else {})
+    c.add(fxn, "moe_linear", [x], params, {"layout": "out_in" if swapped else "in_out", "routed": routed,
+                                                "offs": c.ref(offs)})
 
 
 @normalizer("lstm", "gru", "rnn_tanh", "rnn_relu")

@@ -435,10 +435,112 @@ def fuse_activation_modules(g: Graph, model: nn.Module | None) -> int:
     return count
 
 
+_CAST_OPS = {"_to_copy", "to", "type_as", "alias", "clone", "contiguous", "lift_fresh_copy"}
+
+
+def _is_cast(n: Node) -> bool:
+    return n.kind == "identity" and n.attrs.get("op") in _CAST_OPS
+
+
+def _cast_chain(g: Graph, name: str) -> list[str]:
+    """``name`` and the casts applied to it one after another (``x.float()``, ``.to(dtype)``)."""
+    chain = [name]
+    while True:
+        users = [u for u in g.users.get(chain[-1], []) if _is_cast(g.by_name[u])]
+        if len(users) != 1:
+            return chain
+        chain.append(users[0])
+
+
+def _same_dim(a: Any, b: Any, ndim: int) -> bool:
+    try:
+        return ndim > 0 and int(a) % ndim == int(b) % ndim
+    except (TypeError, ValueError):
+        return False
+
+
+def _renormalized(g: Graph, values: list[str], dim: int, ndim: int) -> str | None:
+    """The node dividing top-k values by their own sum over ``dim`` (``w /= w.sum(-1, keepdim=True)``)."""
+    for v in values:
+        for u in g.users.get(v, []):
+            d = g.by_name[u]
+            if not (d.kind == "mul" and d.attrs.get("op") == "div" and len(d.inputs) == 2 and d.inputs[0] == v):
+                continue
+            s = g.by_name.get(d.inputs[1])
+            if (s is not None and s.kind == "reduce" and s.attrs.get("op") == "sum" and s.inputs
+                    and s.inputs[0] in values and s.attrs.get("keepdim")
+                    and len(s.attrs.get("dims") or []) == 1 and _same_dim(s.attrs["dims"][0], dim, ndim)):
+                return d.name
+    return None
+
+
+def fuse_router(g: Graph) -> int:
+    """Rewrite mixture-of-experts routing into one ``router`` node fed by the router logits.
+
+    Two spellings compute the same weights: the top k of softmax(logits), optionally divided
+    by their sum (Mixtral, Qwen-MoE, OLMoE); and softmax over the top k logits, which is the
+    renormalized form. Op by op, the top-k values would be order statistics of i.i.d. normals
+    and the division an unknown scale; the fused rule takes the softmax, the selection and the
+    renormalization together (``routing.router_moments``). The top-k indices stay as they are.
+    """
+    count = 0
+    pos = {n.name: i for i, n in enumerate(g.nodes)}
+    for tk in [n for n in g.nodes if n.kind == "topk" and n.attrs.get("op") == "topk"
+               and n.attrs.get("largest", True) and n.attrs.get("k")]:
+        vals = [u for u in g.users.get(tk.name, []) if g.by_name[u].kind == "getitem"
+                and g.by_name[u].attrs.get("index") == 0]
+        if len(vals) != 1 or not isinstance(tk.shape, tuple) or not tk.shape or not isinstance(tk.shape[0], tuple):
+            continue
+        dim, ndim = int(tk.attrs.get("dim", -1)), len(tk.shape[0])
+        chain = _cast_chain(g, vals[0])
+        src, _ = _walk_back(g, tk.inputs[0], _is_cast)
+        sm = g.by_name.get(src)
+        out, logits, normalize, parts = None, None, False, [tk.name]
+        if (sm is not None and sm.kind == "softmax" and not sm.attrs.get("log")
+                and _same_dim(sm.attrs.get("dim"), dim, ndim)):
+            logits = sm.inputs[0]
+            out = _renormalized(g, chain, dim, ndim)
+            normalize = out is not None
+            parts = [sm.name, tk.name] + (chain + [g.by_name[out].inputs[1]] if normalize else [])
+            out = out or vals[0]
+        else:  # softmax over the selected logits
+            for v in chain:
+                for u in g.users.get(v, []):
+                    un = g.by_name[u]
+                    if un.kind == "softmax" and not un.attrs.get("log") and _same_dim(un.attrs.get("dim"), dim, ndim):
+                        out, logits, normalize = un.name, tk.inputs[0], True
+                        parts = [tk.name] + chain[:chain.index(v) + 1]
+        ln = g.by_name.get(logits) if logits else None
+        if out is None or ln is None or not isinstance(ln.shape, tuple) or len(ln.shape) != ndim:
+            continue
+        old = g.by_name[out]
+        new = Node(name=old.name, kind="router", op="top-k routing (fused)", inputs=(logits,),
+                   attrs={"experts": int(ln.shape[dim]), "k": int(tk.attrs["k"]), "normalize": normalize, "dim": dim},
+                   shape=old.shape, dtype=old.dtype, module=tk.module, module_type=tk.module_type,
+                   call_site=tk.call_site, fused=tuple(dict.fromkeys([*parts, old.name])))
+        g.nodes[pos[old.name]] = new
+        g.by_name[new.name] = new
+        count += 1
+    # Expert layers read their router's logits: how alike two tokens are routed (so whether
+    # their rows meet the same expert weights) follows from how correlated the logits are.
+    routers = {f: n for n in g.nodes if n.kind == "router" for f in n.fused}
+    for i, n in enumerate(g.nodes):
+        if n.kind != "moe_linear" or not n.attrs.get("offs") or len(n.inputs) != 1:
+            continue
+        tk = next((a for a in _ancestors(g, n.attrs["offs"], 40) if a.kind == "topk" and a.attrs.get("op") == "topk"),
+                  None)
+        r = routers.get(tk.name) if tk is not None else None
+        if r is not None:
+            g.nodes[i] = replace(n, inputs=(n.inputs[0], r.inputs[0]), attrs={**n.attrs, "top_k": r.attrs["k"]})
+    g.reindex()
+    return count
+
+
 def fuse(g: Graph, model: nn.Module | None, stats: dict[str, ParamStats]) -> Graph:
     """Apply every recognition pass, in an order where each sees the previous one's units."""
     fuse_activation_modules(g, model)
     fuse_norm_modules(g, model, stats)
     fuse_rotary(g)
     fuse_attention(g, stats)
+    fuse_router(g)
     return g

@@ -257,7 +257,45 @@ def _retarget(gm: nn.Module, device: torch.device, dtype: torch.dtype | None) ->
                 continue
             n.args = torch.utils._pytree.tree_map(fix, n.args)
             n.kwargs = torch.utils._pytree.tree_map(fix, dict(n.kwargs))
+            if n.target is torch.ops.aten.histc.default and device.type != "cuda" and n.args:
+                # Code that counts tokens per expert (transformers' MoE) takes the integer
+                # histc that CUDA has when it is not on the CPU, as on the meta device at
+                # export; the CPU kernel wants floats. Small integers are exact in float64.
+                x = n.args[0]
+                val = x.meta.get("val") if isinstance(x, fx.Node) else None
+                if isinstance(val, torch.Tensor) and not val.is_floating_point():
+                    with sub.graph.inserting_before(n):
+                        cast = sub.graph.call_function(torch.ops.aten._to_copy.default, (x,),
+                                                       {"dtype": torch.float64})
+                    n.args = (cast, *n.args[1:])
+            if n.target is torch.ops.aten._grouped_mm.default and dtype not in (None, torch.float32,
+                                                                               torch.bfloat16, torch.float16):
+                n.target = _grouped_mm_any_dtype  # the kernels take 16- and 32-bit floats only
         sub.recompile()
+
+
+def _grouped_mm_any_dtype(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor | None = None,
+                          bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``aten._grouped_mm`` by plain matmuls, in any dtype (the probe runs in float64)."""
+    if offs is None:
+        out = torch.bmm(a, b) if a.dim() == 3 and b.dim() == 3 else torch.matmul(a, b)
+    elif a.dim() == 2 and b.dim() == 3:  # rows of a cut into groups, group i times b[i]
+        ends = [int(e) for e in offs.tolist()]
+        starts = [0, *ends[:-1]]
+        parts = [a[s:e] @ b[i] + (bias[i] if bias is not None else 0) for i, (s, e) in enumerate(zip(starts, ends))]
+        out = torch.cat(parts + [a.new_zeros(a.shape[0] - ends[-1], b.shape[-1])] if ends else parts)
+        bias = None
+    elif a.dim() == 3 and b.dim() == 2:  # columns of b cut into groups, a[i] times group i
+        ends = [int(e) for e in offs.tolist()]
+        starts = [0, *ends[:-1]]
+        out = torch.cat([a[i] @ b[:, s:e] for i, (s, e) in enumerate(zip(starts, ends))], dim=-1)
+    else:  # 2-D by 2-D: the shared dim cut into groups, one product per group
+        ends = [int(e) for e in offs.tolist()]
+        starts = [0, *ends[:-1]]
+        out = torch.stack([a[:, s:e] @ b[s:e] for s, e in zip(starts, ends)])
+    if bias is not None:
+        out = out + bias
+    return out if out_dtype is None else out.to(out_dtype)
 
 
 _STATIC_HINT = "gradlint check without --probe still gives the static prediction, which runs no arithmetic"

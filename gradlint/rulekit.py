@@ -6,7 +6,7 @@ import math
 
 from gradlint.transfers import INIT, NORMALIZATION, RECURRENCE, RESIDUAL, SATURATION, ATTENTION
 
-WEIGHTED = {"linear", "conv", "embedding", "rnn", "attention"}
+WEIGHTED = {"linear", "conv", "embedding", "rnn", "attention", "moe_linear"}
 
 
 def first_crossing(result, threshold: float, vanishing: bool) -> tuple[str | None, str]:

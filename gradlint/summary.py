@@ -36,7 +36,7 @@ DEFAULT_THRESHOLD = 2.0
 
 BENIGN_KINDS = {"identity", "select", "split", "getitem", "expand", "datamove", "dropout", "avg_pool",
                 "max_pool", "reduce", "cat", "const"}
-WEIGHTED_KINDS = {"linear", "conv", "embedding", "rnn", "attention"}
+WEIGHTED_KINDS = {"linear", "conv", "embedding", "rnn", "attention", "moe_linear"}
 NORM_KINDS = {"layer_norm", "rms_norm", "group_norm", "batch_norm"}
 
 

@@ -51,6 +51,8 @@ def blocking_reason(graph, node) -> str | None:
         src = graph.by_name.get(node.inputs[0])
         if src is not None and src.kind == "block" and src.attrs.get("reason") in _VALUES_AND_INDICES:
             return _VALUES_AND_INDICES[src.attrs["reason"]]
+        if src is not None and src.kind == "topk":
+            return "sort indices" if src.attrs.get("op") == "sort" else "topk indices"
     if node.kind == "grad_region" and not node.attrs.get("enabled", True):
         return "torch.no_grad()"
     if node.kind == "identity" and node.dtype in ("int", "bool") and node.inputs and node.inputs[0] is not None:

@@ -24,7 +24,8 @@ class UnknownOp(Rule):
 
     ## What it finds
     Ops in the traced graph that gradlint's engine has no rule for, or that its numeric rule
-    could not evaluate. Each is treated as the identity on the signal.
+    could not evaluate. Each is treated as the identity on the signal. An op found at several
+    places (once per layer) is one finding, at its first place, with the number of places.
 
     ## Why it matters
     The predictions downstream of the op (forward) and upstream of it (gradient) are only as
@@ -50,6 +51,7 @@ class UnknownOp(Rule):
 
     def check(self, result):
         prop = result.propagation
+        places: dict[str, list] = {}  # op -> its nodes, in graph order
         for name in prop.unknown_ops:
             node = result.graph.by_name.get(name)
             if node is None:
@@ -59,6 +61,13 @@ class UnknownOp(Rule):
                                       if prop.node(u).s > 0):
                 continue  # mask and index arithmetic that no gradient flows through
             op = node.attrs.get("target") if isinstance(node.attrs.get("target"), str) else node.op
-            where = node.module or "the model"
-            yield self.finding(result, f"no transfer rule for {op} in {where}: its input's statistics were "
-                                       "passed through unchanged", node=name, module=node.module, op=str(op))
+            places.setdefault(str(op), []).append(node)
+        # One finding per op, at its first place: a layer repeated 32 times is one gap in the
+        # rules, not 32.
+        for op, nodes in places.items():
+            first = nodes[0]
+            where = first.module or "the model"
+            at = f"in {where}" if len(nodes) == 1 else f"at {len(nodes)} places, the first in {where}"
+            yield self.finding(result, f"no transfer rule for {op} {at}: its input's statistics were "
+                                       "passed through unchanged", node=first.name, module=first.module, op=op,
+                               places=len(nodes), modules=list(dict.fromkeys(n.module for n in nodes)))

@@ -66,6 +66,10 @@ class Trials:
                                   f"(mean difference {mean:+.3f}, tolerance {tol:.3f})")
         return mean, tol
 
+    def check_diffs(self, label: str, diffs: list[float], preds: list[float], floor: float):
+        """The same test on per-seed differences computed by the caller (one per pair)."""
+        return self._check(label, diffs, preds, floor)
+
     def check_node(self, name: str, what: str, floor: float):
         diffs, preds = [], []
         for report, meas in self.pairs:

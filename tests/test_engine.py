@@ -92,6 +92,22 @@ def test_unknown_op_passes_through_with_a_trace_finding():
     assert all(p.predicted_grad_rms and p.predicted_grad_rms > 0 for p in report.params)
 
 
+def test_an_unknown_op_repeated_in_every_layer_is_one_finding():
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(32, 32) for _ in range(3))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = torch.special.bessel_j0(layer(x))
+            return x
+
+    (f,) = [f for f in gradlint.check(Stack(), (8, 32)).findings if f.code == "GL902"]
+    assert "special_bessel_j0 at 3 places, the first in the model" in f.message
+    assert f.evidence["places"] == 3
+
+
 def test_data_dependent_forward_falls_back_to_module_order():
     from gradlint.rules.untraceable_model import _DataDependent
 
