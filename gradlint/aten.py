@@ -48,8 +48,6 @@ BLOCKERS = {
     "bucketize": "bucketize", "searchsorted": "searchsorted",
     "heaviside": "heaviside", "isnan": "isnan", "isinf": "isinf", "isfinite": "isfinite",
     # Index arithmetic of mixture-of-experts dispatch: integer results, zero derivative.
-    "__and__": "a logical op", "__or__": "a logical op", "__xor__": "a logical op",
-    "bitwise_and": "a logical op", "bitwise_or": "a logical op", "bitwise_xor": "a logical op",
     "floor_divide": "floor_divide", "histc": "histc", "bincount": "bincount", "argsort": "sort indices",
 }
 # Ops that make tensors from nothing (shapes and constants only).
