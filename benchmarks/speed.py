@@ -8,8 +8,9 @@ Sections (run all, or pick with ``--only``):
   + backward passes (float32, CPU, train mode, loss sum(g * y)) after one warm-up; the ratio.
 * ``meta7b``: the Llama-2-7B config built on the meta device; ``check`` time and the
   process's peak RSS increase (its forward + backward would not fit in this machine's memory).
-* ``corpus``: every model of ``benchmarks/corpus.py``: the first ``check`` in a process where
-  torch is imported (includes torch.export's own first-use imports) and the steady state.
+* ``corpus``: every model of ``benchmarks/corpus.py``: the first ``check`` of each model and the
+  steady state. The first model's first ``check`` includes graph capture's first-use imports
+  when this section runs alone (``--only corpus``); after the other sections it does not.
 
 Run: ``python benchmarks/speed.py [--only realistic meta7b corpus] [--repeat 3]``.
 """
@@ -124,7 +125,7 @@ def corpus() -> None:
         steadies.append(steady)
         print(f"| {e.name} | {first:.2f} | {steady:.2f} |", flush=True)
     print(f"\nsteady state: median {statistics.median(steadies):.2f} s, max {max(steadies):.2f} s; "
-          f"first check of the process {firsts[0]:.2f} s (includes torch.export's first-use imports)")
+          f"first model's first check {firsts[0]:.2f} s (with first-use imports when this section runs alone)")
 
 
 def main(argv=None) -> int:
