@@ -135,9 +135,13 @@ def test_the_progress_bar_counts_files_as_the_workers_finish_them(project):
 
 
 def test_ctrl_c_prints_what_finished_and_exits_130(project):
+    # As a terminal starts it: with SIGINT's default action. A suite run as a background job
+    # (`cmd &` without job control) passes SIGINT on ignored, and Python, like any program
+    # started that way, then keeps ignoring it, so there would be no Ctrl-C to test.
     proc = subprocess.Popen([sys.executable, "-m", "gradlint", "check", "--no-cache", "--timeout", "0",
                              "a_healthy.py", "sleeper.py", "f_healthy.py"], cwd=project,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in proc.stderr:  # the sleeper says when it is stuck (its prints go to stderr)
         seen.append(line)
