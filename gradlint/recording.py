@@ -77,7 +77,7 @@ class _Builder:
         self.sig = Signature()
         self.by_id: dict[int, fx.Node] = {}
         self.keep: list[Any] = []  # every recorded value stays alive, so no id is reused
-        self.fresh: dict[tuple, fx.Node] = {}
+        self.fresh: dict[tuple, tuple[fx.Node, bool]] = {}  # storage key -> (node, required grad)
         # One placeholder per qualified name, as export makes them; a tied tensor is then
         # read through its last name (GPT-2's embedding reads ``lm_head.weight``), as in export.
         for fqn, p in model.named_parameters(remove_duplicate=False):
@@ -98,6 +98,10 @@ class _Builder:
             else:
                 self.names[id(m)] = n
 
+    def _remember(self, t: torch.Tensor, node: fx.Node) -> None:
+        if (key := _storage_key(t)) is not None:
+            self.fresh[key] = (node, t.requires_grad)
+
     def _named_placeholder(self, name: str) -> fx.Node:
         node = self.graph.placeholder(name)
         if node.name != name and name not in self.taken:
@@ -112,6 +116,7 @@ class _Builder:
             table[node.name] = fqn
         self.by_id[id(t)] = node
         self.keep.append(t)
+        self._remember(t, node)
         return node
 
     def user_inputs(self, sig_names: list[str], leaves: list[Any]) -> None:
@@ -122,12 +127,18 @@ class _Builder:
             if isinstance(leaf, torch.Tensor):
                 self.by_id[id(leaf)] = node
                 self.keep.append(leaf)
+                self._remember(leaf, node)
 
     def arg(self, a: Any) -> Any:
         if not isinstance(a, torch.Tensor):
             return a
         node = self.by_id.get(id(a))
-        if node is None and (node := self.fresh.get(_storage_key(a) or ())) is not None:
+        if node is None and (found := self.fresh.get(_storage_key(a) or ())) is not None:
+            node, required_grad = found
+            if required_grad and not a.requires_grad:
+                # The same storage without the graph: `.data` (export fails on it), which
+                # would otherwise read as the tensor itself, gradient and all.
+                raise Unsupported("a tensor detached without an op (.data)")
             self.by_id[id(a)] = node
             self.keep.append(a)
         if node is None:
@@ -160,8 +171,7 @@ class _Builder:
             self.keep.append(out)
             # Autograd hands a factory op's caller (zeros, full_like) a shallow copy of what
             # the op returned: a new tensor on the same storage, so it is found by storage.
-            if (key := _storage_key(out)) is not None:
-                self.fresh[key] = node
+            self._remember(out, node)
         elif isinstance(out, (tuple, list)):
             for i, o in enumerate(out):
                 if isinstance(o, torch.Tensor):

@@ -236,6 +236,17 @@ def TinyMixtral():
     return transformers.MixtralForCausalLM(cfg)
 
 
+class DotData(nn.Module):
+    """`.data` hands the forward a tensor on the same storage without its graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.b(self.a(x).data) + F.linear(x, self.a.weight.data)
+
+
 TOKENS = ExampleInputs((TensorSpec((4, 7), "int64", 50),), {}, "argument")
 CASES = [
     (TinyMixtral, ExampleInputs((TensorSpec((2, 16), "int64", 100),), {"use_cache": False, "return_dict": False},
@@ -291,7 +302,8 @@ class DataDependent(nn.Module):
         return self.fc(x) if x.sum() > 0 else -self.fc(x)
 
 
-@pytest.mark.parametrize("cls,inputs", [(Autocast, floats(4, 8)), (DataDependent, floats(4, 8)), (Aliased, TOKENS)],
+@pytest.mark.parametrize("cls,inputs", [(Autocast, floats(4, 8)), (DataDependent, floats(4, 8)), (Aliased, TOKENS),
+                                       (DotData, floats(4, 8))],
                          ids=lambda c: getattr(c, "__name__", ""))
 def test_what_recording_refuses_goes_to_export(cls, inputs, export_only):
     with pytest.raises(Unsupported):
