@@ -6,11 +6,14 @@ forward of a meta-device copy under a pre-dispatch mode sees the same ATen ops e
 records (``aten.linear``, ``aten.lstm``, ``aten.scaled_dot_product_attention``: above
 autograd, so composite ops are not yet decomposed) at a quarter of the cost.
 
-What this path cannot reproduce exactly it refuses with ``Unsupported``, and the caller
-uses ``torch.export``: a change of grad mode or autocast inside the forward (export wraps
-those regions in higher-order ops), higher-order ops themselves, mutation of inputs or
-parameters, and any forward that raises. ``tests/test_recording.py`` checks that the two
-paths give equal graphs on every example, corpus and Hugging Face model.
+What export's passes change afterwards is redone here: no-grad regions become
+``wrap_with_set_grad_enabled`` nodes, tied weights read through their last name, plain tensor
+attributes are lifted constants. What this path cannot reproduce exactly it refuses with
+``Unsupported``, and the caller uses ``torch.export``: an autocast block, a grad-mode change
+outside ``torch.set_grad_enabled`` (inference mode), ``.data``, a module registered under two
+names, higher-order ops, and any forward that raises. ``tests/test_recording.py`` checks that
+the two paths give equal graphs on the corpus, hard cases and a tiny Mixtral, and equal
+reports on the examples and on fuzzed models.
 """
 
 from __future__ import annotations
