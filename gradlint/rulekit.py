@@ -74,9 +74,13 @@ def dominant_cause(attribution: dict[str, float], vanishing: bool) -> str | None
     return max(items, key=lambda kv: abs(kv[1]))[0]
 
 
+# A LayerNorm before each saturating activation is no fix for a vanishing chain: on the
+# 20-layer sigmoid MLP the probe still measures 8.2 decades lost; pre-norm residual blocks
+# around the same sigmoids measure healthy.
 FIXES_VANISHING = {
     SATURATION: ("replace the saturating activations by ReLU-family ones with He init, e.g. nn.ReLU() and\n"
-                 "nn.init.kaiming_normal_(m.weight, nonlinearity=\"relu\"); or put nn.LayerNorm(width) before each one"),
+                 "nn.init.kaiming_normal_(m.weight, nonlinearity=\"relu\"); or keep them inside pre-norm residual blocks,\n"
+                 "x = x + block(x)"),
     INIT: ("initialize for the activation that follows, e.g. for every nn.Linear/nn.Conv2d m:\n"
            "nn.init.kaiming_normal_(m.weight, nonlinearity=\"relu\"); nn.init.zeros_(m.bias)\n"
            "or add normalization (nn.LayerNorm / nn.BatchNorm2d) between layers"),

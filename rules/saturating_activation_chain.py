@@ -423,7 +423,7 @@ class SaturatingActivationChain(Rule):
             msg += f"; over the whole run, layers between included, the engine predicts {span:+.1f} decades"
         fix = ("replace them with ReLU-family activations and He init: nn.ReLU() and\n"
                "nn.init.kaiming_normal_(m.weight, nonlinearity=\"relu\"); nn.init.zeros_(m.bias) for each layer m "
-               "before them;\nor put nn.LayerNorm(width) before each activation")
+               "before them;\nor keep them inside pre-norm residual blocks, x = x + block(x)")
         gain = self._gain_fix(result, saturated) if saturated else ""
         if gain:
             fix += f";\nthe saturated ones also need {gain}"
