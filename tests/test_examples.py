@@ -33,3 +33,39 @@ def test_example(name):
     assert {f.code for f in report.findings if f.severity != "info"} == codes
     for f in report.findings:
         assert f.path == str(EX / name) and f.line  # points at the user's own file
+
+
+def test_gl101_fixes_for_the_sigmoid_mlp_work_when_measured():
+    """Both fixes GL101 gives for sigmoid_mlp.py's vanishing chain, applied, measure healthy; the
+    LayerNorm-before-each-sigmoid it used to offer still measures vanishing (8.2 decades here)."""
+    import torch
+    import torch.nn as nn
+
+    import gradlint
+
+    class Residual(nn.Module):
+        def __init__(self, act):
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(256), nn.Linear(256, 256), act(),
+                                                      nn.Linear(256, 256)) for _ in range(20))
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = x + block(x)
+            return x
+
+    def relu_he():
+        layers = [m for _ in range(20) for m in (nn.Linear(256, 256), nn.ReLU())]
+        for m in layers[::2]:
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        return nn.Sequential(*layers)
+
+    def layernorm_before_sigmoid():
+        return nn.Sequential(*[m for _ in range(20) for m in (nn.Linear(256, 256), nn.LayerNorm(256), nn.Sigmoid())])
+
+    torch.manual_seed(0)
+    for build, verdict in ((relu_he, "healthy"), (lambda: Residual(nn.Sigmoid), "healthy"),
+                           (layernorm_before_sigmoid, "vanishing")):
+        report = gradlint.probe(build(), (64, 256))
+        assert report.summary.verdict == verdict, (build, report)  # after a probe: the measured verdict
