@@ -277,21 +277,17 @@ def _retarget(gm: nn.Module, device: torch.device, dtype: torch.dtype | None) ->
 def _grouped_mm_any_dtype(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor | None = None,
                           bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``aten._grouped_mm`` by plain matmuls, in any dtype (the probe runs in float64)."""
+    ends = [int(e) for e in offs.tolist()] if offs is not None else []
+    starts = [0, *ends[:-1]]
     if offs is None:
         out = torch.bmm(a, b) if a.dim() == 3 and b.dim() == 3 else torch.matmul(a, b)
     elif a.dim() == 2 and b.dim() == 3:  # rows of a cut into groups, group i times b[i]
-        ends = [int(e) for e in offs.tolist()]
-        starts = [0, *ends[:-1]]
         parts = [a[s:e] @ b[i] + (bias[i] if bias is not None else 0) for i, (s, e) in enumerate(zip(starts, ends))]
         out = torch.cat(parts + [a.new_zeros(a.shape[0] - ends[-1], b.shape[-1])] if ends else parts)
         bias = None
     elif a.dim() == 3 and b.dim() == 2:  # columns of b cut into groups, a[i] times group i
-        ends = [int(e) for e in offs.tolist()]
-        starts = [0, *ends[:-1]]
         out = torch.cat([a[i] @ b[:, s:e] for i, (s, e) in enumerate(zip(starts, ends))], dim=-1)
     else:  # 2-D by 2-D: the shared dim cut into groups, one product per group
-        ends = [int(e) for e in offs.tolist()]
-        starts = [0, *ends[:-1]]
         out = torch.stack([a[:, s:e] @ b[s:e] for s, e in zip(starts, ends)])
     if bias is not None:
         out = out + bias

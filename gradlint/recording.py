@@ -18,9 +18,10 @@ reports on the examples and on fuzzed models.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import linecache
-import os
+import operator
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +34,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_map
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_GRADLINT_DIR = os.path.dirname(os.path.abspath(__file__))
+from gradlint.aten import _GRADLINT_DIR, _TORCH_DIR
+
 _SKIPPED_DIRS = (_TORCH_DIR, _GRADLINT_DIR)
 
 
@@ -88,7 +89,8 @@ class _Builder:
         for fqn, b in model.named_buffers(remove_duplicate=False):
             self._placeholder(b, _placeholder_name("b_", fqn), fqn, self.sig.inputs_to_buffers)
         self.n_constants = 0
-        self.grad = torch.is_grad_enabled()
+        self.ambient = self.grad = torch.is_grad_enabled()  # the caller's mode, and the forward's now
+        self.first_input: fx.Node | None = None  # lifted constants go before the user's inputs
         # Plain tensor attributes are lifted under their qualified names, others as lifted_tensor_N.
         self.attributes = {id(v): f"{path}.{attr}" if path else attr for path, mod in model.named_modules()
                            for attr, v in vars(mod).items() if isinstance(v, torch.Tensor)}
@@ -100,6 +102,10 @@ class _Builder:
                 self.aliased.add(id(m))
             else:
                 self.names[id(m)] = n
+
+    def _set_module_stack(self, node: fx.Node) -> None:
+        if self.module_stack:
+            node.meta["nn_module_stack"] = {path: (path, typ) for path, typ in self.module_stack}
 
     def _remember(self, t: torch.Tensor, node: fx.Node) -> None:
         if (key := _storage_key(t)) is not None:
@@ -126,6 +132,7 @@ class _Builder:
         for name, leaf in zip(sig_names, leaves):
             node = self._named_placeholder(name)
             node.meta["val"] = leaf
+            self.first_input = self.first_input or node
             self.sig.user_inputs.append(node.name)
             if isinstance(leaf, torch.Tensor):
                 self.by_id[id(leaf)] = node
@@ -147,8 +154,7 @@ class _Builder:
         if node is None:
             # A tensor the forward did not compute: a plain tensor attribute or a global,
             # lifted as a constant the way export lifts it.
-            first_user = next((n for n in self.graph.nodes if n.name in self.sig.user_inputs), None)
-            ctx = self.graph.inserting_before(first_user) if first_user is not None else _nullcontext()
+            ctx = self.graph.inserting_before(self.first_input) if self.first_input else contextlib.nullcontext()
             fqn = self.attributes.get(id(a))
             if fqn is None:
                 fqn = f"lifted_tensor_{self.n_constants}"
@@ -166,8 +172,7 @@ class _Builder:
         fx_kwargs = tree_map(self.arg, kwargs)
         node = self.graph.create_node("call_function", func, fx_args, fx_kwargs, name=self.graph._target_to_str(func.overloadpacket.__name__))
         node.meta["val"] = out
-        if self.module_stack:
-            node.meta["nn_module_stack"] = {path: (path, typ) for path, typ in self.module_stack}
+        self._set_module_stack(node)
         node.meta["stack_trace"] = _user_frames()
         if isinstance(out, torch.Tensor):
             self.by_id[id(out)] = node
@@ -178,31 +183,29 @@ class _Builder:
         elif isinstance(out, (tuple, list)):
             for i, o in enumerate(out):
                 if isinstance(o, torch.Tensor):
-                    item = self.graph.create_node("call_function", _getitem, (node, i), name="getitem")
+                    item = self.graph.create_node("call_function", operator.getitem, (node, i), name="getitem")
                     item.meta["val"] = o
                     item.meta.update({k: node.meta[k] for k in ("nn_module_stack", "stack_trace") if k in node.meta})
                     self.by_id[id(o)] = item
                     self.keep.append(o)
 
-    def finish(self, out: Any, grad_enabled: bool) -> "_GraphHolder":
+    def finish(self, out: Any) -> "_GraphHolder":
         leaves = tree_leaves(out)
         self.graph.output(tuple(self.arg(v) for v in leaves))
-        self._wrap_grad_regions(grad_enabled)
+        self._wrap_grad_regions()
         return _GraphHolder(self.graph)
-
 
     def mark_grad(self, enabled: bool) -> None:
         """A ``torch._C._set_grad_enabled`` call, kept as export keeps it until ``finish``."""
         node = self.graph.create_node("call_function", torch._C._set_grad_enabled, (enabled,), name="_set_grad_enabled")
-        if self.module_stack:
-            node.meta["nn_module_stack"] = {path: (path, typ) for path, typ in self.module_stack}
+        self._set_module_stack(node)
         self.grad = enabled
 
-    def _wrap_grad_regions(self, ambient: bool) -> None:
+    def _wrap_grad_regions(self) -> None:
         """Export's set-grad pass (torch/_export/passes/replace_set_grad_with_hop_pass.py), redone.
 
         The graph is split at each ``_set_grad_enabled`` call; a piece that sets the mode
-        other than ``ambient`` becomes one ``wrap_with_set_grad_enabled`` node, whose
+        other than the caller's (``ambient``) becomes one ``wrap_with_set_grad_enabled`` node, whose
         arguments are the piece's outside inputs in order of first use and whose results are
         read through one ``getitem`` per value used after the piece, named as that value.
         A piece with no ops disappears; the other pieces stay inline.
@@ -216,7 +219,7 @@ class _Builder:
         order = {n: i for i, n in enumerate(self.graph.nodes)}
         for piece in pieces[1:]:
             marker, body = piece[0], piece[1:]
-            if marker.args[0] == ambient:
+            if marker.args[0] == self.ambient:
                 self.graph.erase_node(marker)
                 continue
             members = set(piece)
@@ -230,7 +233,7 @@ class _Builder:
                     if "nn_module_stack" in marker.meta:
                         hop.meta["nn_module_stack"] = marker.meta["nn_module_stack"]
                     hop.meta["val"] = tuple(n.meta.get("val") for n in outputs)
-                    items = [self.graph.create_node("call_function", _getitem, (hop, i)) for i in range(len(outputs))]
+                    items = [self.graph.create_node("call_function", operator.getitem, (hop, i)) for i in range(len(outputs))]
                 for n, item in zip(outputs, items):
                     item.meta = dict(n.meta)
                     n.replace_all_uses_with(item, delete_user_cb=lambda user: user not in members)
@@ -248,19 +251,6 @@ class _GraphHolder:
     """Stands in for a GraphModule: the Converter reads only ``.graph`` (no code generation)."""
 
     graph: fx.Graph
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-import operator as _operator  # noqa: E402
-
-_getitem = _operator.getitem
 
 
 def _user_frames() -> str:
@@ -325,12 +315,11 @@ class _GradCalls(TorchFunctionMode):
     def __init__(self, builder: _Builder):
         super().__init__()
         self.builder = builder
-        self.ambient = builder.grad
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is torch._C._set_grad_enabled:
             self.builder.mark_grad(bool(args[0]))
-        elif func is torch.amp._enter_autocast and self.builder.grad == self.ambient:
+        elif func is torch.amp._enter_autocast and self.builder.grad == self.builder.ambient:
             # Export wraps an autocast block in a higher-order op of its own; inside a grad
             # region it ends up in that region's subgraph, which gradlint never reads.
             raise Unsupported("the forward enters an autocast block")
@@ -363,7 +352,6 @@ def record_program(model: nn.Module, args: tuple, kwargs: dict) -> RecordedProgr
     from torch._dispatch.python import enable_python_dispatcher
 
     builder = _Builder(model)
-    grad_enabled = torch.is_grad_enabled()
     leaves_per_input = [tree_flatten(a)[0] for a in (*args, *kwargs.values())]
     if any(not isinstance(x, (torch.Tensor, int, float, bool, str)) for ls in leaves_per_input for x in ls):
         raise Unsupported("an input that is not a tensor or a plain constant")
@@ -401,4 +389,4 @@ def record_program(model: nn.Module, args: tuple, kwargs: dict) -> RecordedProgr
         torch.compiler._is_compiling_flag, torch.compiler._is_exporting_flag = flags
         pre.remove()
         post.remove()
-    return RecordedProgram(builder.sig, builder.finish(out, grad_enabled))
+    return RecordedProgram(builder.sig, builder.finish(out))

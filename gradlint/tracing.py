@@ -357,6 +357,11 @@ def export_graph(model: nn.Module, inputs: ExampleInputs) -> Graph:
         ep = recorded_program(model, inputs)
     except Unsupported:
         ep = export_program(model, inputs)
+    return program_graph(ep, inputs)
+
+
+def program_graph(ep, inputs: ExampleInputs) -> Graph:
+    """An exported (or recorded) program as a ``Graph``; token inputs keep their vocabulary."""
     user = list(ep.graph_signature.user_inputs)
     specs = [v for v in torch.utils._pytree.tree_leaves((inputs.args, inputs.kwargs),
                                                         is_leaf=lambda x: isinstance(x, TensorSpec))

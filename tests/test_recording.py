@@ -8,6 +8,7 @@ refusal falls back to export.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
@@ -30,41 +31,18 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def export_only(monkeypatch):
     """A context in which gradlint uses torch.export alone."""
+    @contextlib.contextmanager
     def ctx():
-        import contextlib
-
-        @contextlib.contextmanager
-        def cm():
-            with monkeypatch.context() as m:
-                m.setenv("GRADLINT_CAPTURE", "export")
-                yield
-        return cm()
+        with monkeypatch.context() as m:
+            m.setenv("GRADLINT_CAPTURE", "export")
+            yield
     return ctx
 
 
 def _graphs(model: nn.Module, inputs: ExampleInputs):
     """(export's Graph, the recorded Graph); raises Unsupported when recording refuses."""
-    recorded = _convert(tracing.recorded_program(model, inputs), inputs)
-    old = os.environ.get("GRADLINT_CAPTURE")
-    os.environ["GRADLINT_CAPTURE"] = "export"
-    try:
-        exported = tracing.export_graph(model, inputs)
-    finally:
-        if old is None:
-            del os.environ["GRADLINT_CAPTURE"]
-        else:
-            os.environ["GRADLINT_CAPTURE"] = old
-    return exported, recorded
-
-
-def _convert(program, inputs: ExampleInputs):
-    from gradlint.aten import Converter
-
-    user = list(program.graph_signature.user_inputs)
-    specs = [v for v in torch.utils._pytree.tree_leaves((inputs.args, inputs.kwargs),
-                                                        is_leaf=lambda x: isinstance(x, TensorSpec))
-             if isinstance(v, TensorSpec)]
-    return Converter(program, {n: (specs[i].vocab if i < len(specs) else None) for i, n in enumerate(user)}).convert()
+    recorded = tracing.program_graph(tracing.recorded_program(model, inputs), inputs)
+    return tracing.program_graph(tracing.export_program(model, inputs), inputs), recorded
 
 
 def _canonical(graph) -> list[dict]:
