@@ -44,7 +44,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -114,7 +113,6 @@ def startup(runs: int) -> None:
     gradlint_cmd = [gl] if gl else [py, "-m", "gradlint"]
     check = [*gradlint_cmd, "check"]
     help_text = subprocess.run([*check, "--help"], capture_output=True, text=True, env=_child_env()).stdout
-    cache_dir = tempfile.mkdtemp(prefix="gradlint-scale-")
     if "--no-cache" in help_text:
         check.append("--no-cache")
     cases = [
@@ -133,7 +131,6 @@ def startup(runs: int) -> None:
     for label, cmd in cases:
         wall, low, cpu = _time_command(cmd, runs)
         print(f"| `{label}` | {wall:.2f} | {low:.2f} | {cpu:.2f} |", flush=True)
-    shutil.rmtree(cache_dir, ignore_errors=True)
 
     steps = _child(["steps", str(SMALL_FILE)])
     print(f"\nOne `check` of {SMALL_FILE.relative_to(ROOT)} in a fresh process, step by step (each step's own "
@@ -233,7 +230,6 @@ def _bigmodel(key: str, seq: int) -> dict:
     label, cls_name, cfg_name, vocab, cfg = BIG[key]
     export = [0.0, 0.0, ""]
     _timed_capture(export)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
     with torch.device("meta"):
         model = getattr(transformers, cls_name)(getattr(transformers, cfg_name)(**cfg))
@@ -248,8 +244,7 @@ def _bigmodel(key: str, seq: int) -> dict:
         codes[f.code] = codes.get(f.code, 0) + 1
     unknown = sorted({report.result.graph.by_name[n].attrs.get("target") or report.result.graph.by_name[n].op
                       for n in report.result.propagation.unknown_ops if n in report.result.graph.by_name})
-    return dict(label=label, build=build, check=check, cpu=cpu, export=export[0], export_cpu=export[1], path=export[2],
-                rss_before=rss0,
+    return dict(label=label, build=build, check=check, cpu=cpu, export_cpu=export[1], path=export[2],
                 peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 params=sum(p.numel() for p in model.parameters()), nodes=len(report.result.graph.nodes),
                 verdict=report.summary.verdict, analysis=report.analysis, codes=codes, unknown=[str(u) for u in unknown])

@@ -15,15 +15,14 @@ from gradlint.engine import propagate
 from gradlint.errors import ForwardError, InputError
 from gradlint.findings import Finding, Severity
 from gradlint.graph import Source
-from gradlint.inputs import ExampleInputs, TensorSpec, resolve_inputs
+from gradlint.inputs import ExampleInputs, resolve_inputs
 from gradlint.report import LayerReport, ParamReport, Report
 from gradlint.result import Result, build_summary
 from gradlint.rule import REGISTRY, Rule, load_builtin
-from gradlint.summary import DEFAULT_THRESHOLD
+from gradlint.summary import DEFAULT_THRESHOLD, NORM_KINDS, WEIGHTED_KINDS
 from gradlint.targets import TargetOptions
 
-LAYER_KINDS = {"linear", "conv", "embedding", "rnn", "attention", "layer_norm", "rms_norm", "group_norm",
-               "batch_norm", "act", "act_module", "moe_linear"}
+LAYER_KINDS = WEIGHTED_KINDS | NORM_KINDS | {"act", "act_module"}
 
 
 def _as_example_inputs(model: nn.Module, inputs: Any, input_shape: Any = None) -> ExampleInputs:
@@ -157,9 +156,3 @@ def make_report(target: str, result: Result, ex: ExampleInputs, findings: list[F
                   path=target_source.path if target_source else None,
                   line=target_source.line if target_source else None, result=result)
 
-
-def error_report(target: str, err: BaseException, path: str | None = None, line: int | None = None) -> Report:
-    """A report for a target gradlint could not analyze (the same as ``gradlint.runner.error_report``)."""
-    from gradlint.runner import error_report as report_of
-
-    return report_of(target, err, path, line)

@@ -44,6 +44,7 @@ holds other files keeps them.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -151,9 +152,10 @@ class Cache:
         self.dir = Path(directory) / f"v{FORMAT}"
         self.settings = settings
         config = settings.config
+        # Every setting but the configuration, which counts only through its rule options (its
+        # severities and per-file ignores apply after the cache).
         self._base = _digest(_environment(), os.getcwd(), [
-            settings.cli_shapes, settings.select, settings.ignore, settings.threshold, settings.fail_on,
-            settings.probe, settings.device, settings.seeds, settings.batch_size,
+            *(getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "config"),
             sorted((k, sorted(dict(v).items())) for k, v in config.rule_options.items()) if config else None])
         self._files: dict[Path, tuple[str, list[tuple[int, str | None, tuple[str, ...]]]] | None] = {}
         self._resolved: dict[Any, list[Path]] = {}
@@ -211,9 +213,7 @@ class Cache:
             if not data.startswith(_MAGIC):
                 return None
             stored = loads(data[len(_MAGIC):])
-        except FileNotFoundError:
-            return None
-        except Exception:  # noqa: BLE001 - a corrupt entry is a miss, whatever it raises
+        except Exception:  # noqa: BLE001 - a missing or corrupt entry is a miss, whatever it raises
             return None
         if not (isinstance(stored, dict) and stored.get("key") == key and isinstance(stored.get("events"), list)):
             return None
@@ -229,12 +229,9 @@ class Cache:
 
     def put(self, key: str, events: list[tuple[str, Any]]) -> None:
         """Stores ``events`` under ``key``; a cache that cannot be written is no cache."""
-        from dataclasses import replace
+        from gradlint.workers import _light, dumps
 
-        from gradlint.workers import dumps
-
-        events = [(kind, replace(value, result=None) if kind == "report" and value.result is not None else value)
-                  for kind, value in events]
+        events = [(kind, _light(value) if kind == "report" else value) for kind, value in events]
         entry = self._entry(key)
         try:
             entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -408,12 +405,6 @@ def _imports(body: list[ast.stmt]) -> list[tuple[int, str | None, tuple[str, ...
     return out
 
 
-def _roots(file: Path) -> list[Path]:
-    # The sys.path entries import_file gives the file's code.
-    parts, package_root = loading._package_parts(file)
-    return list(dict.fromkeys([file.parent, *([package_root] if parts else []), loading.find_project_root(file)]))
-
-
 def _module_files(base: Path, parts: list[str], names: tuple[str, ...]) -> list[Path]:
     """The files importing ``parts`` (and submodules ``names`` of it) runs, below ``base``."""
     out: list[Path] = []
@@ -455,8 +446,8 @@ def local_imports(file: Path, read: Any, memo: dict[Any, list[Path]] | None = No
             import the same modules).
     """
     memo = {} if memo is None else memo
-    roots = [r.resolve() for r in _roots(file)]
-    parts, package_root = loading._package_parts(file)
+    roots = [r.resolve() for r in loading.import_roots(file)]
+    parts, _ = loading._package_parts(file)
     found: set[Path] = set()
     # import_file imports the file's package first: its __init__ files run too.
     directory = file.parent

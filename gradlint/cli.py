@@ -99,10 +99,15 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
     if update_baseline and not baseline:
         raise click.UsageError("--update-baseline needs --baseline FILE")
     if select or ignore or _names_rules(config_file):
-        # Checking rule names imports the rules, and torch with them, here: a worker started now
-        # imports its own torch meanwhile, not after.
-        from gradlint.workers import prestart
-        prestart()
+        from gradlint.rule import catalog_imports_rules
+
+        if catalog_imports_rules():
+            # With rule packs, checking rule names imports the rules, and torch with them, here:
+            # a worker started now imports its own torch meanwhile, not after. The built-in
+            # rules are read without importing them, and a run whose files all hit the cache
+            # starts no worker.
+            from gradlint.workers import prestart
+            prestart()
     cfg = _configure(dict(config_file=config_file, input_shapes=input_shapes, select=select, ignore=ignore,
                           threshold=threshold, fail_on=fail_on, probe=probe, device=device, seeds=seeds,
                           jobs=jobs, timeout=timeout, force_exclude=force_exclude))

@@ -133,7 +133,7 @@ class Config:
     device: str = "cpu"
     seeds: int = 3
     jobs: int = 1
-    timeout: float = 300.0  # gradlint.runner.DEFAULT_TIMEOUT
+    timeout: float = 300.0  # the default; gradlint.runner.DEFAULT_TIMEOUT reads it
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     force_exclude: bool = False

@@ -120,8 +120,7 @@ class Context:
         self.model = model
         self.batch = graph.batch_size
         self.grads: dict[str, float] = {}
-        self.unknown: list[str] = []
-        self._unknown_seen: set[str] = set()  # a list test per unknown op is quadratic in their number
+        self.unknown: dict[str, None] = {}  # ordered and de-duplicated in one, in constant time
         self.recurrent: list[RecurrentResult] = []
         self._rnn_cache: dict[str, Any] = {}
 
@@ -150,9 +149,7 @@ class Context:
         return int(b.unique().numel())
 
     def note_unknown(self, node: Node) -> None:
-        if node.name not in self._unknown_seen:
-            self._unknown_seen.add(node.name)
-            self.unknown.append(node.name)
+        self.unknown.setdefault(node.name)
 
     # -- recurrent layers ------------------------------------------------------------------
     def _rnn_module(self, node: Node) -> nn.Module | None:

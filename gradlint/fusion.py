@@ -14,7 +14,6 @@ import math
 from dataclasses import replace
 from typing import Any, Callable
 
-import torch
 import torch.nn as nn
 
 from gradlint.graph import Graph, Node
@@ -122,7 +121,6 @@ def fuse_attention(g: Graph, stats: dict[str, ParamStats]) -> int:
     pos = {n.name: i for i, n in enumerate(g.nodes)}
     for sm in [n for n in g.nodes if n.kind == "softmax" and not n.attrs.get("log")]:
         scale = 1.0
-        extra: list[str] = []
         mask_names: list[str] = []
         cur = sm.inputs[0]
         m1 = None
@@ -137,7 +135,6 @@ def fuse_attention(g: Graph, stats: dict[str, ParamStats]) -> int:
                 scale *= _scalar_of(n)
             elif n.kind == "add" and len(n.inputs) == 2:
                 a, b = n.inputs
-                an, bn = g.by_name.get(a), g.by_name.get(b)
                 # Follow the branch that leads to the score matmul; the other is a mask or bias.
                 main = a if _reaches(g, a, "matmul") else b
                 other = b if main == a else a

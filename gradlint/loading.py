@@ -455,6 +455,14 @@ def _digest(path: Path) -> str:
     return hashlib.sha1(str(path).encode()).hexdigest()[:10]
 
 
+def import_roots(file: Path, project_root: Path | None = None) -> list[Path]:
+    """The ``sys.path`` entries ``import_file`` gives a file's code: its directory, its
+    package's parent when it is in a package, and the project root."""
+    parts, package_root = _package_parts(file)
+    root = project_root if project_root is not None else find_project_root(file)
+    return list(dict.fromkeys([file.parent, *([package_root] if parts else []), root]))
+
+
 def _package_parts(file: Path) -> tuple[list[str], Path]:
     parts: list[str] = []
     directory = file.parent
@@ -620,9 +628,8 @@ def import_file(path: str | os.PathLike[str], project_root: str | os.PathLike[st
     if not file.is_file():
         raise LoadError("is a directory, not a Python file" if file.is_dir() else "no such file", path=shown)
     _check_encoding(file, shown)
-    root = Path(project_root).resolve() if project_root is not None else find_project_root(file)
     parts, package_root = _package_parts(file)
-    roots = list(dict.fromkeys([str(file.parent), *([str(package_root)] if parts else []), str(root)]))
+    roots = [str(r) for r in import_roots(file, Path(project_root).resolve() if project_root is not None else None)]
     # Files created since the last import (tests, editors) must be visible to the finders.
     importlib.invalidate_caches()
     try:

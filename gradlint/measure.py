@@ -13,7 +13,6 @@ not modified: parameters and buffers are cloned, and the RNG state is restored.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from gradlint.findings import Finding, Severity
-from gradlint.summary import Summary
+from gradlint.summary import NORM_KINDS, WEIGHTED_KINDS, Summary
 
 
 @dataclass(frozen=True)
@@ -297,8 +297,7 @@ def format_text(reports: Iterable[Report], color: bool = False, profile: bool = 
 
 #: Layer kinds the bar profile and the chart show: the ones that hold weights or normalize;
 #: an activation's output gradient repeats its neighbour's.
-PROFILE_KINDS = ("linear", "conv", "embedding", "rnn", "attention", "layer_norm", "rms_norm", "group_norm",
-                 "batch_norm", "moe_linear")
+PROFILE_KINDS = WEIGHTED_KINDS | NORM_KINDS
 
 
 def format_profile(r: Report, color: bool = False, width: int = 40, max_rows: int = 24) -> list[str]:

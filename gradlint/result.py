@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from gradlint.engine import Propagation
 from gradlint.graph import Graph, Source

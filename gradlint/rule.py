@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from gradlint.findings import CATEGORIES, CODE_RE, NAME_RE, Finding, Severity
@@ -103,6 +103,14 @@ class RuleInfo:
     options: dict[str, Any]
 
 
+def catalog_imports_rules() -> bool:
+    """Whether ``catalog`` imports the rules (and torch with them): rule packs are installed,
+    or the rules are loaded already."""
+    from importlib.metadata import entry_points
+
+    return bool(REGISTRY) or bool(list(entry_points(group="gradlint.rules")))
+
+
 def catalog() -> dict[str, Any]:
     """Every rule's code, name and options, by code, without importing torch where possible.
 
@@ -111,12 +119,11 @@ def catalog() -> dict[str, Any]:
     module the reader cannot follow, the rules are imported (``load_builtin``).
     """
     import ast
-    from importlib.metadata import entry_points
     from pathlib import Path
 
     import gradlint.rules as pkg
 
-    if REGISTRY or list(entry_points(group="gradlint.rules")):
+    if catalog_imports_rules():
         return load_builtin()
     out: dict[str, Any] = {}
     for path in sorted(Path(p) for base in pkg.__path__ for p in Path(base).glob("*.py")):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 
+from gradlint.summary import WEIGHTED_KINDS as WEIGHTED
 from gradlint.transfers import INIT, NORMALIZATION, RECURRENCE, RESIDUAL, SATURATION, ATTENTION
-
-WEIGHTED = {"linear", "conv", "embedding", "rnn", "attention", "moe_linear"}
 
 
 def first_crossing(result, threshold: float, vanishing: bool) -> tuple[str | None, str]:
@@ -152,19 +151,10 @@ def const_like(result, name: str) -> bool:
     return f is not None and f.const
 
 
-def descendants(graph, start: str, order: dict[str, int]) -> set[str]:
-    """``start`` and every node computed from it (one sweep in topological order)."""
-    out = {start}
-    for n in graph.nodes[order[start] + 1:]:
-        if any(i in out for i in n.inputs if i is not None):
-            out.add(n.name)
-    return out
-
-
 class Reach:
     """Descendant questions about one graph, each answered by a sweep in topological order
-    that stops as soon as the answer is known. A full descendant set per node (``descendants``)
-    made the stack rules quadratic in the model's depth.
+    that stops as soon as the answer is known. A full descendant set per node made the stack
+    rules quadratic in the model's depth.
     """
 
     def __init__(self, graph):

@@ -22,7 +22,7 @@ from gradlint.errors import ConfigError, GradlintError
 from gradlint.report import Report
 
 # Seconds a target (or a file's import) may run in a worker before it is killed.
-DEFAULT_TIMEOUT = 300.0
+DEFAULT_TIMEOUT = Config.timeout
 
 
 class Interrupted(Exception):
@@ -51,7 +51,7 @@ class Settings:
 
 
 def error_report(target: str, err: BaseException, path: str | None = None, line: int | None = None) -> Report:
-    """A report for a target gradlint could not analyze (``gradlint.api.error_report`` without torch).
+    """A report for a target gradlint could not analyze; imports no torch.
 
     A GradlintError carries the user's traceback when their code raised; any other exception
     escaped gradlint's own handling, and its whole traceback is kept for a bug report.

@@ -36,8 +36,10 @@ DEFAULT_THRESHOLD = 2.0
 
 BENIGN_KINDS = {"identity", "select", "split", "getitem", "expand", "datamove", "dropout", "avg_pool",
                 "max_pool", "reduce", "cat", "const"}
-WEIGHTED_KINDS = {"linear", "conv", "embedding", "rnn", "attention", "moe_linear"}
-NORM_KINDS = {"layer_norm", "rms_norm", "group_norm", "batch_norm"}
+#: Layer kinds that hold weights, and those that normalize: the one table the rules, the
+#: report's profile and the API's layer list are built from.
+WEIGHTED_KINDS = frozenset({"linear", "conv", "embedding", "rnn", "attention", "moe_linear"})
+NORM_KINDS = frozenset({"layer_norm", "rms_norm", "group_norm", "batch_norm"})
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ Every rule also names the ``cause`` its gain is attributed to in the summary.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Callable
 
 from gradlint import gaussian, routing
 from gradlint.state import BATCH, FEAT, POS, Bwd, Fwd
@@ -1160,7 +1160,6 @@ class AvgPool(Transfer):
     """Average pooling (P1, P2): q' = (q - kt)/n + kt; s_in = s·n_w/n²."""
 
     def _n(self, node, x, out):
-        nsp = max(len(node.attrs.get("kernel_size") or []), 1) if not node.attrs.get("adaptive") else len(x.shape) - 2
         if node.attrs.get("adaptive") or not node.attrs.get("kernel_size"):
             n = max(math.prod(x.shape[2:]) / max(math.prod(out.shape[2:]), 1), 1.0) if len(x.shape) > 2 else 1.0
             return n, 1.0

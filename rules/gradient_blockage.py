@@ -37,21 +37,13 @@ _GENERIC_FIX = ("keep the forward value but let the gradient through with a stra
 
 # -- gradient paths (shared with GL702) -------------------------------------------------------
 
-# Ops exported as one "block" node that return (values, indices): only the indices block.
-_VALUES_AND_INDICES = {"topk indices": "topk indices", "sort": "sort indices"}
-
-
 def blocking_reason(graph, node) -> str | None:
     """Why no gradient flows back through ``node``'s output, or None if it does."""
     if node.kind == "block":
-        if node.attrs.get("reason") in _VALUES_AND_INDICES:
-            return None  # the values carry a gradient; the indices output blocks (below)
         return str(node.attrs.get("reason") or node.op)
     if node.kind == "getitem" and node.inputs and node.inputs[0] is not None and node.attrs.get("index") != 0:
         src = graph.by_name.get(node.inputs[0])
-        if src is not None and src.kind == "block" and src.attrs.get("reason") in _VALUES_AND_INDICES:
-            return _VALUES_AND_INDICES[src.attrs["reason"]]
-        if src is not None and src.kind == "topk":
+        if src is not None and src.kind == "topk":  # (values, indices): only the indices block
             return "sort indices" if src.attrs.get("op") == "sort" else "topk indices"
     if node.kind == "grad_region" and not node.attrs.get("enabled", True):
         return "torch.no_grad()"
@@ -161,7 +153,8 @@ class Paths:
         return any(memo.get(x, False) for x in names if x is not None)
 
     def input_dependent(self, names) -> bool:
-        """``depends_on_input``, from one sweep over the graph."""
+        """Whether any of ``names`` is computed from a model input (an activation, not a weight
+        statistic), from one sweep over the graph."""
         if "input" not in self._sweeps:
             dep: dict[str, bool] = {}
             for n in self.graph.nodes:
@@ -189,17 +182,6 @@ class Paths:
                 if self.order.get(i, -1) > lo:  # nodes before source are not computed from it
                     seen.add(i)
                     stack.append(i)
-        return False
-
-    def depends_on_input(self, names) -> bool:
-        """Whether any of ``names`` is computed from a model input (an activation, not a weight statistic)."""
-        for name in names:
-            if name is None:
-                continue
-            for a in self.ancestors(name) | {name}:
-                n = self.graph.by_name.get(a)
-                if n is not None and n.kind == "input":
-                    return True
         return False
 
     def ancestors(self, name: str) -> set[str]:
