@@ -57,7 +57,8 @@ class Trials:
     def node(self, kind: str, index: int = 0) -> str:
         return [n.name for n in self.report.result.propagation.nodes if n.kind == kind][index]
 
-    def _check(self, label: str, diffs: list[float], preds: list[float], floor: float):
+    def check_diffs(self, label: str, diffs: list[float], preds: list[float], floor: float):
+        """The test on per-seed differences (predicted - measured, one per pair)."""
         mean = statistics.mean(diffs)
         se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
         tol = max(floor, T999[len(diffs) - 1] * se)
@@ -65,10 +66,6 @@ class Trials:
                                   f"{statistics.mean(p - d for p, d in zip(preds, diffs)):.3f} decades "
                                   f"(mean difference {mean:+.3f}, tolerance {tol:.3f})")
         return mean, tol
-
-    def check_diffs(self, label: str, diffs: list[float], preds: list[float], floor: float):
-        """The same test on per-seed differences computed by the caller (one per pair)."""
-        return self._check(label, diffs, preds, floor)
 
     def check_node(self, name: str, what: str, floor: float):
         diffs, preds = [], []
@@ -78,7 +75,7 @@ class Trials:
             m = log_rms((meas.node_q if what == "q" else meas.node_s)[name])
             preds.append(p)
             diffs.append(p - m)
-        return self._check(f"{name}.{what}", diffs, preds, floor)
+        return self.check_diffs(f"{name}.{what}", diffs, preds, floor)
 
     def check_param(self, name: str, floor: float):
         diffs, preds = [], []
@@ -87,4 +84,4 @@ class Trials:
             pv = math.log10(p.predicted_grad_rms)
             preds.append(pv)
             diffs.append(pv - log_rms(meas.param_ms[name][0]))
-        return self._check(name, diffs, preds, floor)
+        return self.check_diffs(name, diffs, preds, floor)

@@ -90,6 +90,33 @@ LINEAR = src("""
             return self.fc(x)
 """)
 
+CNN = src("""
+    import torch.nn as nn
+
+
+    class CNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.head = nn.Linear(8 * 30 * 30, 10)
+
+        def forward(self, x):
+            return self.head(self.conv(x).flatten(1))
+""")
+
+NEEDS_DEPTH = src("""
+    import torch.nn as nn
+
+
+    class Net(nn.Module):
+        def __init__(self, depth, width=64):
+            super().__init__()
+            self.layers = nn.Sequential(*[nn.Linear(width, width) for _ in range(depth)])
+
+        def forward(self, x):
+            return self.layers(x)
+""")
+
 
 def _stdout_is_one_json_document(outcome: Outcome) -> None:
     doc = json.loads(outcome.stdout)
@@ -173,36 +200,14 @@ CASES: list[Case] = [
          ("utils.py: no targets: no nn.Module subclass or instance is defined here, and nothing is marked "
           "@gradlint.target",)),
     Case("constructor-needs-arguments", "a model whose constructor needs arguments: skipped, with how to declare them",
-         {"model.py": src("""
-             import torch.nn as nn
-
-
-             class Net(nn.Module):
-                 def __init__(self, depth, width=64):
-                     super().__init__()
-                     self.layers = nn.Sequential(*[nn.Linear(width, width) for _ in range(depth)])
-
-                 def forward(self, x):
-                     return self.layers(x)
-         """)},
+         {"model.py": NEEDS_DEPTH},
          ("model.py",), 0,
          ("model.py:4: skipped Net: constructor needs arguments: depth",
           'hint: declare them with @gradlint.target(kwargs={"depth": ...}), or in pyproject.toml: [tool.gradlint] '
           'targets = [{ path = "model.py::Net", kwargs = { depth = ... } }]',
           "model.py: no targets: every nn.Module here was skipped")),
     Case("named-target-needs-arguments", "a model named on the command line whose constructor needs arguments",
-         {"model.py": src("""
-             import torch.nn as nn
-
-
-             class Net(nn.Module):
-                 def __init__(self, depth, width=64):
-                     super().__init__()
-                     self.layers = nn.Sequential(*[nn.Linear(width, width) for _ in range(depth)])
-
-                 def forward(self, x):
-                     return self.layers(x)
-         """)},
+         {"model.py": NEEDS_DEPTH},
          ("model.py::Net",), 2,
          ("model.py:4: could not analyze model.py::Net: Net's constructor needs arguments: depth",
           'hint: declare them with @gradlint.target(kwargs={"depth": ...})')),
@@ -295,38 +300,14 @@ CASES: list[Case] = [
           "hint: fc is the first layer forward calls; declare inputs it takes, e.g. inputs = [8, 64] in the "
           "target's [tool.gradlint] entry")),
     Case("input-shape-wrong-channels", "--input-shape with the wrong number of channels for a convolution",
-         {"cnn.py": src("""
-             import torch.nn as nn
-
-
-             class CNN(nn.Module):
-                 def __init__(self):
-                     super().__init__()
-                     self.conv = nn.Conv2d(3, 8, 3)
-                     self.head = nn.Linear(8 * 30 * 30, 10)
-
-                 def forward(self, x):
-                     return self.head(self.conv(x).flatten(1))
-         """)},
+         {"cnn.py": CNN},
          ("cnn.py", "--input-shape", "2,1,32,32"), 2,
          ("cnn.py:11: could not analyze cnn.py::CNN: the example inputs (2, 1, 32, 32) float32 (from --input-shape) "
           "do not fit conv = Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1)): it takes (N, 3, H, W), got "
           "(2, 1, 32, 32) float32",
           "hint: conv is the first layer forward calls; declare inputs it takes, e.g. --input-shape 2,3,32,32")),
     Case("input-size-wrong-for-a-later-layer", "an image size the model was not written for",
-         {"cnn.py": src("""
-             import torch.nn as nn
-
-
-             class CNN(nn.Module):
-                 def __init__(self):
-                     super().__init__()
-                     self.conv = nn.Conv2d(3, 8, 3)
-                     self.head = nn.Linear(8 * 30 * 30, 10)
-
-                 def forward(self, x):
-                     return self.head(self.conv(x).flatten(1))
-         """)},
+         {"cnn.py": CNN},
          ("cnn.py", "--input-shape", "2,3,64,64"), 2,
          ("cnn.py:11: could not analyze cnn.py::CNN: the example inputs (2, 3, 64, 64) float32 (from --input-shape) "
           "do not fit head = Linear(in_features=7200, out_features=10, bias=True): it takes (..., 7200), got "
@@ -988,14 +969,20 @@ def test_a_check_opens_no_connection(monkeypatch, tmp_path):
 
     from gradlint.runner import run_paths
 
+    calls = []
+
     def refuse(*args, **kwargs):
-        raise AssertionError(f"network access: {args}")
+        # OSError, as a refused connection raises: gradlint's fallbacks catch other errors
+        # too, and an AssertionError raised here could be swallowed without a trace.
+        calls.append(args)
+        raise OSError(f"network access: {args}")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     reports, _ = run_paths([str(ROOT / "examples" / "sigmoid_mlp.py")], probe=True, seeds=1)
     assert [r.status for r in reports] == ["ok"]
+    assert not calls
 
 
 def main(argv: list[str]) -> int:
