@@ -1,7 +1,7 @@
 """Accuracy of gradlint's static predictions against real backward passes.
 
 For every model of the corpus (``benchmarks/corpus.py``): the static prediction
-(``gradlint.check``) and a measurement under the same protocol (``gradlint.measure``, the
+(``gradlint.check``) and a measurement under the same protocol (``gradlint.probing.measure``, the
 exported graph run for real in float64, 3 seeds, geometric mean over seeds). Per model:
 
 * profile error: |log10 predicted - log10 measured| per weight matrix after removing the
@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 
 import gradlint
-from gradlint.measure import measure
-from gradlint.result import cause_of
-from gradlint.summary import summarize
+from gradlint.probing.measure import measure
+from gradlint.engine.result import cause_of
+from gradlint.engine.summary import summarize
 from corpus import CORPUS
 
 

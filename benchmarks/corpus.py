@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 import torch.nn as nn
 
-from gradlint.inputs import ExampleInputs, TensorSpec
+from gradlint.capture.inputs import ExampleInputs, TensorSpec
 
 
 @dataclass(frozen=True)

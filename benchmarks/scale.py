@@ -12,7 +12,7 @@ Sections (each prints a markdown table; every measurement runs in a fresh subpro
 * ``bigmodels``: Llama-2-70B, Mixtral-8x7B and BERT-large from transformers configs written
   out here (no download; HF_HUB_OFFLINE=1), built on the meta device, 1 x 512 tokens: time to
   build, wall and CPU time of ``check`` (the first in the process, so torch.export's
-  first-use imports are in it) and the CPU time of its graph capture (gradlint.recording, or
+  first-use imports are in it) and the CPU time of its graph capture (gradlint.capture.record, or
   torch.export where recording refuses; the table names the path), peak RSS of
   the process (``ru_maxrss``), graph size, verdict, and the ops without a transfer rule
   (GL902).
@@ -161,16 +161,16 @@ def _steps(path: str) -> dict:
 
     step("import gradlint.cli (click, the command line)", lambda: __import__("gradlint.cli"))
     step("import torch", lambda: __import__("torch"))
-    from gradlint import loading
+    from gradlint.load import loading
     module = step("import the user's file", lambda: loading.import_file(Path(path)))
     target = loading.discover(module, Path(path), None).targets[0]
     step("import gradlint.api and the rules (gradlint's own modules)",
-         lambda: (__import__("gradlint.api"), __import__("gradlint.rule").rule.load_builtin()))
+         lambda: (__import__("gradlint.api"), __import__("gradlint.lint.rule").rule.load_builtin()))
     # Graph capture runs torch's meta kernels, and the first of them imports torch._dynamo
     # (with sympy): a cost of every first capture, recorded or exported.
     step("import torch._dynamo (imported by torch's meta kernels at first use)", lambda: __import__("torch._dynamo"))
     import gradlint.api as api
-    from gradlint.inputs import resolve_inputs
+    from gradlint.capture.inputs import resolve_inputs
 
     model = step("build the model", lambda: loading.instantiate(target))
     ex = resolve_inputs(model, target.options)
@@ -199,10 +199,10 @@ def _timed_capture(total: list) -> None:
     """Adds each graph capture's wall and CPU seconds to ``total[0]`` and ``total[1]``, and the
     path that gave the graph (``recorded`` or ``torch.export``) to ``total[2]``.
 
-    Capture is ``tracing.recorded_program`` (gradlint.recording) and, where recording refuses,
+    Capture is ``tracing.recorded_program`` (gradlint.capture.record) and, where recording refuses,
     ``tracing.export_program`` after it; both are counted.
     """
-    from gradlint import tracing
+    from gradlint.capture import trace as tracing
 
     def timed(original, path):
         def wrapper(*args, **kwargs):
@@ -225,7 +225,7 @@ def _bigmodel(key: str, seq: int) -> dict:
     import transformers
 
     import gradlint
-    from gradlint.inputs import ExampleInputs, TensorSpec
+    from gradlint.capture.inputs import ExampleInputs, TensorSpec
 
     label, cls_name, cfg_name, vocab, cfg = BIG[key]
     export = [0.0, 0.0, ""]

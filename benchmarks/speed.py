@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 
 import gradlint
-from gradlint.inputs import ExampleInputs, TensorSpec
+from gradlint.capture.inputs import ExampleInputs, TensorSpec
 
 
 def rss_mb() -> float:

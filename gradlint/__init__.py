@@ -11,8 +11,8 @@ import warnings
 from typing import Any
 
 from gradlint._version import __version__
-from gradlint.errors import GradlintError, InputError, LoadError, TraceError
-from gradlint.targets import Tokens, target, tokens
+from gradlint.base.errors import GradlintError, InputError, LoadError, TraceError
+from gradlint.base.targets import Tokens, target, tokens
 
 __all__ = [
     "__version__", "check", "probe", "assert_healthy", "target", "tokens", "Tokens", "Report", "Finding",
@@ -24,12 +24,12 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
 _LAZY = {
     "check": ("gradlint.api", "check"),
-    "probe": ("gradlint.probing", "probe"),
+    "probe": ("gradlint.probing.probe", "probe"),
     "assert_healthy": ("gradlint.assertions", "assert_healthy"),
-    "Report": ("gradlint.report", "Report"),
-    "Finding": ("gradlint.findings", "Finding"),
-    "Severity": ("gradlint.findings", "Severity"),
-    "ExitCode": ("gradlint.findings", "ExitCode"),
+    "Report": ("gradlint.base.report", "Report"),
+    "Finding": ("gradlint.base.findings", "Finding"),
+    "Severity": ("gradlint.base.findings", "Severity"),
+    "ExitCode": ("gradlint.base.findings", "ExitCode"),
 }
 
 

@@ -10,17 +10,25 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-from gradlint import fusion, loading, params as params_mod, suppress, tracing
-from gradlint.engine import propagate
-from gradlint.errors import ForwardError, InputError
-from gradlint.findings import Finding, Severity
-from gradlint.graph import Source
-from gradlint.inputs import ExampleInputs, resolve_inputs
-from gradlint.report import LayerReport, ParamReport, Report
-from gradlint.result import Result, build_summary
-from gradlint.rule import REGISTRY, Rule, load_builtin
-from gradlint.summary import DEFAULT_THRESHOLD, NORM_KINDS, WEIGHTED_KINDS
-from gradlint.targets import TargetOptions
+from gradlint.capture import fusion
+
+from gradlint.load import loading
+
+from gradlint.capture import params as params_mod
+
+from gradlint.lint import suppress
+
+from gradlint.capture import trace as tracing
+from gradlint.engine.propagate import propagate
+from gradlint.base.errors import ForwardError, InputError
+from gradlint.base.findings import Finding, Severity
+from gradlint.capture.graph import Source
+from gradlint.capture.inputs import ExampleInputs, resolve_inputs
+from gradlint.base.report import LayerReport, ParamReport, Report
+from gradlint.engine.result import Result, build_summary
+from gradlint.lint.rule import REGISTRY, Rule, load_builtin
+from gradlint.engine.summary import DEFAULT_THRESHOLD, NORM_KINDS, WEIGHTED_KINDS
+from gradlint.base.targets import TargetOptions
 
 LAYER_KINDS = WEIGHTED_KINDS | NORM_KINDS | {"act", "act_module"}
 
@@ -63,7 +71,7 @@ def select_rules(select: Iterable[str] | None = None, ignore: Iterable[str] | No
 def analyze(model: nn.Module, inputs: ExampleInputs | None, *, threshold: float = DEFAULT_THRESHOLD,
             target_source: Source | None = None) -> tuple[Result, list[str]]:
     """Trace, propagate and summarize; no rules. Returns the result and tracing failures."""
-    from gradlint.initscan import recorded_init
+    from gradlint.capture.initscan import recorded_init
 
     stats = params_mod.collect(model, recorded_init(model))
     graph, failures = tracing.trace(model, inputs)

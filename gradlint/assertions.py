@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Iterable
 
-from gradlint.findings import Finding, Severity
+from gradlint.base.findings import Finding, Severity
 
 if TYPE_CHECKING:
-    from gradlint.report import Report
+    from gradlint.base.report import Report
 
 # The rule that reports each unhealthy verdict: ignoring the rule also accepts the verdict.
 VERDICT_RULES = {"vanishing": ("GL101", "vanishing-gradient"), "exploding": ("GL102", "exploding-gradient"),
@@ -74,7 +74,7 @@ def assert_clean(report: Report, ignore: Iterable[str] = (), fail_on: str | None
 def failure_message(report: Report, findings: list[Finding], verdict: str | None, refuted: list[Finding],
                     fail_on: str) -> str:
     """The multi-line message of a failed assertion."""
-    from gradlint.report import relpath
+    from gradlint.base.report import relpath
 
     s = report.summary
     lines = [f"gradlint: {report.target} is not healthy: {_verdict_line(report)}"]
@@ -205,7 +205,7 @@ def assert_healthy(model: Any, inputs: Any = None, *, probe: bool = False, thres
     kwargs["ignore"] = ignore or None
     kwargs["fail_on"] = fail_on
     if probe:
-        from gradlint.probing import probe as run_probe
+        from gradlint.probing.probe import probe as run_probe
         report = run_probe(model, inputs, device=device, seeds=seeds, **kwargs)
     else:
         from gradlint.api import check

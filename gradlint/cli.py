@@ -1,4 +1,4 @@
-"""The ``gradlint`` command: a thin layer over ``gradlint.api`` and ``gradlint.loading``.
+"""The ``gradlint`` command: a thin layer over ``gradlint.api`` and ``gradlint.load.loading``.
 
 Torch is imported only inside the commands that need it, so ``--help`` and ``--version``
 answer at once.
@@ -18,7 +18,7 @@ from gradlint._version import __version__
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
-# check's options that [tool.gradlint] can set too (gradlint.config.CLI_OPTIONS, kept here so
+# check's options that [tool.gradlint] can set too (gradlint.run.config.CLI_OPTIONS, kept here so
 # --help imports nothing more).
 _CONFIG_OPTIONS = ("select", "ignore", "fail_on", "threshold", "input_shapes", "probe", "device", "seeds",
                    "jobs", "timeout", "force_exclude")
@@ -99,22 +99,22 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
     if update_baseline and not baseline:
         raise click.UsageError("--update-baseline needs --baseline FILE")
     if select or ignore or _names_rules(config_file):
-        from gradlint.rule import catalog_imports_rules
+        from gradlint.lint.rule import catalog_imports_rules
 
         if catalog_imports_rules():
             # With rule packs, checking rule names imports the rules, and torch with them, here:
             # a worker started now imports its own torch meanwhile, not after. The built-in
             # rules are read without importing them, and a run whose files all hit the cache
             # starts no worker.
-            from gradlint.workers import prestart
+            from gradlint.run.workers import prestart
             prestart()
     cfg = _configure(dict(config_file=config_file, input_shapes=input_shapes, select=select, ignore=ignore,
                           threshold=threshold, fail_on=fail_on, probe=probe, device=device, seeds=seeds,
                           jobs=jobs, timeout=timeout, force_exclude=force_exclude))
     if not paths and not (cfg.targets or cfg.include):
         raise click.UsageError("give PATHS to check, or targets or include in [tool.gradlint]")
-    from gradlint.cache import default_dir
-    from gradlint.runner import Interrupted, run_paths
+    from gradlint.run.cache import default_dir
+    from gradlint.run.runner import Interrupted, run_paths
 
     interrupted = False
     try:
@@ -132,8 +132,8 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
         sys.exit(EXIT_INTERRUPTED)
     plot_failed = False
     if plot_to and not interrupted:
-        from gradlint.errors import GradlintError
-        from gradlint.plot import write_plots
+        from gradlint.base.errors import GradlintError
+        from gradlint.output.plot import write_plots
         try:
             notes = [*notes, *(f"wrote {written}" for written in write_plots(reports, plot_to))]
         except GradlintError as e:  # the report still prints; the exit code says the chart is missing
@@ -142,14 +142,14 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
     recorded = False
     # An interrupted run's findings are partial: they may filter the output, never be recorded.
     if baseline and not (interrupted and (update_baseline or not Path(baseline).exists())):
-        from gradlint.baseline import BaselineError, apply as apply_baseline
+        from gradlint.output.baseline import BaselineError, apply as apply_baseline
         try:
             reports, more, recorded = apply_baseline(reports, baseline, update=update_baseline)
         except BaselineError as e:
             click.echo(f"gradlint: {e}", err=True)
             sys.exit(EXIT_ERROR)
         notes = [*notes, *more]
-    from gradlint.formats import render, use_color
+    from gradlint.output.formats import render, use_color
 
     color = use_color(fmt, to_file=output is not None, isatty=sys.stdout.isatty())
     text = render(fmt, reports, notes, color=color, profile=show_profile)
@@ -175,7 +175,7 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
 
 def _names_rules(config_file: str | None) -> bool:
     """Whether the configuration file may name rules (a cheap look at its text)."""
-    from gradlint.config import ConfigError, find
+    from gradlint.run.config import ConfigError, find
 
     try:
         file = Path(config_file) if config_file else find()
@@ -187,7 +187,7 @@ def _names_rules(config_file: str | None) -> bool:
 
 def _configure(params: dict[str, Any]) -> Any:
     """defaults < [tool.gradlint] < the command line; a bad configuration exits 2 naming its line."""
-    from gradlint.config import ConfigError, from_command_line, load, merge
+    from gradlint.run.config import ConfigError, from_command_line, load, merge
 
     shapes = tuple(_parse_shape(s) for s in params.get("input_shapes") or ())
     try:
@@ -203,7 +203,7 @@ def config_cmd(**params: Any) -> None:
 
     Takes check's options, so `gradlint config --fail-on warning` shows what check would use.
     """
-    from gradlint.config import describe
+    from gradlint.run.config import describe
 
     click.echo(describe(_configure(params)))
 
@@ -230,7 +230,7 @@ def progress_bar(probe: bool, isatty: bool, env: Any) -> Any:
 @main.command("rules")
 def rules_cmd() -> None:
     """List the rules."""
-    from gradlint.rule import load_builtin
+    from gradlint.lint.rule import load_builtin
 
     for code, cls in sorted(load_builtin().items()):
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
@@ -241,7 +241,7 @@ def rules_cmd() -> None:
 @click.argument("rule")
 def explain(rule: str) -> None:
     """Print one rule's documentation (by code or name)."""
-    from gradlint.rule import load_builtin
+    from gradlint.lint.rule import load_builtin
 
     for code, cls in load_builtin().items():
         if rule.upper() == code or rule == cls.name:
@@ -274,7 +274,7 @@ def test_rules(package: str) -> None:
 @main.command("docs")
 def docs_cmd() -> None:
     """Print docs/rules.md, generated from the rules."""
-    from gradlint.docs import rules_markdown
+    from gradlint.lint.docs import rules_markdown
 
     click.echo(rules_markdown(), nl=False)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import pytest
 
 if TYPE_CHECKING:
-    from gradlint.report import Report
+    from gradlint.base.report import Report
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -114,7 +114,7 @@ class GradlintFixture:
             seeds: Seeds to average over (default: ``--gradlint-seeds``).
             **kw: Passed on to ``gradlint.check``.
         """
-        from gradlint.probing import probe
+        from gradlint.probing.probe import probe
 
         return probe(model, inputs, device=device or self.device, seeds=seeds or self.seeds,
                      **self._check_kwargs(kw))

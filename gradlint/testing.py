@@ -12,7 +12,7 @@ import inspect
 import pkgutil
 from dataclasses import dataclass
 
-from gradlint.rule import DOC_SECTIONS, REGISTRY, Rule
+from gradlint.lint.rule import DOC_SECTIONS, REGISTRY, Rule
 
 
 @dataclass(frozen=True)

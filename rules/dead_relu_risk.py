@@ -6,11 +6,11 @@ import math
 
 import torch.nn as nn
 
-from gradlint import gaussian
-from gradlint.findings import Severity
-from gradlint.rule import Case, Rule
-from gradlint.state import Fwd
-from gradlint.rulekit import forward_of as _fwd, const_like as _const_like
+from gradlint.engine import gaussian
+from gradlint.base.findings import Severity
+from gradlint.lint.rule import Case, Rule
+from gradlint.engine.state import Fwd
+from gradlint.lint.toolkit import forward_of as _fwd, const_like as _const_like
 
 DEAD_FNS = {"relu", "relu6"}
 # Between a layer and the ReLU it feeds: data movement only.

@@ -6,9 +6,9 @@ import math
 
 import torch.nn as nn
 
-from gradlint.findings import Severity
-from gradlint.rule import Case, Rule
-from gradlint.rulekit import describe_attribution, first_crossing, fix_for
+from gradlint.base.findings import Severity
+from gradlint.lint.rule import Case, Rule
+from gradlint.lint.toolkit import describe_attribution, first_crossing, fix_for
 
 
 def _std1_relu_mlp(depth: int = 10, width: int = 64) -> nn.Module:

@@ -7,8 +7,8 @@ import math
 import torch
 import torch.nn as nn
 
-from gradlint.findings import Severity
-from gradlint.rule import Case, Rule
+from gradlint.base.findings import Severity
+from gradlint.lint.rule import Case, Rule
 from gradlint.rules.vanilla_rnn_long_sequence import _RNNHead, cell_name, recurrent_gain, threshold_of
 
 

@@ -8,8 +8,8 @@ from collections import deque
 import torch
 import torch.nn as nn
 
-from gradlint.findings import Severity
-from gradlint.rule import Case, Rule
+from gradlint.base.findings import Severity
+from gradlint.lint.rule import Case, Rule
 
 # Ops that throw a real gradient away: the forward value is differentiable, the user cut it.
 LOSSY = {"detach()", "torch.no_grad()"}

@@ -7,10 +7,10 @@ from typing import Callable
 
 import torch.nn as nn
 
-from gradlint import gaussian
-from gradlint.findings import Severity
-from gradlint.rule import Case, Rule
-from gradlint.rulekit import Reach, forward_of as _fwd, feeds_output as _feeds_output, const_like as _const_like
+from gradlint.engine import gaussian
+from gradlint.base.findings import Severity
+from gradlint.lint.rule import Case, Rule
+from gradlint.lint.toolkit import Reach, forward_of as _fwd, feeds_output as _feeds_output, const_like as _const_like
 
 # Between a weight layer and its activation: data movement only (a bias added separately too).
 MOVES = {"identity", "select", "getitem", "expand", "datamove", "dropout"}

@@ -7,9 +7,9 @@ import math
 import torch
 import torch.nn as nn
 
-from gradlint import recurrent
-from gradlint.findings import Severity
-from gradlint.rule import Case, Rule
+from gradlint.engine import recurrent
+from gradlint.base.findings import Severity
+from gradlint.lint.rule import Case, Rule
 from gradlint.rules.vanilla_rnn_long_sequence import (CF_MAX_STEPS, _RNNHead, counterfactual_decay, input_q,
                                                       lag_decay, lag_log10, rnn_param, threshold_of)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from gradlint.findings import Severity
-from gradlint.rule import Case, Rule
-from gradlint.rulekit import describe_attribution, dominant_cause
+from gradlint.base.findings import Severity
+from gradlint.lint.rule import Case, Rule
+from gradlint.lint.toolkit import describe_attribution, dominant_cause
 from gradlint.rules.missing_skip_path import (run_profile, ACTIVATIONS, Structure, activation_call, activation_name, conv_dims,
                                               layer_type, out_width, plain_runs, structure_of, threshold_of, where)
 

@@ -14,12 +14,12 @@ import math
 import torch
 import torch.nn as nn
 
-from gradlint.findings import Severity
-from gradlint.rule import Case, Rule
-from gradlint.result import cause_of
-from gradlint.rulekit import describe_attribution
-from gradlint.summary import trunk_nodes
-from gradlint.transfers import NORMALIZATION
+from gradlint.base.findings import Severity
+from gradlint.lint.rule import Case, Rule
+from gradlint.engine.result import cause_of
+from gradlint.lint.toolkit import describe_attribution
+from gradlint.engine.summary import trunk_nodes
+from gradlint.engine.transfers import NORMALIZATION
 
 PLAIN_WEIGHTED = {"linear", "conv"}
 WEIGHTED = {"linear", "conv", "attention", "rnn", "embedding"}

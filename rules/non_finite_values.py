@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from gradlint.findings import Severity
-from gradlint.rule import Case, Rule
+from gradlint.base.findings import Severity
+from gradlint.lint.rule import Case, Rule
 
 
 def _nan_weight() -> nn.Module:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from gradlint.findings import Severity
-from gradlint.rule import Case, Rule
+from gradlint.base.findings import Severity
+from gradlint.lint.rule import Case, Rule
 
 
 class _Bessel(nn.Module):
@@ -36,7 +36,7 @@ class UnknownOp(Rule):
 
     ## Fix
     Nothing in the model needs to change. A custom transfer rule can be registered with
-    `gradlint.transfers.register`; or replace the op with a known one if the choice is free.
+    `gradlint.engine.transfers.register`; or replace the op with a known one if the choice is free.
 
     ## Known limits
     Mask and index computations that reach no parameter's gradient are not reported.

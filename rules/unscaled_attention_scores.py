@@ -7,10 +7,10 @@ import math
 import torch
 import torch.nn as nn
 
-from gradlint import gaussian
-from gradlint.findings import Severity
-from gradlint.rule import Case, Rule
-from gradlint.rulekit import forward_of as _fwd, feeds_output as _feeds_output
+from gradlint.engine import gaussian
+from gradlint.base.findings import Severity
+from gradlint.lint.rule import Case, Rule
+from gradlint.lint.toolkit import forward_of as _fwd, feeds_output as _feeds_output
 
 # Ops between a projection and the attention that only move data around.
 _PASS_BACK = {"identity", "select", "split", "getitem", "expand", "datamove", "dropout"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from gradlint.findings import Severity
-from gradlint.rule import Case, Rule
+from gradlint.base.findings import Severity
+from gradlint.lint.rule import Case, Rule
 
 
 class _DataDependent(nn.Module):

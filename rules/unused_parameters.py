@@ -7,8 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import gradlint
-from gradlint.findings import Severity
-from gradlint.rule import Case, Rule
+from gradlint.base.findings import Severity
+from gradlint.lint.rule import Case, Rule
 from gradlint.rules.gradient_blockage import Paths
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch.nn as nn
 
-from gradlint import recurrent
-from gradlint.findings import Severity
-from gradlint.rule import Case, Rule
-from gradlint.state import Fwd
+from gradlint.engine import recurrent
+from gradlint.base.findings import Severity
+from gradlint.lint.rule import Case, Rule
+from gradlint.engine.state import Fwd
 
 # Steps over which a counterfactual layer (another cell type, another forget bias) is
 # predicted; longer sequences are extrapolated at the far-lag rate. The dense recurrent

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from gradlint.findings import Severity
-from gradlint.rule import Case, Rule
-from gradlint.rulekit import describe_attribution, first_crossing, fix_for
+from gradlint.base.findings import Severity
+from gradlint.lint.rule import Case, Rule
+from gradlint.lint.toolkit import describe_attribution, first_crossing, fix_for
 
 
 def _sigmoid_mlp(depth: int = 20, width: int = 64) -> nn.Module:

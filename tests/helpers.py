@@ -21,7 +21,7 @@ import torch.nn as nn
 
 import gradlint
 from gradlint.api import _as_example_inputs
-from gradlint.measure import measure
+from gradlint.probing.measure import measure
 
 
 # Two-sided 99.9% quantiles of Student's t by degrees of freedom.

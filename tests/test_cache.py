@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gradlint import cache as cache_mod
-from gradlint import workers
+from gradlint.run import cache as cache_mod
+from gradlint.run import workers
 from gradlint.cli import main
 
 MODEL = textwrap.dedent("""
@@ -73,7 +73,7 @@ def test_an_unchanged_file_is_not_checked_again(project, tmp_path):
 def test_a_hit_starts_no_worker_and_never_imports_torch(project, tmp_path):
     c = tmp_path / "cache"
     run(c, "model.py")
-    code = ("import sys; from gradlint.cli import main; from gradlint import workers\n"
+    code = ("import sys; from gradlint.cli import main; from gradlint.run import workers\n"
             f"try:\n    main(['check', '--cache-dir', {str(c)!r}, 'model.py'])\n"
             "except SystemExit as e:\n    print('exit', e.code)\n"
             "print(workers.counters['started'], 'torch' in sys.modules)")
@@ -183,7 +183,7 @@ def test_local_imports_follow_the_project_not_site_packages(tmp_path):
     (root / "lazy.py").write_text("")
     (root / "unused.py").write_text("")
     (root / "model.py").write_text("import os, torch\nfrom pkg.sub import leaf\nfrom pkg import sub\n")
-    c = cache_mod.Cache(tmp_path / "c", __import__("gradlint.runner").runner.Settings())
+    c = cache_mod.Cache(tmp_path / "c", __import__("gradlint.run.runner").run.runner.Settings())
     found = cache_mod.local_imports((root / "model.py").resolve(), c._read)
     rel = sorted(str(f.relative_to(root.resolve())) for f in found)
     assert rel == ["lazy.py", "pkg/__init__.py", "pkg/sub/__init__.py", "pkg/sub/leaf.py", "pkg/util.py"]
@@ -281,7 +281,7 @@ def test_prune_removes_temporary_files_a_killed_run_left(tmp_path):
 
 
 def test_prune_runs_at_most_once_a_day_and_only_after_a_write(tmp_path, monkeypatch):
-    from gradlint.runner import Settings
+    from gradlint.run.runner import Settings
 
     c = tmp_path / "cache"
     old = _entry(c, 1, age_days=60)

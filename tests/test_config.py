@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gradlint import config
+from gradlint.run import config
 from gradlint.cli import main
-from gradlint.errors import ConfigError
-from gradlint.findings import Finding
+from gradlint.base.errors import ConfigError
+from gradlint.base.findings import Finding
 
 # A model whose constructor needs arguments: discovery alone skips it.
 NET = """\
@@ -187,7 +187,7 @@ def test_fail_on_from_the_file_and_from_the_command_line(project):
 
 
 def test_jobs_and_timeout_come_from_the_command_line_then_the_file_then_the_defaults(project, monkeypatch):
-    from gradlint import workers
+    from gradlint.run import workers
 
     seen = []
 
@@ -419,10 +419,10 @@ def test_adjust_matches_the_finding_file_or_the_checked_file(tmp_path):
 
 
 def test_rule_catalog_read_from_source_matches_the_imported_rules():
-    from gradlint.rule import RuleInfo, catalog, load_builtin
+    from gradlint.lint.rule import RuleInfo, catalog, load_builtin
 
     full = load_builtin()
-    import gradlint.rule as rule_mod
+    import gradlint.lint.rule as rule_mod
     saved = dict(rule_mod.REGISTRY)
     rule_mod.REGISTRY.clear()  # catalog() reads the source only while no rule is imported yet
     try:
@@ -437,6 +437,6 @@ def test_checking_rule_names_in_the_configuration_imports_no_torch(tmp_path):
     import subprocess
     import sys
     (tmp_path / "pyproject.toml").write_text('[tool.gradlint]\nselect = ["GL1"]\n[tool.gradlint.rules.GL101]\nthreshold = 3.0\n')
-    code = "import sys, gradlint.config as c; c.load(start=sys.argv[1]); print('torch' in sys.modules)"
+    code = "import sys, gradlint.run.config as c; c.load(start=sys.argv[1]); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr

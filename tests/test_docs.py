@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from gradlint.docs import rules_markdown
+from gradlint.lint.docs import rules_markdown
 
 
 def test_rules_doc_is_current():

@@ -835,7 +835,7 @@ def _process_state() -> tuple:
 
 
 def test_what_user_code_changes_is_undone_after_each_file_and_target(tmp_path, capfd):
-    from gradlint.runner import run_paths
+    from gradlint.run.runner import run_paths
 
     (tmp_path / "a.py").write_text(src("""
         import os
@@ -967,7 +967,7 @@ def test_gradlint_imports_no_network_module():
 def test_a_check_opens_no_connection(monkeypatch, tmp_path):
     import socket
 
-    from gradlint.runner import run_paths
+    from gradlint.run.runner import run_paths
 
     calls = []
 

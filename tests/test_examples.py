@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gradlint.runner import run_paths
+from gradlint.run.runner import run_paths
 
 EX = Path(__file__).resolve().parents[1] / "examples"
 EXPECTED = {

@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from gradlint.cli import main
-from gradlint.findings import Finding
-from gradlint.formats import (FINGERPRINT_KEY, github_escape_data, github_escape_property, github_lines, render,
+from gradlint.base.findings import Finding
+from gradlint.output.formats import (FINGERPRINT_KEY, github_escape_data, github_escape_property, github_lines, render,
                               repo_relpath, repo_root, sarif_doc, use_color)
-from gradlint.report import Report
-from gradlint.runner import run_paths
+from gradlint.base.report import Report
+from gradlint.run.runner import run_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = Path(__file__).parent / "data" / "sarif-schema-2.1.0.json"

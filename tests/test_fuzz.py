@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gradlint
-from gradlint.errors import GradlintError
+from gradlint.base.errors import GradlintError
 
 CHECK_EXAMPLES = int(os.environ.get("GRADLINT_FUZZ_EXAMPLES", "100"))
 PROBE_EXAMPLES = int(os.environ.get("GRADLINT_FUZZ_PROBE_EXAMPLES", "15"))
@@ -932,8 +932,8 @@ _files = iter(range(10**9))
 @settings(max_examples=max(CHECK_EXAMPLES // 20, 10), **_settings)
 @given(spec=specs, form=st.sampled_from(FILE_FORMS))
 def test_loader_contract(spec, form, tmp_path_factory):
-    from gradlint import loading
-    from gradlint.inputs import resolve_inputs
+    from gradlint.load import loading
+    from gradlint.capture.inputs import resolve_inputs
 
     path = tmp_path_factory.getbasetemp() / f"fuzzed_model_{next(_files)}.py"
     path.write_text(_HEADER.format(spec=json.dumps(spec)) + _BODIES[form])

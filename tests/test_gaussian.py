@@ -1,4 +1,4 @@
-"""Tests for gradlint.gaussian: Gaussian expectations of the mean-field engine.
+"""Tests for gradlint.engine.gaussian: Gaussian expectations of the mean-field engine.
 
 References are independent of the module's own code paths wherever possible:
 Monte Carlo with torch's functional activations and autograd derivatives, the
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gradlint import gaussian as g
+from gradlint.engine import gaussian as g
 
 N_MC = 1_000_000  # samples per (mu, v) configuration
 N_MC_CROSS = 500_000

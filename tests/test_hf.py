@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import gradlint
-from gradlint.inputs import ExampleInputs, TensorSpec
+from gradlint.capture.inputs import ExampleInputs, TensorSpec
 
 transformers = pytest.importorskip("transformers")
 V = 1000

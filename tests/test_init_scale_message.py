@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import gradlint
-from gradlint import baseline
+from gradlint.output import baseline
 from gradlint.rules.init_scale_mismatch import _relative
 
 LONG_NUMBER = re.compile(r"\d{6,}")

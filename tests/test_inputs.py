@@ -1,4 +1,4 @@
-"""Tests of gradlint.targets and gradlint.inputs: declaring, resolving and drawing example inputs."""
+"""Tests of gradlint.base.targets and gradlint.capture.inputs: declaring, resolving and drawing example inputs."""
 
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from gradlint.errors import InputError, LoadError
-from gradlint.inputs import ExampleInputs, TensorSpec, resolve_inputs
-from gradlint.targets import TARGET_ATTR, TargetOptions, Tokens, check_shape, target, tokens
+from gradlint.base.errors import InputError, LoadError
+from gradlint.capture.inputs import ExampleInputs, TensorSpec, resolve_inputs
+from gradlint.base.targets import TARGET_ATTR, TargetOptions, Tokens, check_shape, target, tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# --- gradlint.targets -----------------------------------------------------------------------------
+# --- gradlint.base.targets -----------------------------------------------------------------------------
 
 def test_targets_module_does_not_import_torch():
-    code = "import sys, gradlint.targets; assert 'torch' not in sys.modules"
+    code = "import sys, gradlint.base.targets; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
@@ -262,7 +262,7 @@ def test_decorator_callable_error_points_at_user_line():
     lines = Path(__file__).read_text().splitlines()
     assert lines[err.line - 1].strip() == 'raise RuntimeError("no data here")'
     assert "RuntimeError: no data here" in err.message
-    assert "no data here" in err.traceback_text and "gradlint/inputs.py" not in err.traceback_text
+    assert "no data here" in err.traceback_text and "gradlint/capture/inputs.py" not in err.traceback_text
 
 
 @pytest.mark.parametrize("produced, fragment", [(3, "returned int"), ((1, "a"), "returned no tensor")])

@@ -1,4 +1,4 @@
-"""Tests of gradlint.loading: naming, importing, discovering and building targets."""
+"""Tests of gradlint.load.loading: naming, importing, discovering and building targets."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from gradlint.errors import GradlintError, InputError, LoadError
-from gradlint.loading import (
+from gradlint.base.errors import GradlintError, InputError, LoadError
+from gradlint.load.loading import (
     Discovery, Skipped, Target, discover, find_project_root, format_user_traceback, import_file,
     instantiate, iter_python_files, parse_target_arg, user_code,
 )
@@ -43,7 +43,7 @@ def write(path: Path, text: str) -> Path:
 
 def assert_no_gradlint_frames(text: str) -> None:
     """Checks that a user traceback shows neither gradlint's nor importlib's frames."""
-    assert "gradlint/loading.py" not in text
+    assert "gradlint/load/loading.py" not in text
     assert "<frozen importlib" not in text
 
 
@@ -263,7 +263,7 @@ def test_import_file_user_path_additions_are_undone(tmp_path):
 def test_malformed_decorator_reports_users_line(tmp_path):
     path = write(tmp_path / "m.py", """\
         from torch import nn
-        from gradlint.targets import target
+        from gradlint.base.targets import target
 
 
         @target(inputs=(8, -1))
@@ -346,7 +346,7 @@ def test_discover_decorated_assignment(tmp_path):
     path = write(tmp_path / "m.py", """\
         import functools
         from torch import nn
-        from gradlint.targets import target
+        from gradlint.base.targets import target
 
 
         class Net(nn.Module):
@@ -370,7 +370,7 @@ def test_discover_package_module_ignores_relative_imports():
 def test_discover_subclass_of_decorated_class_is_plain(tmp_path):
     path = write(tmp_path / "m.py", """\
         from torch import nn
-        from gradlint.targets import target
+        from gradlint.base.targets import target
 
 
         @target(inputs=(2, 3))

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 import gradlint
-from gradlint.inputs import ExampleInputs, TensorSpec
+from gradlint.capture.inputs import ExampleInputs, TensorSpec
 from helpers import Trials, decades, log_rms
 
 transformers = pytest.importorskip("transformers")

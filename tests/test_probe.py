@@ -159,7 +159,7 @@ def test_meta_model_without_init_code_is_a_clear_error():
 
     with torch.device("meta"):
         model = nn.Sequential(nn.Linear(16, 16), Scale())
-    from gradlint.probing import ProbeError
+    from gradlint.probing.probe import ProbeError
     with pytest.raises(ProbeError, match=r"define no reset_parameters\(\): 1 \(Scale: gain\)"):
         gradlint.probe(model, (8, 16))
 
@@ -173,7 +173,7 @@ OOM = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacit
 
 
 def test_out_of_memory_halves_the_batch(monkeypatch):
-    import gradlint.probing as probing
+    import gradlint.probing.probe as probing
 
     real = probing.measure
     asked = []
@@ -193,7 +193,7 @@ def test_out_of_memory_halves_the_batch(monkeypatch):
 
 
 def test_out_of_memory_at_batch_one_names_the_memory(monkeypatch):
-    import gradlint.probing as probing
+    import gradlint.probing.probe as probing
 
     def fake(model, ex, **kw):
         raise torch.OutOfMemoryError(OOM)
@@ -235,7 +235,7 @@ def test_non_finite_forward_names_the_first_op():
 
 
 def test_device_errors_are_clear():
-    from gradlint.probing import ProbeError, resolve_device
+    from gradlint.probing.probe import ProbeError, resolve_device
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ProbeError, match="not a device"):
         resolve_device("gpu0")
@@ -249,7 +249,7 @@ def test_device_errors_are_clear():
                                      "small_resnet"])
 def test_cuda_probe_matches_cpu(example):
     from pathlib import Path
-    from gradlint.runner import run_paths
+    from gradlint.run.runner import run_paths
 
     path = str(Path(__file__).parent.parent / "examples" / f"{example}.py")
     (cpu,), _ = run_paths([path], probe=True, device="cpu", seeds=2)

@@ -28,9 +28,9 @@ from hypothesis import strategies as st
 
 import gradlint
 from gradlint.api import _as_example_inputs
-from gradlint.measure import measure
-from gradlint.result import cause_of
-from gradlint.summary import DEFAULT_THRESHOLD, summarize
+from gradlint.probing.measure import measure
+from gradlint.engine.result import cause_of
+from gradlint.engine.summary import DEFAULT_THRESHOLD, summarize
 from helpers import T999
 
 ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}

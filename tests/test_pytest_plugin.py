@@ -250,9 +250,9 @@ def test_assertion_survives_python_O():
     # python -O strips assert statements; the check must not depend on them. A hand-made
     # report keeps torch (and its slow first -O compile) out of the subprocess.
     code = textwrap.dedent("""
-        from gradlint.findings import Finding
-        from gradlint.report import Report
-        from gradlint.summary import Summary
+        from gradlint.base.findings import Finding
+        from gradlint.base.report import Report
+        from gradlint.engine.summary import Summary
         finding = Finding("GL101", "vanishing-gradient", "error", "vanishing", "gradient vanishes", fix="use ReLU")
         report = Report(target="Net", summary=Summary("vanishing", 5.0), findings=(finding,))
         try:

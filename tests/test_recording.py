@@ -1,4 +1,4 @@
-"""The recorded graph (gradlint.recording) is the graph torch.export gives.
+"""The recorded graph (gradlint.capture.record) is the graph torch.export gives.
 
 Each test builds a model, converts both programs with the same ``aten.Converter`` and
 compares every field of every node, then compares whole reports. Where recording must
@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 
 import gradlint
-from gradlint import tracing
-from gradlint.inputs import ExampleInputs, TensorSpec
-from gradlint.recording import Unsupported
+from gradlint.capture import trace as tracing
+from gradlint.capture.inputs import ExampleInputs, TensorSpec
+from gradlint.capture.record import Unsupported
 
 ROOT = Path(__file__).resolve().parent.parent
 

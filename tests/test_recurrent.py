@@ -1,4 +1,4 @@
-"""gradlint.recurrent against real backward passes of nn.RNN / nn.LSTM / nn.GRU.
+"""gradlint.engine.recurrent against real backward passes of nn.RNN / nn.LSTM / nn.GRU.
 
 Protocol (signal-propagation.md section 1): x ~ N(0, 1), L = Σ g·y with g ~ N(0, 1),
 train mode, float64 (gradients at lag 99 are 1e-22 … 1e-34, too small for float32 to keep
@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from gradlint import recurrent as R
+from gradlint.engine import recurrent as R
 
 NEAR_END = 0.1  # decades per step, lags ≤ 20 (brief)
 SLOPE_REL = 0.05  # relative error of the per-step decay slope (brief)

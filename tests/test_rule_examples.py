@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from gradlint.rule import load_builtin
+from gradlint.lint.rule import load_builtin
 from gradlint.testing import cases, contract_problems, run_case
 
 RULES = load_builtin()

@@ -19,7 +19,7 @@ import pytest
 def unregister_pack():
     """Keep the toy pack's rule out of the rest of the session."""
     yield
-    from gradlint.rule import REGISTRY
+    from gradlint.lint.rule import REGISTRY
     REGISTRY.pop("GL801", None)
     for name in [m for m in sys.modules if m == "example_pack" or m.startswith("example_pack.")]:
         del sys.modules[name]
@@ -43,7 +43,7 @@ def test_pack_rules_run_in_check_once_registered(monkeypatch):
 
 
 def test_entry_points_are_loaded(monkeypatch):
-    import gradlint.rule as rule_mod
+    import gradlint.lint.rule as rule_mod
 
     loaded = []
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gradlint import workers
+from gradlint.run import workers
 from gradlint.cli import main
-from gradlint.report import Report
+from gradlint.base.report import Report
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="signals and fork semantics of POSIX")
 
@@ -117,7 +117,7 @@ def test_a_worker_that_cannot_start_fails_each_file_once(project, monkeypatch):
 
 
 def test_the_progress_bar_counts_files_as_the_workers_finish_them(project):
-    from gradlint.runner import run_paths
+    from gradlint.run.runner import run_paths
 
     handed = []
 
@@ -161,7 +161,7 @@ def test_ctrl_c_prints_what_finished_and_exits_130(project):
 
 def test_what_crosses_the_pipe_loads_without_torch():
     # A probe's Agreement lives in a module that imports torch; it arrives as a Record.
-    from gradlint.probing import Agreement
+    from gradlint.probing.probe import Agreement
 
     agreement = Agreement(0.1, 0.2, "fc.weight", (), "cpu", 3, 1.5, lag_grad_rms=(("rnn", (1.0, 0.5)),))
     report = Report(target="m.py::M", probe=agreement, params=())

@@ -1,0 +1,614 @@
+"""From torch.export's ATen graph to gradlint's ``Graph``.
+
+Each ATen op is bound to its schema (argument names), then a small normalizer picks the
+transfer ``kind``, the activation inputs, the parameters and the attributes the transfer
+rule needs. Ops that only move data around become ``identity`` with the dims they touch.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import re
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+
+from gradlint.capture.graph import Graph, Node, Source
+
+aten = torch.ops.aten
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_GRADLINT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the gradlint package
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in [^\n]*\n?(?:\s+(.*))?')
+
+# Activation ops and the name gradlint.engine.gaussian knows them by.
+ACTIVATIONS = {
+    "relu": "relu", "relu6": "relu6", "leaky_relu": "leaky_relu", "elu": "elu", "celu": "celu",
+    "selu": "selu", "gelu": "gelu", "silu": "silu", "mish": "mish", "sigmoid": "sigmoid",
+    "tanh": "tanh", "hardtanh": "hardtanh", "softplus": "softplus", "hardswish": "hardswish",
+    "hardsigmoid": "hardsigmoid", "log_sigmoid_forward": "logsigmoid", "prelu": "prelu",
+    "_prelu_kernel": "prelu", "logsigmoid": "logsigmoid",
+}
+# Ops that only re-index elements: statistics pass through unchanged.
+RESHAPES = {
+    "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "contiguous", "clone",
+    "unsqueeze", "squeeze", "flatten", "unflatten", "alias", "_to_copy", "to", "type_as",
+    "lift_fresh_copy", "view_as", "movedim", "swapaxes", "numpy_T", "mT", "dropout_identity",
+    "copy", "fill_diagonal_",
+}
+# Ops through which no gradient flows.
+BLOCKERS = {
+    "detach": "detach()", "argmax": "argmax", "argmin": "argmin", "round": "round",
+    "sign": "sign", "floor": "floor", "ceil": "ceil", "trunc": "trunc", "gt": "a comparison",
+    "lt": "a comparison", "ge": "a comparison", "le": "a comparison", "eq": "a comparison",
+    "ne": "a comparison", "logical_not": "a logical op", "logical_and": "a logical op",
+    "logical_or": "a logical op", "bitwise_not": "a logical op",
+    "bucketize": "bucketize", "searchsorted": "searchsorted",
+    "heaviside": "heaviside", "isnan": "isnan", "isinf": "isinf", "isfinite": "isfinite",
+    # Index arithmetic of mixture-of-experts dispatch: integer results, zero derivative.
+    "floor_divide": "floor_divide", "histc": "histc", "bincount": "bincount", "argsort": "sort indices",
+}
+# Ops that make tensors from nothing (shapes and constants only).
+CREATORS = {
+    "zeros", "ones", "full", "empty", "arange", "zeros_like", "ones_like", "full_like",
+    "empty_like", "scalar_tensor", "tensor", "eye", "linspace", "new_zeros", "new_ones",
+    "new_full", "new_empty", "rand", "randn", "randint", "rand_like", "randn_like",
+    "randint_like", "_local_scalar_dense", "empty_strided", "new_empty_strided",
+}
+# Element-wise maths without a closed-form rule: evaluated on the Gaussian grid.
+ELEMENTWISE = {
+    "exp", "log", "sqrt", "rsqrt", "abs", "sin", "cos", "erf", "reciprocal", "square",
+    "log1p", "expm1", "exp2", "sinh", "cosh", "atan", "asinh", "clamp", "clamp_min",
+    "clamp_max", "clip", "pow", "softsign", "sgn", "erfc", "atanh", "acos", "asin", "tan",
+    "sigmoid_", "nan_to_num",
+}
+SKIP = {"sym_size", "sym_numel", "sym_stride", "_assert_async", "_assert_scalar", "_assert_tensor_metadata",
+        "sym_constrain_range_for_size", "_set_grad_enabled", "add_.Scalar"}
+
+
+def op_name(target: Any) -> str:
+    """The short name of an fx call target (``linear`` for ``aten.linear.default``)."""
+    if isinstance(target, torch._ops.OpOverload):
+        name = target._overloadpacket.__name__
+    elif isinstance(target, torch._ops.OpOverloadPacket):
+        name = target.__name__
+    else:
+        name = getattr(target, "__name__", str(target))
+    # In-place and out-of-place variants share their statistics.
+    if name.endswith("_") and not name.startswith("_") and name not in {"fill_diagonal_"}:
+        name = name[:-1]
+    return name
+
+
+def bind(node: fx.Node) -> dict[str, Any]:
+    """Bind an ATen call's args and kwargs to its schema's argument names."""
+    target = node.target
+    if not isinstance(target, torch._ops.OpOverload):
+        return {f"arg{i}": a for i, a in enumerate(node.args)} | dict(node.kwargs)
+    out: dict[str, Any] = {}
+    for i, arg in enumerate(target._schema.arguments):
+        if i < len(node.args) and not arg.kwarg_only:
+            out[arg.name] = node.args[i]
+        elif arg.name in node.kwargs:
+            out[arg.name] = node.kwargs[arg.name]
+        elif arg.has_default_value():
+            out[arg.name] = arg.default_value
+        else:
+            out[arg.name] = None
+    return out
+
+
+def call_site(stack_trace: str | None) -> Source | None:
+    """The frame of a node's stack trace that is most likely the user's own code.
+
+    Innermost frame outside torch and gradlint, preferring frames outside site-packages, so
+    a user's model points at their line while a transformers model points at transformers.
+    """
+    if not stack_trace:
+        return None
+    frames = [(p, int(line), (code or "").strip()) for p, line, code in _FRAME.findall(stack_trace)]
+    frames = [f for f in frames if not f[0].startswith(_TORCH_DIR) and not f[0].startswith(_GRADLINT_DIR)
+              and "<frozen" not in f[0] and "<eval_with_key>" not in f[0]]
+    if not frames:
+        return None
+    own = [f for f in frames if "site-packages" not in f[0] and "dist-packages" not in f[0]]
+    path, line, code = (own or frames)[-1]
+    return Source(path, line, code)
+
+
+def _shape(val: Any) -> Any:
+    if isinstance(val, torch.Tensor):
+        return tuple(int(d) for d in val.shape)
+    if isinstance(val, (tuple, list)):
+        return tuple(_shape(v) for v in val)
+    return None
+
+
+def _dtype(val: Any) -> str:
+    if isinstance(val, (tuple, list)) and val:
+        return _dtype(val[0])
+    if isinstance(val, torch.Tensor):
+        if val.dtype == torch.bool:
+            return "bool"
+        return "float" if (val.dtype.is_floating_point or val.dtype.is_complex) else "int"
+    return "none"
+
+
+class Converter:
+    """Turns an ExportedProgram's graph into a ``Graph``.
+
+    Args:
+        ep: The exported program (traced on the meta device).
+        input_specs: Per user-input placeholder name, the ``vocab`` for token inputs (or None).
+    """
+
+    def __init__(self, ep: "torch.export.ExportedProgram", vocabs: dict[str, int | None]):
+        sig = ep.graph_signature
+        self.params = dict(sig.inputs_to_parameters)
+        self.buffers = dict(sig.inputs_to_buffers)
+        self.constants = dict(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {})
+        self.user_inputs = list(sig.user_inputs)
+        self.vocabs = vocabs
+        self.gm = ep.graph_module
+        self.nodes: list[Node] = []
+        self.alias: dict[str, str] = {}  # fx node name -> gradlint node name (skipped ops)
+        self.notes: list[tuple[str, str]] = []
+
+    # -- helpers -------------------------------------------------------------------------
+    def ref(self, a: Any) -> str | None:
+        if isinstance(a, fx.Node):
+            return self.alias.get(a.name, a.name)
+        return None
+
+    def param_of(self, a: Any) -> str | None:
+        """The parameter a weight argument is, looking through casts and transposes."""
+        seen = 0
+        while isinstance(a, fx.Node) and seen < 6:
+            if a.op == "placeholder" and a.name in self.params:
+                return self.params[a.name]
+            if a.op == "call_function" and op_name(a.target) in {"_to_copy", "to", "t", "alias", "view",
+                                                                  "contiguous", "clone", "type_as"}:
+                a = a.args[0]
+                seen += 1
+                continue
+            return None
+        return None
+
+    def add(self, fxn: fx.Node, kind: str, inputs=(), params=None, attrs=None) -> None:
+        stack = fxn.meta.get("nn_module_stack") or {}
+        module, module_type = ("", "")
+        if stack:
+            path, typ = list(stack.values())[-1]
+            module = path
+            module_type = typ.rsplit(".", 1)[-1] if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+        val = fxn.meta.get("val")
+        self.nodes.append(Node(
+            name=fxn.name, kind=kind, op=str(fxn.target), inputs=tuple(self.ref(i) for i in inputs),
+            params=params or {}, attrs=attrs or {}, shape=_shape(val), dtype=_dtype(val),
+            module=module, module_type=module_type, call_site=call_site(fxn.meta.get("stack_trace"))))
+
+    # -- conversion ----------------------------------------------------------------------
+    def convert(self) -> Graph:
+        outputs: list[str] = []
+        for fxn in self.gm.graph.nodes:
+            if fxn.op == "placeholder":
+                self.placeholder(fxn)
+            elif fxn.op == "call_function":
+                self.call(fxn)
+            elif fxn.op == "get_attr":
+                continue  # submodules of higher-order ops; handled by their caller
+            elif fxn.op == "output":
+                for a in torch.utils._pytree.tree_leaves(fxn.args[0]):
+                    r = self.ref(a)
+                    if r is not None:
+                        outputs.append(r)
+        batch = None
+        for n in self.nodes:
+            if n.kind == "input" and isinstance(n.shape, tuple) and n.shape:
+                batch = n.shape[0]
+                break
+        return Graph(self.nodes, outputs, "export", batch, self.notes)
+
+    def placeholder(self, fxn: fx.Node) -> None:
+        name = fxn.name
+        if name in self.params:
+            # Weights are read by name by the ops that use them; a parameter used as a plain
+            # operand (LayerScale, a position table, a CLS token) is a node of its own.
+            self.add(fxn, "param", attrs={"param": self.params[name]})
+            return
+        val = fxn.meta.get("val")
+        if name in self.buffers or name in self.constants:
+            self.add(fxn, "const", attrs={"buffer": self.buffers.get(name) or self.constants.get(name)})
+            return
+        if not isinstance(val, torch.Tensor):
+            self.add(fxn, "const", attrs={"value": val})
+            return
+        self.add(fxn, "input", attrs={"vocab": self.vocabs.get(name)})
+
+    def call(self, fxn: fx.Node) -> None:
+        target = fxn.target
+        if target is operator.getitem:
+            self.add(fxn, "getitem", [fxn.args[0]], attrs={"index": fxn.args[1]})
+            return
+        name = op_name(target)
+        if name in SKIP or getattr(target, "__module__", "") == "torch._ops.higher_order" and name == "":
+            return
+        if name == "wrap_with_set_grad_enabled":
+            enabled, _sub, *args = fxn.args
+            self.add(fxn, "grad_region", args, attrs={"enabled": bool(enabled)})
+            return
+        if name in {"wrap_with_autocast", "autocast"}:
+            self.add(fxn, "grad_region", fxn.args[5:] if len(fxn.args) > 5 else fxn.args, attrs={"enabled": True})
+            return
+        b = bind(fxn)
+        fn = NORMALIZERS.get(name)
+        if fn is not None:
+            fn(self, fxn, b)
+        elif name in ACTIVATIONS:
+            self.activation(fxn, b, ACTIVATIONS[name])
+        elif name in RESHAPES:
+            self.reshape(fxn, b)
+        elif name in BLOCKERS:
+            n_tensors = sum(isinstance(v, fx.Node) for v in b.values())
+            self.add(fxn, "block", [_first_tensor(b)], attrs={"reason": BLOCKERS[name], "n_tensors": n_tensors})
+        elif name in CREATORS:
+            self.add(fxn, "const", attrs={"op": name})
+        elif name in ELEMENTWISE:
+            self.add(fxn, "elementwise", [b.get("self", b.get("input"))],
+                     attrs={"target": target, "extra": {k: v for k, v in b.items() if k not in ("self", "input")}})
+        else:
+            tensors = [a for a in torch.utils._pytree.tree_leaves((fxn.args, fxn.kwargs)) if isinstance(a, fx.Node)]
+            self.add(fxn, "unknown", tensors, attrs={"target": name})
+
+    def activation(self, fxn, b, fn_name):
+        attrs: dict[str, Any] = {"fn": fn_name}
+        params = {}
+        if fn_name == "leaky_relu":
+            attrs["negative_slope"] = float(b.get("negative_slope", 0.01))
+        elif fn_name in ("elu", "celu"):
+            attrs["alpha"] = float(b.get("alpha", 1.0))
+        elif fn_name == "hardtanh":
+            attrs["min_val"], attrs["max_val"] = float(b.get("min_val", -1.0)), float(b.get("max_val", 1.0))
+        elif fn_name == "softplus":
+            attrs["beta"], attrs["threshold"] = float(b.get("beta", 1.0)), float(b.get("threshold", 20.0))
+        elif fn_name == "gelu":
+            if b.get("approximate") == "tanh":
+                attrs["fn"] = "gelu_tanh"
+        elif fn_name == "prelu":
+            p = self.param_of(b.get("weight"))
+            if p:
+                params["weight"] = p
+        self.add(fxn, "act", [b.get("self", b.get("input"))], params, attrs)
+
+    def reshape(self, fxn, b):
+        x = b.get("self", b.get("input"))
+        args = {k: v for k, v in b.items() if not isinstance(v, fx.Node) and k not in ("self", "input")}
+        self.add(fxn, "identity", [x], attrs={"op": op_name(fxn.target), "args": args})
+
+
+def _first_tensor(b: dict) -> Any:
+    for v in b.values():
+        if isinstance(v, fx.Node):
+            return v
+    return None
+
+
+def _ints(x: Any) -> list[int]:
+    if x is None:
+        return []
+    if isinstance(x, int):
+        return [x]
+    return [int(v) for v in x]
+
+
+NORMALIZERS: dict[str, Callable[[Converter, fx.Node, dict], None]] = {}
+
+
+def normalizer(*names: str):
+    def deco(fn):
+        for n in names:
+            assert n not in NORMALIZERS, n
+            NORMALIZERS[n] = fn
+        return fn
+    return deco
+
+
+@normalizer("linear")
+def _linear(c: Converter, fxn, b):
+    w, bias = c.param_of(b["weight"]), c.param_of(b.get("bias"))
+    if w is None:
+        c.add(fxn, "matmul", [b["input"], b["weight"]], attrs={"transpose_b": True, "bias": b.get("bias")})
+        return
+    params = {"weight": w} | ({"bias": bias} if bias else {})
+    c.add(fxn, "linear", [b["input"]], params, {"layout": "out_in"})
+
+
+@normalizer("addmm")
+def _addmm(c: Converter, fxn, b):
+    # HF's Conv1D: addmm(bias, x, W) with W stored as (in, out).
+    w, bias = c.param_of(b["mat2"]), c.param_of(b["self"])
+    if w is None:
+        c.add(fxn, "matmul", [b["mat1"], b["mat2"]], attrs={})
+        return
+    params = {"weight": w} | ({"bias": bias} if bias else {})
+    c.add(fxn, "linear", [b["mat1"]], params, {"layout": "in_out"})
+
+
+@normalizer("mm", "matmul", "bmm")
+def _mm(c: Converter, fxn, b):
+    x, y = b.get("self", b.get("input")), b.get("mat2", b.get("other"))
+    w = c.param_of(y)
+    if w is not None:
+        c.add(fxn, "linear", [x], {"weight": w}, {"layout": "in_out"})
+        return
+    c.add(fxn, "matmul", [x, y], attrs={})
+
+
+@normalizer("baddbmm")
+def _baddbmm(c: Converter, fxn, b):
+    c.add(fxn, "matmul", [b["batch1"], b["batch2"]], attrs={"add": b.get("self"), "alpha": b.get("alpha", 1)})
+
+
+@normalizer("einsum")
+def _einsum(c: Converter, fxn, b):
+    ops = list(fxn.args[1])
+    c.add(fxn, "matmul" if len(ops) == 2 else "unknown", ops, attrs={"equation": fxn.args[0], "target": "einsum"})
+
+
+@normalizer("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d",
+            "conv_transpose3d", "_convolution")
+def _conv(c: Converter, fxn, b):
+    name = op_name(fxn.target)
+    transposed = bool(b.get("transposed", False)) or name.startswith("conv_transpose")
+    w, bias = c.param_of(b["weight"]), c.param_of(b.get("bias"))
+    x = b["input"]
+    wshape = _shape(b["weight"].meta.get("val"))
+    attrs = {"stride": _ints(b.get("stride")), "padding": b.get("padding"), "dilation": _ints(b.get("dilation")),
+             "groups": int(b.get("groups") or 1), "transposed": transposed, "weight_shape": wshape,
+             "output_padding": _ints(b.get("output_padding"))}
+    if w is None:
+        c.add(fxn, "unknown", [x, b["weight"]], attrs={"target": name})
+        return
+    c.add(fxn, "conv", [x], {"weight": w} | ({"bias": bias} if bias else {}), attrs)
+
+
+@normalizer("embedding")
+def _embedding(c: Converter, fxn, b):
+    w = c.param_of(b["weight"])
+    pad = b.get("padding_idx", -1)
+    c.add(fxn, "embedding", [b["indices"]], {"weight": w} if w else {},
+          {"padding_idx": None if pad is None or pad < 0 else int(pad)})
+
+
+@normalizer("layer_norm", "native_layer_norm")
+def _layer_norm(c: Converter, fxn, b):
+    params = {k: p for k in ("weight", "bias") if (p := c.param_of(b.get(k)))}
+    c.add(fxn, "layer_norm", [b["input"]], params,
+          {"normalized_shape": _ints(b.get("normalized_shape")), "eps": float(b.get("eps") or 1e-5)})
+
+
+@normalizer("rms_norm")
+def _rms_norm(c: Converter, fxn, b):
+    params = {"weight": p} if (p := c.param_of(b.get("weight"))) else {}
+    eps = b.get("eps")
+    c.add(fxn, "rms_norm", [b["input"]], params,
+          {"normalized_shape": _ints(b.get("normalized_shape")), "eps": None if eps is None else float(eps)})
+
+
+@normalizer("group_norm")
+def _group_norm(c: Converter, fxn, b):
+    params = {k: p for k in ("weight", "bias") if (p := c.param_of(b.get(k)))}
+    c.add(fxn, "group_norm", [b["input"]], params, {"groups": int(b["num_groups"]), "eps": float(b.get("eps") or 1e-5)})
+
+
+@normalizer("instance_norm")
+def _instance_norm(c: Converter, fxn, b):
+    params = {k: p for k in ("weight", "bias") if (p := c.param_of(b.get(k)))}
+    shape = _shape(b["input"].meta.get("val"))
+    c.add(fxn, "group_norm", [b["input"]], params,
+          {"groups": shape[1] if shape else 1, "eps": float(b.get("eps") or 1e-5)})
+
+
+@normalizer("batch_norm", "_native_batch_norm_legit_functional", "_native_batch_norm_legit",
+            "native_batch_norm", "_batch_norm_with_update", "cudnn_batch_norm")
+def _batch_norm(c: Converter, fxn, b):
+    params = {k: p for k in ("weight", "bias") if (p := c.param_of(b.get(k)))}
+    training = b.get("training", b.get("train", True))
+    c.add(fxn, "batch_norm", [b["input"]], params, {"training": bool(training), "eps": float(b.get("eps") or 1e-5)})
+
+
+@normalizer("dropout", "native_dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout")
+def _dropout(c: Converter, fxn, b):
+    train = b.get("train", True)
+    c.add(fxn, "dropout", [b["input"]], attrs={"p": float(b.get("p") or 0.0), "train": bool(True if train is None else train)})
+
+
+def _binary(kind):
+    def fn(c: Converter, fxn, b):
+        a, o = b.get("self", b.get("input")), b.get("other")
+        alpha = b.get("alpha", 1)
+        if kind == "sub":
+            alpha = -(alpha if alpha is not None else 1)
+        tensors = [t for t in (a, o) if isinstance(t, fx.Node)]
+        attrs = {"op": kind, "alpha": 1 if alpha is None else alpha}
+        if not isinstance(a, fx.Node):
+            attrs["scalar"], attrs["scalar_first"] = a, True
+        elif not isinstance(o, fx.Node):
+            attrs["scalar"] = o
+        # Division is the "mul" rule's (op "div"): a scale by 1/c, which fusion and the rules
+        # read as one; a kind of its own had no transfer rule and passed x / c through unscaled.
+        c.add(fxn, {"add": "add", "sub": "add", "rsub": "add", "div": "mul"}.get(kind, kind), tensors, attrs=attrs)
+    return fn
+
+
+normalizer("add")(_binary("add"))
+normalizer("sub")(_binary("sub"))
+normalizer("rsub")(_binary("rsub"))
+normalizer("mul")(_binary("mul"))
+normalizer("div")(_binary("div"))
+
+
+@normalizer("neg")
+def _neg(c, fxn, b):
+    c.add(fxn, "mul", [b["self"]], attrs={"op": "mul", "scalar": -1.0})
+
+
+@normalizer("mean", "sum", "amax", "max", "min", "amin", "var", "std", "logsumexp", "prod")
+def _reduce(c, fxn, b):
+    x = b.get("self", b.get("input"))
+    dims = b.get("dim")
+    name = op_name(fxn.target)
+    if name in ("max", "min") and isinstance(b.get("other"), fx.Node):
+        c.add(fxn, "unknown", [x, b["other"]], attrs={"target": name})
+        return
+    c.add(fxn, "reduce", [x], attrs={"op": name, "dims": None if dims is None else _ints(dims),
+                                      "keepdim": bool(b.get("keepdim") or False)})
+
+
+@normalizer("softmax", "_softmax", "log_softmax", "_log_softmax", "_safe_softmax")
+def _softmax(c, fxn, b):
+    c.add(fxn, "softmax", [b.get("self", b.get("input"))],
+          attrs={"dim": int(b.get("dim")), "log": "log" in op_name(fxn.target)})
+
+
+@normalizer("scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
+            "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu")
+def _sdpa(c, fxn, b):
+    mask = b.get("attn_mask", b.get("attn_bias"))
+    c.add(fxn, "attention", [b["query"], b["key"], b["value"], mask if isinstance(mask, fx.Node) else None],
+          attrs={"scale": b.get("scale"), "causal": bool(b.get("is_causal") or False),
+                 "dropout": float(b.get("dropout_p") or 0.0), "gqa": bool(b.get("enable_gqa") or False)})
+
+
+@normalizer("max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
+            "max_pool1d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d")
+def _maxpool(c, fxn, b):
+    c.add(fxn, "max_pool", [b["self"]], attrs={"kernel_size": _ints(b.get("kernel_size") or b.get("output_size")),
+                                               "stride": _ints(b.get("stride")), "adaptive": "adaptive" in op_name(fxn.target)})
+
+
+@normalizer("avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+            "adaptive_avg_pool3d", "_adaptive_avg_pool2d", "_adaptive_avg_pool3d")
+def _avgpool(c, fxn, b):
+    c.add(fxn, "avg_pool", [b["self"]], attrs={"kernel_size": _ints(b.get("kernel_size")),
+                                               "stride": _ints(b.get("stride")),
+                                               "adaptive": "adaptive" in op_name(fxn.target)})
+
+
+@normalizer("cat", "concat", "concatenate", "stack", "hstack", "vstack")
+def _cat(c, fxn, b):
+    tensors = list(b.get("tensors") or [])
+    c.add(fxn, "cat", tensors, attrs={"dim": int(b.get("dim") or 0), "stack": op_name(fxn.target) == "stack"})
+
+
+@normalizer("split", "split_with_sizes", "chunk", "unbind", "tensor_split", "unsafe_split", "unsafe_chunk")
+def _split(c, fxn, b):
+    c.add(fxn, "split", [b["self"]], attrs={"dim": int(b.get("dim") or 0)})
+
+
+@normalizer("select", "slice", "index_select", "narrow", "index", "diagonal", "gather", "take", "masked_select")
+def _select(c, fxn, b):
+    c.add(fxn, "select", [b.get("self", b.get("input"))], attrs={"op": op_name(fxn.target)})
+
+
+@normalizer("expand", "expand_as", "repeat", "repeat_interleave", "broadcast_to", "tile")
+def _expand(c, fxn, b):
+    c.add(fxn, "expand", [b.get("self", b.get("input"))], attrs={"op": op_name(fxn.target)})
+
+
+@normalizer("masked_fill", "where", "triu", "tril", "index_put", "scatter", "masked_scatter", "index_fill",
+            "slice_scatter", "select_scatter", "scatter_add", "pad", "constant_pad_nd", "zero", "fill",
+            "roll", "flip", "pixel_shuffle", "pixel_unshuffle", "unfold", "im2col", "col2im",
+            "upsample_nearest2d", "upsample_bilinear2d", "upsample_nearest1d", "_upsample_nearest_exact2d",
+            "upsample_linear1d", "upsample_bicubic2d", "interpolate", "copy_")
+def _datamove(c, fxn, b):
+    # Ops that fill, mask or rearrange: the main tensor's statistics carry over, and other
+    # tensor operands (masks, fill values) take no part in the signal.
+    name = op_name(fxn.target)
+    main = b.get("self", b.get("input"))
+    if name == "where":
+        main = b.get("self") if isinstance(b.get("self"), fx.Node) else b.get("other")
+    tensors = [main] + [a for a in torch.utils._pytree.tree_leaves((fxn.args, fxn.kwargs))
+                        if isinstance(a, fx.Node) and a is not main]
+    c.add(fxn, "datamove", tensors, attrs={"op": name})
+
+
+@normalizer("topk", "sort")
+def _topk(c, fxn, b):
+    # (values, indices); sort is a top-k of every entry. The indices carry no gradient.
+    name = op_name(fxn.target)
+    dim = b.get("dim")
+    try:
+        k = int(b["k"]) if name == "topk" else None
+    except (TypeError, ValueError):  # a data-dependent k
+        k = None
+    largest = bool(b.get("largest", True)) if name == "topk" else not bool(b.get("descending", False))
+    c.add(fxn, "topk", [b["self"]], attrs={"op": name, "k": k, "dim": -1 if dim is None else int(dim),
+                                           "largest": largest})
+
+
+_CASTS = {"_to_copy", "to", "alias", "contiguous", "clone", "type_as"}
+
+
+def _grouped_weight(c: Converter, a: Any) -> tuple[str | None, bool]:
+    """The parameter a grouped matmul's 3-D weight operand is, and whether its last two
+    dims were swapped on the way (``weight.transpose(-2, -1)``: stored (E, out, in))."""
+    swapped = False
+    for _ in range(8):
+        p = c.param_of(a)
+        if p is not None or not isinstance(a, fx.Node) or a.op != "call_function":
+            return p, swapped
+        name = op_name(a.target)
+        if name in ("transpose", "swapaxes"):
+            nd = len(_shape(a.meta.get("val")) or ())
+            dims = {int(d) % nd for d in a.args[1:3]} if nd and len(a.args) >= 3 else set()
+            if dims != {nd - 2, nd - 1}:
+                return None, swapped
+            swapped = not swapped
+        elif name == "permute":
+            dims = [int(d) for d in a.args[1]]
+            nd = len(dims)
+            if dims[:-2] != list(range(nd - 2)) or [d % nd for d in dims[-2:]] != [nd - 1, nd - 2]:
+                return None, swapped
+            swapped = not swapped
+        elif name not in _CASTS:
+            return None, swapped
+        a = a.args[0]
+    return None, swapped
+
+
+@normalizer("grouped_mm_fallback", "_grouped_mm", "grouped_mm")
+def _grouped_mm(c, fxn, b):
+    """Grouped matmul of mixture-of-experts layers: transformers' ``grouped_mm_fallback``
+    custom op and ATen's ``_grouped_mm``. Rows of a 2-D input, sorted by expert, are cut into
+    groups by ``offs``; group e is multiplied by the expert weight W[e] (E, in, out)."""
+    x = b.get("input", b.get("self", b.get("mat_a")))
+    w = b.get("weight", b.get("mat2", b.get("mat_b")))
+    offs = b.get("offs")
+    xs, ws = _shape(getattr(x, "meta", {}).get("val")), _shape(getattr(w, "meta", {}).get("val"))
+    param, swapped = _grouped_weight(c, w)
+    routed = isinstance(offs, fx.Node) and xs is not None and len(xs) == 2
+    batched = offs is None and xs is not None and len(xs) == 3
+    if param is None or ws is None or len(ws) != 3 or not (routed or batched):
+        tensors = [a for a in (x, w, offs) if isinstance(a, fx.Node)]
+        c.add(fxn, "unknown", tensors, attrs={"target": op_name(fxn.target)})
+        return
+    bias = c.param_of(b.get("bias"))
+    params = {"weight": param} | ({"bias": bias} if bias else {})
+    c.add(fxn, "moe_linear", [x], params, {"layout": "out_in" if swapped else "in_out", "routed": routed,
+                                                "offs": c.ref(offs)})
+
+
+@normalizer("lstm", "gru", "rnn_tanh", "rnn_relu")
+def _rnn(c, fxn, b):
+    name = op_name(fxn.target)
+    params = [c.param_of(p) for p in (b.get("params") or [])]
+    hx = b.get("hx")
+    hx_nodes = list(hx) if isinstance(hx, (list, tuple)) else [hx]
+    c.add(fxn, "rnn", [b["input"], *hx_nodes], attrs={
+        "mode": {"rnn_tanh": "rnn_tanh", "rnn_relu": "rnn_relu"}.get(name, name),
+        "params": params, "has_biases": bool(b.get("has_biases", True)), "num_layers": int(b.get("num_layers") or 1),
+        "dropout": float(b.get("dropout") or 0.0), "bidirectional": bool(b.get("bidirectional") or False),
+        "batch_first": bool(b.get("batch_first") or False), "n_hx": len(hx_nodes)})

@@ -1,0 +1,392 @@
+"""The graph ``torch.export`` would give, written down from one meta-device forward pass.
+
+``torch.export`` spends about a millisecond per op on machinery gradlint never reads: fake
+tensors, proxies, symbolic shapes, graph recompiles, full stack-trace capture. Running the
+forward of a meta-device copy under a pre-dispatch mode sees the same ATen ops export
+records (``aten.linear``, ``aten.lstm``, ``aten.scaled_dot_product_attention``: above
+autograd, so composite ops are not yet decomposed) at a quarter of the cost.
+
+What export's passes change afterwards is redone here: no-grad regions become
+``wrap_with_set_grad_enabled`` nodes, tied weights read through their last name, plain tensor
+attributes are lifted constants. What this path cannot reproduce exactly it refuses with
+``Unsupported``, and the caller uses ``torch.export``: an autocast block, a grad-mode change
+outside ``torch.set_grad_enabled`` (inference mode), ``.data``, a module registered under two
+names, higher-order ops, and any forward that raises. ``tests/test_recording.py`` checks that
+the two paths give equal graphs on the corpus, hard cases and a tiny Mixtral, and equal
+reports on the examples and on fuzzed models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import linecache
+import operator
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.fx.experimental.proxy_tensor import ProxyTorchDispatchMode
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_map
+
+from gradlint.capture.aten import _GRADLINT_DIR, _TORCH_DIR
+
+_SKIPPED_DIRS = (_TORCH_DIR, _GRADLINT_DIR)
+
+
+class Unsupported(Exception):
+    """The forward does something only ``torch.export`` represents faithfully."""
+
+
+@dataclass
+class Signature:
+    """The parts of ``torch.export.ExportGraphSignature`` that ``aten.Converter`` reads."""
+
+    inputs_to_parameters: dict[str, str] = field(default_factory=dict)
+    inputs_to_buffers: dict[str, str] = field(default_factory=dict)
+    inputs_to_lifted_tensor_constants: dict[str, str] = field(default_factory=dict)
+    user_inputs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RecordedProgram:
+    """Duck-types the two attributes of an ``ExportedProgram`` that ``aten.Converter`` reads."""
+
+    graph_signature: Signature
+    graph_module: "_GraphHolder"
+
+
+def _storage_key(t: torch.Tensor) -> tuple | None:
+    try:
+        return (t.untyped_storage()._cdata, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def _placeholder_name(prefix: str, fqn: str) -> str:
+    return prefix + fqn.replace(".", "_").lower()
+
+
+class _Builder:
+    """The graph under construction: tensors are matched to the node that produced them by id."""
+
+    def __init__(self, model: nn.Module):
+        self.graph = fx.Graph()
+        self.taken: set[str] = set()
+        self.sig = Signature()
+        self.by_id: dict[int, fx.Node] = {}
+        self.keep: list[Any] = []  # every recorded value stays alive, so no id is reused
+        self.fresh: dict[tuple, tuple[fx.Node, bool]] = {}  # storage key -> (node, required grad)
+        # One placeholder per qualified name, as export makes them; a tied tensor is then
+        # read through its last name (GPT-2's embedding reads ``lm_head.weight``), as in export.
+        for fqn, p in model.named_parameters(remove_duplicate=False):
+            self._placeholder(p, _placeholder_name("p_", fqn), fqn, self.sig.inputs_to_parameters)
+        for fqn, b in model.named_buffers(remove_duplicate=False):
+            self._placeholder(b, _placeholder_name("b_", fqn), fqn, self.sig.inputs_to_buffers)
+        self.n_constants = 0
+        self.ambient = self.grad = torch.is_grad_enabled()  # the caller's mode, and the forward's now
+        self.first_input: fx.Node | None = None  # lifted constants go before the user's inputs
+        # Plain tensor attributes are lifted under their qualified names, others as lifted_tensor_N.
+        self.attributes = {id(v): f"{path}.{attr}" if path else attr for path, mod in model.named_modules()
+                           for attr, v in vars(mod).items() if isinstance(v, torch.Tensor)}
+        self.module_stack: list[tuple[str, str]] = []
+        self.names: dict[int, str] = {}
+        self.aliased: set[int] = set()
+        for n, m in model.named_modules(remove_duplicate=False):
+            if id(m) in self.names:
+                self.aliased.add(id(m))
+            else:
+                self.names[id(m)] = n
+
+    def _set_module_stack(self, node: fx.Node) -> None:
+        if self.module_stack:
+            node.meta["nn_module_stack"] = {path: (path, typ) for path, typ in self.module_stack}
+
+    def _remember(self, t: torch.Tensor, node: fx.Node) -> None:
+        if (key := _storage_key(t)) is not None:
+            self.fresh[key] = (node, t.requires_grad)
+
+    def _named_placeholder(self, name: str) -> fx.Node:
+        node = self.graph.placeholder(name)
+        if node.name != name and name not in self.taken:
+            node.name = name  # fx avoids builtins such as `input`; export keeps the forward's names
+        self.taken.add(node.name)
+        return node
+
+    def _placeholder(self, t: torch.Tensor, name: str, fqn: str | None, table: dict | None) -> fx.Node:
+        node = self._named_placeholder(name)
+        node.meta["val"] = t
+        if table is not None:
+            table[node.name] = fqn
+        self.by_id[id(t)] = node
+        self.keep.append(t)
+        self._remember(t, node)
+        return node
+
+    def user_inputs(self, sig_names: list[str], leaves: list[Any]) -> None:
+        for name, leaf in zip(sig_names, leaves):
+            node = self._named_placeholder(name)
+            node.meta["val"] = leaf
+            self.first_input = self.first_input or node
+            self.sig.user_inputs.append(node.name)
+            if isinstance(leaf, torch.Tensor):
+                self.by_id[id(leaf)] = node
+                self.keep.append(leaf)
+                self._remember(leaf, node)
+
+    def arg(self, a: Any) -> Any:
+        if not isinstance(a, torch.Tensor):
+            return a
+        node = self.by_id.get(id(a))
+        if node is None and (found := self.fresh.get(_storage_key(a) or ())) is not None:
+            node, required_grad = found
+            if required_grad and not a.requires_grad:
+                # The same storage without the graph: `.data` (export fails on it), which
+                # would otherwise read as the tensor itself, gradient and all.
+                raise Unsupported("a tensor detached without an op (.data)")
+            self.by_id[id(a)] = node
+            self.keep.append(a)
+        if node is None:
+            # A tensor the forward did not compute: a plain tensor attribute or a global,
+            # lifted as a constant the way export lifts it.
+            ctx = self.graph.inserting_before(self.first_input) if self.first_input else contextlib.nullcontext()
+            fqn = self.attributes.get(id(a))
+            if fqn is None:
+                fqn = f"lifted_tensor_{self.n_constants}"
+                self.n_constants += 1
+            with ctx:
+                node = self._placeholder(a, _placeholder_name("c_", fqn), fqn, self.sig.inputs_to_lifted_tensor_constants)
+        return node
+
+    def record(self, func: torch._ops.OpOverload, args: tuple, kwargs: dict, out: Any, grad: bool) -> None:
+        if grad != self.grad:
+            raise Unsupported("grad mode changed other than through torch.set_grad_enabled (inference_mode?)")
+        if func is torch.ops.aten.lift_fresh.default:
+            func = torch.ops.aten.lift_fresh_copy.default  # as proxy tracing writes a torch.tensor() literal
+        fx_args = tree_map(self.arg, args)
+        fx_kwargs = tree_map(self.arg, kwargs)
+        node = self.graph.create_node("call_function", func, fx_args, fx_kwargs, name=self.graph._target_to_str(func.overloadpacket.__name__))
+        node.meta["val"] = out
+        self._set_module_stack(node)
+        node.meta["stack_trace"] = _user_frames()
+        if isinstance(out, torch.Tensor):
+            self.by_id[id(out)] = node
+            self.keep.append(out)
+            # Autograd hands a factory op's caller (zeros, full_like) a shallow copy of what
+            # the op returned: a new tensor on the same storage, so it is found by storage.
+            self._remember(out, node)
+        elif isinstance(out, (tuple, list)):
+            for i, o in enumerate(out):
+                if isinstance(o, torch.Tensor):
+                    item = self.graph.create_node("call_function", operator.getitem, (node, i), name="getitem")
+                    item.meta["val"] = o
+                    item.meta.update({k: node.meta[k] for k in ("nn_module_stack", "stack_trace") if k in node.meta})
+                    self.by_id[id(o)] = item
+                    self.keep.append(o)
+
+    def finish(self, out: Any) -> "_GraphHolder":
+        leaves = tree_leaves(out)
+        self.graph.output(tuple(self.arg(v) for v in leaves))
+        self._wrap_grad_regions()
+        return _GraphHolder(self.graph)
+
+    def mark_grad(self, enabled: bool) -> None:
+        """A ``torch._C._set_grad_enabled`` call, kept as export keeps it until ``finish``."""
+        node = self.graph.create_node("call_function", torch._C._set_grad_enabled, (enabled,), name="_set_grad_enabled")
+        self._set_module_stack(node)
+        self.grad = enabled
+
+    def _wrap_grad_regions(self) -> None:
+        """Export's set-grad pass (torch/_export/passes/replace_set_grad_with_hop_pass.py), redone.
+
+        The graph is split at each ``_set_grad_enabled`` call; a piece that sets the mode
+        other than the caller's (``ambient``) becomes one ``wrap_with_set_grad_enabled`` node, whose
+        arguments are the piece's outside inputs in order of first use and whose results are
+        read through one ``getitem`` per value used after the piece, named as that value.
+        A piece with no ops disappears; the other pieces stay inline.
+        """
+        pieces: list[list[fx.Node]] = [[]]
+        for node in self.graph.nodes:
+            if node.op == "call_function" and node.target is torch._C._set_grad_enabled:
+                pieces.append([])
+            if node.op == "call_function":
+                pieces[-1].append(node)
+        order = {n: i for i, n in enumerate(self.graph.nodes)}
+        for piece in pieces[1:]:
+            marker, body = piece[0], piece[1:]
+            if marker.args[0] == self.ambient:
+                self.graph.erase_node(marker)
+                continue
+            members = set(piece)
+            inputs = list(dict.fromkeys(a for n in body for a in n.all_input_nodes if a not in members))
+            uses = sorted(((order[u], n) for n in body for u in n.users if u not in members), key=lambda t: t[0])
+            outputs = list(dict.fromkeys(n for _, n in uses))
+            if body:
+                with self.graph.inserting_before(marker):
+                    hop = self.graph.create_node("call_function", torch.ops.higher_order.wrap_with_set_grad_enabled,
+                                                 (marker.args[0], None, *inputs))
+                    if "nn_module_stack" in marker.meta:
+                        hop.meta["nn_module_stack"] = marker.meta["nn_module_stack"]
+                    hop.meta["val"] = tuple(n.meta.get("val") for n in outputs)
+                    items = [self.graph.create_node("call_function", operator.getitem, (hop, i)) for i in range(len(outputs))]
+                for n, item in zip(outputs, items):
+                    item.meta = dict(n.meta)
+                    n.replace_all_uses_with(item, delete_user_cb=lambda user: user not in members)
+            for n in reversed(piece):
+                self.graph.erase_node(n)
+            if len(outputs) == 1:
+                hop.name = outputs[0].name  # one value: the node is named for it, its getitem is plain
+            elif outputs:
+                for n, item in zip(outputs, items):
+                    item.name = n.name
+
+
+@dataclass
+class _GraphHolder:
+    """Stands in for a GraphModule: the Converter reads only ``.graph`` (no code generation)."""
+
+    graph: fx.Graph
+
+
+def _user_frames() -> str:
+    """The frames ``aten.call_site`` chooses from, formatted as a stack trace.
+
+    Export keeps only frames of functions named ``forward`` (and registered stack-trace
+    anchors); of those, ``call_site`` takes the innermost outside torch and gradlint,
+    preferring one outside site-packages. Only those two candidates are formatted.
+    """
+    from torch.fx.proxy import _STACK_TRACE_ANCHORS
+
+    innermost = own = None
+    frame = sys._getframe(2)
+    while frame is not None and own is None:
+        code = frame.f_code
+        path = code.co_filename
+        if (code.co_name == "forward" or (path, code.co_name) in _STACK_TRACE_ANCHORS) \
+                and not path.startswith(_SKIPPED_DIRS) and "<frozen" not in path and "<eval_with_key>" not in path:
+            if innermost is None:
+                innermost = frame
+            if "site-packages" not in path and "dist-packages" not in path:
+                own = frame
+        frame = frame.f_back
+    picked = [f for f in dict.fromkeys((own, innermost)) if f is not None]
+    return "\n".join(f'File "{f.f_code.co_filename}", line {f.f_lineno}, in {f.f_code.co_name}\n'
+                     f'    {linecache.getline(f.f_code.co_filename, f.f_lineno).strip()}' for f in picked)
+
+
+class _Recorder(ProxyTorchDispatchMode):
+    """A pre-dispatch mode that writes each op down and runs it on meta tensors.
+
+    It subclasses ProxyTorchDispatchMode only because torch's pre-dispatch mode slot accepts
+    no other kind (``torch._ops._set_mode_pre_dispatch``); none of the proxy machinery runs.
+    """
+
+    def __init__(self, builder: _Builder):
+        TorchDispatchMode.__init__(self, torch._C.DispatchKey.PreDispatch)
+        self.pre_dispatch = True
+        self._mode_key = torch._C._TorchDispatchModeKey.PROXY
+        self.enter_stack = []
+        self.builder = builder
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.prim.device.default:
+            return func(*args, **kwargs)
+        if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
+            raise Unsupported("the forward enables autocast")
+        if not isinstance(func, torch._ops.OpOverload):
+            raise Unsupported(f"higher-order op {func}")
+        # Below this mode the op only needs its meta kernel: C++, without the Python
+        # dispatcher's reference implementations (five times faster).
+        with torch._C._DisablePythonDispatcher():
+            out = func(*args, **kwargs)
+        self.builder.record(func, args, kwargs, out, torch.is_grad_enabled())
+        return out
+
+
+class _GradCalls(TorchFunctionMode):
+    """Sees the calls export keeps that reach no dispatcher: grad-mode switches and autocast."""
+
+    def __init__(self, builder: _Builder):
+        super().__init__()
+        self.builder = builder
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch._C._set_grad_enabled:
+            self.builder.mark_grad(bool(args[0]))
+        elif func is torch.amp._enter_autocast and self.builder.grad == self.builder.ambient:
+            # Export wraps an autocast block in a higher-order op of its own; inside a grad
+            # region it ends up in that region's subgraph, which gradlint never reads.
+            raise Unsupported("the forward enters an autocast block")
+        return func(*args, **(kwargs or {}))
+
+
+def _input_names(model: nn.Module, args: tuple, kwargs: dict, n_leaves: list[int]) -> list[str]:
+    """Placeholder names as export gives them: the forward's parameter names (``args_0`` for
+    the first of ``*args``), with an index per leaf for nested inputs."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    var = next((p.name for p in params if p.kind == p.VAR_POSITIONAL), "args")
+    keys = [positional[i] if i < len(positional) else f"{var}_{i - len(positional)}" for i in range(len(args))]
+    keys += list(kwargs)
+    names: list[str] = []
+    for key, n in zip(keys, n_leaves):
+        names += [key] if n == 1 else [f"{key}_{i}" for i in range(n)]
+    return names
+
+
+def record_program(model: nn.Module, args: tuple, kwargs: dict) -> RecordedProgram:
+    """Runs ``model`` (already on the meta device) on meta inputs and writes down its ops.
+
+    Raises:
+        Unsupported: When only ``torch.export`` can represent the forward (see the module doc).
+    """
+    from torch._dispatch.python import enable_python_dispatcher
+
+    builder = _Builder(model)
+    leaves_per_input = [tree_flatten(a)[0] for a in (*args, *kwargs.values())]
+    if any(not isinstance(x, (torch.Tensor, int, float, bool, str)) for ls in leaves_per_input for x in ls):
+        raise Unsupported("an input that is not a tensor or a plain constant")
+    builder.user_inputs(_input_names(model, args, kwargs, [len(ls) for ls in leaves_per_input]),
+                        [x for ls in leaves_per_input for x in ls])
+
+    def pre_hook(mod, _args):
+        if id(mod) in builder.aliased:
+            # Export names a module registered under two names by the one the forward
+            # called it through; that access path is not visible from a hook.
+            raise Unsupported(f"module {builder.names[id(mod)]} is registered under several names")
+        name = builder.names.get(id(mod))
+        if name is not None:
+            cls = type(mod)
+            builder.module_stack.append((name, f"{cls.__module__}.{cls.__qualname__}"))
+
+    def post_hook(mod, _args, _out):
+        if builder.names.get(id(mod)) is not None:
+            builder.module_stack.pop()
+
+    pre = nn.modules.module.register_module_forward_pre_hook(pre_hook)
+    post = nn.modules.module.register_module_forward_hook(post_hook, always_call=True)
+    # The forward sees what it sees under export: code that checks
+    # torch.compiler.is_exporting() (transformers' mask builders do) takes the same branch.
+    flags = torch.compiler._is_compiling_flag, torch.compiler._is_exporting_flag
+    torch.compiler._is_compiling_flag = torch.compiler._is_exporting_flag = True
+    try:
+        with enable_python_dispatcher(), torch._C._EnablePreDispatch(), _Recorder(builder), _GradCalls(builder):
+            out = model(*args, **kwargs)
+    except Unsupported:
+        raise
+    except Exception as e:
+        raise Unsupported(f"{type(e).__name__}: {e}") from e
+    finally:
+        torch.compiler._is_compiling_flag, torch.compiler._is_exporting_flag = flags
+        pre.remove()
+        post.remove()
+    return RecordedProgram(builder.sig, builder.finish(out))

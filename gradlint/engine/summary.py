@@ -1,0 +1,330 @@
+"""From per-node statistics to a verdict: vanishing, exploding, blocked or healthy.
+
+The obvious measure, the earliest weight's gradient over the latest's, is misled by what
+healthy models do on purpose: pooling shrinks per-element gradients, a layer applied at
+many positions sums its gradient over them, LayerScale and zero-init branches keep branch
+weights' gradients small. So the verdict reads three profiles along the model's *trunk*,
+the tensors every path from the input to the output passes through (the residual stream,
+not the branches):
+
+* the backward profile of T = q·s·(elements per sample), the energy of x·dL/dx. T is
+  unchanged by a fan-in/fan-out change, by weight reuse over positions, by normalization
+  (which scales x and dL/dx inversely) and by homogeneous layers of the right gain; it
+  falls through saturating activations and under-scaled weights and rises through BatchNorm
+  and over-scaled weights. Pooling and other reductions are counted as neutral;
+* the forward profile of q since the last normalization (the input counts as one, and the
+  first residual sum after either resets it too): signal that collapses or grows by decades
+  multiplies every later weight's gradient;
+* for recurrent layers, the decay of the long-range gradient over the sequence.
+
+``attenuation_decades`` is the largest of the losses (trunk attenuation, forward collapse,
+recurrent decay), in decades of gradient RMS, or minus the largest gain (trunk
+amplification, forward growth) when that is bigger. The verdict is ``vanishing`` at
+``attenuation_decades >= threshold``, ``exploding`` at ``<= -threshold``, ``blocked`` when the
+earliest weights get no gradient at all, else ``healthy``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from gradlint.capture.graph import Graph
+
+DEFAULT_THRESHOLD = 2.0
+
+BENIGN_KINDS = {"identity", "select", "split", "getitem", "expand", "datamove", "dropout", "avg_pool",
+                "max_pool", "reduce", "cat", "const"}
+#: Layer kinds that hold weights, and those that normalize: the one table the rules, the
+#: report's profile and the API's layer list are built from.
+WEIGHTED_KINDS = frozenset({"linear", "conv", "embedding", "rnn", "attention", "moe_linear"})
+NORM_KINDS = frozenset({"layer_norm", "rms_norm", "group_norm", "batch_norm"})
+
+
+@dataclass(frozen=True)
+class TrunkPoint:
+    """One tensor on the trunk.
+
+    Attributes:
+        node: Graph node name.
+        module: Qualified module name.
+        t_decades: 0.5·log10 of the cumulative T ratio relative to the output (benign ops
+            counted as neutral): positive means more gradient signal than at the output.
+        q_decades: 0.5·log10 of q relative to the last normalization or input before it.
+        cause: The cause of the change since the previous trunk point.
+        step_decades: Change of ``t_decades`` since the previous trunk point (toward the input).
+    """
+
+    node: str
+    module: str
+    t_decades: float
+    q_decades: float
+    cause: str | None
+    step_decades: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The verdict for one model.
+
+    Attributes:
+        verdict: ``vanishing``, ``exploding``, ``blocked`` or ``healthy``.
+        attenuation_decades: See the module docstring; positive = gradient lost.
+        trunk_attenuation: Decades lost along the trunk at the weakest point.
+        trunk_amplification: Decades gained along the trunk at the strongest point.
+        forward_collapse: Decades the forward signal shrinks since the last normalization.
+        forward_growth: Decades it grows.
+        recurrent_decay: Largest decay of a long-range recurrent gradient over its sequence.
+        weakest: Trunk node at the weakest point (or the recurrent layer's node).
+        strongest: Trunk node at the strongest point.
+        attribution: Decades per cause along the dominant effect's path (negative = loss).
+        counts: Per cause, how many ops on that path it was attributed to.
+        threshold: The threshold the verdict used.
+        trunk: The trunk profile, input side first.
+    """
+
+    verdict: str
+    attenuation_decades: float
+    trunk_attenuation: float = 0.0
+    trunk_amplification: float = 0.0
+    forward_collapse: float = 0.0
+    forward_growth: float = 0.0
+    recurrent_decay: float = 0.0
+    weakest: str | None = None
+    strongest: str | None = None
+    attribution: dict[str, float] = field(default_factory=dict)
+    threshold: float = DEFAULT_THRESHOLD
+    trunk: tuple[TrunkPoint, ...] = ()
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "verdict": self.verdict,
+            "attenuation_decades": _round(self.attenuation_decades),
+            "trunk_attenuation_decades": _round(self.trunk_attenuation),
+            "trunk_amplification_decades": _round(self.trunk_amplification),
+            "forward_collapse_decades": _round(self.forward_collapse),
+            "forward_growth_decades": _round(self.forward_growth),
+            "recurrent_decay_decades": _round(self.recurrent_decay),
+            "weakest": self.weakest,
+            "strongest": self.strongest,
+            "attribution": {k: _round(v) for k, v in self.attribution.items()},
+            "threshold": self.threshold,
+        }
+
+
+def _round(x: float) -> float | None:
+    if x is None or math.isnan(x):
+        return None
+    if not math.isfinite(x):
+        return 1e308 if x > 0 else -1e308
+    return round(x, 3)
+
+
+def trunk_nodes(graph: Graph, carries_gradient: set[str]) -> list[str]:
+    """Nodes every input-to-output path passes through, in forward order.
+
+    In topological order, a node is on every source-to-sink path exactly when no edge
+    jumps over it, once all sources have been passed.
+    """
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    sources = [n.name for n in graph.nodes if n.kind == "input"]
+    if not sources:
+        return []
+    fwd_reach = set(sources)
+    for n in graph.nodes:
+        if any(i in fwd_reach for i in n.inputs if i is not None) and n.kind not in ("const", "param"):
+            fwd_reach.add(n.name)
+    back_reach = {o for o in graph.outputs if o in carries_gradient}
+    for n in reversed(graph.nodes):
+        if n.name in back_reach:
+            back_reach.update(i for i in n.inputs if i is not None)
+    relevant = [n.name for n in graph.nodes if n.name in fwd_reach and n.name in back_reach]
+    rel = set(relevant)
+    last_source = max((order[s] for s in sources if s in rel), default=0)
+    furthest = -1
+    trunk = []
+    for name in relevant:
+        pos = order[name]
+        if pos >= last_source and furthest <= pos:
+            trunk.append(name)
+        for u in graph.users.get(name, []):
+            if u in rel:
+                furthest = max(furthest, order[u])
+    return trunk
+
+
+def summarize(graph: Graph, q: dict[str, float], s: dict[str, float], numel: dict[str, int],
+              causes: dict[str, str | None], recurrent_decay: Sequence[tuple[str, float]] = (),
+              param_grads: dict[str, float | None] | None = None,
+              threshold: float = DEFAULT_THRESHOLD, batch: int | None = None) -> Summary:
+    """The verdict from per-node forward and backward second moments.
+
+    The same function serves predictions and probe measurements, so both are judged alike.
+
+    Args:
+        graph: The model's graph.
+        q: Per node, forward second moment E[h²].
+        s: Per node, backward second moment E[δ²] (missing or 0 = no gradient).
+        numel: Per node, number of elements of its output.
+        causes: Per node, the cause its op is attributed to (None = benign).
+        recurrent_decay: (node, decades) per recurrent layer: long-range decay over the sequence
+            (negative: the long-range gradient grows, an exploding recurrence).
+        param_grads: Per parameter, E[(dL/dθ)²]; used to tell a blocked model.
+        threshold: Decades beyond which the verdict is vanishing or exploding.
+        batch: Batch size (elements per sample = numel / batch).
+    """
+    carries = {n for n, v in s.items() if v and v > 0}
+    names = trunk_nodes(graph, carries | set(graph.outputs))
+    b = max(batch or 1, 1)
+    kinds = {n.name: n.kind for n in graph.nodes}
+    # Start where the first weighted op has produced its output: the gradient at the raw
+    # input reaches no weight.
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    first_weighted = next((i for i, n in enumerate(graph.nodes) if n.kind in WEIGHTED_KINDS | NORM_KINDS
+                           and n.name in s and s.get(n.name, 0) > 0), None)
+    first_w = None if first_weighted is None else next(
+        (i for i, n in enumerate(names) if order[n] >= first_weighted), None)
+    points: list[TrunkPoint] = []
+    att = amp = col = gro = 0.0
+    weakest = strongest = None
+    attribution_att: dict[str, float] = {}
+    attribution_amp: dict[str, float] = {}
+    counts_att: dict[str, int] = {}
+    counts_amp: dict[str, int] = {}
+    if first_w is not None and names:
+        seq = names[first_w:]
+        tvals = []
+        for n in seq:
+            t = q.get(n, 0.0) * s.get(n, 0.0) * max(numel.get(n, 1), 1) / b
+            tvals.append(t)
+        # Cumulative, from the output backwards, skipping benign steps.
+        cum = [0.0] * len(seq)
+        steps = [0.0] * len(seq)
+        last = len(seq) - 1
+        for i in range(last - 1, -1, -1):
+            nxt = seq[i + 1]
+            ratio_ok = tvals[i] > 0 and tvals[i + 1] > 0
+            step = 0.5 * math.log10(tvals[i] / tvals[i + 1]) if ratio_ok else (-math.inf if tvals[i + 1] > 0 else 0.0)
+            if kinds.get(nxt) in BENIGN_KINDS:
+                step = 0.0
+            steps[i] = step
+            cum[i] = cum[i + 1] + step
+        # Forward: q relative to the latest anchor (input or normalization output).
+        # The first residual sum after an anchor also resets the reference: a pre-norm
+        # transformer's stream jumps from the embedding's scale to the branches' at its first
+        # sum and then grows linearly with depth, which is by design; a stack whose signal
+        # compounds block after block keeps growing after that first sum.
+        qdec = []
+        ref = None
+        armed = False
+        for i, n in enumerate(seq):
+            qn = q.get(n, 0.0)
+            if ref is None or kinds.get(n) in NORM_KINDS or (armed and kinds.get(n) == "add"):
+                armed = ref is None or kinds.get(n) in NORM_KINDS
+                ref = qn if qn > 0 else None
+                qdec.append(0.0)
+                continue
+            qdec.append(0.5 * math.log10(qn / ref) if qn > 0 and ref else (-math.inf if ref else 0.0))
+        for i, n in enumerate(seq):
+            node = graph.by_name.get(n)
+            points.append(TrunkPoint(n, node.module if node else "", cum[i], qdec[i], causes.get(seq[i + 1]) if i < last else None,
+                                     steps[i]))
+        i_min = min(range(len(seq)), key=lambda i: cum[i])
+        i_max = max(range(len(seq)), key=lambda i: cum[i])
+        att = max(0.0, -cum[i_min])
+        amp = max(0.0, cum[i_max])
+        col = max(0.0, -min(qdec))
+        gro = max(0.0, max(qdec))
+        weakest = seq[i_min] if att > 0 else None
+        strongest = seq[i_max] if amp > 0 else None
+        for i in range(i_min, last):
+            c = causes.get(seq[i + 1]) or "other"
+            attribution_att[c] = attribution_att.get(c, 0.0) + steps[i]
+            counts_att[c] = counts_att.get(c, 0) + _counts_as(c, kinds.get(seq[i + 1]), steps[i])
+        for i in range(i_max, last):
+            c = causes.get(seq[i + 1]) or "other"
+            attribution_amp[c] = attribution_amp.get(c, 0.0) + steps[i]
+            counts_amp[c] = counts_amp.get(c, 0) + _counts_as(c, kinds.get(seq[i + 1]), steps[i])
+        if col > att and col > 0:
+            weakest = seq[min(range(len(seq)), key=lambda i: qdec[i])]
+            attribution_att, counts_att = _forward_attribution(seq, q, causes, weakest, kinds)
+        if gro > amp and gro > 0:
+            strongest = seq[max(range(len(seq)), key=lambda i: qdec[i])]
+            attribution_amp, counts_amp = _forward_attribution(seq, q, causes, strongest, kinds)
+    rec = grow = 0.0
+    rec_node = grow_node = None
+    for node, dec in recurrent_decay:
+        if dec > rec:
+            rec, rec_node = dec, node
+        if -dec > grow:
+            grow, grow_node = -dec, node
+    vanish = max(att, col, rec)
+    explode = max(amp, gro, grow)
+    if grow >= max(amp, gro) and grow > 0:
+        strongest = grow_node
+        attribution_amp = {"recurrence": grow}
+    if rec >= max(att, col) and rec > 0:
+        weakest = rec_node
+        attribution_att = {"recurrence": -rec}
+    attenuation = vanish if vanish >= explode else -explode
+    verdict = "healthy"
+    if not all(math.isfinite(x) for x in (att, amp, col, gro)) and (math.isinf(amp) or math.isinf(gro)):
+        verdict = "exploding"
+    elif attenuation >= threshold:
+        verdict = "vanishing"
+    elif attenuation <= -threshold:
+        verdict = "exploding"
+    if param_grads is not None and _earliest_blocked(graph, param_grads):
+        verdict = "blocked"
+    attribution = attribution_att if attenuation >= 0 else attribution_amp
+    counts = counts_att if attenuation >= 0 else counts_amp
+    return Summary(verdict=verdict, attenuation_decades=attenuation, trunk_attenuation=att,
+                   trunk_amplification=amp, forward_collapse=col, forward_growth=gro, recurrent_decay=rec,
+                   weakest=weakest, strongest=strongest,
+                   attribution={k: v for k, v in attribution.items() if abs(v) >= 0.005},
+                   threshold=threshold, trunk=tuple(points),
+                   counts={k: v for k, v in counts.items() if k in attribution and abs(attribution[k]) >= 0.005})
+
+
+def _counts_as(cause: str, kind: str | None, step: float) -> int:
+    """Whether an op counts toward its cause in messages: an activation's share of "init
+    scale" belongs to the layer before it, which is the one counted."""
+    if abs(step) <= 1e-9:
+        return 0
+    return int(cause != "init scale" or kind in WEIGHTED_KINDS)
+
+
+def _forward_attribution(seq, q, causes, target, kinds) -> tuple[dict[str, float], dict[str, int]]:
+    out: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for a, b in zip(seq, seq[1:]):
+        qa, qb = q.get(a, 0.0), q.get(b, 0.0)
+        if qa > 0 and qb > 0:
+            c = causes.get(b) or "other"
+            step = 0.5 * math.log10(qb / qa)
+            out[c] = out.get(c, 0.0) + step
+            counts[c] = counts.get(c, 0) + _counts_as(c, kinds.get(b), step)
+        if b == target:
+            break
+    return out, counts
+
+
+def _earliest_blocked(graph: Graph, param_grads: dict[str, float | None]) -> bool:
+    """True when the first weighted layer gets exactly no gradient because something blocks it.
+
+    Only ops that stop gradients (detach, argmax, no_grad regions...) block; a zero-initialized
+    layer further on (SkipInit, Fixup) zeroes earlier gradients for one step only.
+    """
+    if not any(n.kind == "block" or (n.kind == "grad_region" and not n.attrs.get("enabled", True))
+               for n in graph.nodes):
+        return False
+    for n in graph.nodes:
+        names = list(n.params.values()) or ([n.attrs["param"]] if n.kind == "param" else [])
+        if n.kind == "rnn":
+            names = [p for p in n.attrs.get("params", []) if p]
+        if n.kind in WEIGHTED_KINDS and names:
+            grads = [param_grads.get(p) for p in names if p in param_grads]
+            return bool(grads) and all(g == 0.0 for g in grads)
+    return False

@@ -1,0 +1,166 @@
+"""Baselines: record today's findings so that only new ones fail a run.
+
+A finding's fingerprint leaves out its line, so it survives code moving around the file. It
+is built from the file's path relative to the repository root, the target's name, the rule,
+the module the finding concerns, the names in its evidence, and its message with the numbers
+masked (a finding that gets a little worse is still the same finding). Baselines are
+multisets, as in semgrep: a fingerprint recorded once hides one finding, not every finding
+that shares it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterable
+
+from gradlint.base.errors import GradlintError
+from gradlint.base.findings import Finding
+from gradlint.output.formats import display_path, repo_root, target_name
+from gradlint.base.report import Report
+
+BASELINE_VERSION = 1
+
+# ATen node names are numbered in graph order ("sigmoid_3"), so they shift when an unrelated
+# op is added upstream; free text already shows in the message.
+_UNSTABLE_KEYS = frozenset({"node", "nodes", "weakest", "strongest", "reason", "failures"})
+_HEX = re.compile(r"0x[0-9a-fA-F]+")
+# Not digits inside identifiers: layers.16 and GL101 name things, 10^-15.9 measures them.
+_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+class BaselineError(GradlintError):
+    """The baseline file cannot be read."""
+
+
+def mask(text: str, root: Path | None = None) -> str:
+    """``text`` with numbers, hex addresses and the repository root masked, whitespace collapsed."""
+    if root is not None:
+        text = text.replace(root.as_posix() + "/", "").replace(str(root) + os.sep, "")
+    text = _NUMBER.sub("#", _HEX.sub("#", text))
+    return " ".join(text.split())
+
+
+def _names(evidence: dict[str, Any], root: Path) -> list[str]:
+    out = []
+    for key in sorted(evidence):
+        value = evidence[key]
+        if key in _UNSTABLE_KEYS:
+            continue
+        if isinstance(value, str):
+            out.append(f"{key}={mask(value, root)}")
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+            out.append(f"{key}=" + ",".join(mask(v, root) for v in value))
+    return out
+
+
+def fingerprint(finding: Finding, target: str, root: Path) -> str:
+    """The stable identity of ``finding`` of target ``target`` (its name, without a path)."""
+    parts = [f"v{BASELINE_VERSION}", display_path(finding.path, root) or "", target, finding.code,
+             finding.module, *_names(finding.evidence, root), mask(finding.message, root)]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def fingerprints(report: Report, root: Path) -> list[str]:
+    """The fingerprint of each of ``report``'s findings, in order."""
+    name = target_name(report)
+    return [fingerprint(f, name, root) for f in report.findings]
+
+
+def build(reports: Iterable[Report], root: Path) -> dict[str, Any]:
+    """The baseline document for ``reports``: one entry per distinct fingerprint, with its
+    count and, for people reading a diff, what it stands for. Sorted, so recording the same
+    findings twice gives the same bytes."""
+    entries: dict[str, dict[str, Any]] = {}
+    for r in reports:
+        for f, fp in zip(r.findings, fingerprints(r, root)):
+            if fp in entries:
+                entries[fp]["count"] += 1
+                continue
+            entries[fp] = {"fingerprint": fp, "count": 1, "code": f.code, "path": display_path(f.path, root),
+                           "target": target_name(r), "module": f.module, "message": mask(f.message, root)}
+    ordered = sorted(entries.values(), key=lambda e: (e["path"] or "", e["target"], e["code"], e["module"],
+                                                      e["fingerprint"]))
+    return {"version": BASELINE_VERSION, "tool": "gradlint", "fingerprints": ordered}
+
+
+def write(path: str | os.PathLike[str], reports: Iterable[Report], root: Path) -> int:
+    """Record ``reports``' findings into ``path``; returns how many findings it holds."""
+    doc = build(reports, root)
+    Path(path).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return sum(e["count"] for e in doc["fingerprints"])
+
+
+def load(path: str | os.PathLike[str]) -> Counter[str]:
+    """The fingerprints recorded in ``path``, with their counts."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BaselineError(f"cannot read the baseline: {e}", path=str(path)) from None
+    if not isinstance(doc, dict) or doc.get("version") != BASELINE_VERSION or \
+            not isinstance(doc.get("fingerprints"), list):
+        raise BaselineError(f"not a gradlint baseline of version {BASELINE_VERSION}", path=str(path),
+                            hint="delete it, or rerun with --update-baseline, to record a new one")
+    counts: Counter[str] = Counter()
+    for e in doc["fingerprints"]:
+        if isinstance(e, str):  # a hand-written list of bare fingerprints
+            counts[e] += 1
+        elif isinstance(e, dict) and isinstance(e.get("fingerprint"), str):
+            counts[e["fingerprint"]] += int(e.get("count", 1))
+        else:
+            raise BaselineError(f"malformed baseline entry {e!r}", path=str(path))
+    return counts
+
+
+def subtract(reports: Iterable[Report], known: Counter[str], root: Path) -> tuple[list[Report], int, int]:
+    """Drop the findings ``known`` holds, each fingerprint as often as it was recorded.
+
+    Returns:
+        The reports without those findings, how many findings were dropped, and how many
+        recorded findings matched nothing (fixed since, or moved to another file).
+    """
+    left = Counter(known)
+    out, dropped = [], 0
+    for r in reports:
+        kept = []
+        for f, fp in zip(r.findings, fingerprints(r, root)):
+            if left[fp] > 0:
+                left[fp] -= 1
+                dropped += 1
+            else:
+                kept.append(f)
+        out.append(r if len(kept) == len(r.findings) else replace(r, findings=tuple(kept)))
+    return out, dropped, sum(left.values())
+
+
+def apply(reports: list[Report], path: str, *, update: bool = False,
+          root: Path | None = None) -> tuple[list[Report], list[str], bool]:
+    """What ``gradlint check --baseline PATH`` does with a run's reports.
+
+    Records the findings into ``path`` when it does not exist yet (or ``update``), else
+    drops the findings it holds.
+
+    Returns:
+        The reports to show, notes for the user, and whether the baseline was recorded.
+    """
+    root = root or repo_root()
+    if update or not Path(path).exists():
+        n = write(path, reports, root)
+        notes = [f"{path}: recorded {n} finding{'s' if n != 1 else ''} as the baseline; "
+                 "later runs with --baseline fail only on new ones"]
+        broken = sum(r.status != "ok" for r in reports)
+        if broken:
+            notes.append(f"{path}: {broken} target{'s' if broken != 1 else ''} could not be analyzed, "
+                         "so the baseline holds none of their findings")
+        return reports, notes, True
+    shown, dropped, stale = subtract(reports, load(path), root)
+    notes = [f"{path}: {dropped} known finding{'s' if dropped != 1 else ''} hidden by the baseline"]
+    if stale:
+        notes.append(f"{path}: {stale} recorded finding{'s' if stale != 1 else ''} no longer found; "
+                     "--update-baseline drops them")
+    return shown, notes, False
