@@ -375,7 +375,7 @@ def recorded_init(model: torch.nn.Module) -> dict[str, tuple[float, float]]:
     """
     if not any(p.is_meta for p in model.parameters()):
         return {}
-    from gradlint.capture.trace import meta_copy
+    from gradlint.capture.meta import meta_copy
 
     work = meta_copy(model)
     try:
