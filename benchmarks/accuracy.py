@@ -29,14 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 
 import gradlint
+from gradlint.api import predict
 from gradlint.probing.measure import measure
 from gradlint.engine.result import cause_of
 from gradlint.engine.summary import summarize
 from corpus import CORPUS
 
 
-def measured_summary(report, meas, threshold: float):
-    result = report.result
+def measured_summary(result, meas, threshold: float):
     g = result.graph
     numel = {n.name: math.prod(n.shape) if n.shape else 1 for n in result.propagation.nodes}
     causes = {n.name: cause_of(n) for n in g.nodes}
@@ -59,7 +59,7 @@ def run(entries, seeds: int, threshold: float):
         model = e.build()
         ex = e.inputs()
         t0 = time.perf_counter()
-        report = gradlint.check(model, ex, threshold=threshold)
+        report, result = predict(model, ex, threshold=threshold)
         t_check = time.perf_counter() - t0
         t0 = time.perf_counter()
         meas = measure(model, ex, seeds=seeds)
@@ -76,9 +76,9 @@ def run(entries, seeds: int, threshold: float):
         offset = statistics.median(d for _, d in diffs) if diffs else float("nan")
         errs = [abs(d - offset) for _, d in diffs]
         all_errs.extend(errs)
-        ms = measured_summary(report, meas, threshold)
+        ms = measured_summary(result, meas, threshold)
         rec_pred = rec_meas = None
-        for r in report.result.propagation.recurrent:
+        for r in result.propagation.recurrent:
             lag = meas.lag_rms(r.module)
             if lag and lag[0] > 0 and r.lag_grad_rms[0] > 0:
                 rec_pred = math.log10(r.lag_grad_rms[0] / r.lag_grad_rms[-1])

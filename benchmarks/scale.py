@@ -224,7 +224,7 @@ def _bigmodel(key: str, seq: int) -> dict:
     import torch
     import transformers
 
-    import gradlint
+    from gradlint.api import predict
     from gradlint.capture.inputs import ExampleInputs, TensorSpec
 
     label, cls_name, cfg_name, vocab, cfg = BIG[key]
@@ -237,16 +237,16 @@ def _bigmodel(key: str, seq: int) -> dict:
     consts = {"return_dict": False} if key == "bertlarge" else {"use_cache": False, "return_dict": False}
     ex = ExampleInputs((TensorSpec((1, seq), "int64", vocab),), consts, "decorator")
     t, c = time.perf_counter(), time.process_time()
-    report = gradlint.check(model, ex)
+    report, result = predict(model, ex)
     check, cpu = time.perf_counter() - t, time.process_time() - c
     codes: dict[str, int] = {}
     for f in report.findings:
         codes[f.code] = codes.get(f.code, 0) + 1
-    unknown = sorted({report.result.graph.by_name[n].attrs.get("target") or report.result.graph.by_name[n].op
-                      for n in report.result.propagation.unknown_ops if n in report.result.graph.by_name})
+    unknown = sorted({result.graph.by_name[n].attrs.get("target") or result.graph.by_name[n].op
+                      for n in result.propagation.unknown_ops if n in result.graph.by_name})
     return dict(label=label, build=build, check=check, cpu=cpu, export_cpu=export[1], path=export[2],
                 peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                params=sum(p.numel() for p in model.parameters()), nodes=len(report.result.graph.nodes),
+                params=sum(p.numel() for p in model.parameters()), nodes=len(result.graph.nodes),
                 verdict=report.summary.verdict, analysis=report.analysis, codes=codes, unknown=[str(u) for u in unknown])
 
 
@@ -302,6 +302,7 @@ def _models():
 
 def _linear_one(kind: str, layers: int) -> dict:
     import gradlint
+    from gradlint.api import predict
 
     build, shape = _models()[kind]
     gradlint.check(build(1), shape)  # first-use imports and caches
@@ -311,9 +312,9 @@ def _linear_one(kind: str, layers: int) -> dict:
     model = build(layers)
     built = time.perf_counter() - t
     t, c = time.perf_counter(), time.process_time()
-    report = gradlint.check(model, shape)
+    report, result = predict(model, shape)
     check, cpu = time.perf_counter() - t, time.process_time() - c
-    return dict(build=built, check=check, cpu=cpu, export=export[1], path=export[2], nodes=len(report.result.graph.nodes),
+    return dict(build=built, check=check, cpu=cpu, export=export[1], path=export[2], nodes=len(result.graph.nodes),
                 peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, verdict=report.summary.verdict)
 
 

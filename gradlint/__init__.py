@@ -7,7 +7,6 @@ only use ``@gradlint.target`` stay cheap.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from gradlint._version import __version__
@@ -19,8 +18,10 @@ __all__ = [
     "Severity", "ExitCode", "GradlintError", "InputError", "LoadError", "TraceError",
 ]
 
-# torch imports NumPy when it can and warns when it cannot; gradlint does not need it.
-warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+#: The packages that never import torch (a test imports each of their modules and checks): what
+#: serves ``--version``, ``--help``, configuration errors and cache hits lives in them. Torch is
+#: imported by the stages that touch the model: capture, engine, lint, probing.
+TORCH_FREE = ("gradlint.base", "gradlint.load", "gradlint.run", "gradlint.output")
 
 _LAZY = {
     "check": ("gradlint.api", "check"),

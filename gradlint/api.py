@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import replace
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -21,19 +21,24 @@ from gradlint.lint import suppress
 from gradlint.capture import trace as tracing
 from gradlint.engine.propagate import propagate
 from gradlint.base.errors import ForwardError, InputError
-from gradlint.base.findings import Finding, Severity
+from gradlint.base.findings import Finding, Severity, matches
 from gradlint.capture.graph import Source
 from gradlint.capture.inputs import ExampleInputs, resolve_inputs
-from gradlint.base.report import LayerReport, ParamReport, Report
+from gradlint.base.kinds import LAYER_KINDS
+from gradlint.base.report import DEFAULT_THRESHOLD, LayerReport, ParamReport, RecurrentReport, Report
 from gradlint.engine.result import Result, build_summary
 from gradlint.lint.rule import REGISTRY, Rule, load_builtin
-from gradlint.engine.summary import DEFAULT_THRESHOLD, NORM_KINDS, WEIGHTED_KINDS
 from gradlint.base.targets import TargetOptions
 
-LAYER_KINDS = WEIGHTED_KINDS | NORM_KINDS | {"act", "act_module"}
+class Prediction(NamedTuple):
+    """A report and the live result it was made from: the graph and the engine's statistics,
+    for the probe and for tests that read them. The report itself stays plain data."""
+
+    report: Report
+    result: Result
 
 
-def _as_example_inputs(model: nn.Module, inputs: Any, input_shape: Any = None) -> ExampleInputs:
+def as_example_inputs(model: nn.Module, inputs: Any, input_shape: Any = None) -> ExampleInputs:
     if isinstance(inputs, ExampleInputs):
         return inputs
     if isinstance(inputs, torch.Tensor) or (
@@ -54,15 +59,12 @@ def select_rules(select: Iterable[str] | None = None, ignore: Iterable[str] | No
     sel = list(select or [])
     ign = list(ignore or [])
 
-    def matches(cls: type[Rule], pats: list[str]) -> bool:
-        return any(cls.code.startswith(p.upper()) or cls.name == p for p in pats)
-
     out = []
     for code in sorted(REGISTRY):
         cls = REGISTRY[code]
-        if sel and not matches(cls, sel):
+        if sel and not matches(cls.code, cls.name, sel):
             continue
-        if ign and matches(cls, ign):
+        if ign and matches(cls.code, cls.name, ign):
             continue
         out.append(cls(**((options or {}).get(cls.code) or (options or {}).get(cls.name) or {})))
     return out
@@ -124,20 +126,30 @@ def check(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, sele
     Raises:
         InputError: When the arguments are malformed.
     """
+    return predict(model, inputs, input_shape=input_shape, select=select, ignore=ignore, threshold=threshold,
+                   fail_on=fail_on, rule_options=rule_options, name=name, target_source=target_source).report
+
+
+def predict(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, select: Iterable[str] | None = None,
+            ignore: Iterable[str] | None = None, threshold: float = DEFAULT_THRESHOLD, fail_on: str = "error",
+            rule_options: dict[str, dict[str, Any]] | None = None, name: str | None = None,
+            target_source: Source | None = None) -> Prediction:
+    """``check``, with the live result beside the report: the graph and the engine's statistics,
+    which the probe and tests read. See ``check`` for the arguments."""
     if not isinstance(model, nn.Module):
         raise InputError(f"model={model!r} must be a torch.nn.Module")
     if fail_on not in ("error", "warning", "info"):
         raise InputError(f"fail_on={fail_on!r} must be 'error', 'warning' or 'info'")
     if not (isinstance(threshold, (int, float)) and threshold > 0):
         raise InputError(f"threshold={threshold!r} must be a positive number of decades")
-    ex = _as_example_inputs(model, inputs, input_shape)
+    ex = as_example_inputs(model, inputs, input_shape)
     result, failures = analyze(model, ex, threshold=threshold, target_source=target_source)
     findings: list[Finding] = []
     for rule in select_rules(select, ignore, rule_options):
         findings.extend(rule.check(result))
     findings = suppress.apply(findings)
     findings.sort(key=lambda f: (-Severity(f.severity).rank, f.path or "", f.line or 0, f.code))
-    return make_report(name or type(model).__name__, result, ex, findings, fail_on, target_source)
+    return Prediction(make_report(name or type(model).__name__, result, ex, findings, fail_on, target_source), result)
 
 
 def make_report(target: str, result: Result, ex: ExampleInputs, findings: list[Finding], fail_on: str,
@@ -151,6 +163,9 @@ def make_report(target: str, result: Result, ex: ExampleInputs, findings: list[F
     layers = tuple(
         LayerReport(module=n.module, kind=n.kind, node=n.name, grad_rms=n.grad_rms, forward_rms=math.sqrt(max(n.q, 0.0)))
         for n in prop.nodes if n.kind in LAYER_KINDS)
+    recurrent = tuple(RecurrentReport(node=r.node, module=r.module, mode=r.mode, steps=r.steps,
+                                      input_grad_rms=r.input_grad_rms, lag_grad_rms=r.lag_grad_rms,
+                                      lag_grad_rms_bound=r.lag_grad_rms_bound) for r in prop.recurrent)
     inputs = ex.describe() if ex.found else "none"
     where = {"decorator": "declared by @gradlint.target", "argument": "given to gradlint.check",
              "example_input_array": "from example_input_array",
@@ -160,7 +175,7 @@ def make_report(target: str, result: Result, ex: ExampleInputs, findings: list[F
     elif ex.note:
         inputs += f" ({ex.note})"
     return Report(target=target, status="ok", analysis=result.graph.analysis, summary=result.summary, params=params,
-                  layers=layers, findings=tuple(findings), recurrent=prop.recurrent, inputs=inputs, fail_on=fail_on,
+                  layers=layers, findings=tuple(findings), recurrent=recurrent, inputs=inputs, fail_on=fail_on,
                   path=target_source.path if target_source else None,
-                  line=target_source.line if target_source else None, result=result)
+                  line=target_source.line if target_source else None)
 

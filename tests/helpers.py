@@ -19,8 +19,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-import gradlint
-from gradlint.api import _as_example_inputs
+from gradlint.api import as_example_inputs, predict
 from gradlint.probing.measure import measure
 
 
@@ -42,20 +41,22 @@ class Trials:
     """Per-seed predictions and measurements of one architecture."""
 
     def __init__(self, build: Callable[[], nn.Module], inputs, seeds: int = 6):
-        self.pairs = []
+        self.pairs = []  # (report, measurement) per seed
+        self.results = []  # the engine's result beside each report
         for i in range(seeds):
             torch.manual_seed(1000 + i)
             model = build()
-            ex = _as_example_inputs(model, inputs)
-            report = gradlint.check(model, ex)
+            ex = as_example_inputs(model, inputs)
+            report, result = predict(model, ex)
             self.pairs.append((report, measure(model, ex, seeds=1, seed0=100 + i)))
+            self.results.append(result)
 
     @property
     def report(self):
         return self.pairs[0][0]
 
     def node(self, kind: str, index: int = 0) -> str:
-        return [n.name for n in self.report.result.propagation.nodes if n.kind == kind][index]
+        return [n.name for n in self.results[0].propagation.nodes if n.kind == kind][index]
 
     def check_diffs(self, label: str, diffs: list[float], preds: list[float], floor: float):
         """The test on per-seed differences (predicted - measured, one per pair)."""
@@ -69,8 +70,8 @@ class Trials:
 
     def check_node(self, name: str, what: str, floor: float):
         diffs, preds = [], []
-        for report, meas in self.pairs:
-            n = next(x for x in report.result.propagation.nodes if x.name == name)
+        for (report, meas), result in zip(self.pairs, self.results):
+            n = next(x for x in result.propagation.nodes if x.name == name)
             p = log_rms(n.q if what == "q" else n.s)
             m = log_rms((meas.node_q if what == "q" else meas.node_s)[name])
             preds.append(p)

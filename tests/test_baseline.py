@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gradlint.output import baseline
+from gradlint.output import baseline, fingerprint
 from gradlint.cli import main
 from gradlint.base.findings import Finding
 from gradlint.base.report import Report
@@ -34,7 +34,7 @@ def _finding(**kw) -> Finding:
 
 
 def _fp(f: Finding, target: str = "Net", root: str = "/repo") -> str:
-    return baseline.fingerprint(f, target, Path(root))
+    return fingerprint.fingerprint(f, target, Path(root))
 
 
 def test_fingerprint_ignores_lines_numbers_and_node_names_but_not_identity():

@@ -57,7 +57,7 @@ def run(cache_dir: Path, *args: str):
 
 
 def entries(cache_dir: Path) -> list[Path]:
-    return sorted(cache_dir.rglob("*.pickle"))
+    return sorted(cache_dir.rglob("*.json"))
 
 
 def test_an_unchanged_file_is_not_checked_again(project, tmp_path):
@@ -123,23 +123,42 @@ def test_a_corrupt_or_foreign_entry_is_ignored(project, tmp_path):
     c = tmp_path / "cache"
     expected = run(c, "model.py").output
     (entry,) = entries(c)
-    for junk in (b"", b"not a pickle", entry.read_bytes()[:40]):
+    valid = entry.read_bytes()
+    body = json.loads(valid[len(cache_mod._MAGIC):])
+    for junk in (b"", b"not json", valid[:40], cache_mod._MAGIC + b"[" * 100_000,
+                 cache_mod._MAGIC + json.dumps({**body, "key": "another key"}).encode(),
+                 cache_mod._MAGIC + json.dumps({"@type": "Report", "fields": {"target": "x", "no_such_field": 1}}).encode()):
         entry.write_bytes(junk)
         r = run(c, "model.py")
         assert r.checked == 1 and r.output == expected
-    # A valid pickle of something else, and one that would run code when loaded.
+    assert run(c, "model.py").checked == 0  # rewritten, valid again
+
+
+def test_a_hostile_cache_entry_runs_nothing_and_is_ignored(project, tmp_path):
+    """Entries are JSON that rebuilds only gradlint's report records: an entry crafted to run a
+    command, as a pickle (what format 1 stored) or as a document naming another type, runs
+    nothing and is a miss. The old format's directory is never read."""
+    c = tmp_path / "cache"
+    expected = run(c, "model.py").output
+    (entry,) = entries(c)
     marker = tmp_path / "pwned"
 
     class Evil:
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    for payload in ({"key": "another key", "events": []}, Evil()):
-        entry.write_bytes(cache_mod._MAGIC + pickle.dumps(payload))
+    # Format 1's exploit: a pickle whose allow-list accepted any attribute of gradlint's modules.
+    old = c / "v1" / entry.parent.name / (entry.stem + ".pickle")
+    old.parent.mkdir(parents=True)
+    old.write_bytes(cache_mod._MAGIC + pickle.dumps(Evil()))
+    command = {"@type": "system", "fields": {"command": f"touch {marker}"}}
+    for payload in (cache_mod._MAGIC + pickle.dumps(Evil()),
+                    cache_mod._MAGIC + json.dumps(command).encode(),
+                    cache_mod._MAGIC + json.dumps({"@dict": [["key", command], ["events", []]]}).encode()):
+        entry.write_bytes(payload)
         r = run(c, "model.py")
         assert r.checked == 1 and r.output == expected
     assert not marker.exists()
-    assert run(c, "model.py").checked == 0  # rewritten, valid again
 
 
 def test_no_cache_neither_reads_nor_writes(project, tmp_path):
@@ -167,7 +186,7 @@ def test_the_default_cache_is_a_user_directory_not_the_project(project, tmp_path
     assert sorted(p.name for p in project.rglob("*")) == before
     if sys.platform.startswith("linux"):
         assert cache_mod.default_dir() == tmp_path / "xdg" / "gradlint"
-        assert len(list((tmp_path / "xdg" / "gradlint").rglob("*.pickle"))) == 1
+        assert len(list((tmp_path / "xdg" / "gradlint").rglob("*.json"))) == 1
     monkeypatch.setenv("GRADLINT_CACHE_DIR", str(tmp_path / "mine"))
     assert cache_mod.default_dir() == tmp_path / "mine"
 
@@ -183,7 +202,7 @@ def test_local_imports_follow_the_project_not_site_packages(tmp_path):
     (root / "lazy.py").write_text("")
     (root / "unused.py").write_text("")
     (root / "model.py").write_text("import os, torch\nfrom pkg.sub import leaf\nfrom pkg import sub\n")
-    c = cache_mod.Cache(tmp_path / "c", __import__("gradlint.run.runner").run.runner.Settings())
+    c = cache_mod.Cache(tmp_path / "c", __import__("gradlint.run.check_file").run.check_file.Settings())
     found = cache_mod.local_imports((root / "model.py").resolve(), c._read)
     rel = sorted(str(f.relative_to(root.resolve())) for f in found)
     assert rel == ["lazy.py", "pkg/__init__.py", "pkg/sub/__init__.py", "pkg/sub/leaf.py", "pkg/util.py"]
@@ -201,7 +220,7 @@ def _key(n: int) -> str:
 def _entry(root: Path, n: int, age_days: float, size: int = 100, now: float | None = None) -> Path:
     """A file as Cache.put writes it, last used ``age_days`` ago."""
     key = _key(n)
-    path = root / f"v{cache_mod.FORMAT}" / key[:2] / f"{key[2:]}.pickle"
+    path = root / f"v{cache_mod.FORMAT}" / key[:2] / f"{key[2:]}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(cache_mod._MAGIC + b"x" * (size - len(cache_mod._MAGIC)))
     t = (now or time.time()) - age_days * DAY
@@ -281,7 +300,7 @@ def test_prune_removes_temporary_files_a_killed_run_left(tmp_path):
 
 
 def test_prune_runs_at_most_once_a_day_and_only_after_a_write(tmp_path, monkeypatch):
-    from gradlint.run.runner import Settings
+    from gradlint.run.check_file import Settings
 
     c = tmp_path / "cache"
     old = _entry(c, 1, age_days=60)

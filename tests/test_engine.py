@@ -12,8 +12,8 @@ import gradlint
 from helpers import Trials, decades
 
 
-def _node(report, kind, i=0):
-    return [n for n in report.result.propagation.nodes if n.kind == kind][i]
+def _node(trials, kind, i=0):
+    return [n for n in trials.results[0].propagation.nodes if n.kind == kind][i]
 
 
 class Doubled(nn.Module):
@@ -28,8 +28,8 @@ class Doubled(nn.Module):
 
 def test_same_tensor_adds_coherently():
     t = Trials(Doubled, (32, 64))
-    y = _node(t.report, "linear")
-    s = _node(t.report, "add")
+    y = _node(t, "linear")
+    s = _node(t, "add")
     assert s.q == pytest.approx(4 * y.q, rel=1e-9)
     t.check_node(s.name, "q", decades(0.03))
 
@@ -47,7 +47,7 @@ class Residual(nn.Module):
 
 def test_residual_branches_add_independently():
     t = Trials(Residual, (64, 128))
-    t.check_node(_node(t.report, "add").name, "q", decades(0.03))
+    t.check_node(_node(t, "add").name, "q", decades(0.03))
     t.check_param("a.weight", decades(0.03))
 
 

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from gradlint.cli import main
 from gradlint.base.findings import Finding
 from gradlint.output.formats import (FINGERPRINT_KEY, github_escape_data, github_escape_property, github_lines, render,
-                              repo_relpath, repo_root, sarif_doc, use_color)
+                                     sarif_doc, use_color)
+from gradlint.output.paths import repo_relpath, repo_root
 from gradlint.base.report import Report
 from gradlint.run.runner import run_paths
 

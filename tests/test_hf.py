@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 import gradlint
+from gradlint.api import predict
 from gradlint.capture.inputs import ExampleInputs, TensorSpec
 
 transformers = pytest.importorskip("transformers")
@@ -67,12 +68,12 @@ def test_llama_config_on_the_meta_device_reads_the_models_own_init():
                                    num_attention_heads=8, num_key_value_heads=4)
     with torch.device("meta"):
         model = transformers.LlamaForCausalLM(cfg)
-    report = gradlint.check(model, toks(use_cache=False, return_dict=False))
+    report, result = predict(model, toks(use_cache=False, return_dict=False))
     assert report.summary.verdict == "healthy"
     q = next(p for p in report.params if p.name.endswith("layers.0.self_attn.q_proj.weight"))
     assert q.stats_source == "init"
     # The model's own init (normal, std = initializer_range = 0.02), not nn.Linear's default.
-    assert report.result.propagation.param_stats[q.name].ms == pytest.approx(0.02 ** 2, rel=1e-6)
+    assert result.propagation.param_stats[q.name].ms == pytest.approx(0.02 ** 2, rel=1e-6)
 
 
 def test_findings_point_at_transformers_source_when_the_problem_lives_there():

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import gradlint
-from gradlint.output import baseline
+from gradlint.output import fingerprint
 from gradlint.rules.init_scale_mismatch import _relative
 
 LONG_NUMBER = re.compile(r"\d{6,}")
@@ -52,14 +52,14 @@ def test_a_huge_mismatch_is_not_printed_digit_by_digit(std, shown):
 def test_the_fingerprint_masks_the_ratio_in_every_form(tmp_path):
     root = Path(tmp_path)
     # Masked, the e-notation reads as the plain form did: one number.
-    assert baseline.mask("1.59e+21x the critical") == baseline.mask("16x the critical") == "#x the critical"
-    assert baseline.mask("1/6.28e+18 of the x") == baseline.mask("1/628 of the x") == "#/# of the x"
+    assert fingerprint.mask("1.59e+21x the critical") == fingerprint.mask("16x the critical") == "#x the critical"
+    assert fingerprint.mask("1/6.28e+18 of the x") == fingerprint.mask("1/628 of the x") == "#/# of the x"
     # A finding whose init gets a little or a lot worse keeps its fingerprint: the message differs
     # only in numbers, e-notation included.
     mild, huge = _gl301(1.0), _gl301(1e10)
     assert "16x the critical" in mild.message and "e+21x the critical" in huge.message
-    assert baseline.mask(mild.message) == baseline.mask(huge.message)
-    assert baseline.fingerprint(mild, "Net", root) == baseline.fingerprint(huge, "Net", root)
+    assert fingerprint.mask(mild.message) == fingerprint.mask(huge.message)
+    assert fingerprint.fingerprint(mild, "Net", root) == fingerprint.fingerprint(huge, "Net", root)
     small, tiny = _gl301(0.01), _gl301(1e-10)
     assert "1/628 of" in small.message and "e+18 of" in tiny.message
-    assert baseline.fingerprint(small, "Net", root) == baseline.fingerprint(tiny, "Net", root)
+    assert fingerprint.fingerprint(small, "Net", root) == fingerprint.fingerprint(tiny, "Net", root)

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import gradlint
+from gradlint.api import predict
 from gradlint.capture.inputs import ExampleInputs, TensorSpec
 from helpers import Trials, decades, log_rms
 
@@ -65,12 +65,12 @@ def qwen2_moe_block(**kw):
 def test_mixtral_on_the_meta_device_has_a_rule_for_every_moe_op():
     with torch.device("meta"):
         model = transformers.MixtralForCausalLM(mixtral_config())
-    report = gradlint.check(model, toks())
+    report, result = predict(model, toks())
     assert report.analysis == "export"
     assert not [f for f in report.findings if f.code == "GL902"], report.findings
-    routers = [n for n in report.result.graph.nodes if n.kind == "router"]
+    routers = [n for n in result.graph.nodes if n.kind == "router"]
     assert [n.attrs for n in routers] == [{"experts": 4, "k": 2, "normalize": True, "dim": -1}] * 2
-    grouped = [n.params["weight"] for n in report.result.graph.nodes if n.kind == "moe_linear"]
+    grouped = [n.params["weight"] for n in result.graph.nodes if n.kind == "moe_linear"]
     assert grouped == [f"model.layers.{i}.mlp.experts.{p}" for i in (0, 1) for p in ("gate_up_proj", "down_proj")]
     experts = [p for p in report.params if ".experts." in p.name]
     assert len(experts) == 4 and all(p.predicted_grad_rms > 0 for p in experts)
@@ -99,14 +99,14 @@ def test_mixtral_expert_gradients_follow_the_gradient_that_reaches_the_block():
     dense Llama of the same size), to within W1's accuracy: the MoE rules add no error of
     their own."""
     t = Trials(lambda: transformers.MixtralForCausalLM(mixtral_config()), toks(), seeds=4)
-    nodes = t.report.result.propagation.nodes
+    nodes = t.results[0].propagation.nodes
     for layer in (0, 1):
         out = next(n.name for n in nodes if n.kind == "reduce" and n.module == f"model.layers.{layer}.mlp.experts")
         for p in ("gate_up_proj", "down_proj"):
             name = f"model.layers.{layer}.mlp.experts.{p}"
             diffs, preds = [], []
-            for report, meas in t.pairs:
-                prop = report.result.propagation
+            for (report, meas), result in zip(t.pairs, t.results):
+                prop = result.propagation
                 pred = math.log10(next(x for x in report.params if x.name == name).predicted_grad_rms)
                 own = (pred - log_rms(meas.param_ms[name][0])) - (log_rms(prop.node(out).s) - log_rms(meas.node_s[out]))
                 diffs.append(own)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 import gradlint
-from gradlint.api import _as_example_inputs
+from gradlint.api import as_example_inputs
 
 
 def small():
@@ -21,7 +21,7 @@ def small():
 def test_measured_rms_equals_a_hand_written_backward_pass():
     model = small()
     report = gradlint.probe(model, (16, 32), seeds=2)
-    ex = _as_example_inputs(model, (16, 32))
+    ex = as_example_inputs(model, (16, 32))
     # The protocol by hand: per seed, inputs and g from that seed's generator, float64, train mode.
     work = copy.deepcopy(model).double().train()
     ms = {n: [] for n, _ in work.named_parameters()}
@@ -70,7 +70,7 @@ def test_probe_marks_findings_and_reports_agreement():
 def test_layer_output_gradients_equal_backward_hooks():
     model = small()
     report = gradlint.probe(model, (16, 32), seeds=2)
-    ex = _as_example_inputs(model, (16, 32))
+    ex = as_example_inputs(model, (16, 32))
     work = copy.deepcopy(model).double().train()
     seen: dict[str, list[float]] = {}
     for name, mod in work.named_modules():
@@ -102,7 +102,7 @@ def test_recurrent_step_gradients_equal_a_hand_written_backward_pass():
     torch.manual_seed(0)
     model = Net()
     report = gradlint.probe(model, (4, 12, 8), seeds=2)
-    ex = _as_example_inputs(model, (4, 12, 8))
+    ex = as_example_inputs(model, (4, 12, 8))
     work = copy.deepcopy(model).double().train()
     per_seed = []
     for seed in range(2):

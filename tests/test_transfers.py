@@ -93,7 +93,7 @@ def test_embedding_with_padding():
 ], ids=["layernorm", "rmsnorm", "groupnorm", "batchnorm"])
 def test_norms(norm):
     t = Trials(lambda: Seq(norm()), (64, 256))
-    kind = next(n.kind for n in t.report.result.propagation.nodes if n.kind.endswith("norm"))
+    kind = next(n.kind for n in t.results[0].propagation.nodes if n.kind.endswith("norm"))
     t.check_node(t.node(kind), "q", decades(0.025))
     t.check_node("linear", "s", decades(0.025))
     t.check_param("pre.weight", decades(0.03))

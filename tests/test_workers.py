@@ -7,6 +7,8 @@ invocation, so most tests pay for importing torch once; each crash costs a fresh
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import pickle
 import signal
@@ -159,23 +161,29 @@ def test_ctrl_c_prints_what_finished_and_exits_130(project):
     assert "gradlint: interrupted; 2 of 3 files not checked" in err
 
 
-def test_what_crosses_the_pipe_loads_without_torch():
-    # A probe's Agreement lives in a module that imports torch; it arrives as a Record.
-    from gradlint.probing.probe import Agreement
+def test_what_crosses_the_pipe_is_json_that_rebuilds_only_reports():
+    from gradlint.base.findings import Finding
+    from gradlint.base.report import Agreement, Summary
+    from gradlint.run import wire
 
     agreement = Agreement(0.1, 0.2, "fc.weight", (), "cpu", 3, 1.5, lag_grad_rms=(("rnn", (1.0, 0.5)),))
-    report = Report(target="m.py::M", probe=agreement, params=())
-    back = workers.loads(workers.dumps(report))
-    assert back.probe.worst_param == "fc.weight" and back.probe.to_dict() == agreement.to_dict()
-    assert back.probe.lag_grad_rms == (("rnn", (1.0, 0.5)),)
-    assert back.to_dict() == report.to_dict()
+    finding = Finding("GL101", "vanishing-gradient", "error", "vanishing", "m", evidence={"decades": float("inf")})
+    report = Report(target="m.py::M", probe=agreement, params=(), findings=(finding,),
+                    summary=Summary("vanishing", math.inf, attribution={"init scale": -0.5}))
+    data = wire.dumps(("report", 3, report))
+    assert json.loads(data.decode())  # a JSON document, not a pickle
+    assert wire.loads(data) == ("report", 3, report)
 
     class Evil:
         def __reduce__(self):
             return (os.system, ("echo hacked",))
 
-    with pytest.raises(pickle.UnpicklingError):
-        workers.loads(pickle.dumps(Evil()))
+    for hostile in (pickle.dumps(Evil()), b'{"@type": "system", "fields": {"command": "echo hacked"}}',
+                    b'{"@type": "Path", "fields": {}}', b"[" * 100_000):
+        with pytest.raises(wire.WireError):
+            wire.loads(hostile)
+    with pytest.raises(TypeError):
+        wire.dumps(Evil())
 
 
 def test_the_parent_never_imports_torch(project, tmp_path):

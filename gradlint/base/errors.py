@@ -45,3 +45,7 @@ class ForwardError(GradlintError):
 
 class ConfigError(GradlintError):
     """The ``[tool.gradlint]`` configuration is malformed: an unknown key or rule, or a wrong type."""
+
+
+class ProbeError(GradlintError):
+    """The real backward pass could not be run (no memory, a model that cannot be materialized)."""

@@ -6,7 +6,7 @@ import enum
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 CODE_RE = re.compile(r"^GL[0-9]{3}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -64,6 +64,12 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         return _finite(asdict(self))
+
+
+def matches(code: str, name: str, patterns: Iterable[str]) -> bool:
+    """Whether a rule is meant by any of ``patterns``: its code, a prefix of its code (``GL1``), or
+    its name. The one matcher ``--select``/``--ignore``, the configuration and the assertions use."""
+    return any(code.startswith(p.upper()) or name == p for p in patterns)
 
 
 def _finite(value: Any) -> Any:

@@ -1,14 +1,23 @@
-"""Reports: the immutable result of checking one target, and its text and JSON forms."""
+"""Reports: the outcome of checking one target, as plain data.
+
+Everything here is numbers, strings and tuples of small frozen dataclasses, with no torch
+and no live objects (graphs, engine results travel beside a report, never inside it), so a
+report crosses processes and the cache as JSON (``gradlint.run.wire``) and renders without
+torch (``gradlint.output``).
+"""
 
 from __future__ import annotations
 
 import math
-import os
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from gradlint.base.errors import GradlintError
 from gradlint.base.findings import Finding, Severity
-from gradlint.engine.summary import NORM_KINDS, WEIGHTED_KINDS, Summary
+
+#: Decades of attenuation (or growth) beyond which a verdict is vanishing (or exploding).
+DEFAULT_THRESHOLD = 2.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,154 @@ def _num(x: float | None) -> float | None:
 
 
 @dataclass(frozen=True)
+class TrunkPoint:
+    """One tensor on the trunk.
+
+    Attributes:
+        node: Graph node name.
+        module: Qualified module name.
+        t_decades: 0.5·log10 of the cumulative T ratio relative to the output (benign ops
+            counted as neutral): positive means more gradient signal than at the output.
+        q_decades: 0.5·log10 of q relative to the last normalization or input before it.
+        cause: The cause of the change since the previous trunk point.
+        step_decades: Change of ``t_decades`` since the previous trunk point (toward the input).
+    """
+
+    node: str
+    module: str
+    t_decades: float
+    q_decades: float
+    cause: str | None
+    step_decades: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The verdict for one model.
+
+    Attributes:
+        verdict: ``vanishing``, ``exploding``, ``blocked`` or ``healthy``.
+        attenuation_decades: See the module docstring; positive = gradient lost.
+        trunk_attenuation: Decades lost along the trunk at the weakest point.
+        trunk_amplification: Decades gained along the trunk at the strongest point.
+        forward_collapse: Decades the forward signal shrinks since the last normalization.
+        forward_growth: Decades it grows.
+        recurrent_decay: Largest decay of a long-range recurrent gradient over its sequence.
+        weakest: Trunk node at the weakest point (or the recurrent layer's node).
+        strongest: Trunk node at the strongest point.
+        attribution: Decades per cause along the dominant effect's path (negative = loss).
+        counts: Per cause, how many ops on that path it was attributed to.
+        threshold: The threshold the verdict used.
+        trunk: The trunk profile, input side first.
+    """
+
+    verdict: str
+    attenuation_decades: float
+    trunk_attenuation: float = 0.0
+    trunk_amplification: float = 0.0
+    forward_collapse: float = 0.0
+    forward_growth: float = 0.0
+    recurrent_decay: float = 0.0
+    weakest: str | None = None
+    strongest: str | None = None
+    attribution: dict[str, float] = field(default_factory=dict)
+    threshold: float = DEFAULT_THRESHOLD
+    trunk: tuple[TrunkPoint, ...] = ()
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "verdict": self.verdict,
+            "attenuation_decades": _round(self.attenuation_decades),
+            "trunk_attenuation_decades": _round(self.trunk_attenuation),
+            "trunk_amplification_decades": _round(self.trunk_amplification),
+            "forward_collapse_decades": _round(self.forward_collapse),
+            "forward_growth_decades": _round(self.forward_growth),
+            "recurrent_decay_decades": _round(self.recurrent_decay),
+            "weakest": self.weakest,
+            "strongest": self.strongest,
+            "attribution": {k: _round(v) for k, v in self.attribution.items()},
+            "threshold": self.threshold,
+        }
+
+
+def _round(x: float) -> float | None:
+    if x is None or math.isnan(x):
+        return None
+    if not math.isfinite(x):
+        return 1e308 if x > 0 else -1e308
+    return round(x, 3)
+
+
+@dataclass(frozen=True)
+class RecurrentReport:
+    """Per-time-step gradient at the input of a recurrent layer.
+
+    Attributes:
+        node: Graph node of the recurrent op.
+        module: Qualified module name.
+        mode: ``lstm``, ``gru``, ``rnn_tanh`` or ``rnn_relu``.
+        steps: Sequence length T.
+        input_grad_rms: RMS of dL/dx_t for each t under the model's own loss.
+        lag_grad_rms: RMS of dL/dx_t for each t when only the last step's output carries
+            the loss: the long-range gradient, whose decay over t is the vanishing that
+            the shared weights' gradients never show.
+        lag_grad_rms_bound: The same under plain mean field, the pessimistic bound
+            (docs/design.md §6, R2/R3).
+    """
+
+    node: str
+    module: str
+    mode: str
+    steps: int
+    input_grad_rms: tuple[float, ...]
+    lag_grad_rms: tuple[float, ...]
+    lag_grad_rms_bound: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How far predictions and measurements are apart, and how the probe ran.
+
+    Attributes:
+        median_decades: Median |log10 predicted - log10 measured| over the weight matrices.
+        worst_decades: The largest of them.
+        worst_param: Where the largest is.
+        disagreeing: Weight matrices more than a decade apart.
+        device: Where the probe ran.
+        seeds: Number of seeds.
+        seconds: Wall time of the measurement (materialization included).
+        batch_size: Samples per seed the measurement used.
+        requested_batch_size: Samples per seed asked for (more than ``batch_size`` after an
+            out-of-memory retry).
+        peak_memory_bytes: On CUDA, the peak memory allocated by the measurement.
+        lag_grad_rms: Per recurrent module, the measured RMS of the input gradient at each
+            time step when only the last step's output carries the loss.
+        notes: What the user should know about how the probe ran.
+    """
+
+    median_decades: float
+    worst_decades: float
+    worst_param: str
+    disagreeing: tuple[str, ...]
+    device: str
+    seeds: int
+    seconds: float
+    batch_size: int | None = None
+    requested_batch_size: int | None = None
+    peak_memory_bytes: int | None = None
+    lag_grad_rms: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "seeds": self.seeds, "seconds": round(self.seconds, 3),
+                "batch_size": self.batch_size, "requested_batch_size": self.requested_batch_size,
+                "peak_memory_bytes": self.peak_memory_bytes,
+                "median_decades": round(self.median_decades, 4), "worst_decades": round(self.worst_decades, 4),
+                "worst_param": self.worst_param, "disagreeing": list(self.disagreeing), "notes": list(self.notes)}
+
+
+@dataclass(frozen=True)
 class Report:
     """The outcome of checking one target.
 
@@ -66,6 +223,8 @@ class Report:
         layers: Per layer output.
         findings: What the rules found (after suppressions).
         recurrent: Per recurrent layer, the per-time-step input gradients.
+        probe: After a probe, how it ran and how far prediction and measurement are apart.
+        predicted_summary: After a probe, the predicted verdict (``summary`` is the measured one).
         inputs: The example inputs used, in words, and where they came from.
         fail_on: The lowest severity that makes the report not ``ok``.
         traceback: When status is ``error``: the traceback of the user's code when it raised
@@ -80,13 +239,12 @@ class Report:
     params: tuple[ParamReport, ...] = ()
     layers: tuple[LayerReport, ...] = ()
     findings: tuple[Finding, ...] = ()
-    recurrent: tuple[Any, ...] = ()
+    recurrent: tuple[RecurrentReport, ...] = ()
     inputs: str = ""
     fail_on: str = "error"
     path: str | None = None
     line: int | None = None
-    result: Any = field(default=None, compare=False, repr=False)
-    probe: Any = None
+    probe: Agreement | None = None
     predicted_summary: Summary | None = None
     traceback: str | None = None
 
@@ -106,9 +264,12 @@ class Report:
         finding with its location and fix, and the weakest layers.
         """
         __tracebackhide__ = True  # pytest shows the test's line, not this one
-        from gradlint.assertions import assert_clean
+        from gradlint.output.text import assertion_failure
 
-        return assert_clean(self, ignore=ignore, fail_on=fail_on)
+        message = assertion_failure(self, ignore=ignore, fail_on=fail_on)
+        if message:
+            raise AssertionError(message)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,214 +295,19 @@ class Report:
         }
 
     def __str__(self) -> str:
+        from gradlint.output.text import format_text
+
         return format_text([self], color=False)
 
 
-# -- text ---------------------------------------------------------------------------------
+def error_report(target: str, err: BaseException, path: str | None = None, line: int | None = None) -> Report:
+    """A report for a target gradlint could not analyze.
 
-_COLORS = {"error": "\033[31m", "warning": "\033[33m", "info": "\033[36m", "bold": "\033[1m", "dim": "\033[2m"}
-
-
-def _c(text: str, what: str, color: bool) -> str:
-    return f"{_COLORS[what]}{text}\033[0m" if color else text
-
-
-def relpath(path: str | None) -> str:
-    if not path:
-        return "<unknown>"
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return path if rel.startswith("..") else rel
-
-
-def format_finding(f: Finding, color: bool = False) -> str:
-    loc = f"{relpath(f.path)}:{f.line or 1}:{f.column or 1}"
-    head = f"{_c(loc, 'bold', color)}: {f.code} [{_c(f.severity, f.severity, color)}] {f.message}"
-    if f.fix:
-        head += "\n" + "\n".join("    fix: " + line if i == 0 else "         " + line
-                                 for i, line in enumerate(f.fix.splitlines()))
-    return head
-
-
-def _decades(x: float) -> str:
-    return f"{x:+.1f}" if math.isfinite(x) else ("+inf" if x > 0 else "-inf")
-
-
-def format_error(r: Report, color: bool = False) -> str:
-    """``file:line: could not analyze TARGET: what happened``, its hint, and the user's traceback.
-
-    The location leads, as in a compiler's message, so editors and terminals can jump to it.
+    A GradlintError carries the user's traceback when their code raised; any other exception
+    escaped gradlint's own handling, and its whole traceback is kept for a bug report.
     """
-    error = r.error or ""
-    head = ""
-    if r.path:
-        where = f"{r.path}:{r.line}" if r.line else r.path
-        if error.startswith(f"{where}: "):
-            head, error = f"{_c(where, 'bold', color)}: ", error[len(where) + 2:]
-    lines = [f"{head}{_c('could not analyze', 'error', color)} {_c(r.target, 'bold', color)}: {error}"]
-    if r.traceback:
-        lines.extend(f"  {line}" if line else "" for line in r.traceback.rstrip().splitlines())
-    return "\n".join(lines)
-
-
-def format_summary(r: Report, color: bool = False, weakest: int = 3) -> str:
-    if r.status != "ok":
-        return format_error(r, color)
-    s = r.summary
-    verdict = s.verdict if s else "?"
-    tone = "info" if verdict == "healthy" else "error"
-    lines = [f"{_c(r.target, 'bold', color)}: {_c(verdict, tone, color)}"
-             f" (attenuation {_decades(s.attenuation_decades)} decades, analysis: {r.analysis})"]
-    if r.inputs:
-        lines.append(f"  inputs: {r.inputs}")
-    if r.probe is not None:
-        lines.extend(format_probe(r))
-    weights = [p for p in r.params if p.predicted_grad_rms is not None and len(p.shape) >= 2]
-    if weights:
-        ordered = sorted(weights, key=lambda p: p.predicted_grad_rms)
-        shown = ", ".join(f"{p.name} {_log(p.predicted_grad_rms)}" for p in ordered[:weakest])
-        lines.append(f"  weakest weight gradients (log10 RMS): {shown}")
-        top = max(weights, key=lambda p: p.predicted_grad_rms)
-        lines.append(f"  strongest: {top.name} {_log(top.predicted_grad_rms)}")
-    if s and s.attribution:
-        parts = ", ".join(f"{k} {_decades(v)}" for k, v in sorted(s.attribution.items(), key=lambda kv: kv[1]))
-        lines.append(f"  attribution (decades): {parts}")
-    for rec in r.recurrent if r.probe is None else ():  # a probe prints them beside the measurement
-        if rec.lag_grad_rms and rec.lag_grad_rms[-1] > 0 and rec.lag_grad_rms[0] > 0:
-            d = math.log10(rec.lag_grad_rms[0] / rec.lag_grad_rms[-1])
-            lines.append(f"  {rec.module or rec.node} ({rec.mode}, {rec.steps} steps): long-range gradient at step 0 is "
-                         f"10^{d:.1f} of the last step's")
-    return "\n".join(lines)
-
-
-def format_probe(r: Report, max_rows: int = 20) -> list[str]:
-    """The probe's lines: how it ran, the agreement, predicted against measured per layer and,
-    for recurrent layers, per time step."""
-    p, s, pred = r.probe, r.summary, r.predicted_summary
-    batch = ("" if p.batch_size is None else f", batch {p.batch_size}"
-             + ("" if p.requested_batch_size in (None, p.batch_size) else f" of {p.requested_batch_size} asked"))
-    mem = "" if p.peak_memory_bytes is None else f", peak memory {p.peak_memory_bytes / 2**20:,.0f} MiB"
-    decided = "" if pred is None or pred.verdict == s.verdict else f" (predicted {pred.verdict}: the measurement decides)"
-    lines = [f"  probe ({p.device}, {p.seeds} seeds{batch}, {p.seconds:.2f} s{mem}): measured verdict {s.verdict}{decided}; "
-             f"|log10 predicted - measured| over weight matrices: median {p.median_decades:.2f}, worst "
-             f"{p.worst_decades:.2f} decades" + (f" ({p.worst_param})" if p.worst_param else "")]
-    lines += [f"  probe: {note}" for note in p.notes]
-    if p.disagreeing:
-        more = f" and {len(p.disagreeing) - 5} more" if len(p.disagreeing) > 5 else ""
-        lines.append(f"  more than a decade apart: {', '.join(p.disagreeing[:5])}{more}")
-    rows = [lr for lr in r.layers if lr.kind not in ("act", "act_module")]
-    if rows:
-        lines.append("  output-gradient RMS per layer, forward order (log10):")
-        lines.append(f"    {'layer':<32} {'kind':<11} {'predicted':>9} {'measured':>9} {'apart':>6}")
-        for lr in _spread(rows, max_rows):
-            apart = ""
-            if lr.measured_grad_rms and lr.grad_rms and lr.measured_grad_rms > 0 and lr.grad_rms > 0:
-                apart = f"{math.log10(lr.grad_rms) - math.log10(lr.measured_grad_rms):+6.2f}"
-            name = lr.module or lr.node
-            name = name if len(name) <= 32 else "…" + name[-31:]
-            lines.append(f"    {name:<32} {lr.kind:<11} {_log(lr.grad_rms):>9} "
-                         f"{_log(lr.measured_grad_rms) if lr.measured_grad_rms is not None else '-':>9} {apart:>6}")
-        if len(rows) > max_rows:
-            lines.append(f"    ({max_rows} of {len(rows)} layers, evenly spaced, and any more than a decade apart; "
-                         "--format json lists all)")
-    measured = dict(p.lag_grad_rms)
-    for rec in r.recurrent:
-        lag = measured.get(rec.module)
-        if not lag or not rec.lag_grad_rms or lag[-1] <= 0 or rec.lag_grad_rms[-1] <= 0:
-            continue
-        steps = sorted({round(i * (len(lag) - 1) / 4) for i in range(5)})
-        rel = lambda seq, t: _decades(math.log10(seq[t] / seq[-1])) if seq[t] > 0 else "-inf"  # noqa: E731
-        lines.append(f"  {rec.module or rec.node} ({rec.mode}, {rec.steps} steps): input gradient at step t under a "
-                     "last-step loss, log10 relative to the last step:")
-        lines.append("    " + f"{'step':<10}" + "".join(f"{t:>7}" for t in steps))
-        lines.append("    " + f"{'predicted':<10}" + "".join(f"{rel(rec.lag_grad_rms, t):>7}" for t in steps))
-        lines.append("    " + f"{'measured':<10}" + "".join(f"{rel(lag, t):>7}" for t in steps))
-    return lines
-
-
-def _spread(rows: list, n: int) -> list:
-    """At most ``n`` rows, evenly spaced from first to last, keeping every row whose
-    prediction and measurement are more than a decade apart."""
-    if len(rows) <= n:
-        return rows
-
-    def apart(lr) -> bool:
-        return bool(lr.measured_grad_rms and lr.grad_rms and lr.measured_grad_rms > 0 and lr.grad_rms > 0
-                    and abs(math.log10(lr.grad_rms / lr.measured_grad_rms)) > 1)
-
-    keep = {round(i * (len(rows) - 1) / (n - 1)) for i in range(n)} | {i for i, lr in enumerate(rows) if apart(lr)}
-    return [rows[i] for i in sorted(keep)]
-
-
-def _log(x: float) -> str:
-    return f"{math.log10(x):.2f}" if x and x > 0 else "-inf"
-
-
-def format_text(reports: Iterable[Report], color: bool = False, profile: bool = False) -> str:
-    """ruff-style finding lines, then one summary per target (with ``profile``, its bar chart)."""
-    reports = list(reports)
-    out = []
-    for r in reports:
-        for f in r.findings:
-            out.append(format_finding(f, color))
-    if out:
-        out.append("")
-    for r in reports:
-        out.append(format_summary(r, color))
-        if profile and r.status == "ok":
-            out.extend(format_profile(r, color))
-    return "\n".join(out)
-
-
-#: Layer kinds the bar profile and the chart show: the ones that hold weights or normalize;
-#: an activation's output gradient repeats its neighbour's.
-PROFILE_KINDS = WEIGHTED_KINDS | NORM_KINDS
-
-
-def format_profile(r: Report, color: bool = False, width: int = 40, max_rows: int = 24) -> list[str]:
-    """A bar per layer, in forward order: the log10 RMS of the gradient at its output, the bar
-    growing with it. Rows more than ``threshold`` decades from the last layer's are marked."""
-    rows = [lr for lr in r.layers if lr.kind in PROFILE_KINDS and lr.grad_rms and lr.grad_rms > 0]
-    if not rows:
-        return ["  gradient profile: no layer with a gradient"]
-    logs = [math.log10(lr.grad_rms) for lr in rows]
-    ref = logs[-1]
-    threshold = r.summary.threshold if r.summary else 2.0
-    # The axis always spans the vanishing threshold, so a healthy profile's small wiggles stay small.
-    lo, hi = min(min(logs), ref - threshold - 0.5), max(max(logs), ref + 0.5)
-    span = hi - lo
-    probed = r.probe is not None
-    lines = ["  gradient profile, log10 RMS at each layer's output (predicted"
-             + ("; the measured value follows" if probed else "") + f"; █ = {span / width:.2g} decades):"]
-    names = {id(lr): (lr.module or lr.node) for lr in rows}
-    name_w = min(28, max(len(n) for n in names.values()))
-    for lr in _spread(rows, max_rows):
-        x = math.log10(lr.grad_rms)
-        bar = "█" * max(1, round((x - lo) / span * width))
-        zone = "vanishing" if x < ref - threshold else "exploding" if x > ref + threshold else ""
-        name = names[id(lr)]
-        name = name if len(name) <= name_w else "…" + name[-(name_w - 1):]
-        meas = ""
-        if probed:
-            meas = f" {_log(lr.measured_grad_rms) if lr.measured_grad_rms is not None else '-':>7}"
-        text = f"    {name:<{name_w}} {x:7.2f}{meas} {bar}"
-        lines.append(_c(text, "error", color) + f" {zone}" if zone and color else text + (f" {zone}" if zone else ""))
-    if len(rows) > max_rows:
-        lines.append(f"    ({max_rows} of {len(rows)} layers, evenly spaced)")
-    return lines
-
-
-def summary_counts(reports: Iterable[Report]) -> dict[str, Any]:
-    """Counts for a run: targets, errors, findings by severity, verdicts."""
-    reports = list(reports)
-    sev: dict[str, int] = {"error": 0, "warning": 0, "info": 0}
-    verdicts: dict[str, int] = {}
-    for r in reports:
-        for f in r.findings:
-            sev[f.severity] = sev.get(f.severity, 0) + 1
-        if r.summary is not None:
-            verdicts[r.summary.verdict] = verdicts.get(r.summary.verdict, 0) + 1
-    return {"targets": len(reports), "could_not_analyze": sum(r.status != "ok" for r in reports),
-            "findings": sev, "verdicts": verdicts}
+    if isinstance(err, GradlintError):
+        return Report(target=target, status="error", error=str(err), path=err.path or path, line=err.line or line,
+                      traceback=getattr(err, "traceback_text", None))
+    return Report(target=target, status="error", error=f"{type(err).__name__}: {err}", path=path, line=line,
+                  traceback="".join(traceback.format_exception(type(err), err, err.__traceback__)))

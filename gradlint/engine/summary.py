@@ -27,99 +27,11 @@ earliest weights get no gradient at all, else ``healthy``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Sequence
 
+from gradlint.base.kinds import BENIGN_KINDS, NORM_KINDS, WEIGHTED_KINDS
+from gradlint.base.report import DEFAULT_THRESHOLD, Summary, TrunkPoint
 from gradlint.capture.graph import Graph
-
-DEFAULT_THRESHOLD = 2.0
-
-BENIGN_KINDS = {"identity", "select", "split", "getitem", "expand", "datamove", "dropout", "avg_pool",
-                "max_pool", "reduce", "cat", "const"}
-#: Layer kinds that hold weights, and those that normalize: the one table the rules, the
-#: report's profile and the API's layer list are built from.
-WEIGHTED_KINDS = frozenset({"linear", "conv", "embedding", "rnn", "attention", "moe_linear"})
-NORM_KINDS = frozenset({"layer_norm", "rms_norm", "group_norm", "batch_norm"})
-
-
-@dataclass(frozen=True)
-class TrunkPoint:
-    """One tensor on the trunk.
-
-    Attributes:
-        node: Graph node name.
-        module: Qualified module name.
-        t_decades: 0.5·log10 of the cumulative T ratio relative to the output (benign ops
-            counted as neutral): positive means more gradient signal than at the output.
-        q_decades: 0.5·log10 of q relative to the last normalization or input before it.
-        cause: The cause of the change since the previous trunk point.
-        step_decades: Change of ``t_decades`` since the previous trunk point (toward the input).
-    """
-
-    node: str
-    module: str
-    t_decades: float
-    q_decades: float
-    cause: str | None
-    step_decades: float
-
-
-@dataclass(frozen=True)
-class Summary:
-    """The verdict for one model.
-
-    Attributes:
-        verdict: ``vanishing``, ``exploding``, ``blocked`` or ``healthy``.
-        attenuation_decades: See the module docstring; positive = gradient lost.
-        trunk_attenuation: Decades lost along the trunk at the weakest point.
-        trunk_amplification: Decades gained along the trunk at the strongest point.
-        forward_collapse: Decades the forward signal shrinks since the last normalization.
-        forward_growth: Decades it grows.
-        recurrent_decay: Largest decay of a long-range recurrent gradient over its sequence.
-        weakest: Trunk node at the weakest point (or the recurrent layer's node).
-        strongest: Trunk node at the strongest point.
-        attribution: Decades per cause along the dominant effect's path (negative = loss).
-        counts: Per cause, how many ops on that path it was attributed to.
-        threshold: The threshold the verdict used.
-        trunk: The trunk profile, input side first.
-    """
-
-    verdict: str
-    attenuation_decades: float
-    trunk_attenuation: float = 0.0
-    trunk_amplification: float = 0.0
-    forward_collapse: float = 0.0
-    forward_growth: float = 0.0
-    recurrent_decay: float = 0.0
-    weakest: str | None = None
-    strongest: str | None = None
-    attribution: dict[str, float] = field(default_factory=dict)
-    threshold: float = DEFAULT_THRESHOLD
-    trunk: tuple[TrunkPoint, ...] = ()
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {
-            "verdict": self.verdict,
-            "attenuation_decades": _round(self.attenuation_decades),
-            "trunk_attenuation_decades": _round(self.trunk_attenuation),
-            "trunk_amplification_decades": _round(self.trunk_amplification),
-            "forward_collapse_decades": _round(self.forward_collapse),
-            "forward_growth_decades": _round(self.forward_growth),
-            "recurrent_decay_decades": _round(self.recurrent_decay),
-            "weakest": self.weakest,
-            "strongest": self.strongest,
-            "attribution": {k: _round(v) for k, v in self.attribution.items()},
-            "threshold": self.threshold,
-        }
-
-
-def _round(x: float) -> float | None:
-    if x is None or math.isnan(x):
-        return None
-    if not math.isfinite(x):
-        return 1e308 if x > 0 else -1e308
-    return round(x, 3)
 
 
 def trunk_nodes(graph: Graph, carries_gradient: set[str]) -> list[str]:

@@ -10,66 +10,21 @@ that shares it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
 from gradlint.base.errors import GradlintError
-from gradlint.base.findings import Finding
-from gradlint.output.formats import display_path, repo_root, target_name
+from gradlint.output.fingerprint import BASELINE_VERSION, fingerprints, mask
+from gradlint.output.paths import display_path, repo_root, target_name
 from gradlint.base.report import Report
-
-BASELINE_VERSION = 1
-
-# ATen node names are numbered in graph order ("sigmoid_3"), so they shift when an unrelated
-# op is added upstream; free text already shows in the message.
-_UNSTABLE_KEYS = frozenset({"node", "nodes", "weakest", "strongest", "reason", "failures"})
-_HEX = re.compile(r"0x[0-9a-fA-F]+")
-# Not digits inside identifiers: layers.16 and GL101 name things, 10^-15.9 measures them.
-_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 class BaselineError(GradlintError):
     """The baseline file cannot be read."""
-
-
-def mask(text: str, root: Path | None = None) -> str:
-    """``text`` with numbers, hex addresses and the repository root masked, whitespace collapsed."""
-    if root is not None:
-        text = text.replace(root.as_posix() + "/", "").replace(str(root) + os.sep, "")
-    text = _NUMBER.sub("#", _HEX.sub("#", text))
-    return " ".join(text.split())
-
-
-def _names(evidence: dict[str, Any], root: Path) -> list[str]:
-    out = []
-    for key in sorted(evidence):
-        value = evidence[key]
-        if key in _UNSTABLE_KEYS:
-            continue
-        if isinstance(value, str):
-            out.append(f"{key}={mask(value, root)}")
-        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-            out.append(f"{key}=" + ",".join(mask(v, root) for v in value))
-    return out
-
-
-def fingerprint(finding: Finding, target: str, root: Path) -> str:
-    """The stable identity of ``finding`` of target ``target`` (its name, without a path)."""
-    parts = [f"v{BASELINE_VERSION}", display_path(finding.path, root) or "", target, finding.code,
-             finding.module, *_names(finding.evidence, root), mask(finding.message, root)]
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
-
-
-def fingerprints(report: Report, root: Path) -> list[str]:
-    """The fingerprint of each of ``report``'s findings, in order."""
-    name = target_name(report)
-    return [fingerprint(f, name, root) for f in report.findings]
 
 
 def build(reports: Iterable[Report], root: Path) -> dict[str, Any]:

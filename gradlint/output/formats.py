@@ -1,7 +1,7 @@
 """The forms a ``gradlint check`` report takes: text, JSON, SARIF 2.1.0 and GitHub Actions
 workflow commands.
 
-Text is rendered by ``gradlint.base.report.format_text``; this module dispatches to it and holds
+Text is rendered by ``gradlint.output.text.format_text``; this module dispatches to it and holds
 the machine-readable forms. Paths in SARIF and GitHub output are relative to the repository
 root (the git top level of the working directory, else the working directory), because that
 is what code scanning and workflow annotations resolve them against.
@@ -18,7 +18,10 @@ from typing import Any, Iterable
 
 from gradlint._version import __version__
 from gradlint.base.findings import Finding
-from gradlint.base.report import Report, format_text, summary_counts
+from gradlint.base.report import Report
+from gradlint.output.fingerprint import fingerprints
+from gradlint.output.paths import display_path, repo_relpath, repo_root, target_name
+from gradlint.output.text import format_text, summary_counts
 
 FORMATS = ("text", "json", "sarif", "github")
 
@@ -31,44 +34,6 @@ FINGERPRINT_KEY = "gradlint/v1"
 
 _SARIF_LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 _GITHUB_LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
-
-
-# -- paths ------------------------------------------------------------------------------------
-
-def repo_root(start: str | os.PathLike[str] | None = None) -> Path:
-    """The git top level containing ``start`` (default: the working directory), else ``start``.
-
-    Looks for ``.git`` (a directory, or a file in worktrees and submodules) instead of
-    running git, so it works where git is not installed and costs no subprocess.
-    """
-    here = Path(os.path.realpath(start if start is not None else os.getcwd()))
-    for d in (here, *here.parents):
-        if (d / ".git").exists():
-            return d
-    return here
-
-
-def repo_relpath(path: str | None, root: Path) -> str | None:
-    """``path`` relative to ``root`` in POSIX form, or None when it lies outside ``root``."""
-    if not path:
-        return None
-    p = Path(os.path.realpath(path))
-    try:
-        return p.relative_to(root).as_posix()
-    except ValueError:
-        return None
-
-
-def display_path(path: str | None, root: Path) -> str | None:
-    """The repository-relative path where there is one, else the absolute POSIX path."""
-    if not path:
-        return None
-    return repo_relpath(path, root) or Path(os.path.realpath(path)).as_posix()
-
-
-def target_name(report: Report) -> str:
-    """The target's own name, without the ``path::`` prefix the runner gives it."""
-    return report.target.rsplit("::", 1)[-1]
 
 
 # -- dispatch -------------------------------------------------------------------------------
@@ -119,7 +84,6 @@ def use_color(fmt: str, to_file: bool, isatty: bool, env: dict[str, str] | None 
 def json_doc(reports: list[Report], notes: list[str], root: Path) -> dict[str, Any]:
     """Every target's ``to_dict()``, the run's notes and summary counts; each finding also
     carries its baseline fingerprint."""
-    from gradlint.output.baseline import fingerprints
 
     targets = []
     for r in reports:
@@ -189,7 +153,6 @@ def sarif_doc(reports: list[Report], notes: list[str], root: Path) -> dict[str, 
     execution notifications (and make ``executionSuccessful`` false), notes become
     note-level ones.
     """
-    from gradlint.output.baseline import fingerprints
 
     findings = [f for r in reports for f in r.findings]
     rules = _rules(findings)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Iterable
 
 from gradlint.base.errors import GradlintError
-from gradlint.base.report import PROFILE_KINDS as PLOTTED_KINDS, Report
+from gradlint.base.kinds import PROFILE_KINDS as PLOTTED_KINDS
+from gradlint.base.report import Report
 
 
 class PlotError(GradlintError):

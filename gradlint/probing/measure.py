@@ -20,6 +20,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from gradlint.base.errors import ProbeError
 from gradlint.capture.inputs import ExampleInputs
 from gradlint.capture.trace import export_program
 
@@ -298,7 +299,6 @@ _STATIC_HINT = "gradlint check without --probe still gives the static prediction
 
 def _run_failed(what: str, dtype: torch.dtype | None, e: BaseException, hint: str) -> Exception:
     """A ProbeError for the user's computation failing in the probe's run."""
-    from gradlint.probing.probe import ProbeError  # probing imports this module
 
     first = (str(e).strip().splitlines() or [""])[0]
     where = f"in {str(dtype).removeprefix('torch.')}" if dtype is not None else "in the model's own dtype"

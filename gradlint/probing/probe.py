@@ -14,65 +14,20 @@ import math
 import re
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from gradlint.base.errors import GradlintError
-from gradlint.probing.measure import Measurement, measure
-from gradlint.base.report import Report
+from gradlint.api import as_example_inputs, predict, select_rules
+from gradlint.base.errors import ProbeError
+from gradlint.base.report import Agreement, Report, Summary
 from gradlint.engine.result import cause_of
-from gradlint.engine.summary import Summary, summarize
+from gradlint.engine.summary import summarize
+from gradlint.probing.measure import Measurement, measure
 
 VERDICT_CODES = {"vanishing": "GL101", "exploding": "GL102"}
-
-
-class ProbeError(GradlintError):
-    """The real backward pass could not be run (no memory, a model that cannot be materialized)."""
-
-
-@dataclass(frozen=True)
-class Agreement:
-    """How far predictions and measurements are apart, and how the probe ran.
-
-    Attributes:
-        median_decades: Median |log10 predicted - log10 measured| over the weight matrices.
-        worst_decades: The largest of them.
-        worst_param: Where the largest is.
-        disagreeing: Weight matrices more than a decade apart.
-        device: Where the probe ran.
-        seeds: Number of seeds.
-        seconds: Wall time of the measurement (materialization included).
-        batch_size: Samples per seed the measurement used.
-        requested_batch_size: Samples per seed asked for (more than ``batch_size`` after an
-            out-of-memory retry).
-        peak_memory_bytes: On CUDA, the peak memory allocated by the measurement.
-        lag_grad_rms: Per recurrent module, the measured RMS of the input gradient at each
-            time step when only the last step's output carries the loss.
-        notes: What the user should know about how the probe ran.
-    """
-
-    median_decades: float
-    worst_decades: float
-    worst_param: str
-    disagreeing: tuple[str, ...]
-    device: str
-    seeds: int
-    seconds: float
-    batch_size: int | None = None
-    requested_batch_size: int | None = None
-    peak_memory_bytes: int | None = None
-    lag_grad_rms: tuple[tuple[str, tuple[float, ...]], ...] = ()
-    notes: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "seeds": self.seeds, "seconds": round(self.seconds, 3),
-                "batch_size": self.batch_size, "requested_batch_size": self.requested_batch_size,
-                "peak_memory_bytes": self.peak_memory_bytes,
-                "median_decades": round(self.median_decades, 4), "worst_decades": round(self.worst_decades, 4),
-                "worst_param": self.worst_param, "disagreeing": list(self.disagreeing), "notes": list(self.notes)}
 
 
 def resolve_device(device: str) -> str:
@@ -205,19 +160,17 @@ def probe(model: nn.Module, inputs: Any = None, *, device: str = "cpu", seeds: i
         ProbeError: When the measurement cannot run (out of memory at batch size 1, a meta
             model without init code, no such device).
     """
-    from gradlint.api import _as_example_inputs, check, select_rules
-
     if not isinstance(seeds, int) or seeds < 1:
         raise ProbeError(f"seeds={seeds!r} must be a positive int")
-    ex = _as_example_inputs(model, inputs)
+    ex = as_example_inputs(model, inputs)
     if batch_size is not None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ProbeError(f"batch_size={batch_size!r} must be a positive int")
         ex = ex.with_batch(batch_size)
-    report = check(model, ex, **check_kwargs)
+    report, result = predict(model, ex, **check_kwargs)
     if report.analysis != "export":
         # The measurement runs the exported graph, to read every node the prediction names.
-        why = "; ".join(report.result.trace_failures) or "no example inputs to export with"
+        why = "; ".join(result.trace_failures) or "no example inputs to export with"
         raise ProbeError(f"cannot probe: the probe runs the graph torch.export captures, and there is none ({why})",
                          hint=f"the static check still runs, from the {report.analysis} fallback: gradlint check "
                               "without --probe")
@@ -236,7 +189,6 @@ def probe(model: nn.Module, inputs: Any = None, *, device: str = "cpu", seeds: i
              for p in params if sum(d > 1 for d in p.shape) >= 2 and p.predicted_grad_rms and p.measured_grad_rms
              and math.isfinite(p.predicted_grad_rms) and math.isfinite(p.measured_grad_rms)]
     worst = max(diffs, key=lambda d: d[1]) if diffs else ("", 0.0)
-    result = report.result
     lags = tuple((r.module, meas.lag_rms(r.module)) for r in result.propagation.recurrent if meas.lag_rms(r.module))
     agreement = Agreement(
         median_decades=statistics.median(d for _, d in diffs) if diffs else 0.0, worst_decades=worst[1],

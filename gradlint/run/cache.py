@@ -27,16 +27,18 @@ measures the same numbers again; its wall time is the one of the run that measur
 
 Entries live in a user cache directory (never in the user's project), one file each, written
 to a temporary file and renamed into place, so a run that is killed or runs beside another
-leaves no half-written entry. An entry that cannot be read, is not the user's own, names
-another key or holds anything unexpected is ignored, never trusted; ``gradlint.run.workers.loads``
-refuses every class outside gradlint's torch-free modules.
+leaves no half-written entry. Entries are JSON (``gradlint.run.wire``), which rebuilds plain
+data and gradlint's report records and nothing else, so reading one can never run code. An
+entry that cannot be read, is not the user's own, names another key or holds anything
+unexpected is ignored, never trusted.
 
 Pruning keeps the directory bounded. A hit refreshes its entry's modification time (at most
 once a day per entry), so the time stands for the last use. A run that wrote an entry prunes
 when the last pruning is a day old (one ``stat`` of a stamp file tells): entries unused for
 ``MAX_AGE`` go, then the least recently used ones until the entries take at most
 ``MAX_BYTES``, and temporary files a killed run left behind. Pruning removes gradlint's own
-entries only: files named as an entry (``v<N>/<2 hex>/<62 hex>.pickle``) that start with the
+entries only: files named as an entry (``v<N>/<2 hex>/<62 hex>.json``, or ``.pickle`` from
+format 1, which pickled reports) that start with the
 cache's header, and its temporary files, never following a link, so a ``--cache-dir`` that
 holds other files keeps them.
 """
@@ -57,12 +59,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gradlint.load import loading
 from gradlint._version import __version__
+from gradlint.base.report import Report
+from gradlint.load import loading
+from gradlint.run import wire
 
 __all__ = ["Cache", "FORMAT", "MAX_AGE", "MAX_BYTES", "PRUNE_EVERY", "default_dir", "local_imports", "prune"]
 
-FORMAT = 1
+# 2: JSON entries (1 pickled them; its entries are no longer read, and pruning removes them).
+FORMAT = 2
 _MAGIC = b"gradlint-cache\n"
 DAY = 24 * 3600.0
 # Entries unused this long (seconds) are pruned; then the least recently used, down to MAX_BYTES.
@@ -72,10 +77,11 @@ MAX_BYTES = 256 * 1024 * 1024
 PRUNE_EVERY = DAY
 _TOUCH_AFTER = DAY
 _STAMP = "last-prune"
-# What gradlint writes, and nothing else: v<FORMAT>/<key[:2]>/<key[2:]>.pickle and mkstemp's files.
+# What gradlint writes, and nothing else: v<FORMAT>/<key[:2]>/<key[2:]>.json (.pickle in format 1)
+# and mkstemp's files.
 _FORMAT_DIR = re.compile(r"v[0-9]+")
 _SHARD_DIR = re.compile(r"[0-9a-f]{2}")
-_ENTRY = re.compile(r"[0-9a-f]{62}\.pickle")
+_ENTRY = re.compile(r"[0-9a-f]{62}\.(?:json|pickle)")
 _TEMP = re.compile(r"\.tmp-[A-Za-z0-9_]+")
 
 
@@ -194,25 +200,22 @@ class Cache:
     # --- entries ------------------------------------------------------------------------------
 
     def _entry(self, key: str) -> Path:
-        return self.dir / key[:2] / f"{key[2:]}.pickle"
+        return self.dir / key[:2] / f"{key[2:]}.json"
 
     def get(self, key: str | None) -> list[tuple[str, Any]] | None:
         """The events stored under ``key``; None when there is no valid entry."""
         if key is None:
             return None
-        from gradlint.base.report import Report
-        from gradlint.run.workers import loads
-
         entry = self._entry(key)
         try:
             with open(entry, "rb") as f:
                 st = os.fstat(f.fileno())
                 if hasattr(os, "getuid") and st.st_uid != os.getuid():
-                    return None  # someone else's file: a pickle is code, in effect
+                    return None  # someone else's file: not the user's results
                 data = f.read()
             if not data.startswith(_MAGIC):
                 return None
-            stored = loads(data[len(_MAGIC):])
+            stored = wire.loads(data[len(_MAGIC):])
         except Exception:  # noqa: BLE001 - a missing or corrupt entry is a miss, whatever it raises
             return None
         if not (isinstance(stored, dict) and stored.get("key") == key and isinstance(stored.get("events"), list)):
@@ -229,13 +232,10 @@ class Cache:
 
     def put(self, key: str, events: list[tuple[str, Any]]) -> None:
         """Stores ``events`` under ``key``; a cache that cannot be written is no cache."""
-        from gradlint.run.workers import _light, dumps
-
-        events = [(kind, _light(value) if kind == "report" else value) for kind, value in events]
         entry = self._entry(key)
         try:
             entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            data = _MAGIC + dumps({"key": key, "events": events})
+            data = _MAGIC + wire.dumps({"key": key, "events": events})
             fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as f:
@@ -316,7 +316,7 @@ def prune(directory: str | os.PathLike[str], *, max_age: float | None = None, ma
     """Removes gradlint's entries not used for ``max_age`` seconds, then the least recently
     used ones until the rest take at most ``max_bytes``, and temporary files older than a day.
 
-    Only gradlint's own files are candidates: ``v<N>/<2 hex>/<62 hex>.pickle`` below
+    Only gradlint's own files are candidates: ``v<N>/<2 hex>/<62 hex>.json`` (or ``.pickle``) below
     ``directory`` that start with the cache's header, and ``.tmp-*`` files in those shard
     directories; links are not followed, and other users' files are left alone. Never raises.
 

@@ -4,22 +4,22 @@ One target's failure becomes an error report for that target; the run goes on. T
 line runs the files in worker processes (``gradlint.run.workers``), so that even a crash that
 ends the process (a segfault in an extension, ``os._exit``) or a forward that never returns
 costs one target, not the run; its results can come from the cache (``gradlint.run.cache``).
-This module imports no torch: the worker side of it (``check_file``) imports it when it runs.
+This module imports no torch; the worker side, ``gradlint.run.check_file``, imports it when it runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import traceback
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable, Iterator
+from typing import Any, Callable, ContextManager, Iterable
 
+from gradlint.base.errors import GradlintError
+from gradlint.base.report import Report, error_report
 from gradlint.load import loading
+from gradlint.run.check_file import Settings, check_file
 from gradlint.run.config import Config
-from gradlint.base.errors import ConfigError, GradlintError
-from gradlint.base.report import Report
 
 # Seconds a target (or a file's import) may run in a worker before it is killed.
 DEFAULT_TIMEOUT = Config.timeout
@@ -32,35 +32,6 @@ class Interrupted(Exception):
         super().__init__("interrupted")
         self.reports = reports
         self.notes = notes
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What checking a file needs besides the file: everything that can change its reports."""
-
-    cli_shapes: tuple[tuple[int, ...], ...] | None = None
-    select: tuple[str, ...] = ()
-    ignore: tuple[str, ...] = ()
-    threshold: float = 2.0
-    fail_on: str = "error"
-    probe: bool = False
-    device: str = "cpu"
-    seeds: int = 3
-    batch_size: int | None = None
-    config: Config | None = None
-
-
-def error_report(target: str, err: BaseException, path: str | None = None, line: int | None = None) -> Report:
-    """A report for a target gradlint could not analyze; imports no torch.
-
-    A GradlintError carries the user's traceback when their code raised; any other exception
-    escaped gradlint's own handling, and its whole traceback is kept for a bug report.
-    """
-    if isinstance(err, GradlintError):
-        return Report(target=target, status="error", error=str(err), path=err.path or path, line=err.line or line,
-                      traceback=getattr(err, "traceback_text", None))
-    return Report(target=target, status="error", error=f"{type(err).__name__}: {err}", path=path, line=line,
-                  traceback="".join(traceback.format_exception(type(err), err, err.__traceback__)))
 
 
 def run_paths(paths: list[str], *, cli_shapes: list[tuple[int, ...]] | None = None, select: Iterable[str] = (),
@@ -182,84 +153,6 @@ def _advancer(bar: Iterable) -> Callable[[], None]:
     return lambda: next(it, None)
 
 
-class _NoParameters(Exception):
-    """A target discovery found has no parameters: a note, not a report."""
-
-
-def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -> Iterator[tuple[Any, ...]]:
-    """Check one file, as a stream of events.
-
-    Yields ``("import",)`` before importing it, ``("target", index, label, path, line, count)``
-    before each target (``count`` targets in all), ``("report", Report)`` and ``("note", text)``. A worker relays them, so the
-    parent knows what was running if the process dies.
-
-    Args:
-        skip: Targets to leave out, from the first: the ones a dead worker finished already.
-    """
-    from gradlint.api import check
-    from gradlint.capture.graph import Source
-    from gradlint.capture.inputs import resolve_inputs
-
-    config = settings.config
-    yield ("import",)
-    try:
-        module = loading.import_file(path)
-        found = loading.discover(module, path, name)
-        if config is not None:
-            found, failed = _with_config_targets(module, path, name, found, config)
-            if not skip:
-                for report in failed:
-                    yield ("report", report)
-    except GradlintError as e:
-        yield ("report", error_report(f"{path}" + (f"::{name}" if name else ""), e, str(path)))
-        return
-    if not found.targets:
-        # Skipped classes matter only when nothing else was found: otherwise they are the
-        # building blocks of the targets.
-        for skipped in found.skipped:
-            hint = f"\n  hint: {skipped.hint}" if skipped.hint else ""
-            yield ("note", f"{path}:{skipped.line or 1}: skipped {skipped.name}: {skipped.reason}{hint}")
-        yield ("note", f"{path}: no targets: " + ("every nn.Module here was skipped" if found.skipped else
-                       "no nn.Module subclass or instance is defined here, and nothing is marked @gradlint.target"))
-        return
-    for index, target in enumerate(found.targets):
-        if index < skip:
-            continue
-        label = f"{path}::{target.display_name}"
-        yield ("target", index, label, str(path), target.line, len(found.targets))
-        try:
-            with loading.user_code(path):
-                model = loading.instantiate(target)
-                if name is None and target.options is None and next(model.parameters(), None) is None:
-                    # A parameter-free module found by discovery (an activation, a wrapper) has no
-                    # gradient to predict; one named or decorated is still checked.
-                    raise _NoParameters
-                ex = resolve_inputs(model, target.options, list(settings.cli_shapes) if settings.cli_shapes else None)
-                if config is not None:
-                    ex = _config_inputs(ex, target, path, config)
-                if settings.batch_size is not None:
-                    ex = ex.with_batch(settings.batch_size)
-                src = Source(str(path), target.line or 1)
-                kwargs = dict(select=list(settings.select) or None, ignore=list(settings.ignore) or None,
-                              threshold=settings.threshold, fail_on=settings.fail_on, name=label, target_source=src,
-                              rule_options=config.rule_options if config is not None else None)
-                if settings.probe:
-                    from gradlint.probing.probe import probe as run_probe
-                    report = run_probe(model, ex, device=settings.device, seeds=settings.seeds, **kwargs)
-                else:
-                    report = check(model, ex, **kwargs)
-        except _NoParameters:
-            yield ("note", f"{path}:{target.line or 1}: skipped {target.name}: it has no parameters, so there is no "
-                           f"gradient to predict (name it, {path}::{target.name}, to check it anyway)")
-            continue
-        except SystemExit as e:  # in-process, it would end the whole run
-            report = error_report(label, GradlintError(
-                f"the model called sys.exit({e.code!r}) while being checked", path=str(path), line=target.line))
-        except Exception as e:  # the user's forward or an op gradlint cannot run; GradlintError too
-            report = error_report(label, e, str(path), target.line)
-        yield ("report", report)
-
-
 def _configured_jobs(config: Config) -> list[tuple[Any, str | None]]:
     """What ``gradlint check`` with no paths checks: the ``include`` walk of the configuration's
     directory, and the configured targets whose files that walk does not cover."""
@@ -279,39 +172,3 @@ def _configured_jobs(config: Config) -> list[tuple[Any, str | None]]:
     return jobs
 
 
-def _with_config_targets(module: Any, path: Any, name: str | None, found: loading.Discovery,
-                         config: Config) -> tuple[loading.Discovery, list[Report]]:
-    """The file's targets with the configured ones over them.
-
-    A configured target's kwargs and inputs replace the decorator's; one that discovery
-    skipped (its constructor needs arguments) or did not look for is added. A configured name
-    the file lacks becomes an error report at the configuration's line, and the file's other
-    targets are still checked.
-    """
-    specs = [s for s in config.targets_in(path) if name is None or name == s.name
-             or any(s.matches(t) for t in found.targets)]
-    targets = list(found.targets)
-    failed: list[Report] = []
-    for spec in specs:
-        index = next((i for i, t in enumerate(targets) if spec.matches(t)), None)
-        if index is None:
-            try:
-                (target,) = loading.discover(module, path, spec.name).targets
-            except GradlintError as e:
-                where, _, line = spec.origin.rpartition(":")
-                failed.append(error_report(f"{path}::{spec.name}", ConfigError(
-                    f"targets: {e.message}", path=where or spec.origin, line=int(line) if line.isdigit() else None,
-                    hint=e.hint)))
-                continue
-            targets.append(target)
-            index = len(targets) - 1
-        targets[index] = replace(targets[index], options=spec.options(targets[index].options))
-    return replace(found, targets=tuple(targets)), failed
-
-
-def _config_inputs(ex: Any, target: loading.Target, path: Any, config: Config) -> Any:
-    """Inputs a configured target declares say so in the report, not "declared by @gradlint.target"."""
-    spec = next((s for s in config.targets_in(path) if s.matches(target) and s.inputs is not None), None)
-    if spec is None or ex.source != "decorator":
-        return ex
-    return replace(ex, source="config", note=f"declared in {spec.origin}")

@@ -6,12 +6,10 @@ one after another, streaming events back (which target it starts, each report); 
 dies or runs past the timeout, the parent knows what was running, reports it, starts a fresh
 worker and goes on with the file's next target. The parent never imports torch.
 
-The protocol: length-prefixed pickles over the worker's stdin and stdout. The worker moves
-its own stdout to stderr first, so what the user's code prints never mixes with it (nor with
-``--format json`` on the parent's stdout). What the worker sends holds only classes of the
-torch-free modules in ``_LIGHT``: anything else (a probe's ``Agreement``, a recurrent layer's
-result) travels as a ``Record`` of its fields, and ``loads`` refuses any other class. The
-cache stores the same pickles.
+The protocol: length-prefixed JSON documents (``gradlint.run.wire``) over the worker's stdin
+and stdout; reports are plain data, so nothing that crosses can run code when it is read. The
+worker moves its own stdout to stderr first, so what the user's code prints never mixes with
+it (nor with ``--format json`` on the parent's stdout).
 
 Idle workers stay for the next run of the same process (a test suite invoking the command
 line many times pays for torch once); each run gives them its environment, and they forget
@@ -22,11 +20,7 @@ reports do not depend on what a worker checked before it.
 from __future__ import annotations
 
 import atexit
-import dataclasses
-import enum
-import io
 import os
-import pickle
 import queue
 import re
 import signal
@@ -36,18 +30,14 @@ import sys
 import tempfile
 import threading
 import time
-import types
+import warnings
 from collections import deque
-from collections.abc import Mapping
 from typing import Any, Callable
 
 from gradlint.base.errors import GradlintError
+from gradlint.base.report import error_report
+from gradlint.run import wire
 
-# Modules whose classes may cross from a worker (and out of the cache): none imports torch.
-_LIGHT = frozenset({"gradlint.base.report", "gradlint.base.findings", "gradlint.engine.summary", "gradlint.run.workers",
-                    "gradlint.base.errors"})
-_BUILTINS = frozenset({"bool", "int", "float", "complex", "str", "bytes", "bytearray", "tuple", "list", "dict", "set",
-                       "frozenset", "slice", "range"})
 _HEADER = struct.Struct(">Q")
 # Seconds a worker gets to write its traceback (faulthandler) after a timeout, before the kill.
 _DUMP_WAIT = 0.3
@@ -56,79 +46,8 @@ _POLL = 0.5
 
 # --- what crosses the pipe ------------------------------------------------------------------------
 
-class Record:
-    """A torch-free stand-in for an object of a module that imports torch: its fields as
-    attributes, and its ``to_dict()`` as it was computed in the worker."""
-
-    def __init__(self, kind: str, fields: dict[str, Any], as_dict: dict[str, Any] | None = None) -> None:
-        self.__dict__.update(fields)
-        self._kind = kind
-        self._as_dict = as_dict
-
-    def to_dict(self) -> dict[str, Any]:
-        if self._as_dict is None:
-            raise AttributeError(f"{self._kind} has no to_dict")
-        return dict(self._as_dict)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Record) and vars(self) == vars(other)
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{self._kind}({fields})"
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-class _Pickler(pickle.Pickler):
-    def reducer_override(self, obj: Any) -> Any:
-        cls = type(obj)
-        if cls is types.MappingProxyType:
-            return dict, (dict(obj),)
-        if cls.__module__ in _LIGHT or cls.__module__ == "builtins":
-            return NotImplemented
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-            to_dict = getattr(obj, "to_dict", None)
-            return Record, (cls.__name__, fields, to_dict() if callable(to_dict) else None)
-        if hasattr(obj, "tolist"):  # tensors and NumPy values
-            return _same, (obj.tolist(),)
-        if isinstance(obj, enum.Enum):
-            return _same, (obj.value,)
-        if isinstance(obj, str):
-            return _same, (str.__str__(obj),)
-        for base in (int, float, bytes, tuple, list, set, frozenset):  # torch.Size, named tuples
-            if isinstance(obj, base):
-                return _same, (base(obj),)
-        if isinstance(obj, Mapping):
-            return dict, (dict(obj),)
-        return str, (repr(obj),)
-
-
-def dumps(obj: Any) -> bytes:
-    """Pickles ``obj`` so that ``loads`` can read it without importing torch."""
-    buf = io.BytesIO()
-    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-    return buf.getvalue()
-
-
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if module in _LIGHT or (module == "builtins" and name in _BUILTINS):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed here")
-
-
-def loads(data: bytes) -> Any:
-    """Unpickles what ``dumps`` wrote; refuses classes outside gradlint's torch-free modules."""
-    return _Unpickler(io.BytesIO(data)).load()
-
-
-def _send(stream: Any, message: Any, reply: bool = True) -> None:
-    # Replies must load without torch; requests (settings, jobs) go to a process that has it.
-    data = dumps(message) if reply else pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+def _send(stream: Any, message: Any) -> None:
+    data = wire.dumps(message)
     stream.write(_HEADER.pack(len(data)) + data)
     stream.flush()
 
@@ -143,12 +62,12 @@ def _frame(stream: Any) -> bytes | None:
     return data if len(data) == size else None
 
 
-def _recv(stream: Any, reply: bool = True) -> Any:
+def _recv(stream: Any) -> Any:
     """The next message, or None at the end of the stream."""
     data = _frame(stream)
     if data is None:
         return None
-    return loads(data) if reply else pickle.loads(data)
+    return wire.loads(data)
 
 
 # --- the parent's side ------------------------------------------------------------------------------
@@ -213,7 +132,7 @@ class _Worker:
             if data is None:
                 break
             try:
-                message = loads(data)
+                message = wire.loads(data)
             except Exception as e:  # noqa: BLE001 - said as the report of what was running
                 message = ("garbled", f"{type(e).__name__}: {e}")
             _INBOX.put((self, message))
@@ -225,7 +144,7 @@ class _Worker:
 
     def send(self, message: Any) -> bool:
         try:
-            _send(self.proc.stdin, message, reply=False)
+            _send(self.proc.stdin, message)
             return True
         except (OSError, ValueError):  # it died; its reader says so
             return False
@@ -350,10 +269,7 @@ def run(jobs: list[tuple[int, Any, str | None]], settings: Any, *, workers: int,
         KeyboardInterrupt: After killing the workers; the files finished by then were passed
             to ``finished``.
     """
-    from gradlint.run.runner import error_report
-
     run_id = object()
-    portable = _portable(settings)
     # N workers with torch's default of a thread per core would fight over the cores.
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     pending: deque[tuple[int, Any, str | None, int]] = deque((i, path, name, 0) for i, path, name in jobs)
@@ -365,7 +281,7 @@ def run(jobs: list[tuple[int, Any, str | None]], settings: Any, *, workers: int,
     def assign(worker: _Worker) -> None:
         job = pending.popleft()
         if worker.run_id is not run_id:
-            worker.send(("run", os.environ.copy(), portable, threads))
+            worker.send(("run", os.environ.copy(), settings, threads))
             worker.run_id = run_id
         worker.reset()
         worker.job = job
@@ -511,8 +427,6 @@ def _handle(worker: _Worker, message: Any, events: dict, clean: dict, done: Call
         return
     index = worker.job[0]
     if kind == "garbled":  # a report gradlint cannot read back: a bug of ours, said where it happened
-        from gradlint.run.runner import error_report
-
         label = worker.target[1] if worker.phase == "target" and worker.target else str(worker.job[1])
         events[index].append(("report", error_report(label, GradlintError(
             f"gradlint could not read the worker's report ({message[1]})", path=str(worker.job[1])))))
@@ -532,20 +446,6 @@ def _handle(worker: _Worker, message: Any, events: dict, clean: dict, done: Call
     elif kind == "done":
         worker.reset()
         done(index)
-
-
-def _portable(settings: Any) -> Any:
-    """Settings that pickle: the configuration's read-only mappings as dicts."""
-    from dataclasses import replace
-
-    config = settings.config
-    if config is None:
-        return settings
-    config = replace(config, rule_options={k: dict(v) for k, v in config.rule_options.items()},
-                     severities=dict(config.severities), origins=dict(config.origins),
-                     targets=tuple(replace(t, kwargs=dict(t.kwargs) if t.kwargs is not None else None)
-                                   for t in config.targets))
-    return replace(settings, config=config)
 
 
 # --- the worker's side ----------------------------------------------------------------------------
@@ -590,10 +490,12 @@ def main() -> None:
     if hasattr(faulthandler, "register") and hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, crash, all_threads=True)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    # torch imports NumPy when it can and warns when it cannot; gradlint does not need it.
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     try:
         import gradlint.api  # noqa: F401 - torch, while the parent still works out what to check
         from gradlint.lint.rule import load_builtin
-        from gradlint.run.runner import check_file, error_report
+        from gradlint.run.check_file import check_file
 
         load_builtin()
         _warm_up()
@@ -607,7 +509,7 @@ def main() -> None:
     settings = None
     runs = 0
     while True:
-        message = _recv(requests, reply=False)
+        message = _recv(requests)
         if message is None:
             return
         if message[0] == "run":
@@ -628,9 +530,10 @@ def main() -> None:
             for event in check_file(path, name, settings, skip):
                 if event[0] == "target":
                     label = event[2]
-                if event[0] == "report":
-                    event = ("report", _light(event[1]))
-                _send(replies, (event[0], index, *event[1:]))
+                try:
+                    _send(replies, (event[0], index, *event[1:]))
+                except TypeError as e:  # a report holding something that is not plain data: our bug
+                    _send(replies, ("report", index, error_report(label, e, path)))
         except BaseException as e:  # noqa: BLE001 - gradlint's own bug, or a user's KeyboardInterrupt
             _send(replies, ("report", index, error_report(label, e, path)))
         try:
@@ -665,10 +568,3 @@ def _warm_up() -> None:
 
     with torch.random.fork_rng(devices=[]):  # the user's models draw the weights they would have
         check(torch.nn.Linear(2, 2), (1, 2))
-
-
-def _light(report: Any) -> Any:
-    # The graph is what makes a report heavy, and no one after the rules needs it.
-    from dataclasses import replace
-
-    return replace(report, result=None) if getattr(report, "result", None) is not None else report

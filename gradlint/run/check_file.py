@@ -1,0 +1,144 @@
+"""Checking one file, in the process that runs the user's code (a worker, or the caller's own
+with ``workers=0``): import it, discover its targets, build and check each one, as a stream of
+events the parent can follow. Imports torch only when it checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Iterator
+
+from gradlint.base.errors import ConfigError, GradlintError
+from gradlint.base.report import Report, error_report
+from gradlint.load import loading
+from gradlint.run.config import Config
+
+@dataclass(frozen=True)
+class Settings:
+    """What checking a file needs besides the file: everything that can change its reports."""
+
+    cli_shapes: tuple[tuple[int, ...], ...] | None = None
+    select: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    threshold: float = 2.0
+    fail_on: str = "error"
+    probe: bool = False
+    device: str = "cpu"
+    seeds: int = 3
+    batch_size: int | None = None
+    config: Config | None = None
+
+
+class _NoParameters(Exception):
+    """A target discovery found has no parameters: a note, not a report."""
+
+
+def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -> Iterator[tuple[Any, ...]]:
+    """Check one file, as a stream of events.
+
+    Yields ``("import",)`` before importing it, ``("target", index, label, path, line, count)``
+    before each target (``count`` targets in all), ``("report", Report)`` and ``("note", text)``. A worker relays them, so the
+    parent knows what was running if the process dies.
+
+    Args:
+        skip: Targets to leave out, from the first: the ones a dead worker finished already.
+    """
+    from gradlint.api import check
+    from gradlint.capture.graph import Source
+    from gradlint.capture.inputs import resolve_inputs
+
+    config = settings.config
+    yield ("import",)
+    try:
+        module = loading.import_file(path)
+        found = loading.discover(module, path, name)
+        if config is not None:
+            found, failed = _with_config_targets(module, path, name, found, config)
+            if not skip:
+                for report in failed:
+                    yield ("report", report)
+    except GradlintError as e:
+        yield ("report", error_report(f"{path}" + (f"::{name}" if name else ""), e, str(path)))
+        return
+    if not found.targets:
+        # Skipped classes matter only when nothing else was found: otherwise they are the
+        # building blocks of the targets.
+        for skipped in found.skipped:
+            hint = f"\n  hint: {skipped.hint}" if skipped.hint else ""
+            yield ("note", f"{path}:{skipped.line or 1}: skipped {skipped.name}: {skipped.reason}{hint}")
+        yield ("note", f"{path}: no targets: " + ("every nn.Module here was skipped" if found.skipped else
+                       "no nn.Module subclass or instance is defined here, and nothing is marked @gradlint.target"))
+        return
+    for index, target in enumerate(found.targets):
+        if index < skip:
+            continue
+        label = f"{path}::{target.display_name}"
+        yield ("target", index, label, str(path), target.line, len(found.targets))
+        try:
+            with loading.user_code(path):
+                model = loading.instantiate(target)
+                if name is None and target.options is None and next(model.parameters(), None) is None:
+                    # A parameter-free module found by discovery (an activation, a wrapper) has no
+                    # gradient to predict; one named or decorated is still checked.
+                    raise _NoParameters
+                ex = resolve_inputs(model, target.options, list(settings.cli_shapes) if settings.cli_shapes else None)
+                if config is not None:
+                    ex = _config_inputs(ex, target, path, config)
+                if settings.batch_size is not None:
+                    ex = ex.with_batch(settings.batch_size)
+                src = Source(str(path), target.line or 1)
+                kwargs = dict(select=list(settings.select) or None, ignore=list(settings.ignore) or None,
+                              threshold=settings.threshold, fail_on=settings.fail_on, name=label, target_source=src,
+                              rule_options=config.rule_options if config is not None else None)
+                if settings.probe:
+                    from gradlint.probing.probe import probe as run_probe
+                    report = run_probe(model, ex, device=settings.device, seeds=settings.seeds, **kwargs)
+                else:
+                    report = check(model, ex, **kwargs)
+        except _NoParameters:
+            yield ("note", f"{path}:{target.line or 1}: skipped {target.name}: it has no parameters, so there is no "
+                           f"gradient to predict (name it, {path}::{target.name}, to check it anyway)")
+            continue
+        except SystemExit as e:  # in-process, it would end the whole run
+            report = error_report(label, GradlintError(
+                f"the model called sys.exit({e.code!r}) while being checked", path=str(path), line=target.line))
+        except Exception as e:  # the user's forward or an op gradlint cannot run; GradlintError too
+            report = error_report(label, e, str(path), target.line)
+        yield ("report", report)
+
+
+def _with_config_targets(module: Any, path: Any, name: str | None, found: loading.Discovery,
+                         config: Config) -> tuple[loading.Discovery, list[Report]]:
+    """The file's targets with the configured ones over them.
+
+    A configured target's kwargs and inputs replace the decorator's; one that discovery
+    skipped (its constructor needs arguments) or did not look for is added. A configured name
+    the file lacks becomes an error report at the configuration's line, and the file's other
+    targets are still checked.
+    """
+    specs = [s for s in config.targets_in(path) if name is None or name == s.name
+             or any(s.matches(t) for t in found.targets)]
+    targets = list(found.targets)
+    failed: list[Report] = []
+    for spec in specs:
+        index = next((i for i, t in enumerate(targets) if spec.matches(t)), None)
+        if index is None:
+            try:
+                (target,) = loading.discover(module, path, spec.name).targets
+            except GradlintError as e:
+                where, _, line = spec.origin.rpartition(":")
+                failed.append(error_report(f"{path}::{spec.name}", ConfigError(
+                    f"targets: {e.message}", path=where or spec.origin, line=int(line) if line.isdigit() else None,
+                    hint=e.hint)))
+                continue
+            targets.append(target)
+            index = len(targets) - 1
+        targets[index] = replace(targets[index], options=spec.options(targets[index].options))
+    return replace(found, targets=tuple(targets)), failed
+
+
+def _config_inputs(ex: Any, target: loading.Target, path: Any, config: Config) -> Any:
+    """Inputs a configured target declares say so in the report, not "declared by @gradlint.target"."""
+    spec = next((s for s in config.targets_in(path) if s.matches(target) and s.inputs is not None), None)
+    if spec is None or ex.source != "decorator":
+        return ex
+    return replace(ex, source="config", note=f"declared in {spec.origin}")
