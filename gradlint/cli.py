@@ -1,4 +1,4 @@
-"""The ``gradlint`` command: a thin layer over ``gradlint.api`` and ``gradlint.load.loading``.
+"""The ``gradlint`` command: a thin layer over ``gradlint.run`` (configuration, runner) and ``gradlint.output``.
 
 Torch is imported only inside the commands that need it, so ``--help`` and ``--version``
 answer at once.

@@ -57,7 +57,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gradlint.load import loading
+from gradlint import load as loading
 from gradlint._version import __version__
 
 __all__ = ["Cache", "FORMAT", "MAX_AGE", "MAX_BYTES", "PRUNE_EVERY", "default_dir", "local_imports", "prune"]
@@ -447,7 +447,7 @@ def local_imports(file: Path, read: Any, memo: dict[Any, list[Path]] | None = No
     """
     memo = {} if memo is None else memo
     roots = [r.resolve() for r in loading.import_roots(file)]
-    parts, _ = loading._package_parts(file)
+    parts, _ = loading.package_parts(file)
     found: set[Path] = set()
     # import_file imports the file's package first: its __init__ files run too.
     directory = file.parent

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator
 
-from gradlint.load import loading
+from gradlint import load as loading
 from gradlint.run.config import Config
 from gradlint.base.errors import ConfigError, GradlintError
 from gradlint.base.report import Report
