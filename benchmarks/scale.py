@@ -161,9 +161,9 @@ def _steps(path: str) -> dict:
 
     step("import gradlint.cli (click, the command line)", lambda: __import__("gradlint.cli"))
     step("import torch", lambda: __import__("torch"))
-    from gradlint.load import loading
-    module = step("import the user's file", lambda: loading.import_file(Path(path)))
-    target = loading.discover(module, Path(path), None).targets[0]
+    from gradlint import load
+    module = step("import the user's file", lambda: load.import_file(Path(path)))
+    target = load.discover(module, Path(path), None).targets[0]
     step("import gradlint.api and the rules (gradlint's own modules)",
          lambda: (__import__("gradlint.api"), __import__("gradlint.lint.rule").rule.load_builtin()))
     # Graph capture runs torch's meta kernels, and the first of them imports torch._dynamo
@@ -172,7 +172,7 @@ def _steps(path: str) -> dict:
     import gradlint.api as api
     from gradlint.capture.inputs import resolve_inputs
 
-    model = step("build the model", lambda: loading.instantiate(target))
+    model = step("build the model", lambda: load.instantiate(target))
     ex = resolve_inputs(model, target.options)
     step("gradlint.check, first call in the process", lambda: api.check(model, ex))
     step("gradlint.check, second call", lambda: api.check(model, ex))

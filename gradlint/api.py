@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from gradlint.capture import fusion
 
-from gradlint.load import loading
+from gradlint.base.paths import shown_path
 
 from gradlint.capture import params as params_mod
 
@@ -91,7 +91,7 @@ def _no_output(model: nn.Module) -> ForwardError:
     path = line = None
     try:
         lines, line = inspect.getsourcelines(type(model).forward)
-        path = loading.shown_path(inspect.getsourcefile(type(model).forward))
+        path = shown_path(inspect.getsourcefile(type(model).forward))
         line += next((i for i, text in enumerate(lines) if text.lstrip().startswith("def ")), 0)
     except (OSError, TypeError):
         pass

@@ -1,4 +1,4 @@
-"""The ``gradlint`` command: a thin layer over ``gradlint.api`` and ``gradlint.load.loading``.
+"""The ``gradlint`` command: a thin layer over ``gradlint.run`` (configuration, runner) and ``gradlint.output``.
 
 Torch is imported only inside the commands that need it, so ``--help`` and ``--version``
 answer at once.
@@ -175,7 +175,8 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
 
 def _names_rules(config_file: str | None) -> bool:
     """Whether the configuration file may name rules (a cheap look at its text)."""
-    from gradlint.run.config import ConfigError, find
+    from gradlint.base.errors import ConfigError
+    from gradlint.run.config import find
 
     try:
         file = Path(config_file) if config_file else find()
@@ -187,7 +188,8 @@ def _names_rules(config_file: str | None) -> bool:
 
 def _configure(params: dict[str, Any]) -> Any:
     """defaults < [tool.gradlint] < the command line; a bad configuration exits 2 naming its line."""
-    from gradlint.run.config import ConfigError, from_command_line, load, merge
+    from gradlint.base.errors import ConfigError
+    from gradlint.run.config import from_command_line, load, merge
 
     shapes = tuple(_parse_shape(s) for s in params.get("input_shapes") or ())
     try:

@@ -16,7 +16,7 @@ from gradlint.cli import main
 from gradlint.base.findings import Finding
 from gradlint.output.formats import (FINGERPRINT_KEY, github_escape_data, github_escape_property, github_lines, render,
                                      sarif_doc, use_color)
-from gradlint.output.paths import repo_relpath, repo_root
+from gradlint.base.paths import repo_root, root_relative
 from gradlint.base.report import Report
 from gradlint.run.runner import run_paths
 
@@ -69,8 +69,8 @@ def test_vendored_schema_is_the_official_sarif_2_1_0():
 def test_repo_root_is_the_git_top_level(workspace, monkeypatch):
     monkeypatch.chdir(workspace / "models")
     assert repo_root() == workspace.resolve()
-    assert repo_relpath(str(workspace / "models" / "m.py"), repo_root()) == "models/m.py"
-    assert repo_relpath("/elsewhere/m.py", repo_root()) is None
+    assert root_relative(str(workspace / "models" / "m.py"), repo_root()) == "models/m.py"
+    assert root_relative("/elsewhere/m.py", repo_root()) is None
 
 
 def test_sarif_is_valid_and_has_what_code_scanning_reads(run, workspace):

@@ -932,16 +932,16 @@ _files = iter(range(10**9))
 @settings(max_examples=max(CHECK_EXAMPLES // 20, 10), **_settings)
 @given(spec=specs, form=st.sampled_from(FILE_FORMS))
 def test_loader_contract(spec, form, tmp_path_factory):
-    from gradlint.load import loading
+    from gradlint import load
     from gradlint.capture.inputs import resolve_inputs
 
     path = tmp_path_factory.getbasetemp() / f"fuzzed_model_{next(_files)}.py"
     path.write_text(_HEADER.format(spec=json.dumps(spec)) + _BODIES[form])
     try:
-        found = loading.discover(loading.import_file(path), path)
+        found = load.discover(load.import_file(path), path)
         for target in found.targets:
-            with loading.user_code(path):
-                model = loading.instantiate(target)
+            with load.user_code(path):
+                model = load.instantiate(target)
                 inputs = resolve_inputs(model, target.options)
             run_contract(gradlint.check, model, inputs)
     except GradlintError as e:

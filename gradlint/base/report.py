@@ -249,6 +249,11 @@ class Report:
     traceback: str | None = None
 
     @property
+    def name(self) -> str:
+        """The target's own name, without the ``path::`` prefix the runner gives it."""
+        return self.target.rsplit("::", 1)[-1]
+
+    @property
     def ok(self) -> bool:
         """True when analyzed and nothing reaches ``fail_on``."""
         level = Severity(self.fail_on).rank

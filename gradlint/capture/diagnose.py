@@ -11,7 +11,7 @@ from gradlint.base.errors import ForwardError, InputError
 from gradlint.base.targets import Tokens
 from gradlint.capture.inputs import ExampleInputs, _dtype_name, _guess, _image_size
 from gradlint.capture.meta import meta_copy, quiet
-from gradlint.load.loading import format_user_traceback, innermost_user_frame
+from gradlint.load import format_user_traceback, innermost_user_frame
 
 if TYPE_CHECKING:
     from torch import nn

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from gradlint.base.errors import InputError
-from gradlint.load.loading import format_user_traceback, innermost_line, user_code
+from gradlint.load import format_user_traceback, innermost_line, user_code
 from gradlint.base.targets import TOKEN_DTYPES, TargetOptions, Tokens, check_shape
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from gradlint.base.errors import GradlintError
 from gradlint.output.fingerprint import BASELINE_VERSION, fingerprints, mask
-from gradlint.output.paths import display_path, repo_root, target_name
+from gradlint.base.paths import repo_root, root_relative_or_absolute
 from gradlint.base.report import Report
 
 
@@ -37,8 +37,8 @@ def build(reports: Iterable[Report], root: Path) -> dict[str, Any]:
             if fp in entries:
                 entries[fp]["count"] += 1
                 continue
-            entries[fp] = {"fingerprint": fp, "count": 1, "code": f.code, "path": display_path(f.path, root),
-                           "target": target_name(r), "module": f.module, "message": mask(f.message, root)}
+            entries[fp] = {"fingerprint": fp, "count": 1, "code": f.code, "path": root_relative_or_absolute(f.path, root) if f.path else None,
+                           "target": r.name, "module": f.module, "message": mask(f.message, root)}
     ordered = sorted(entries.values(), key=lambda e: (e["path"] or "", e["target"], e["code"], e["module"],
                                                       e["fingerprint"]))
     return {"version": BASELINE_VERSION, "tool": "gradlint", "fingerprints": ordered}

@@ -16,7 +16,7 @@ from typing import Any
 
 from gradlint.base.findings import Finding
 from gradlint.base.report import Report
-from gradlint.output.paths import display_path, target_name
+from gradlint.base.paths import root_relative_or_absolute
 
 #: The version of the baseline format; fingerprints carry it, so a new format drops old ones.
 BASELINE_VERSION = 1
@@ -52,12 +52,12 @@ def _names(evidence: dict[str, Any], root: Path) -> list[str]:
 
 def fingerprint(finding: Finding, target: str, root: Path) -> str:
     """The stable identity of ``finding`` of target ``target`` (its name, without a path)."""
-    parts = [f"v{BASELINE_VERSION}", display_path(finding.path, root) or "", target, finding.code,
+    parts = [f"v{BASELINE_VERSION}", (root_relative_or_absolute(finding.path, root) if finding.path else ""), target, finding.code,
              finding.module, *_names(finding.evidence, root), mask(finding.message, root)]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
 def fingerprints(report: Report, root: Path) -> list[str]:
     """The fingerprint of each of ``report``'s findings, in order."""
-    name = target_name(report)
+    name = report.name
     return [fingerprint(f, name, root) for f in report.findings]

@@ -20,7 +20,7 @@ from gradlint._version import __version__
 from gradlint.base.findings import Finding
 from gradlint.base.report import Report
 from gradlint.output.fingerprint import fingerprints
-from gradlint.output.paths import display_path, repo_relpath, repo_root, target_name
+from gradlint.base.paths import repo_root, root_relative, root_relative_or_absolute
 from gradlint.output.text import format_text, summary_counts
 
 FORMATS = ("text", "json", "sarif", "github")
@@ -129,7 +129,7 @@ def _rules(findings: list[Finding]) -> list[dict[str, Any]]:
 def _physical(path: str | None, line: int | None, column: int | None, root: Path) -> dict[str, Any] | None:
     if not path:
         return None
-    rel = repo_relpath(path, root)
+    rel = root_relative(path, root)
     if rel is not None:
         art = {"uri": _uri_escape(rel), "uriBaseId": SRCROOT}
     else:  # outside the repository: code scanning cannot show it, but the log stays truthful
@@ -167,13 +167,13 @@ def sarif_doc(reports: list[Report], notes: list[str], root: Path) -> dict[str, 
                 "level": _SARIF_LEVEL.get(f.severity, "warning"),
                 "message": {"text": text},
                 "partialFingerprints": {FINGERPRINT_KEY: fp},
-                "properties": {"target": target_name(r), "module": f.module, "category": f.category,
+                "properties": {"target": r.name, "module": f.module, "category": f.category,
                                "evidence": f.evidence},
             }
             where = _physical(f.path or r.path, f.line if f.path else r.line, f.column, root)
             if where is not None:
                 if f.module:
-                    where["logicalLocations"] = [{"fullyQualifiedName": f"{target_name(r)}.{f.module}",
+                    where["logicalLocations"] = [{"fullyQualifiedName": f"{r.name}.{f.module}",
                                                   "name": f.module, "kind": "module"}]
                 res["locations"] = [where]
             if f.confirmed is not None:
@@ -237,12 +237,12 @@ def github_lines(reports: list[Report], root: Path) -> list[str]:
         for f in r.findings:
             msg = f.message + (f"\nfix: {f.fix}" if f.fix else "")
             out.append(_github_command(_GITHUB_LEVEL.get(f.severity, "warning"), msg,
-                                       file=display_path(f.path, root), line=f.line, col=f.column,
+                                       file=root_relative_or_absolute(f.path, root) if f.path else None, line=f.line, col=f.column,
                                        title=f"{f.code} {f.name}"))
     for r in reports:
         if r.status != "ok":
             # A load error already starts with the file it names; the target label would repeat it.
             msg = r.error if (r.error or "").startswith(r.target) else f"{r.target}: {r.error}"
-            out.append(_github_command("error", msg, file=display_path(r.path, root),
+            out.append(_github_command("error", msg, file=root_relative_or_absolute(r.path, root) if r.path else None,
                                        line=r.line, title="gradlint could not analyze"))
     return out

@@ -4,11 +4,11 @@ gradient profile, and the message of a failed assertion. Pure functions of plain
 from __future__ import annotations
 
 import math
-import os
 from typing import TYPE_CHECKING, Any, Iterable
 
 from gradlint.base.findings import Finding, Severity, matches
 from gradlint.base.kinds import PROFILE_KINDS
+from gradlint.base.paths import shown_path
 
 if TYPE_CHECKING:
     from gradlint.base.report import Report
@@ -26,18 +26,8 @@ def _c(text: str, what: str, color: bool) -> str:
     return f"{_COLORS[what]}{text}\033[0m" if color else text
 
 
-def relpath(path: str | None) -> str:
-    if not path:
-        return "<unknown>"
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return path if rel.startswith("..") else rel
-
-
 def format_finding(f: Finding, color: bool = False) -> str:
-    loc = f"{relpath(f.path)}:{f.line or 1}:{f.column or 1}"
+    loc = f"{shown_path(f.path) if f.path else '<unknown>'}:{f.line or 1}:{f.column or 1}"
     head = f"{_c(loc, 'bold', color)}: {f.code} [{_c(f.severity, f.severity, color)}] {f.message}"
     if f.fix:
         head += "\n" + "\n".join("    fix: " + line if i == 0 else "         " + line
@@ -277,7 +267,7 @@ def failure_message(report: Report, findings: list[Finding], verdict: str | None
         lines.append(f"{len(findings)} finding{'s' if len(findings) != 1 else ''} at or above {fail_on}:")
         for f in findings:
             where = f" in {f.module}" if f.module else ""
-            loc = f"{relpath(f.path)}:{f.line or 1}:{f.column or 1}{where}" if f.path else f"model{where}"
+            loc = f"{shown_path(f.path)}:{f.line or 1}:{f.column or 1}{where}" if f.path else f"model{where}"
             mark = ", confirmed" if f.confirmed else ""
             lines.append(f"  {f.code} [{f.severity}{mark}] {loc}: {f.message}")
             for i, fix_line in enumerate(f.fix.splitlines()):

@@ -5,7 +5,7 @@ worker and never imports torch. The key of a file (``path``, or ``path::Name``) 
 
 - the file's content, and that of the local modules it imports, transitively: imports
   (anywhere in the file, relative ones too) that resolve under the file's own directory, its
-  package root or the project root, as ``gradlint.load.loading.import_file`` puts them on sys.path.
+  package root or the project root, as ``gradlint.load.import_file`` puts them on sys.path.
   Installed packages are not read: the modification times of the site-packages directories
   stand for them (installing, upgrading or removing a package changes them);
 - the path as given, the resolved file and the current directory, which the reports quote;
@@ -61,7 +61,7 @@ from typing import Any
 
 from gradlint._version import __version__
 from gradlint.base.report import Report
-from gradlint.load import loading
+from gradlint import load
 from gradlint.run import wire
 
 __all__ = ["Cache", "FORMAT", "MAX_AGE", "MAX_BYTES", "PRUNE_EVERY", "default_dir", "local_imports", "prune"]
@@ -432,7 +432,7 @@ def _skipped(file: Path, roots: list[Path]) -> bool:
             rel = file.relative_to(root)
         except ValueError:
             continue
-        return any(part.startswith(".") or part in loading.SKIP_DIRS for part in rel.parts[:-1])
+        return any(part.startswith(".") or part in load.SKIP_DIRS for part in rel.parts[:-1])
     return True
 
 
@@ -446,8 +446,8 @@ def local_imports(file: Path, read: Any, memo: dict[Any, list[Path]] | None = No
             import the same modules).
     """
     memo = {} if memo is None else memo
-    roots = [r.resolve() for r in loading.import_roots(file)]
-    parts, _ = loading._package_parts(file)
+    roots = [r.resolve() for r in load.import_roots(file)]
+    parts, _ = load.package_parts(file)
     found: set[Path] = set()
     # import_file imports the file's package first: its __init__ files run too.
     directory = file.parent

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 from gradlint.base.errors import ConfigError, GradlintError
 from gradlint.base.report import Report, error_report
-from gradlint.load import loading
+from gradlint import load
 from gradlint.run.config import Config
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -
     config = settings.config
     yield ("import",)
     try:
-        module = loading.import_file(path)
-        found = loading.discover(module, path, name)
+        module = load.import_file(path)
+        found = load.discover(module, path, name)
         if config is not None:
             found, failed = _with_config_targets(module, path, name, found, config)
             if not skip:
@@ -74,8 +74,8 @@ def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -
         label = f"{path}::{target.display_name}"
         yield ("target", index, label, str(path), target.line, len(found.targets))
         try:
-            with loading.user_code(path):
-                model = loading.instantiate(target)
+            with load.user_code(path):
+                model = load.instantiate(target)
                 if name is None and target.options is None and next(model.parameters(), None) is None:
                     # A parameter-free module found by discovery (an activation, a wrapper) has no
                     # gradient to predict; one named or decorated is still checked.
@@ -106,8 +106,8 @@ def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -
         yield ("report", report)
 
 
-def _with_config_targets(module: Any, path: Any, name: str | None, found: loading.Discovery,
-                         config: Config) -> tuple[loading.Discovery, list[Report]]:
+def _with_config_targets(module: Any, path: Any, name: str | None, found: load.Discovery,
+                         config: Config) -> tuple[load.Discovery, list[Report]]:
     """The file's targets with the configured ones over them.
 
     A configured target's kwargs and inputs replace the decorator's; one that discovery
@@ -123,7 +123,7 @@ def _with_config_targets(module: Any, path: Any, name: str | None, found: loadin
         index = next((i for i, t in enumerate(targets) if spec.matches(t)), None)
         if index is None:
             try:
-                (target,) = loading.discover(module, path, spec.name).targets
+                (target,) = load.discover(module, path, spec.name).targets
             except GradlintError as e:
                 where, _, line = spec.origin.rpartition(":")
                 failed.append(error_report(f"{path}::{spec.name}", ConfigError(
@@ -136,7 +136,7 @@ def _with_config_targets(module: Any, path: Any, name: str | None, found: loadin
     return replace(found, targets=tuple(targets)), failed
 
 
-def _config_inputs(ex: Any, target: loading.Target, path: Any, config: Config) -> Any:
+def _config_inputs(ex: Any, target: load.Target, path: Any, config: Config) -> Any:
     """Inputs a configured target declares say so in the report, not "declared by @gradlint.target"."""
     spec = next((s for s in config.targets_in(path) if s.matches(target) and s.inputs is not None), None)
     if spec is None or ex.source != "decorator":

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable
 
 from gradlint.base.errors import GradlintError
+from gradlint.base.paths import shown_path
 from gradlint.base.report import Report, error_report
-from gradlint.load import loading
+from gradlint import load
 from gradlint.run.check_file import Settings, check_file
 from gradlint.run.config import Config
 
@@ -74,14 +75,14 @@ def run_paths(paths: list[str], *, cli_shapes: list[tuple[int, ...]] | None = No
     jobs: list[tuple[Any, str | None]] = []
     for arg in paths:
         try:
-            path, name = loading.parse_target_arg(arg)
+            path, name = load.parse_target_arg(arg)
         except GradlintError as e:
             reports.append(error_report(arg, e))
             continue
         if path.is_dir():
-            walked = [f for f in loading.iter_python_files([path]) if config is None or config.wants(f)]
+            walked = [f for f in load.iter_python_files([path]) if config is None or config.wants(f)]
             # Reading a file is cheap, importing it is not: thousands of files without a model cost nothing.
-            kept = [f for f in walked if loading.may_define_model(f)]
+            kept = [f for f in walked if load.may_define_model(f)]
             jobs.extend((f, None) for f in kept)
             if walked and not kept:
                 notes.append(f"{path}: no targets: none of its {len(walked)} Python files mentions torch, nn, "
@@ -157,14 +158,12 @@ def _configured_jobs(config: Config) -> list[tuple[Any, str | None]]:
     """What ``gradlint check`` with no paths checks: the ``include`` walk of the configuration's
     directory, and the configured targets whose files that walk does not cover."""
     def shown(file: Path) -> Path:
-        # Reports name files as a command line under the current directory would.
-        rel = os.path.relpath(file)
-        return file if rel.startswith("..") else Path(rel)
+        return Path(shown_path(str(file)))
 
     jobs: list[tuple[Any, str | None]] = []
     if config.include:
-        jobs += [(shown(f), None) for f in loading.iter_python_files([config.root])
-                 if config.wants(f) and loading.may_define_model(f)]
+        jobs += [(shown(f), None) for f in load.iter_python_files([config.root])
+                 if config.wants(f) and load.may_define_model(f)]
     walked = {f.resolve() for f, _ in jobs}
     for spec in config.targets:
         if spec.file.resolve() not in walked and (shown(spec.file), spec.name) not in jobs:

@@ -460,15 +460,9 @@ def _watch_parent(parent: int) -> None:
 
 def _forget_user_modules() -> None:
     """Drops the user modules a previous run imported, so this run sees their files as they are now."""
-    from gradlint.load import loading
+    from gradlint.load.sandbox import forget_user_modules
 
-    tops = set(loading._USER_MODULES)
-    for name in list(sys.modules):
-        top = name.partition(".")[0]
-        if top in tops or top.startswith("_gradlint_"):
-            del sys.modules[name]
-    loading._USER_MODULES.clear()
-    loading._ROOTS.clear()
+    forget_user_modules()
 
 
 def main() -> None:

@@ -1,0 +1,76 @@
+"""Building a discovered target: calling its factory or class with its arguments, checked first
+against the signature, with what the user's code raises placed in their file."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from gradlint.base.errors import LoadError
+from gradlint.load.discovery import Target, kwargs_hint
+from gradlint.load.sandbox import user_code
+from gradlint.load.tracebacks import innermost_line, user_error
+
+__all__ = ["instantiate"]
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text}" if len(text) <= 60 else type(value).__name__
+
+
+def _check_call(target: Target, kwargs: dict[str, Any]) -> None:
+    try:
+        params = inspect.signature(target.obj).parameters
+    except (TypeError, ValueError):
+        return
+    where = {"path": str(target.path), "line": target.line}
+    what = f"{target.name}'s constructor" if target.kind == "class" else f"the factory {target.name}"
+    missing = [p.name for p in params.values() if p.default is p.empty and p.name not in kwargs
+               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if missing:
+        raise LoadError(f"{what} needs arguments: {', '.join(missing)}", **where,
+                        hint=kwargs_hint(target.path, target.name, missing))
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = [k for k in kwargs if k not in params or params[k].kind is params[k].POSITIONAL_ONLY]
+        if unknown:
+            raise LoadError(f"{what} takes no argument {', '.join(unknown)}", **where,
+                            hint=f"it takes: {', '.join(params) or 'no arguments'}")
+
+
+def instantiate(target: Target, kwargs: dict[str, Any] | None = None) -> Any:
+    """Builds the model a target describes.
+
+    Args:
+        target: From ``discover``.
+        kwargs: Keyword arguments for the factory or class; they override the decorator's.
+
+    Returns:
+        The ``nn.Module``.
+
+    Raises:
+        LoadError: When arguments are missing (with a hint showing how to declare them) or
+            unknown, when the user's code raises (at the innermost line of their file, with the
+            trimmed traceback in ``traceback_text``), or when a factory returns no ``nn.Module``.
+    """
+    from torch import nn
+
+    if target.kind == "instance":
+        if kwargs:
+            raise LoadError(f"{target.name} is an nn.Module instance; it takes no kwargs",
+                            path=str(target.path), line=target.line)
+        return target.obj
+    merged = {**((target.options.kwargs or {}) if target.options is not None else {}), **(kwargs or {})}
+    _check_call(target, merged)
+    try:
+        with user_code(target.path):
+            built = target.obj(**merged)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure in user code becomes a LoadError
+        raise user_error(LoadError, f"building {target.name} raised {type(exc).__name__}: {exc}", exc,
+                         str(target.path), innermost_line(exc, target.path) or target.line) from exc
+    if not isinstance(built, nn.Module):
+        hint = ("return the model alone; gradlint makes its own inputs" if isinstance(built, tuple)
+                else "return the nn.Module the factory builds")
+        raise LoadError(f"the factory {target.name} returned {_brief(built)}, not an nn.Module",
+                        path=str(target.path), line=target.line, hint=hint)
+    return built
