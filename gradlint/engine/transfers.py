@@ -1346,7 +1346,7 @@ class TopK(Transfer):
         n, k, dim = self._n_k(node, x)
         if x.dtype == "float" and k > 0 and x.shape:
             v = _softmax_dim_var(x, dim)
-            e1, e2 = routing.topk_normal_moments(n, k)
+            e1, e2 = gaussian.topk_normal_moments(n, k)
             sign = 1.0 if node.attrs.get("largest", True) else -1.0
             sd = math.sqrt(v)
             values = x.with_(q=max(x.q - v, 0.0) + 2 * sign * x.mu * sd * e1 + v * e2, mu=x.mu + sign * sd * e1,
