@@ -19,8 +19,8 @@ from typing import Callable
 
 from gradlint.engine import gaussian
 
-from gradlint.engine import routing
-from gradlint.engine.state import BATCH, FEAT, POS, Bwd, Fwd
+from gradlint.engine import recurrent, routing
+from gradlint.engine.state import BATCH, FEAT, POS, Bwd, Fwd, default_roles
 
 TRANSFERS: dict[str, "Transfer"] = {}
 
@@ -69,16 +69,6 @@ def _shape(node, fallback: Fwd | None) -> tuple[int, ...]:
     if isinstance(s, tuple) and all(isinstance(d, int) for d in s):
         return s
     return fallback.shape if fallback is not None else ()
-
-
-def default_roles(shape: tuple[int, ...]) -> str:
-    """Batch first, features last, positions between (the layout of Linear-based models)."""
-    n = len(shape)
-    if n == 0:
-        return ""
-    if n == 1:
-        return FEAT
-    return BATCH + POS * (n - 2) + FEAT
 
 
 def conv_roles(n: int) -> str:
@@ -1476,7 +1466,7 @@ class Recurrent(Transfer):
     cause = RECURRENCE
 
     def forward(self, ctx, node, ins):
-        return ctx.rnn_forward(node, ins)
+        return recurrent.rnn_forward(ctx, node, ins)
 
     def backward(self, ctx, node, ins, out, g):
-        return ctx.rnn_backward(node, ins, out, g)
+        return recurrent.rnn_backward(ctx, node, ins, out, g)
