@@ -136,3 +136,11 @@ def test_the_torch_free_packages_import_no_torch():
 def test_each_stage_is_a_package(stage):
     assert (PACKAGE / stage / "__init__.py").is_file()
     assert ast.get_docstring(ast.parse((PACKAGE / stage / "__init__.py").read_text())), "say what the stage does"
+
+
+def test_every_package_is_shipped():
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")} | {"gradlint.rules"}
+    assert listed == found

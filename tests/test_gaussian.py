@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gradlint.engine import gaussian as g
+from gradlint.engine.gaussian import activations, bivariate, expectations, quadrature, softmax
 
 N_MC = 1_000_000  # samples per (mu, v) configuration
 N_MC_CROSS = 500_000
@@ -116,7 +117,7 @@ def test_moments_match_monte_carlo(name, z_mc):
 
 @pytest.mark.parametrize("name", sorted(TORCH_PHI))
 def test_analytic_derivative_matches_autograd(name):
-    spec = g._SPECS[name]
+    spec = activations.SPECS[name]
     p = tuple(default for _, default in spec.params)
     grid = torch.linspace(-12.0, 12.0, 20_001, dtype=torch.float64)
     h = torch.cat((grid, torch.tensor([-700.0, -40.0, 40.0, 700.0], dtype=torch.float64)))
@@ -184,7 +185,7 @@ def _quadrature_moments(name, mu, v):
     s = math.sqrt(v)
     kinks = {"relu": [0], "leaky_relu": [0], "prelu": [0], "elu": [0], "celu": [0], "selu": [0],
              "hardtanh": [-1, 1], "relu6": [0, 6], "hardsigmoid": [-3, 3], "hardswish": [-3, 3], "identity": []}[name]
-    z, w = g._graded_rule(tuple(((k - mu) / s, 0) for k in kinks))
+    z, w = quadrature.graded_rule(tuple(((k - mu) / s, 0) for k in kinks))
     f, d = phi_and_grad(name, mu + s * z)
     return [torch.dot(w, x).item() for x in (f, f * f, d * d, d)]
 
@@ -205,7 +206,7 @@ def test_closed_forms_match_quadrature(name):
 def test_parametrised_closed_forms():
     for mu, v in ((0.2, 0.7), (-0.4, 2.0)):
         s = math.sqrt(v)
-        z, w = g._graded_rule((((0 - mu) / s, 0), ((-2.0 - mu) / s, 0), ((0.5 - mu) / s, 0)))
+        z, w = quadrature.graded_rule((((0 - mu) / s, 0), ((-2.0 - mu) / s, 0), ((0.5 - mu) / s, 0)))
         h = mu + s * z
         for name, params, fn in (
             ("leaky_relu", {"negative_slope": 0.2}, lambda x: F.leaky_relu(x, 0.2)),
@@ -228,15 +229,15 @@ def test_parametrised_closed_forms():
 def test_smooth_grid_matches_graded_quadrature(name):
     # Two unrelated rules (uniform trapezoid vs graded Gauss-Legendre) must agree
     # to near machine precision for analytic phi (doc 5.3: <= 1e-15 at 801 points).
-    spec = g._SPECS[name]
+    spec = activations.SPECS[name]
     p = tuple(default for _, default in spec.params)
-    fn = g._moment_stack(spec.pair, p)
+    fn = expectations._moment_stack(spec.pair, p)
     for mu in (0.0, 0.5, -1.0):
         for v in (0.01, 0.25, 1.0, 4.0, 20.0):
             s = math.sqrt(v)
-            z, w = g._grid(801)
+            z, w = quadrature.normal_grid(801)
             a = torch.mv(fn(mu + s * z), w)
-            z2, w2 = g._kink_rule(-mu / s, 3)
+            z2, w2 = quadrature.kink_rule(-mu / s, 3)
             b = torch.mv(fn(mu + s * z2), w2)
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
 
@@ -260,7 +261,7 @@ def test_erf_kernel_closed_forms():
 
             for c in (-0.6, 0.5, 0.95):
                 cov = c * v
-                got = g._cross_grid(pair, 0.0, v, c)
+                got = bivariate._cross_grid(pair, 0.0, v, c)
                 pp = 2 / math.pi * math.asin(2 * beta**2 * cov / (1 + 2 * beta**2 * v))
                 dd = 4 * beta**2 / math.pi / math.sqrt((1 + 2 * beta**2 * v) ** 2 - (2 * beta**2 * cov) ** 2)
                 assert got.phi_phi == pytest.approx(pp, abs=1e-12)
@@ -376,12 +377,12 @@ def test_cross_matches_monte_carlo(name, z2_mc):
 
 def test_arccos_kernel_and_generic_path_agree():
     for c in (-0.9999999, -0.9, -0.3, 0.2, 0.7, 0.99, 0.999999):
-        ref = g._arccos_relu(1.0, c)
-        got = g._cross_segments("relu", (), 0.0, 1.0, c)
+        ref = bivariate._arccos_relu(1.0, c)
+        got = bivariate._cross_segments("relu", (), 0.0, 1.0, c)
         assert got.phi_phi == pytest.approx(ref.phi_phi, abs=1e-12)
         assert got.dphi_dphi == pytest.approx(ref.dphi_dphi, abs=1e-12)
-        ref = g._arccos_leaky(2.0, c, 0.2)
-        got = g._cross_segments("leaky_relu", (0.2,), 0.0, 2.0, c)
+        ref = bivariate._arccos_leaky(2.0, c, 0.2)
+        got = bivariate._cross_segments("leaky_relu", (0.2,), 0.0, 2.0, c)
         assert got.phi_phi == pytest.approx(ref.phi_phi, abs=1e-12)
         assert got.dphi_dphi == pytest.approx(ref.dphi_dphi, abs=1e-12)
     # Doc 5.1 arc-cosine formula, as printed.
@@ -394,13 +395,13 @@ def test_arccos_kernel_and_generic_path_agree():
 def test_cross_2d_grid_accuracy():
     # The documented bound: <= 1e-6 for smooth phi on the 2D grid (worst case tanh,
     # v at the switch to graded quadrature, |c| -> 1), against a finer grid.
-    pair = g._SPECS["tanh"].pair
+    pair = activations.SPECS["tanh"].pair
     for c in (0.5, 0.999, -0.999):
-        coarse = g._cross_grid(lambda h: pair(h, ()), 0.3, 16.0, c)
-        fine = g._cross_grid(lambda h: pair(h, ()), 0.3, 16.0, c, points=385)
+        coarse = bivariate._cross_grid(lambda h: pair(h, ()), 0.3, 16.0, c)
+        fine = bivariate._cross_grid(lambda h: pair(h, ()), 0.3, 16.0, c, points=385)
         assert coarse.phi_phi == pytest.approx(fine.phi_phi, abs=1e-6)
         assert coarse.dphi_dphi == pytest.approx(fine.dphi_dphi, abs=1e-6)
-        graded = g._cross_graded2d(lambda h: pair(h, ()), 0.3, 16.0, c, 0.0, 1.0)
+        graded = bivariate._cross_graded2d(lambda h: pair(h, ()), 0.3, 16.0, c, 0.0, 1.0)
         assert graded.phi_phi == pytest.approx(fine.phi_phi, abs=1e-10)
         assert graded.dphi_dphi == pytest.approx(fine.dphi_dphi, abs=1e-10)
 
@@ -500,12 +501,12 @@ def test_softmax_exact_limits_and_large_k():
     assert g.softmax_moments(1_000_000, 0.1).S2 == pytest.approx(math.exp(0.1) / 1_000_000, rel=1e-4)
     # Causal: the log-n quadrature of long prefixes equals the exact sum over n.
     k, v = 3000, 1.5
-    lap = g._softmax_laplace(v, k)
-    exact = g._softmax_from_laplace(lap, torch.arange(1, k + 1, dtype=torch.float64)).sum(1) / k
+    lap = softmax._softmax_laplace(v, k)
+    exact = softmax._softmax_from_laplace(lap, torch.arange(1, k + 1, dtype=torch.float64)).sum(1) / k
     assert g.softmax_moments(k, v, causal=True) == pytest.approx(exact.tolist(), rel=1e-6)
     # The Monte Carlo fallback (v > 400) agrees with the quadrature where both run.
-    assert g._softmax_mc(16, 50.0, False) == pytest.approx(g._softmax_quadrature(16, 50.0, False), rel=0.01)
-    assert g._softmax_mc(16, 50.0, True) == pytest.approx(g._softmax_quadrature(16, 50.0, True), rel=0.01)
+    assert softmax._softmax_mc(16, 50.0, False) == pytest.approx(softmax._softmax_quadrature(16, 50.0, False), rel=0.01)
+    assert softmax._softmax_mc(16, 50.0, True) == pytest.approx(softmax._softmax_quadrature(16, 50.0, True), rel=0.01)
     big = g.softmax_moments(64, 1e4)
     assert 0.95 < big.S2 <= 1.0 and 0.9 < big.S22 <= 1.0
 

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from gradlint.engine import recurrent as R
+from gradlint.engine.recurrent import backward_pass, forward_pass, numerics
 
 NEAR_END = 0.1  # decades per step, lags ≤ 20 (brief)
 SLOPE_REL = 0.05  # relative error of the per-step decay slope (brief)
@@ -309,9 +310,9 @@ def test_reverse_direction_sees_flipped_sequence():
 def test_activation_moments_match_doc_table():
     # section 5.3 reference values (tanh, sigmoid at v = 0.25 / 1 / 4), 4 decimals
     for v, t2, td2, s2, sd2 in ((0.25, 0.1735, 0.7174, 0.2640, 0.0560), (1.0, 0.3943, 0.4644, 0.2934, 0.0448), (4.0, 0.6353, 0.2560, 0.3486, 0.0290)):
-        t, s = R._act_moments("tanh", 0.0, v), R._act_moments("sigmoid", 0.0, v)
+        t, s = numerics.act_moments("tanh", 0.0, v), numerics.act_moments("sigmoid", 0.0, v)
         assert (t.second, t.dphi2, s.second, s.dphi2) == pytest.approx((t2, td2, s2, sd2), abs=6e-5)
-    relu = R._act_moments("relu", 0.0, 1.0)
+    relu = numerics.act_moments("relu", 0.0, 1.0)
     assert (relu.mean, relu.second, relu.dphi2) == pytest.approx((0.3989, 0.5, 0.5), abs=1e-4)
 
 
@@ -328,7 +329,7 @@ def test_mehler_matches_2d_quadrature():
         a = mu_a + math.sqrt(v_a) * z1
         b = mu_b + math.sqrt(v_b) * (rho * z1 + math.sqrt(1 - rho * rho) * z2)
         exact = float((f(a) * f(b) * w2).sum())
-        approx = float(R._mehler(R._hermite(name, mu_a, v_a), R._hermite(name, mu_b, v_b), torch.tensor(rho)))
+        approx = float(numerics.mehler(numerics.hermite(name, mu_a, v_a), numerics.hermite(name, mu_b, v_b), torch.tensor(rho)))
         assert approx == pytest.approx(exact, rel=1e-4)
 
 
@@ -340,7 +341,7 @@ def test_mehler_matches_2d_quadrature():
 def test_memory_channel_equals_doc_p_matrix(steps, coeffs):
     # R4's recursion over hop counts, P ← (f̄² + v_f + b_i)P + f̄√b_c(SP + PSᵀ) + b_c·SPSᵀ,
     # s = trace P, with a fresh source injected at every step, against the Fourier form
-    mem = R._MemoryChannel(steps, coherent=True)
+    mem = backward_pass._MemoryChannel(steps, coherent=True)
     P = torch.zeros(steps + 1, steps + 1, dtype=torch.float64)
     for f_mean, b_i, b_c, inj in coeffs[:steps]:
         f_second = f_mean * f_mean + 0.1 * f_mean * (1 - f_mean)
@@ -397,7 +398,7 @@ def test_reuse_estimate_never_below_mean_field_and_covariances_consistent(case):
 def test_dense_fallback_for_long_sequences(monkeypatch):
     stats = R.default_layer_stats("rnn_tanh", 16, 16)
     dense = R.predict(stats, 1.0, 1.0, 4, 12)
-    monkeypatch.setattr(R, "DENSE_MAX_STEPS", 4)
+    monkeypatch.setattr(forward_pass, "DENSE_MAX_STEPS", 4)
     flat = R.predict(stats, 1.0, 1.0, 4, 12)
     assert flat.forward.k_h is None and flat.estimate.r_x is None
     # the vanilla RNN's marginals do not depend on the covariance across steps

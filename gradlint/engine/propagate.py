@@ -2,23 +2,26 @@
 
 Forward, in topological order, every node's statistics (q, mu, k, kt) come from its
 inputs' through the node kind's transfer rule; backward, in reverse order, every tensor's
-gradient moments (s, r) are the sum of what its consumers send back (section 2.1 of the
-design note), and each rule books its parameters' gradients on the way.
+gradient moments (s, r) are the sum of what its consumers send back (docs/design.md §2.1),
+and each rule books its parameters' gradients on the way.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 
-from gradlint.engine import recurrent
 from gradlint.capture.graph import Graph, Node, Source
 from gradlint.capture.params import ParamStats
-from gradlint.engine.state import Bwd, Fwd
-from gradlint.engine.transfers import TRANSFERS, default_roles
+from gradlint.engine.context import Context
+from gradlint.engine.state import Bwd, Fwd, default_roles
+from gradlint.engine.transfers import TRANSFERS
+
+if TYPE_CHECKING:
+    from gradlint.engine.recurrent import RecurrentResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,31 +59,6 @@ class NodeResult:
         return math.sqrt(max(self.s, 0.0))
 
 
-@dataclass(frozen=True, slots=True)
-class RecurrentResult:
-    """Per-time-step gradient at the input of a recurrent layer.
-
-    Attributes:
-        node: Graph node of the recurrent op.
-        module: Qualified module name.
-        mode: ``lstm``, ``gru``, ``rnn_tanh`` or ``rnn_relu``.
-        steps: Sequence length T.
-        input_grad_rms: RMS of dL/dx_t for each t under the model's own loss.
-        lag_grad_rms: RMS of dL/dx_t for each t when only the last step's output carries
-            the loss: the long-range gradient, whose decay over t is the vanishing that
-            the shared weights' gradients never show.
-        lag_grad_rms_bound: The same under plain mean field, the pessimistic bound (R2/R3).
-    """
-
-    node: str
-    module: str
-    mode: str
-    steps: int
-    input_grad_rms: tuple[float, ...]
-    lag_grad_rms: tuple[float, ...]
-    lag_grad_rms_bound: tuple[float, ...]
-
-
 @dataclass(frozen=True)
 class Propagation:
     """Everything the engine predicted for one model.
@@ -109,108 +87,6 @@ class Propagation:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {n.name: n for n in self.nodes})
-
-
-class Context:
-    """What transfer rules may read and write during one propagation."""
-
-    def __init__(self, graph: Graph, stats: dict[str, ParamStats], model: nn.Module | None):
-        self.graph = graph
-        self.stats = stats
-        self.model = model
-        self.batch = graph.batch_size
-        self.grads: dict[str, float] = {}
-        self.unknown: dict[str, None] = {}  # ordered and de-duplicated in one, in constant time
-        self.recurrent: list[RecurrentResult] = []
-        self._rnn_cache: dict[str, Any] = {}
-
-    def param_stats(self, name: str) -> ParamStats:
-        return self.stats[name]
-
-    def param_grad(self, name: str, e2: float) -> None:
-        if name in self.stats:
-            self.grads[name] = self.grads.get(name, 0.0) + max(e2, 0.0)
-
-    def batch_of(self, rows: int) -> int:
-        """The batch size, where ``rows`` rows of a layer's input split into samples."""
-        b = self.batch or 1
-        return b if rows % b == 0 else 1
-
-    def distinct_values(self, buffer: str) -> int | None:
-        """Number of distinct values of an integer buffer (None on the meta device)."""
-        if self.model is None:
-            return None
-        try:
-            b = self.model.get_buffer(buffer)
-        except AttributeError:
-            return None
-        if b.is_meta or b.numel() == 0 or b.numel() > 1_000_000:
-            return None
-        return int(b.unique().numel())
-
-    def note_unknown(self, node: Node) -> None:
-        self.unknown.setdefault(node.name)
-
-    # -- recurrent layers ------------------------------------------------------------------
-    def _rnn_module(self, node: Node) -> nn.Module | None:
-        if self.model is None:
-            return None
-        try:
-            mod = self.model.get_submodule(node.module) if node.module else self.model
-        except AttributeError:
-            return None
-        return mod if isinstance(mod, nn.RNNBase) else None
-
-    def _rnn_geometry(self, node: Node, x: Fwd) -> tuple[int, int]:
-        batch_first = node.attrs.get("batch_first", False)
-        if len(x.shape) == 3:
-            return (x.shape[0], x.shape[1]) if batch_first else (x.shape[1], x.shape[0])
-        return 1, x.shape[0] if x.shape else 1
-
-    def rnn_forward(self, node: Node, ins: list[Fwd]):
-        x = ins[0]
-        mod = self._rnn_module(node)
-        batch, steps = self._rnn_geometry(node, x)
-        shapes = node.shape if isinstance(node.shape, tuple) else ()
-        if mod is None:
-            self.note_unknown(node)
-            return tuple(x.with_(shape=s) for s in shapes) or (x,)
-        if steps < 1 or batch < 1:
-            # An empty sequence or batch: the output is empty, and h_n is the initial state,
-            # which depends on no weight.
-            return tuple(Fwd(q=0.0, shape=s, roles=default_roles(s), const=True) for s in shapes) or (
-                Fwd(q=0.0, shape=x.shape, roles=x.roles, const=True),)
-        pred = recurrent.predict_module(mod, batch, steps, q_x=x.q)
-        self._rnn_cache[node.name] = (mod, batch, steps, x.q)
-        q_out = sum(pred.q_out) / len(pred.q_out)
-        outs = []
-        # Without shapes (a module-order graph from registration order) the output is still
-        # a tuple whose first element is the sequence output.
-        for i, s in enumerate(shapes or ((),)):
-            roles = x.roles if i == 0 and len(x.roles) == len(s) else (
-                "".join("B" if d == batch else "P" for d in s[:-1]) + "F" if s else "")
-            outs.append(Fwd(q=q_out if i == 0 else pred.q_out[-1], shape=s, roles=roles, origin=f"{node.name}:{i}"))
-        return tuple(outs)
-
-    def rnn_backward(self, node: Node, ins: list[Fwd], out, g):
-        if node.name not in self._rnn_cache:
-            return [g[0] if isinstance(g, tuple) else g] + [None] * (len(ins) - 1)
-        mod, batch, steps, qx = self._rnn_cache[node.name]
-        g = g if isinstance(g, tuple) else (g,)
-        s_out = g[0].s if g and g[0] is not None else 0.0
-        s_hn = g[1].s if len(g) > 1 and g[1] is not None else 0.0
-        s_cn = g[2].s if len(g) > 2 and g[2] is not None else 0.0
-        pred = recurrent.predict_module(mod, batch, steps, q_x=qx, s_out=s_out, s_hn=s_hn, s_cn=s_cn)
-        for pname, e2 in pred.parameter_grads().items():
-            self.param_grad(f"{node.module}.{pname}" if node.module else pname, e2)
-        lag = recurrent.predict_module(mod, batch, steps, q_x=qx, s_out=[0.0] * (steps - 1) + [1.0])
-        self.recurrent.append(RecurrentResult(
-            node=node.name, module=node.module, mode=node.attrs.get("mode", ""), steps=steps,
-            input_grad_rms=tuple(math.sqrt(max(s, 0.0)) for s in pred.s_x),
-            lag_grad_rms=tuple(math.sqrt(max(s, 0.0)) for s in lag.s_x),
-            lag_grad_rms_bound=tuple(math.sqrt(max(s, 0.0)) for s in lag.s_x_bound)))
-        s_x = sum(pred.s_x) / len(pred.s_x)
-        return [Bwd(s_x, 0.0)] + [None] * (len(ins) - 1)
 
 
 def propagate(graph: Graph, stats: dict[str, ParamStats], model: nn.Module | None = None,

@@ -1,11 +1,10 @@
-"""Moments of top-k selection and of mixture-of-experts routing weights.
+"""Moments of mixture-of-experts routing weights (docs/design.md §4.8).
 
-* :func:`topk_normal_moments` -- the mean first and second moment of the k largest of n
-  i.i.d. standard normals (``torch.topk`` values; k = 1 is the max of rule P3).
 * :func:`router_moments` -- for the routing weights of a mixture of experts, the top k of
   ``softmax(z)`` over E experts with logits z ~ N(0, v) i.i.d. per expert (the softmax
   rule S1's assumption), optionally renormalized to sum to 1 (Mixtral): the weights' first
   and second moments, and E[||dw/dz||_F^2], which carries the gradient back to the logits.
+* :func:`routing_overlap` -- how often two tokens' top-k expert sets meet.
 
 Renormalized top-k probabilities are a softmax over the selected logits only:
 w_j = exp(z_j) / sum_{i in T} exp(z_i), so dw_j/dz_i = w_j (1[i = j] - w_i) for i in T and 0
@@ -14,8 +13,9 @@ dw_j/dz_i = a_j (1[i = j] - a_i) over all E logits. Either way, with the gradien
 weights uncorrelated (each reaches its weight through a different expert) and second moment
 s_w, the logits receive E[delta_z^2] = s_w * E[||J||_F^2] / E per element.
 
-Both are deterministic and memoised (float64, CPU): order statistics by quadrature of
-their densities on a uniform grid, routing moments by a fixed-seed Monte Carlo.
+Both are deterministic and memoised (float64, CPU): a fixed-seed Monte Carlo whose draws are
+shared by every logit variance. The order statistics of the top k themselves are
+``gaussian.topk_normal_moments``.
 """
 
 from __future__ import annotations
@@ -26,25 +26,15 @@ from typing import NamedTuple
 
 import torch
 
+from gradlint.engine.gaussian.arguments import round_sig
+
 _DTYPE = torch.float64
-_GRID_POINTS = 2001
-_GRID_HALF_WIDTH = 10.0
-# Beyond this many order statistics per side the large-n limit (a normal truncated at the
-# (1 - k/n) quantile) is used; its error is O(1/n) relative there.
-_EXACT_MAX_TERMS = 2048
 _ROUTER_SEED = 20250611
 _ROUTER_LOGITS = 1 << 18  # logits drawn in total: 2^18 / E rows (sampling error < 0.5%)
 _ROUTER_MIN_ROWS = 16384
 _V_GRID = (1e-6, 1e6)  # logit variances interpolated on a grid; outside it, computed as given
 _V_STEP = 0.05  # grid step in log10 v
 _C_STEP = 0.02  # grid step in the logits' correlation between two tokens
-
-
-class TopkMoments(NamedTuple):
-    """Mean over the k selected entries of E[Z] and E[Z^2], Z standard normal order statistics."""
-
-    e1: float
-    e2: float
 
 
 class RouterMoments(NamedTuple):
@@ -59,59 +49,6 @@ class RouterMoments(NamedTuple):
     mean: float
     second: float
     jac: float
-
-
-def _round_sig(x: float) -> float:
-    return float(f"{x:.7g}") if math.isfinite(x) else x
-
-
-def topk_normal_moments(n: int, k: int) -> TopkMoments:
-    """Mean first and second moments of the k largest of n i.i.d. N(0, 1).
-
-    The k largest have the summed density n phi(z) P(Binomial(n - 1, 1 - Phi(z)) <= k - 1)
-    (z is among the top k when at most k - 1 of the others exceed it). For k > n/2 the
-    complement is used: the n values sum to 0 and their squares to n in expectation.
-    """
-    n, k = int(n), int(k)
-    if n < 1 or k < 1:
-        return TopkMoments(0.0, 1.0)
-    k = min(k, n)
-    return _topk_cached(n, k)
-
-
-@functools.lru_cache(maxsize=1024)
-def _topk_cached(n: int, k: int) -> TopkMoments:
-    if k == n:
-        return TopkMoments(0.0, 1.0)
-    if k > n - k:
-        lo = _topk_cached(n, n - k)  # the n - k smallest are the n - k largest of -Z
-        m = n - k
-        return TopkMoments((0.0 + m * lo.e1) / k, (n - m * lo.e2) / k)
-    if k > _EXACT_MAX_TERMS:
-        f = k / n
-        z = _normal_quantile(1.0 - f)
-        pdf = math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-        return TopkMoments(pdf / f, 1.0 + z * pdf / f)
-    z = torch.linspace(-_GRID_HALF_WIDTH, _GRID_HALF_WIDTH, _GRID_POINTS, dtype=_DTYPE)
-    log_phi = -0.5 * z * z - 0.5 * math.log(2 * math.pi)
-    log_cdf = torch.special.log_ndtr(z)  # log P(other < z)
-    log_sf = torch.special.log_ndtr(-z)  # log P(other > z)
-    j = torch.arange(k, dtype=_DTYPE).unsqueeze(1)  # number of the others above z
-    log_binom = (torch.lgamma(torch.tensor(float(n), dtype=_DTYPE)) - torch.lgamma(j + 1)
-                 - torch.lgamma(n - j))
-    log_terms = log_binom + j * log_sf + (n - 1 - j) * log_cdf
-    dens = n * torch.exp(log_phi + torch.logsumexp(log_terms, dim=0))
-    h = z[1] - z[0]
-    w = torch.full_like(z, float(h))
-    w[0] *= 0.5
-    w[-1] *= 0.5
-    e1 = float(torch.sum(w * dens * z)) / k
-    e2 = float(torch.sum(w * dens * z * z)) / k
-    return TopkMoments(e1, e2)
-
-
-def _normal_quantile(p: float) -> float:
-    return math.sqrt(2.0) * float(torch.special.erfinv(torch.tensor(2.0 * p - 1.0, dtype=_DTYPE)))
 
 
 def router_moments(experts: int, k: int, v: float, normalize: bool) -> RouterMoments:
@@ -131,14 +68,14 @@ def router_moments(experts: int, k: int, v: float, normalize: bool) -> RouterMom
         return RouterMoments(1.0 / k, 1.0 / k, 0.0)
     v = max(float(v), 0.0)
     if not _V_GRID[0] < v < _V_GRID[1]:
-        return _router_cached(e, k, _round_sig(v), bool(normalize))
+        return _router_cached(e, k, round_sig(v), bool(normalize))
     # Linear in log v between the nodes of a grid 10^0.05 apart: the layers of one model
     # (each its own v) share the nodes. The moments are smooth in v (the draws are common to
     # all v), and the interpolation error is below 0.5%.
     x = math.log10(v) / _V_STEP
     lo = math.floor(x)
-    a = _router_cached(e, k, _round_sig(10 ** (lo * _V_STEP)), bool(normalize))
-    b = _router_cached(e, k, _round_sig(10 ** ((lo + 1) * _V_STEP)), bool(normalize))
+    a = _router_cached(e, k, round_sig(10 ** (lo * _V_STEP)), bool(normalize))
+    b = _router_cached(e, k, round_sig(10 ** ((lo + 1) * _V_STEP)), bool(normalize))
     t = x - lo
     return RouterMoments(*((1 - t) * p + t * q for p, q in zip(a, b)))
 

@@ -1,8 +1,7 @@
 """The statistics the engine carries along every edge of the graph.
 
-Forward (``Fwd``) and backward (``Bwd``) states follow section 2 of
-``shared/design/signal-propagation.md``: second moments and correlations that
-mean-field theory needs, never tensor values.
+Forward (``Fwd``) and backward (``Bwd``) states follow docs/design.md §2: second moments and
+correlations that mean-field theory needs, never tensor values.
 """
 
 from __future__ import annotations
@@ -11,6 +10,16 @@ from dataclasses import dataclass, replace
 
 # Dimension roles of a tensor: batch, position (token, pixel, time), feature (channel).
 BATCH, POS, FEAT = "B", "P", "F"
+
+
+def default_roles(shape: tuple[int, ...]) -> str:
+    """Batch first, features last, positions between (the layout of Linear-based models)."""
+    n = len(shape)
+    if n == 0:
+        return ""
+    if n == 1:
+        return FEAT
+    return BATCH + POS * (n - 2) + FEAT
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +81,7 @@ class Bwd:
         s: E[delta^2], mean over elements.
         r: E[delta_p delta_p'] for two positions of one sample (same channel).
         sw: Extra second moment that only the weight gradient of the layer producing this
-            tensor sees (the attention K/V alignment term of section 4.6); not propagated.
+            tensor sees (the attention K/V alignment term of docs/design.md §4.6); not propagated.
         rb: E[delta_n delta_m] for elements of two different samples (same channel). Zero
             except below a BatchNorm, whose backward centres the gradient over the batch:
             sum over the batch of delta is then 0, which cancels the weight gradient's share

@@ -1,0 +1,27 @@
+"""Per-op transfer rules: forward statistics and backward gradient moments.
+
+Each rule implements one rule of docs/design.md (cited by its label: L1 Linear, N1
+LayerNorm, ...) and is registered under the graph node ``kind``s it handles
+(``registry``). The families, in registration order:
+
+* ``structural`` -- sources, shape ops, gradient blockers, unknown ops;
+* ``layers`` -- Linear, convolutions, embeddings;
+* ``activations`` -- activations and other element-wise maths;
+* ``arith`` -- dropout, sums, products;
+* ``norms`` -- LayerNorm, RMSNorm, GroupNorm, BatchNorm;
+* ``pooling`` -- reductions, pooling, softmax;
+* ``attention`` -- attention and products of two activations;
+* ``moe`` -- top-k selection and mixture-of-experts layers;
+* ``recurrent`` -- nn.RNN / LSTM / GRU.
+
+``roles`` holds the shape and dim-role helpers they share.
+"""
+
+# Imported for their registrations, in this order (the order of TRANSFERS).
+from gradlint.engine.transfers import structural, layers, activations, arith, norms, pooling  # noqa: F401, I001
+from gradlint.engine.transfers import attention, moe, recurrent  # noqa: F401
+from gradlint.engine.transfers.registry import (ATTENTION, INIT, NORMALIZATION, RECURRENCE, RESIDUAL, SATURATION,
+                                                TRANSFERS, Transfer, register)
+
+__all__ = ["ATTENTION", "INIT", "NORMALIZATION", "RECURRENCE", "RESIDUAL", "SATURATION", "TRANSFERS", "Transfer",
+           "register"]

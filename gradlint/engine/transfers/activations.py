@@ -1,0 +1,118 @@
+"""Element-wise activations and maths, their moments from ``gaussian`` (docs/design.md §4.2, §5 (E1))."""
+
+from __future__ import annotations
+
+import math
+
+from gradlint.capture.graph import Node
+from gradlint.engine import gaussian
+from gradlint.engine.context import Context
+from gradlint.engine.state import Bwd, Fwd
+from gradlint.engine.transfers.registry import INIT, SATURATION, Transfer, register
+from gradlint.engine.transfers.roles import corr, first_operand, out_shape
+
+SATURATING = {"sigmoid", "tanh", "hardtanh", "softsign", "relu6", "hardsigmoid", "logsigmoid"}
+
+
+@register("act")
+class Activation(Transfer):
+    """Element-wise activation (E1) with Gaussian expectations from ``gaussian``."""
+
+    @staticmethod
+    def _activation(ctx: Context, node: Node) -> gaussian.Activation:
+        slope = None
+        if node.attrs["fn"] == "prelu" and "weight" in node.params:
+            slope = ctx.param_stats(node.params["weight"]).mean
+        return gaussian.node_activation(node, slope)
+
+    def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
+        x = ins[0]
+        act = self._activation(ctx, node)
+        fn, params, v = act.name, act.params, x.v
+        m = gaussian.moments(fn, x.mu, v, **params)
+        ck = gaussian.cross(fn, x.mu, v, corr(x.k, x.mu, v), **params).phi_phi
+        ckt = gaussian.cross(fn, x.mu, v, corr(x.kt, x.mu, v), **params).phi_phi
+        return x.with_(q=m.second, mu=m.mean, k=ck, kt=ckt, origin=node.name, normed=0.0, scale=1.0)
+
+    def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
+        x = ins[0]
+        act = self._activation(ctx, node)
+        fn, params, v = act.name, act.params, x.v
+        m = gaussian.moments(fn, x.mu, v, **params)
+        rr = gaussian.cross(fn, x.mu, v, corr(x.kt, x.mu, v), **params).dphi_dphi if g.r else 0.0
+        rb = gaussian.cross(fn, x.mu, v, corr(x.k, x.mu, v), **params).dphi_dphi if g.rb else 0.0
+        if node.attrs["fn"] == "prelu" and "weight" in node.params:
+            w = ctx.param_stats(node.params["weight"])
+            neg = gaussian.moments("relu", -x.mu, v).second  # E[min(h, 0)^2]
+            ctx.param_grad(node.params["weight"], (x.numel / max(w.numel, 1)) * g.s * neg)
+        coh = g.r * self._dphi_slope(fn, params, x) ** 2 if g.r > 0 else 0.0
+        return [Bwd(g.s * m.dphi2, g.r * rr, 0.0, g.rb * rb, coh)]
+
+    @staticmethod
+    def _dphi_slope(fn, params, x: Fwd) -> float:
+        """E[phi''(h)] as d/dmu E[phi'(h)], which also holds at a kink (ReLU: the density at 0)."""
+        v = x.v
+        if v <= 0:
+            return 0.0
+        eps = 1e-3 * math.sqrt(v)
+        hi = gaussian.moments(fn, x.mu + eps, v, **params).dphi_mean
+        lo = gaussian.moments(fn, x.mu - eps, v, **params).dphi_mean
+        return (hi - lo) / (2 * eps)
+
+    def cause_of(self, node: Node):
+        return SATURATION if node.attrs["fn"] in SATURATING else INIT
+
+
+@register("elementwise")
+class Elementwise(Transfer):
+    """Element-wise maths without a rule of its own, evaluated on the Gaussian grid."""
+
+    def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
+        x = ins[0]
+        if not isinstance(x, Fwd):
+            return first_operand(ins, node)
+        m = self._moments(ctx, node, x)
+        if m is None:
+            return x.with_(shape=out_shape(node, x))
+        d2 = m.dphi_mean * m.dphi_mean
+        return x.with_(q=m.second, mu=m.mean, k=m.mean * m.mean + (x.k - x.mu * x.mu) * d2,
+                       kt=m.mean * m.mean + (x.kt - x.mu * x.mu) * d2, origin=node.name, normed=0.0)
+
+    def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
+        x = ins[0]
+        m = self._moments(ctx, node, x)
+        if m is None:
+            return [g] + [None] * (len(ins) - 1)
+        d2 = m.dphi_mean * m.dphi_mean
+        return [Bwd(g.s * m.dphi2, g.r * d2, 0.0, g.rb * d2)] + [None] * (len(ins) - 1)
+
+    def _moments(self, ctx: Context, node: Node, x: Fwd):
+        """Grid moments, or None where the op is undefined on part of the Gaussian's support
+        (rsqrt, log of a value that is positive only by construction): then pass through."""
+        try:
+            m = gaussian.node_moments(node, x.mu, x.v)
+        except Exception:
+            m = None
+        if m is None or not all(math.isfinite(v) for v in m):
+            ctx.note_unknown(node)
+            return None
+        return m
+
+
+@register("act_module")
+class ActivationModule(Transfer):
+    """A parameter-free element-wise module, its moments from running it on the grid."""
+
+    def _m(self, node: Node, x: Fwd) -> gaussian.Moments:
+        return gaussian.node_moments(node, x.mu, x.v)
+
+    def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
+        x = ins[0]
+        m = self._m(node, x)
+        d2 = m.dphi_mean * m.dphi_mean
+        return x.with_(q=m.second, mu=m.mean, k=m.mean * m.mean + (x.k - x.mu * x.mu) * d2,
+                       kt=m.mean * m.mean + (x.kt - x.mu * x.mu) * d2, origin=node.name, normed=0.0)
+
+    def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
+        m = self._m(node, ins[0])
+        return [Bwd(g.s * m.dphi2, g.r * m.dphi_mean * m.dphi_mean)]

@@ -1,0 +1,103 @@
+"""Scaled dot-product attention and other products of two activations (docs/design.md §4.6)."""
+
+from __future__ import annotations
+
+from gradlint.capture.graph import Node
+from gradlint.engine import gaussian
+from gradlint.engine.context import Context
+from gradlint.engine.state import Bwd, Fwd
+from gradlint.engine.transfers.registry import ATTENTION, Transfer, register
+from gradlint.engine.transfers.roles import broadcast_sum, out_shape, roles_like
+
+
+def _scaled(x: float, f: float) -> float:
+    """x·f, and 0 where f is: a one-hot softmax's factors (F, the alignment term) vanish
+    faster than the overflowed score variance multiplying them grows, and inf·0 is NaN."""
+    return x * f if f else 0.0
+
+
+@register("attention")
+class Attention(Transfer):
+    """Scaled dot-product attention (4.6), including the value-key alignment term.
+
+    ``node.attrs``: ``scale`` (None = 1/sqrt(d)), ``causal``, ``dropout``, and ``e_in``, the
+    width of the tensor K and V were both projected from (0 when they are not).
+    """
+
+    cause = ATTENTION
+
+    def _moments(self, node: Node, Q: Fwd, K: Fwd, V: Fwd, extra_var: float = 0.0):
+        d = Q.shape[-1] if Q.shape else 1
+        kdim = -1 if node.attrs.get("k_transposed") else -2
+        # A zero-length key axis has no moments: one key stands in (the output is empty anyway).
+        t_k = max(K.shape[kdim], 1) if len(K.shape) >= 2 else 1
+        scale = node.attrs.get("scale")
+        sc2d = (scale * scale * d) if scale is not None else 1.0
+        vs = sc2d * Q.q * max(K.q - K.kt, 0.0) + extra_var
+        s2, s3, s22 = gaussian.softmax_moments(t_k, vs, bool(node.attrs.get("causal")))
+        e_in = node.attrs.get("e_in") or 0
+        a = (1 - s2) ** 2 / e_in if e_in else 0.0
+        return d, t_k, sc2d, s2, s3, s22, a
+
+    @staticmethod
+    def _extra(ins) -> float:
+        # Additive score biases that depend on parameters (T5's relative position bias)
+        # widen the score distribution by their variance across keys.
+        return sum(max(b.q - b.kt, 0.0) for b in ins[4:] if isinstance(b, Fwd))
+
+    def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
+        Q, K, V = ins[0], ins[1], ins[2]
+        d, t_k, sc2d, s2, s3, s22, a = self._moments(node, Q, K, V, self._extra(ins))
+        p = node.attrs.get("dropout", 0.0)
+        s2d = s2 / (1 - p) if 0 < p < 1 else s2
+        qv, kv = V.q, V.kt
+        q_o = (qv - kv) * s2d + kv + _scaled(sc2d * Q.q * max(K.q - K.kt, 0.0) * (qv - kv), a)
+        kt_o = kv + (qv - kv) / max(t_k, 1)
+        # Across samples, only what every position shares survives the average over keys.
+        common = min(V.k, V.kt)
+        k_o = (V.k - common) * s2 + common
+        shape = out_shape(node, Q)
+        return Fwd(q=q_o, mu=V.mu, k=min(k_o, q_o), kt=min(kt_o, q_o), shape=shape, roles=roles_like(shape, Q),
+                   origin=node.name, blocked=Q.blocked and K.blocked and V.blocked)
+
+    def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
+        Q, K, V = ins[0], ins[1], ins[2]
+        d, t_k, sc2d, s2, s3, s22, a = self._moments(node, Q, K, V, self._extra(ins))
+        p = node.attrs.get("dropout", 0.0)
+        s2d = s2 / (1 - p) if 0 < p < 1 else s2
+        F = s2 - 2 * s3 + s22
+        vv = max(V.q - V.kt, 0.0)
+        kk = max(K.q - K.kt, 0.0)
+        s_v = g.s * s2d + g.r * (1 - s2)
+        r_v = g.s / max(t_k, 1) + g.r
+        s_q = _scaled(g.s * vv * kk * sc2d, F + a)
+        s_k = _scaled(g.s * vv * Q.q * sc2d, F)
+        # The alignment term reaches the K and V projection weights but is not propagated (4.6).
+        sw_k = _scaled(g.s * vv * Q.q * sc2d, a)
+        sw_v = _scaled(g.s * Q.q * kk * sc2d, a)
+        res: list[Bwd | None] = [Bwd(s_q, 0.0), Bwd(s_k, 0.0, sw_k), Bwd(s_v, r_v, sw_v), None]
+        # Gradient at each score logit: d·s_o·(q_V - k_V)·F / T_k (the s_Q relation of 4.6
+        # with the key sum taken out), summed over the bias's broadcast copies.
+        s_logit = _scaled(d * g.s * vv, F) / max(t_k, 1)
+        scores = Fwd(q=0.0, shape=tuple(Q.shape[:-1]) + (t_k,), roles=roles_like(tuple(Q.shape[:-1]) + (t_k,), Q))
+        for b in ins[4:]:
+            res.append(broadcast_sum(b, scores, s_logit, 0.0) if isinstance(b, Fwd) and not b.const else None)
+        return res
+
+
+@register("matmul")
+class MatMul(Transfer):
+    """Product of two activations outside a recognised attention pattern."""
+
+    def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
+        a, b = ins[0], ins[1]
+        d = a.shape[-1] if a.shape else 1
+        shape = out_shape(node, a)
+        return Fwd(q=d * a.q * b.q, mu=0.0, k=d * a.k * b.k, kt=d * a.kt * b.kt, shape=shape,
+                   roles=roles_like(shape, a), origin=node.name, blocked=a.blocked and b.blocked)
+
+    def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
+        a, b = ins[0], ins[1]
+        n = out.shape[-1] if out.shape else 1
+        m = out.shape[-2] if len(out.shape) >= 2 else 1
+        return [Bwd(n * g.s * b.q, 0.0), Bwd(m * g.s * a.q, 0.0)] + [None] * (len(ins) - 2)

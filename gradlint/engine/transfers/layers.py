@@ -1,0 +1,173 @@
+"""Weighted layers: Linear, convolutions and embeddings (docs/design.md §4.1 (L1–L4), §3 (W1–W4))."""
+
+from __future__ import annotations
+
+import math
+
+from gradlint.capture.graph import Node
+from gradlint.engine.context import Context
+from gradlint.engine.state import FEAT, Bwd, Fwd, default_roles
+from gradlint.engine.transfers.registry import INIT, Transfer, register
+from gradlint.engine.transfers.roles import conv_roles, out_shape
+
+
+@register("linear")
+class Linear(Transfer):
+    """nn.Linear / F.linear / HF Conv1D (L1 forward and backward, W1 weight gradients)."""
+
+    cause = INIT
+
+    def _dims(self, ctx: Context, node: Node):
+        w = ctx.param_stats(node.params["weight"])
+        fan_out, fan_in = w.shape[0], w.shape[-1]
+        if node.attrs.get("layout") == "in_out":
+            fan_in, fan_out = w.shape[0], w.shape[-1]
+        return w, fan_in, fan_out
+
+    def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
+        x = ins[0]
+        w, fan_in, _ = self._dims(ctx, node)
+        b = ctx.param_stats(node.params["bias"]) if "bias" in node.params else None
+        bq, bm = (b.ms, b.mean) if b else (0.0, 0.0)
+        g = fan_in * w.ms
+        shape = out_shape(node, x)
+        roles = (x.roles[:-1] + FEAT) if len(x.roles) == len(shape) and shape else default_roles(shape)
+        return Fwd(q=g * x.q + bq, mu=bm, k=g * x.k + bq, kt=g * x.kt + bq, shape=shape, roles=roles,
+                   origin=node.name, const=x.const, blocked=x.blocked)
+
+    def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
+        x = ins[0]
+        w, fan_in, fan_out = self._dims(ctx, node)
+        rows = max(x.numel // fan_in, 1) if x.numel and fan_in else 1
+        batch = ctx.batch_of(rows)
+        pos = max(rows // batch, 1)
+        rows_all = batch * pos
+        ctx.param_grad(node.params["weight"],
+                       rows_all * ((g.s + g.sw) * x.q + (pos - 1) * g.r * x.kt + (rows_all - pos) * g.rb * x.k
+                                   + (pos - 1) * g.coh * w.ms * x.v * x.v))
+        if "bias" in node.params:
+            ctx.param_grad(node.params["bias"], rows_all * (g.s + (pos - 1) * g.r + (rows_all - pos) * g.rb))
+        f = fan_out * w.ms
+        return [Bwd(f * g.s, f * g.r, 0.0, f * g.rb)]
+
+
+def _conv_counts(n_in: int, n_out: int, k: int, stride: int, pad_left: int, dil: int, transposed: bool):
+    """Per-tap valid counts along one dim, and the backward fan per input position (L2, L3).
+
+    Returns:
+        (taps, fwd_fan, bwd_fan): per tap the number of (output, input) pairs that read real
+        data; the mean number of taps reading real input per output position; the mean
+        number of (output, tap) pairs that read each input position.
+    """
+    taps = []
+    if not transposed:
+        for t in range(k):
+            off = t * dil - pad_left
+            taps.append(sum(1 for o in range(n_out) if 0 <= o * stride + off < n_in))
+        total = sum(taps)
+        return taps, total / max(n_out, 1), total / max(n_in, 1)
+    # Transposed: input position i, tap t lands on output i*stride - pad + t*dil.
+    for t in range(k):
+        off = t * dil - pad_left
+        taps.append(sum(1 for i in range(n_in) if 0 <= i * stride + off < n_out))
+    total = sum(taps)
+    return taps, total / max(n_out, 1), total / max(n_in, 1)
+
+
+@register("conv")
+class Conv(Transfer):
+    """nn.ConvNd and ConvTransposeNd (L2, L3 with exact border counts; W2 gradients)."""
+
+    cause = INIT
+
+    def _geometry(self, ctx: Context, node: Node, x: Fwd, out: Fwd):
+        a = node.attrs
+        wshape = ctx.param_stats(node.params["weight"]).shape
+        nsp = len(wshape) - 2
+        ks = list(wshape[2:])
+        stride = (a.get("stride") or [1]) * (nsp if len(a.get("stride") or [1]) == 1 else 1)
+        dil = (a.get("dilation") or [1]) * (nsp if len(a.get("dilation") or [1]) == 1 else 1)
+        pad = a.get("padding")
+        in_sp = list(x.shape[-nsp:]) if len(x.shape) >= nsp + 1 else [1] * nsp
+        out_sp = list(out.shape[-nsp:]) if len(out.shape) >= nsp + 1 else in_sp
+        if isinstance(pad, str):
+            pads = [0 if pad == "valid" else (dil[i] * (ks[i] - 1)) // 2 for i in range(nsp)]
+        else:
+            pads = list(pad or [0]) * (nsp if len(pad or [0]) == 1 else 1)
+        dims = [_conv_counts(in_sp[i], out_sp[i], ks[i], stride[i], pads[i], dil[i], a.get("transposed", False))
+                for i in range(nsp)]
+        return wshape, dims
+
+    def _fans(self, node: Node, wshape, dims):
+        groups = node.attrs.get("groups", 1)
+        fwd = math.prod(d[1] for d in dims)
+        bwd = math.prod(d[2] for d in dims)
+        if node.attrs.get("transposed", False):
+            c_in, c_out_g = wshape[0], wshape[1]
+            return (c_in / groups) * fwd, c_out_g * bwd
+        c_out, c_in_g = wshape[0], wshape[1]
+        return c_in_g * fwd, (c_out / groups) * bwd
+
+    def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
+        x = ins[0]
+        w = ctx.param_stats(node.params["weight"])
+        b = ctx.param_stats(node.params["bias"]) if "bias" in node.params else None
+        bq, bm = (b.ms, b.mean) if b else (0.0, 0.0)
+        shape = out_shape(node, x)
+        out0 = Fwd(q=0.0, shape=shape)
+        wshape, dims = self._geometry(ctx, node, x, out0)
+        fwd_fan, _ = self._fans(node, wshape, dims)
+        gq = fwd_fan * w.ms
+        return Fwd(q=gq * x.q + bq, mu=bm, k=gq * x.k + bq, kt=gq * x.kt + bq, shape=shape,
+                   roles=conv_roles(len(shape)), origin=node.name, const=x.const, blocked=x.blocked)
+
+    def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
+        x = ins[0]
+        w = ctx.param_stats(node.params["weight"])
+        wshape, dims = self._geometry(ctx, node, x, out)
+        _, bwd_fan = self._fans(node, wshape, dims)
+        batch = max(ctx.batch or (x.shape[0] if x.shape else 1), 1)
+        m1 = math.prod(sum(d[0]) / len(d[0]) for d in dims)
+        m2 = math.prod(sum(c * c for c in d[0]) / len(d[0]) for d in dims)
+        s = g.s + g.sw
+        ctx.param_grad(node.params["weight"], batch * (m1 * (s * x.q - g.r * x.kt) + m2 * g.r * x.kt)
+                       + batch * (batch - 1) * m2 * g.rb * x.k + batch * (m2 - m1) * g.coh * w.ms * x.v * x.v)
+        if "bias" in node.params:
+            p_out = math.prod(out.shape[2:]) if len(out.shape) > 2 else 1
+            ctx.param_grad(node.params["bias"], batch * p_out * (g.s + (p_out - 1) * g.r)
+                           + batch * (batch - 1) * p_out * p_out * g.rb)
+        f = bwd_fan * w.ms
+        return [Bwd(f * g.s, f * g.r, 0.0, f * g.rb)]
+
+
+@register("embedding")
+class Embedding(Transfer):
+    """nn.Embedding (L4 forward, W4 gradient); token ids take no gradient."""
+
+    def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
+        ids = ins[0]
+        w = ctx.param_stats(node.params["weight"]) if "weight" in node.params else None
+        q = w.ms if w else 1.0
+        shape = out_shape(node, ids)
+        vocab = w.shape[0] if w else (ids.vocab or 1)
+        # Constant ids (position ids, token-type ids) index the same rows in every sample; a
+        # single distinct id (all zeros) means every position reads one row.
+        same_row = bool(ids.const and (ids.vocab == 1 or (ids.vocab is None and ids.origin and "token_type" in ids.origin)))
+        if ids.const and not same_row:
+            k, kt = q, 0.0  # position ids: each position its own row, the same in every sample
+        elif same_row:
+            k = kt = q
+        else:
+            k = kt = q / max(vocab, 1)
+        return Fwd(q=q, mu=w.mean if w else 0.0, k=k, kt=kt, shape=shape, roles=default_roles(shape),
+                   origin=node.name)
+
+    def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
+        if "weight" in node.params:
+            w = ctx.param_stats(node.params["weight"])
+            n_tok = ins[0].numel or 1
+            rows = max(w.shape[0], 1)  # an empty table: no row to update
+            if node.attrs.get("padding_idx") is not None:
+                n_tok = n_tok * (rows - 1) / rows
+            ctx.param_grad(node.params["weight"], n_tok / rows * (g.s + g.sw))
+        return [None]
