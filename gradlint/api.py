@@ -25,7 +25,7 @@ from gradlint.base.findings import Finding, Severity, matches
 from gradlint.capture.graph import Source
 from gradlint.capture.inputs import ExampleInputs, resolve_inputs
 from gradlint.base.kinds import LAYER_KINDS
-from gradlint.base.report import DEFAULT_THRESHOLD, LayerReport, ParamReport, RecurrentReport, Report
+from gradlint.base.report import DEFAULT_THRESHOLD, LayerReport, ParamReport, Report
 from gradlint.engine.result import Result, build_summary
 from gradlint.lint.rule import REGISTRY, Rule, load_builtin
 from gradlint.base.targets import TargetOptions
@@ -163,9 +163,6 @@ def make_report(target: str, result: Result, ex: ExampleInputs, findings: list[F
     layers = tuple(
         LayerReport(module=n.module, kind=n.kind, node=n.name, grad_rms=n.grad_rms, forward_rms=math.sqrt(max(n.q, 0.0)))
         for n in prop.nodes if n.kind in LAYER_KINDS)
-    recurrent = tuple(RecurrentReport(node=r.node, module=r.module, mode=r.mode, steps=r.steps,
-                                      input_grad_rms=r.input_grad_rms, lag_grad_rms=r.lag_grad_rms,
-                                      lag_grad_rms_bound=r.lag_grad_rms_bound) for r in prop.recurrent)
     inputs = ex.describe() if ex.found else "none"
     where = {"decorator": "declared by @gradlint.target", "argument": "given to gradlint.check",
              "example_input_array": "from example_input_array",
@@ -175,7 +172,7 @@ def make_report(target: str, result: Result, ex: ExampleInputs, findings: list[F
     elif ex.note:
         inputs += f" ({ex.note})"
     return Report(target=target, status="ok", analysis=result.graph.analysis, summary=result.summary, params=params,
-                  layers=layers, findings=tuple(findings), recurrent=recurrent, inputs=inputs, fail_on=fail_on,
+                  layers=layers, findings=tuple(findings), recurrent=prop.recurrent, inputs=inputs, fail_on=fail_on,
                   path=target_source.path if target_source else None,
                   line=target_source.line if target_source else None)
 

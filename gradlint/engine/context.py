@@ -10,7 +10,7 @@ from gradlint.capture.graph import Graph, Node
 from gradlint.capture.params import ParamStats
 
 if TYPE_CHECKING:
-    from gradlint.engine.recurrent import RecurrentResult
+    from gradlint.base.report import RecurrentReport
 
 
 class Context:
@@ -35,7 +35,7 @@ class Context:
         self.batch: int | None = graph.batch_size
         self.grads: dict[str, float] = {}
         self.unknown: dict[str, None] = {}  # ordered and de-duplicated in one, in constant time
-        self.recurrent: list[RecurrentResult] = []
+        self.recurrent: list[RecurrentReport] = []
         self.memo: dict[str, Any] = {}
 
     def param_stats(self, name: str) -> ParamStats:

@@ -21,7 +21,7 @@ from gradlint.engine.state import Bwd, Fwd, default_roles
 from gradlint.engine.transfers import TRANSFERS
 
 if TYPE_CHECKING:
-    from gradlint.engine.recurrent import RecurrentResult
+    from gradlint.base.report import RecurrentReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +77,7 @@ class Propagation:
     nodes: tuple[NodeResult, ...]
     params: dict[str, float | None]
     param_stats: dict[str, ParamStats]
-    recurrent: tuple[RecurrentResult, ...] = ()
+    recurrent: tuple[RecurrentReport, ...] = ()
     unknown_ops: tuple[str, ...] = ()
     forward_state: dict[str, Any] = field(default_factory=dict, repr=False)
     backward_state: dict[str, Any] = field(default_factory=dict, repr=False)

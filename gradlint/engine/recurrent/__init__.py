@@ -18,8 +18,7 @@ from gradlint.engine.recurrent.layers import default_layer_stats, layer_stats, m
 from gradlint.engine.recurrent.module import predict, predict_module
 from gradlint.engine.recurrent.node import rnn_backward, rnn_forward
 from gradlint.engine.recurrent.states import (DENSE_MAX_STEPS, KINDS, LayerPrediction, ModulePrediction,
-                                              RecurrentBackward, RecurrentForward, RecurrentLayerStats,
-                                              RecurrentResult)
+                                              RecurrentBackward, RecurrentForward, RecurrentLayerStats)
 
 __all__ = [
     "DENSE_MAX_STEPS",
@@ -29,7 +28,6 @@ __all__ = [
     "RecurrentBackward",
     "RecurrentForward",
     "RecurrentLayerStats",
-    "RecurrentResult",
     "backward",
     "default_layer_stats",
     "forward",

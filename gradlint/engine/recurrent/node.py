@@ -2,7 +2,7 @@
 
 The forward reads the nn.RNN / LSTM / GRU module from the model and predicts its output;
 the backward predicts again with the gradient that reached the node, books every weight's
-gradient, and records the per-time-step gradients at the input (``RecurrentResult``).
+gradient, and records the per-time-step gradients at the input (``RecurrentReport``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch.nn as nn
 
 from gradlint.engine.recurrent.module import predict_module
-from gradlint.engine.recurrent.states import RecurrentResult
+from gradlint.base.report import RecurrentReport
 from gradlint.engine.state import Bwd, Fwd, default_roles
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def rnn_backward(ctx: Context, node: Node, ins: list[Fwd], out, g) -> list[Bwd |
     for pname, e2 in pred.parameter_grads().items():
         ctx.param_grad(f"{node.module}.{pname}" if node.module else pname, e2)
     lag = predict_module(mod, batch, steps, q_x=qx, s_out=[0.0] * (steps - 1) + [1.0])
-    ctx.recurrent.append(RecurrentResult(
+    ctx.recurrent.append(RecurrentReport(
         node=node.name, module=node.module, mode=node.attrs.get("mode", ""), steps=steps,
         input_grad_rms=tuple(math.sqrt(max(s, 0.0)) for s in pred.s_x),
         lag_grad_rms=tuple(math.sqrt(max(s, 0.0)) for s in lag.s_x),

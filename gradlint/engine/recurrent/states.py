@@ -246,28 +246,3 @@ class ModulePrediction:
                 if pred.stats.proj_size:
                     out["weight_hr" + sfx] = b.grad_weight_hr
         return out
-
-
-@dataclass(frozen=True, slots=True)
-class RecurrentResult:
-    """Per-time-step gradient at the input of a recurrent layer.
-
-    Attributes:
-        node: Graph node of the recurrent op.
-        module: Qualified module name.
-        mode: ``lstm``, ``gru``, ``rnn_tanh`` or ``rnn_relu``.
-        steps: Sequence length T.
-        input_grad_rms: RMS of dL/dx_t for each t under the model's own loss.
-        lag_grad_rms: RMS of dL/dx_t for each t when only the last step's output carries
-            the loss: the long-range gradient, whose decay over t is the vanishing that
-            the shared weights' gradients never show.
-        lag_grad_rms_bound: The same under plain mean field, the pessimistic bound (R2/R3).
-    """
-
-    node: str
-    module: str
-    mode: str
-    steps: int
-    input_grad_rms: tuple[float, ...]
-    lag_grad_rms: tuple[float, ...]
-    lag_grad_rms_bound: tuple[float, ...]
