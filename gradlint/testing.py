@@ -1,7 +1,8 @@
 """The example harness every rule is held to, built-in or third-party.
 
 Each rule carries ``good`` and ``bad`` model examples. A bad example must produce the rule's
-code (at the module it names, when it names one); a good one must not. The same harness
+code (at the module it names, when it names one), with the severity it states (the most
+severe of its findings there, when there are several); a good one must not. The same harness
 backs gradlint's own test suite and ``gradlint test-rules PACKAGE`` for rule packs.
 """
 
@@ -12,6 +13,7 @@ import inspect
 import pkgutil
 from dataclasses import dataclass
 
+from gradlint.base.findings import Severity
 from gradlint.lint.rule import DOC_SECTIONS, REGISTRY, Rule
 
 
@@ -62,6 +64,12 @@ def run_case(cls: type[Rule], kind: str, index: int) -> Outcome:
         return Outcome(cls.code, kind, index, "did not fire on a bad example")
     if kind == "bad" and case.at is not None and not any(f.module == case.at for f in found):
         return Outcome(cls.code, kind, index, f"fired at {[f.module for f in found]}, expected {case.at!r}")
+    if kind == "bad" and case.severity != "any":
+        there = [f for f in found if case.at is None or f.module == case.at]
+        worst = max((Severity(f.severity) for f in there), key=lambda s: s.rank).value
+        if worst != case.severity:
+            where = f" at {case.at!r}" if case.at is not None else ""
+            return Outcome(cls.code, kind, index, f"fired{where} with severity {worst!r}, expected {case.severity!r}")
     return Outcome(cls.code, kind, index, None)
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from gradlint.base.findings import Severity
 from gradlint.lint.rule import Case, Rule
-from gradlint.rules.missing_skip_path import Structure, structure_of, threshold_of
+from gradlint.lint.structure import Structure, structure_of
 
 # Single-input ops that may sit between a residual sum and the LayerNorm applied to it.
 _THROUGH = {"identity", "dropout", "datamove"}
@@ -36,6 +37,7 @@ def _pre_ln_24() -> nn.Module:
     return _Encoder(layers=24, norm_first=True)
 
 
+@dataclass(frozen=True, eq=False)
 class _Site:
     """One post-LN sublayer: LayerNorm(stream + branch).
 
@@ -47,12 +49,11 @@ class _Site:
         weights: The branch's weight parameters, in graph order.
     """
 
-    def __init__(self, norm: str, add: str, region: set[str], attention: bool, weights: list[str]):
-        self.norm = norm
-        self.add = add
-        self.region = region
-        self.attention = attention
-        self.weights = weights
+    norm: str
+    add: str
+    region: set[str]
+    attention: bool
+    weights: list[str]
 
 
 class DeepPostLnTransformer(Rule):
@@ -102,7 +103,7 @@ class DeepPostLnTransformer(Rule):
     category = "normalization"
     options = {"max_layers": 12, "threshold": None}
     good = (Case(_post_ln_6, (4, 8, 32)), Case(_pre_ln_24, (4, 8, 32)))
-    bad = (Case(_Encoder, (4, 8, 32), at="enc.layers.0"),)
+    bad = (Case(_Encoder, (4, 8, 32), at="enc.layers.0", severity="warning"),)
 
     def check(self, result):
         st = structure_of(result)
@@ -116,7 +117,7 @@ class DeepPostLnTransformer(Rule):
         layers = len(ffn) if attn and ffn else len(sites)
         if layers <= int(self.opts["max_layers"]):
             return
-        thr = threshold_of(self, result)
+        thr = self.threshold(result)
         decades, label, early, late = self._ratio(st, sites)
         first_layer = sites[: sites.index(attn[1])] if len(attn) > 1 else sites[:1]
         module = _common_prefix([st.node(s.add).module for s in first_layer]
@@ -129,7 +130,8 @@ class DeepPostLnTransformer(Rule):
                     f"{10 ** decades:.2g}x the gradient of the first layer's ({early}), {decades:+.2f} decades")
         msg += ("; post-LN gradients concentrate near the output and deep post-LN stacks need warmup and "
                 "still diverge (Xiong et al. 2020)")
-        sev = Severity.ERROR if label and abs(decades) >= thr else Severity.WARNING
+        # Without a gradient ratio (no two sublayers to compare) the finding rests on the depth alone.
+        sev = self.escalate(abs(decades), error_at=thr) if label else Severity.WARNING
         yield self.finding(result, msg, fix=self._fix(st, sites, layers), module=module, node=sites[0].norm,
                            severity=sev, layers=layers, sublayers=len(sites),
                            gradient_ratio_decades=round(decades, 3) if label else None, threshold=thr)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn as nn
 
 from gradlint.base.findings import Severity
 from gradlint.lint.rule import Case, Rule
-from gradlint.lint.toolkit import describe_attribution, first_crossing, fix_for
+from gradlint.lint.toolkit import trunk_crossing
 
 
 def _std1_relu_mlp(depth: int = 10, width: int = 64) -> nn.Module:
@@ -26,6 +27,25 @@ def _he_relu_mlp(depth: int = 10, width: int = 64) -> nn.Module:
         if isinstance(x, nn.Linear):
             nn.init.kaiming_normal_(x.weight, nonlinearity="relu")
     return m
+
+
+class _ResidualMLP(nn.Module):
+    """Unnormalized residual blocks x + fc2(relu(fc1(x))) with He init: the stream's forward
+    signal grows block after block."""
+
+    def __init__(self, blocks: int = 12, width: int = 64):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
+        self.fc2 = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
+        for lin in [*self.fc1, *self.fc2]:
+            nn.init.kaiming_normal_(lin.weight, nonlinearity="relu")
+        self.head = nn.Linear(width, width)
+
+    def forward(self, x):
+        for fc1, fc2 in zip(self.fc1, self.fc2):
+            x = x + fc2(torch.relu(fc1(x)))
+        return self.head(x)
 
 
 class ExplodingGradient(Rule):
@@ -61,24 +81,20 @@ class ExplodingGradient(Rule):
     category = "exploding"
     options = {"threshold": None}  # None: the run's --threshold
     good = (Case(_he_relu_mlp, (32, 64)),)
-    bad = (Case(_std1_relu_mlp, (32, 64)),)
+    bad = (Case(_std1_relu_mlp, (32, 64), severity="error"),
+           Case(_ResidualMLP, (32, 64), at="head", severity="error"))
 
     def check(self, result):
         s = result.summary
-        thr = float(self.opts["threshold"]) if self.opts["threshold"] is not None else float(result.summary.threshold)
+        thr = self.threshold(result)
         if s.attenuation_decades > -thr and not math.isinf(s.trunk_amplification):
             return
-        node, module = first_crossing(result, thr, vanishing=False)
-        causes = describe_attribution(s.attribution, s.counts)
+        c = trunk_crossing(result, thr, vanishing=False)
         growth = -s.attenuation_decades
         kind = "gradient" if s.trunk_amplification >= s.forward_growth else "forward signal"
-        where = module or "the model"
+        where = c.module or "the model"
         msg = (f"{kind} explodes: at {where} it is 10^{growth:.1f} of the output's"
                if kind == "gradient" else
                f"forward signal explodes: at {where} it is 10^{growth:.1f} of its scale at the last normalization or input")
-        if causes:
-            msg += f" ({causes})"
-        yield self.finding(result, msg, fix=fix_for(result, vanishing=False), module=module, node=node,
-                           attenuation_decades=round(s.attenuation_decades, 3),
-                           attribution={k: round(v, 3) for k, v in s.attribution.items()},
+        yield self.finding(result, c.message(msg), fix=c.fix, module=c.module, node=c.node, **c.evidence,
                            strongest=s.strongest, threshold=thr)

@@ -8,12 +8,14 @@ import torch
 import torch.nn as nn
 
 from gradlint.base.findings import Severity
+from gradlint.lint.examples import RNNHead
+from gradlint.lint.recurrence import cell_name, recurrent_gain
 from gradlint.lint.rule import Case, Rule
-from gradlint.rules.vanilla_rnn_long_sequence import _RNNHead, cell_name, recurrent_gain, threshold_of
+from gradlint.lint.toolkit import rounded
 
 
 def _orthogonal_rnn(gain: float, size: int = 32) -> nn.Module:
-    m = _RNNHead("rnn", size)
+    m = RNNHead("rnn", size)
     with torch.no_grad():
         nn.init.orthogonal_(m.rnn.weight_hh_l0, gain=gain)
     return m
@@ -72,11 +74,11 @@ class ExplodingRecurrence(Rule):
     severity = Severity.ERROR
     category = "exploding"
     options = {"threshold": None, "warn_decades": 1.0}
-    good = (Case(lambda: _orthogonal_rnn(1.0), (4, 32, 32)), Case(lambda: _RNNHead("lstm"), (4, 16, 32)))
-    bad = (Case(lambda: _orthogonal_rnn(3.0), (4, 24, 32), at="rnn"),)
+    good = (Case(lambda: _orthogonal_rnn(1.0), (4, 32, 32)), Case(lambda: RNNHead("lstm"), (4, 16, 32)))
+    bad = (Case(lambda: _orthogonal_rnn(3.0), (4, 24, 32), at="rnn", severity="error"),)
 
     def check(self, result):
-        thr = threshold_of(self, result)
+        thr = self.threshold(result)
         warn = float(self.opts["warn_decades"])
         for rec in result.propagation.recurrent:
             if rec.steps < 2:
@@ -88,21 +90,21 @@ class ExplodingRecurrence(Rule):
             bound, _ = _growth(rec.lag_grad_rms_bound) if gated else (growth, at)
             # Gated cells: the truth lies between the bound and the estimate (R4), so judge the midpoint.
             judged = 0.5 * (growth + bound) if gated else growth
-            sev = Severity.ERROR if judged >= thr else Severity.WARNING
+            sev = self.escalate(judged, error_at=thr)
             lag = rec.steps - 1 - at
             rate = growth / lag if lag > 0 and math.isfinite(growth) else math.inf
             where = rec.module or "the model"
             size = "more than 300" if not math.isfinite(growth) else f"{growth:.1f}"
             msg = (f"{cell_name(rec.mode)} {where}: the gradient grows going back in time; at step {at} it is "
                    f"10^{size} of the last step's over {rec.steps} steps (+{rate:.2f} decades per step)")
-            evidence = {"steps": rec.steps, "growth_decades": _r(growth), "decades_per_step": _r(rate),
+            evidence = {"steps": rec.steps, "growth_decades": rounded(growth), "decades_per_step": rounded(rate),
                         "step": at, "threshold": thr}
             if gated:
                 msg += f"; the plain mean-field bound predicts {bound:+.1f}"
-                evidence["growth_decades_bound"] = _r(bound)
+                evidence["growth_decades_bound"] = rounded(bound)
             gain = recurrent_gain(result, rec)
             if gain is not None:
-                evidence["recurrent_gain"] = _r(gain)
+                evidence["recurrent_gain"] = rounded(gain)
                 msg += f" (weight_hh_l0 RMS·sqrt(fan-in) = {gain:.2f})"
             init = ("nn.init.orthogonal_(w)" if not gated else
                     f"[nn.init.orthogonal_(c) for c in w.data.chunk({4 if rec.mode == 'lstm' else 3})]")
@@ -114,6 +116,3 @@ class ExplodingRecurrence(Rule):
                 fix += "\nor use nn.RNN(..., nonlinearity=\"tanh\"), nn.LSTM or nn.GRU"
             yield self.finding(result, msg, fix=fix, module=rec.module, node=rec.node, severity=sev, **evidence)
 
-
-def _r(x: float) -> float | None:
-    return round(x, 3) if math.isfinite(x) else None

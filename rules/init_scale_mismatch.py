@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
 
 import torch.nn as nn
 
-from gradlint.engine import gaussian
 from gradlint.base.findings import Severity
+from gradlint.lint.activations import Phi, phi_of
+from gradlint.lint.chains import ChainWalker, PathCover
 from gradlint.lint.rule import Case, Rule
-from gradlint.lint.toolkit import Reach, forward_of as _fwd, feeds_output as _feeds_output, const_like as _const_like
+from gradlint.lint.toolkit import const_like, feeds_output, forward_of
 
 # Between a weight layer and its activation: data movement only (a bias added separately too).
 MOVES = {"identity", "select", "getitem", "expand", "datamove", "dropout"}
 # From an activation to the next weight layer of the same stack.
 THROUGH = MOVES | {"split", "cat", "avg_pool", "max_pool"}
-PARAM_KWARGS = ("negative_slope", "alpha", "min_val", "max_val", "beta", "threshold")
+# A layer's activation is a few ops after it at most (a reshape, dropout, a bias added
+# separately): the walk to it gives up after this many, as no such chain is that long.
+MAX_OPS_TO_ACTIVATION = 32
 # Activations whose critical init is a fixed scheme rather than a gain found numerically.
 RELU_LIKE = {"relu", "relu6"}
 TANH_LIKE = {"tanh", "hardtanh", "softsign"}
@@ -74,42 +77,49 @@ def _fan_in(node, shape: tuple[int, ...]) -> int | None:
     return shape[1] * math.prod(shape[2:])
 
 
-class _Phi:
-    """E[phi'^2] of one activation node at (mu, v)."""
-
-    def __init__(self, node, result):
-        self.node = node
-        if node.kind == "act":
-            fn = node.attrs.get("fn")
-            params = {k: v for k, v in node.attrs.items() if k in PARAM_KWARGS}
-            if fn == "prelu":  # as the engine does: a leaky ReLU with the slopes' mean
-                w = result.propagation.param_stats.get(node.params.get("weight", ""))
-                fn, params = "leaky_relu", {"negative_slope": w.mean if w is not None else 0.25}
-            self.fn = fn
-            self.params = params
-            self._m: Callable = lambda mu, v: gaussian.moments(fn, mu, v, **params)
-            self.label = {"relu": "ReLU", "relu6": "ReLU6", "leaky_relu": "LeakyReLU", "gelu": "GELU",
-                          "gelu_tanh": "GELU", "silu": "SiLU", "tanh": "tanh", "elu": "ELU", "selu": "SELU",
-                          "mish": "Mish", "softplus": "Softplus", "hardswish": "Hardswish"}.get(fn, fn)
-        else:
-            mod = node.attrs.get("module")
-            self.fn = None
-            self.params = {}
-            self._m = lambda mu, v: gaussian.expect_fn(mod, mu, v, key=("module", id(mod)))
-            self.label = node.module_type or "activation"
-
-    def dphi2(self, mu: float, v: float) -> float:
-        return self._m(mu, v).dphi2
+_LABELS = {"relu": "ReLU", "relu6": "ReLU6", "leaky_relu": "LeakyReLU", "gelu": "GELU", "gelu_tanh": "GELU",
+           "silu": "SiLU", "tanh": "tanh", "elu": "ELU", "selu": "SELU", "mish": "Mish", "softplus": "Softplus",
+           "hardswish": "Hardswish"}
 
 
-def _critical_gain(phi: _Phi, q_in: float) -> float:
+@dataclass(frozen=True)
+class _Layer:
+    """A Linear/Conv layer and the activation it feeds directly, with its gradient gain.
+
+    Attributes:
+        node: The layer's node.
+        act: The activation's node.
+        phi: The activation's function.
+        label: The activation's name in messages ('ReLU').
+        fan_in: The weight's fan-in.
+        gain2: sigma_w^2 * fan_in.
+        dphi2: E[phi'^2] at the predicted pre-activation.
+        chi: The layer's gradient gain, gain2 * dphi2.
+        decades: 0.5 * log10(chi), the gradient's change per layer.
+        q_in: The second moment of the layer's input (1 when unknown).
+    """
+
+    node: object
+    act: object
+    phi: Phi
+    label: str
+    fan_in: int
+    gain2: float
+    dphi2: float
+    chi: float
+    decades: float
+    q_in: float
+
+
+def _critical_gain(phi: Phi, q_in: float) -> float | None:
     """sigma_w^2 * fan_in at which the layer's gradient gain sigma_w^2 * fan_in * E[phi'^2] is one.
 
     ReLU-like and odd activations have a fixed scheme (He; LeCun/Glorot, the edge of chaos
     at small variance). For the others (GELU, SiLU, ELU, ...) E[phi'^2] depends on the
     pre-activation variance, which depends on the gain itself: the gain g solves
     g * E[phi'^2](g * q_in) = 1 for the stack's input second moment q_in (chi_1 = 1 at the
-    variance that init would produce, not at the one the current init produces).
+    variance that init would produce, not at the one the current init produces). None
+    where E[phi'^2] cannot be evaluated at some variance on the way.
     """
     if phi.fn in RELU_LIKE:
         return 2.0
@@ -121,7 +131,10 @@ def _critical_gain(phi: _Phi, q_in: float) -> float:
     q = q_in if q_in > 0 else 1.0
     g = 2.0
     for _ in range(100):
-        d2 = phi.dphi2(0.0, g * q)
+        m = phi.moments(0.0, g * q)
+        if m is None:
+            return None
+        d2 = m.dphi2
         if d2 <= 0:
             break
         new = 1.0 / d2
@@ -131,7 +144,7 @@ def _critical_gain(phi: _Phi, q_in: float) -> float:
     return g
 
 
-def _recommend(phi: _Phi, gain2: float, over: bool) -> tuple[str, str]:
+def _recommend(phi: Phi, gain2: float, over: bool) -> tuple[str, str]:
     """(the nn.init call, the critical variance in words) for the activation.
 
     An over-scaled tanh stack gets gain 1 (the edge of chaos); torch's tanh gain 5/3 is
@@ -170,14 +183,12 @@ def _relative(ratio: float) -> str:
     return f"1/{1 / ratio:.0f} of" if 1 / ratio < 1e4 else f"1/{1 / ratio:.3g} of"
 
 
-def _scales(items: list[dict]) -> tuple[float, float]:
-    """(median sigma_w^2 * fan_in of the stack, the critical value for its first activation)."""
-    gains = sorted(it["gain2"] for it in items)
-    try:
-        crit = _critical_gain(items[0]["phi"], items[0]["q_in"])
-    except Exception:  # an activation module the Gaussian grid cannot evaluate
-        crit = 2.0
-    return gains[len(gains) // 2], crit
+def _scales(items: list[_Layer]) -> tuple[float, float]:
+    """(median sigma_w^2 * fan_in of the stack, the critical value for its first activation;
+    He's 2 for an activation the Gaussian grid cannot evaluate)."""
+    gains = sorted(it.gain2 for it in items)
+    crit = _critical_gain(items[0].phi, items[0].q_in)
+    return gains[len(gains) // 2], 2.0 if crit is None else crit
 
 
 class InitScaleMismatch(Rule):
@@ -230,8 +241,8 @@ class InitScaleMismatch(Rule):
     good = (Case(lambda: _mlp(8, 64, "kaiming"), (32, 64)),
             Case(lambda: _mlp(8, 64, "xavier-tanh", nn.Tanh), (32, 64)),
             Case(_small_init_resnet, (32, 64)))
-    bad = (Case(lambda: _mlp(8, 64, "default"), (32, 64), at="0"),
-           Case(lambda: _mlp(4, 64, "std1"), (32, 64), at="0"))
+    bad = (Case(lambda: _mlp(8, 64, "default"), (32, 64), at="0", severity="error"),
+           Case(lambda: _mlp(4, 64, "std1"), (32, 64), at="0", severity="error"))
 
     def check(self, result):
         g = result.graph
@@ -240,8 +251,8 @@ class InitScaleMismatch(Rule):
         min_layers = int(self.opts["min_layers"])
         min_dec = float(self.opts["min_decades"])
 
-        live = _feeds_output(result)
-        pairs: dict[str, dict] = {}  # activation node -> the layer before it and its gain
+        live = feeds_output(result)
+        pairs: dict[str, _Layer] = {}  # activation node -> the layer before it and its gain
         for node in g.nodes:
             if node.kind not in ("linear", "conv") or "weight" not in node.params:
                 continue
@@ -256,44 +267,26 @@ class InitScaleMismatch(Rule):
         if not pairs:
             return
 
-        walker = _Walker(result, {it["node"].name: a for a, it in pairs.items()})
-        preds: dict[str, list[str]] = {a: [] for a in pairs}
-        for a in pairs:
-            for nxt in walker.successors(a):
-                preds[nxt].append(a)
+        layer_to_act = {it.node.name: a for a, it in pairs.items()}
+        walker = ChainWalker(result, pairs, THROUGH, enter=layer_to_act.get, around=THROUGH | {"linear", "conv"})
+        preds = walker.predecessors()
 
         reported: set[str] = set()
         for sign in (-1.0, 1.0):
-            best: dict[str, float] = {}
-            back: dict[str, str | None] = {}
-            for node in g.nodes:
-                a = node.name
-                if a not in pairs or pairs[a]["decades"] * sign <= 0:
-                    continue
-                prev = max((p for p in preds[a] if p in best), key=lambda p: best[p], default=None)
-                best[a] = abs(pairs[a]["decades"]) + (best[prev] if prev else 0.0)
-                back[a] = prev
-            covered: set[str] = set()
-            for end in sorted(best, key=lambda a: -best[a]):
-                if end in covered:
-                    continue
-                path = []
-                cur: str | None = end
-                while cur is not None and cur not in covered:
-                    path.append(cur)
-                    cur = back[cur]
-                path.reverse()
+            order = [n.name for n in g.nodes if n.name in pairs and pairs[n.name].decades * sign > 0]
+            cover = PathCover(order, {a: abs(pairs[a].decades) for a in order}, preds)
+            for path in cover:
                 items = [pairs[a] for a in path]
-                total = sum(it["decades"] for it in items)
-                off = sum(1 for it in items if abs(it["decades"]) >= tol)
+                total = sum(it.decades for it in items)
+                off = sum(1 for it in items if abs(it.decades) >= tol)
                 if not ((off >= min_layers and abs(total) >= min_dec) or abs(total) >= thr):
                     continue
                 med, crit = _scales(items)
                 # Odd activations are right anywhere from LeCun (gain 1) to torch's tanh gain 5/3.
-                top = crit * (25.0 / 9.0 if items[0]["phi"].fn in TANH_LIKE else 1.0)
+                top = crit * (25.0 / 9.0 if items[0].phi.fn in TANH_LIKE else 1.0)
                 if crit / (1.0 + SCALE_TOLERANCE) < med < top * (1.0 + SCALE_TOLERANCE):
                     continue  # the init is the critical one: the drift is the activation's (GL201/GL401)
-                covered.update(path)
+                cover.take(path)
                 if any(a in reported for a in path):
                     continue
                 reported.update(path)
@@ -305,7 +298,7 @@ class InitScaleMismatch(Rule):
         """The activation this layer feeds directly, or None (normalization, residual, several users)."""
         g = result.graph
         cur = node.name
-        for _ in range(32):
+        for _ in range(MAX_OPS_TO_ACTIVATION):
             users = g.users.get(cur, [])
             if len(users) != 1:
                 return None
@@ -315,49 +308,50 @@ class InitScaleMismatch(Rule):
                     return None
                 return u
             others = [i for i in u.inputs if i is not None and i != cur]
-            if u.kind in MOVES or (u.kind == "add" and all(_const_like(result, i) for i in others)):
+            if u.kind in MOVES or (u.kind == "add" and all(const_like(result, i) for i in others)):
                 cur = u.name  # reshapes, dropout, a separately added bias
                 continue
             return None
         return None
 
-    def _layer(self, result, node, act) -> dict | None:
+    def _layer(self, result, node, act) -> _Layer | None:
         st = result.propagation.param_stats.get(node.params["weight"])
         if st is None:
             return None
         fan_in = _fan_in(node, tuple(st.shape))
         if not fan_in:
             return None
-        pre = _fwd(result, act.inputs[0])
+        pre = forward_of(result, act.inputs[0])
         if pre is None:
             return None
-        phi = _Phi(act, result)
-        try:
-            d2 = phi.dphi2(pre.mu, pre.v)
-        except Exception:
+        phi = phi_of(act, result.propagation.param_stats)
+        m = phi.moments(pre.mu, pre.v) if phi is not None else None
+        if m is None:
             return None
+        d2 = m.dphi2
         gain2 = st.ms * fan_in
         chi = gain2 * d2
         if not (chi > 0 and math.isfinite(chi)):
             return None
-        x = _fwd(result, node.inputs[0]) if node.inputs else None
-        return dict(node=node, act=act, phi=phi, fan_in=fan_in, gain2=gain2, dphi2=d2, chi=chi,
-                    decades=0.5 * math.log10(chi), q_in=x.q if x is not None else 1.0, source=st.source)
+        x = forward_of(result, node.inputs[0]) if node.inputs else None
+        label = _LABELS.get(phi.fn, phi.fn) if phi.fn is not None else act.module_type or "activation"
+        return _Layer(node=node, act=act, phi=phi, label=label, fan_in=fan_in, gain2=gain2, dphi2=d2, chi=chi,
+                      decades=0.5 * math.log10(chi), q_in=x.q if x is not None else 1.0)
 
     # -- message -----------------------------------------------------------------------------
 
     def _stack_finding(self, result, items, total, thr, med, crit):
         first, last = items[0], items[-1]
         n = len(items)
-        layer_type = first["node"].module_type or ("Linear" if first["node"].kind == "linear" else "Conv")
-        acts = {it["phi"].label for it in items}
+        layer_type = first.node.module_type or ("Linear" if first.node.kind == "linear" else "Conv")
+        acts = {it.label for it in items}
         act = next(iter(acts)) if len(acts) == 1 else "activation"
-        default = all(abs(it["gain2"] * 3.0 - 1.0) <= 0.15 for it in items)
-        call, crit_words = _recommend(first["phi"], crit, over=med > crit)
+        default = all(abs(it.gain2 * 3.0 - 1.0) <= 0.15 for it in items)
+        call, crit_words = _recommend(first.phi, crit, over=med > crit)
         ratio = med / crit
         per = total / n
-        where = first["node"].module or "the model"
-        span = where if n == 1 else f"{where} to {last['node'].module or 'the model'}"
+        where = first.node.module or "the model"
+        span = where if n == 1 else f"{where} to {last.node.module or 'the model'}"
         scale = "1/(3 fan_in), PyTorch's default kaiming_uniform_(a=sqrt(5))" if default else f"{med:.3g}/fan_in"
         rel = _relative(ratio)
         direction = "shrinks" if total < 0 else "grows"
@@ -365,62 +359,18 @@ class InitScaleMismatch(Rule):
                f"weight variance {scale}, {rel} the critical {crit_words} for {act}: the gradient {direction} by "
                f"{abs(per):.2f} decades per layer (chi = {10 ** (2 * per):.3g}), {abs(total):.1f} decades over "
                f"the stack")
-        modules = list(dict.fromkeys(it["node"].module for it in items if it["node"].module))
+        modules = list(dict.fromkeys(it.node.module for it in items if it.node.module))
         shown = ", ".join(modules[:4]) + (" ..." if len(modules) > 4 else "")
-        bias = "\nnn.init.zeros_(m.bias)" if any("bias" in it["node"].params for it in items) else ""
+        bias = "\nnn.init.zeros_(m.bias)" if any("bias" in it.node.params for it in items) else ""
         fix = (f"for every {layer_type} m in the stack ({shown}):\n{call}{bias}\n"
                f"or add normalization between the layers (nn.LayerNorm / nn.BatchNorm)")
-        if first["phi"].fn not in RELU_LIKE | TANH_LIKE | {"leaky_relu", "selu"}:
+        if first.phi.fn not in RELU_LIKE | TANH_LIKE | {"leaky_relu", "selu"}:
             # E[phi'^2] of GELU/SiLU-like activations drifts with the signal's variance: no
             # init keeps chi = 1 through a deep stack on its own.
             fix = (f"add normalization between the layers (nn.LayerNorm before each {act}); and for every "
                    f"{layer_type} m in the stack ({shown}):\n{call}{bias}")
-        sev = Severity.ERROR if abs(total) >= thr else Severity.WARNING
-        return self.finding(result, msg, fix=fix, module=first["node"].module, node=first["node"].name, severity=sev,
+        sev = self.escalate(abs(total), error_at=thr)
+        return self.finding(result, msg, fix=fix, module=first.node.module, node=first.node.name, severity=sev,
                             layers=n, decades=round(total, 3), decades_per_layer=round(per, 3),
                             weight_gain=round(med, 4), critical_gain=round(crit, 4), default_init=default,
                             activation=act, modules=modules, threshold=thr)
-
-
-class _Walker:
-    """Which layer+activation pairs follow which, through data movement and pooling only."""
-
-    def __init__(self, result, layer_to_act: dict[str, str]):
-        self.result = result
-        self.g = result.graph
-        self.layer_to_act = layer_to_act
-        self.acts = set(layer_to_act.values())
-        self.reach = Reach(self.g)
-
-    def successors(self, act: str) -> set[str]:
-        """Activations of the pairs whose layer consumes this activation's output."""
-        found: set[str] = set()
-        stack, seen = [act], set()
-        while stack:
-            cur = stack.pop()
-            for u in self.g.users.get(cur, []):
-                if u in seen:
-                    continue
-                seen.add(u)
-                n = self.g.by_name[u]
-                others = [i for i in n.inputs if i is not None and i != cur]
-                if n.kind in ("linear", "conv"):
-                    nxt = self.layer_to_act.get(u)
-                    if nxt is not None and not self.bypassed(act, nxt):
-                        found.add(nxt)
-                elif n.kind in THROUGH:
-                    stack.append(u)
-                elif n.kind == "mul" and all(_const_like(self.result, i) for i in others):
-                    stack.append(u)
-                elif n.kind == "add":
-                    if any(self.reach.descends(act, i) for i in others if not _const_like(self.result, i)):
-                        continue  # a skip connection ends the stack
-                    stack.append(u)
-                # Normalization, attention, gates, other ops: the stack ends here.
-        return found
-
-    def bypassed(self, start: str, act: str) -> bool:
-        """Whether a skip connection around the layer (x = x + relu(W x)) adds back a path from
-        ``start`` that avoids ``act``: such a layer is no part of a stack."""
-        return self.reach.bypassed(self.result, start, act, lambda u, n: (
-            u in self.acts or n.kind in THROUGH or n.kind in ("linear", "conv")))

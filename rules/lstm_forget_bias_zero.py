@@ -9,13 +9,14 @@ import torch.nn as nn
 
 from gradlint.engine import recurrent
 from gradlint.base.findings import Severity
+from gradlint.lint.examples import RNNHead
+from gradlint.lint.recurrence import CF_MAX_STEPS, counterfactual_decay, input_q, lag_decay, lag_log10, rnn_param
 from gradlint.lint.rule import Case, Rule
-from gradlint.rules.vanilla_rnn_long_sequence import (CF_MAX_STEPS, _RNNHead, counterfactual_decay, input_q,
-                                                      lag_decay, lag_log10, rnn_param, threshold_of)
+from gradlint.lint.toolkit import rounded
 
 
 def _lstm_forget(forget_bias: float, size: int = 32) -> nn.Module:
-    m = _RNNHead("lstm", size)
+    m = RNNHead("lstm", size)
     with torch.no_grad():
         m.rnn.bias_ih_l0[size:2 * size].fill_(forget_bias)
         m.rnn.bias_hh_l0[size:2 * size].zero_()
@@ -96,11 +97,11 @@ class LstmForgetBiasZero(Rule):
     severity = Severity.ERROR
     category = "recurrent"
     options = {"threshold": None, "min_steps": 16, "forget_bias": 1.0}
-    good = (Case(lambda: _lstm_forget(1.0), (4, 32, 32)), Case(lambda: _RNNHead("lstm"), (4, 8, 32)))
-    bad = (Case(lambda: _RNNHead("lstm"), (4, 32, 32), at="rnn"),)
+    good = (Case(lambda: _lstm_forget(1.0), (4, 32, 32)), Case(lambda: RNNHead("lstm"), (4, 8, 32)))
+    bad = (Case(lambda: RNNHead("lstm"), (4, 32, 32), at="rnn", severity="error"),)
 
     def check(self, result):
-        thr = threshold_of(self, result)
+        thr = self.threshold(result)
         fb = float(self.opts["forget_bias"])
         for rec in result.propagation.recurrent:
             if rec.mode != "lstm" or rec.steps < int(self.opts["min_steps"]) or rec.steps < 3:
@@ -128,7 +129,7 @@ class LstmForgetBiasZero(Rule):
                 counterfactual_decay(st1, q, rec.steps, batch)[0]
             if not saved > 0:
                 continue
-            sev = Severity.ERROR if saved >= thr else Severity.WARNING
+            sev = self.escalate(saved, error_at=thr)
             where = rec.module or "the model"
             first = "below 10^-300" if not math.isfinite(total) else f"10^-{total:.1f}"
             msg = (f"nn.LSTM {where} loses its gradient at the rate of a zero forget-gate bias: over {rec.steps} "
@@ -143,9 +144,9 @@ class LstmForgetBiasZero(Rule):
                    + "\n".join(f"    lstm.bias_ih{sfx}[h:2*h].fill_({fb:g}); lstm.bias_hh{sfx}[h:2*h].zero_()"
                                for sfx in _bias_suffixes(result, rec)))
             yield self.finding(result, msg, fix=fix, module=rec.module, node=rec.node, severity=sev,
-                               steps=rec.steps, decades=_r(total), decades_per_step=_r(rate),
-                               decades_with_forget_bias=_r(fixed), decades_saved=_r(saved), forget_bias=fb,
-                               rate_bias0=_r(r0), rate_bias1=_r(r1), threshold=thr)
+                               steps=rec.steps, decades=rounded(total), decades_per_step=rounded(rate),
+                               decades_with_forget_bias=rounded(fixed), decades_saved=rounded(saved), forget_bias=fb,
+                               rate_bias0=rounded(r0), rate_bias1=rounded(r1), threshold=thr)
 
 
 def _bias_suffixes(result, rec) -> list[str]:
@@ -158,6 +159,3 @@ def _bias_suffixes(result, rec) -> list[str]:
 def _fmt(x: float) -> str:
     return f"{x:.1f}" if math.isfinite(x) else "more than 300"
 
-
-def _r(x: float) -> float | None:
-    return round(x, 3) if math.isfinite(x) else None

@@ -7,9 +7,9 @@ import torch.nn as nn
 
 from gradlint.base.findings import Severity
 from gradlint.lint.rule import Case, Rule
+from gradlint.lint.structure import (ACTIVATIONS, Structure, activation_call, activation_name, conv_dims, layer_type,
+                                     out_width, plain_runs, structure_of, where)
 from gradlint.lint.toolkit import describe_attribution, dominant_cause
-from gradlint.rules.missing_skip_path import (run_profile, ACTIVATIONS, Structure, activation_call, activation_name, conv_dims,
-                                              layer_type, out_width, plain_runs, structure_of, threshold_of, where)
 
 
 def _tanh_mlp(depth: int = 10, width: int = 64, norm: bool = False) -> nn.Module:
@@ -86,22 +86,25 @@ class MissingNormalization(Rule):
     category = "normalization"
     options = {"min_depth": 8, "threshold": None, "warn_decades": 1.0}
     good = (Case(_normed_tanh_mlp, (32, 64)), Case(_bn_cnn, (4, 3, 16, 16)))
-    bad = (Case(_tanh_mlp, (32, 64), at="0"), Case(_plain_cnn, (4, 3, 16, 16), at="0"))
+    bad = (Case(_tanh_mlp, (32, 64), at="0", severity="warning"),
+           Case(_plain_cnn, (4, 3, 16, 16), at="0", severity="warning"))
 
     def check(self, result):
         st = structure_of(result)
         if st is None:
             return
         n_min = int(self.opts["min_depth"])
-        thr = threshold_of(self, result)
+        thr = self.threshold(result)
         warn = float(self.opts["warn_decades"])
-        for members, span in plain_runs(st, break_on_norm=True, need_activation=True):
+        for run in plain_runs(st, break_on_norm=True, need_activation=True):
+            members, span = run.members, run.span
             if len(members) < n_min:
                 continue
             first = members[0]
-            q_ref, lost, gained, collapse, growth, attribution = run_profile(st, members, span)
+            p = st.profile(run)
+            lost, gained, collapse, growth, attribution = p.lost, p.gained, p.collapse, p.growth, p.attribution
             cost = max(lost, gained, collapse, growth)
-            sev = Severity.ERROR if cost >= thr else Severity.WARNING if cost >= warn else Severity.INFO
+            sev = self.escalate(cost, error_at=thr, warn_at=warn)
             act = activation_name(st, span)
             what = (f"{len(members)} {layer_type(st, members)}+{act} layers in a row ({where(st, members)}) "
                     "without normalization")
@@ -116,7 +119,7 @@ class MissingNormalization(Rule):
                 msg = (f"{what} {'shrink' if worst == 'collapse' else 'grow'} the forward signal by {cost:.1f} "
                        f"decades, and every later weight's gradient with it")
             if worst in ("collapse", "grow"):
-                attribution = st.forward_attribution(span, q_ref)
+                attribution = st.forward_attribution(span, p.q_ref)
             causes = describe_attribution(attribution)
             if causes and sev != Severity.INFO:
                 msg += f" ({causes})"
@@ -128,7 +131,7 @@ class MissingNormalization(Rule):
                                cause=dominant_cause(attribution, vanishing=worst in ("lose", "collapse")))
 
     @staticmethod
-    def _fix(st: Structure, members: list[str], span: list[str], act: str) -> str:
+    def _fix(st: Structure, members, span, act: str) -> str:
         act_call = activation_call(act)
         # The run's last layer is often the output layer, with no activation after it:
         # it needs no normalization.

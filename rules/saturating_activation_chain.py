@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
 
 import torch.nn as nn
 
-from gradlint.engine import gaussian
 from gradlint.base.findings import Severity
+from gradlint.lint.activations import Phi, phi_of
+from gradlint.lint.chains import ChainWalker, PathCover
 from gradlint.lint.rule import Case, Rule
-from gradlint.lint.toolkit import Reach, forward_of as _fwd, feeds_output as _feeds_output, const_like as _const_like
+from gradlint.lint.toolkit import const_like, feeds_output, forward_of
 
 SATURATING_FNS = {"sigmoid", "tanh", "hardtanh", "softsign", "hardsigmoid", "logsigmoid"}
 # Ops a run of activations continues through: weights, pooling and data movement.
@@ -18,10 +19,15 @@ THROUGH = {"linear", "conv", "identity", "select", "split", "getitem", "expand",
            "avg_pool", "max_pool", "reduce"}
 # Ops between an activation and what consumes it that do not change what it is used for.
 MOVES = {"identity", "select", "split", "getitem", "expand", "datamove", "dropout"}
-PARAM_KWARGS = ("negative_slope", "alpha", "min_val", "max_val", "beta", "threshold")
 PLURAL = {"sigmoid": "sigmoids", "tanh": "tanhs", "hardtanh": "hardtanhs", "softsign": "softsigns",
           "hardsigmoid": "hardsigmoids", "logsigmoid": "logsigmoids"}
+# Centres at which an activation's derivative is probed for where it is least saturated.
 PROBE = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
+# The walks below follow single-user chains of a few ops (c * phi + b; a reshape or dropout
+# before a layer), which end on their own; these bounds only cut pathological chains of
+# data movement, far longer than any such pattern.
+MAX_OPS_TO_USE = 16
+MAX_OPS_TO_PRODUCER = 64
 
 
 def _sigmoid_mlp(depth: int = 8, width: int = 64) -> nn.Module:
@@ -66,57 +72,55 @@ class _SaturatedHead(nn.Module):
         return self.act(self.out(self.body(x)))
 
 
-def _callable_of(node) -> tuple[Callable | None, object]:
-    """The element-wise function of an act_module / elementwise node, with the engine's cache key."""
+@dataclass(frozen=True)
+class _Act:
+    """A saturating activation and its gradient factor at init.
+
+    Attributes:
+        node: The activation's node.
+        label: Its name in messages ('sigmoid', 'Tanh', 'clamp').
+        dphi2: E[phi'^2] at its predicted pre-activation N(mu, v), with any constant scale after it.
+        best: E[phi'^2] where the activation is least saturated (see ``PROBE``).
+        mu: The pre-activation's mean.
+        v: The pre-activation's variance.
+        cost: Decades of gradient it costs, -0.5 * log10(dphi2).
+        ratio: dphi2 / best, how saturated it is.
+    """
+
+    node: object
+    label: str
+    dphi2: float
+    best: float
+    mu: float
+    v: float
+    cost: float
+    ratio: float
+
+
+def _label(node) -> str:
+    if node.kind == "act":
+        return node.attrs.get("fn")
     if node.kind == "act_module":
-        mod = node.attrs.get("module")
-        return (mod, ("module", id(mod))) if callable(mod) else (None, None)
-    target = node.attrs.get("target")
-    if not callable(target):
-        return None, None
-    extra = node.attrs.get("extra", {}) or {}
-    scalars = {k: v for k, v in extra.items() if isinstance(v, (int, float, bool)) or v is None}
-    key = (str(target), repr(sorted(extra.items(), key=str)))
-    return (lambda z: target(z, **scalars)), key
+        return node.module_type or "saturating activation"
+    target = str(node.attrs.get("target", ""))  # aten.clamp.default -> clamp
+    return target.split(".")[1] if target.count(".") >= 2 else "saturating activation"
 
 
-class _Phi:
-    """E[phi'^2] of one activation node at any (mu, v), and at its unsaturated best."""
-
-    def __init__(self, node):
-        self.node = node
-        self.label = "saturating activation"
-        if node.kind == "act":
-            fn = node.attrs.get("fn")
-            params = {k: v for k, v in node.attrs.items() if k in PARAM_KWARGS}
-            self._m = lambda mu, v: gaussian.moments(fn, mu, v, **params)
-            self.label = fn
-        else:
-            f, key = _callable_of(node)
-            self._m = lambda mu, v: gaussian.expect_fn(f, mu, v, key=key)
-            if node.kind == "act_module":
-                self.label = node.module_type or "saturating activation"
-            else:  # aten.clamp.default -> clamp
-                target = str(node.attrs.get("target", ""))
-                self.label = target.split(".")[1] if target.count(".") >= 2 else "saturating activation"
-
-    def dphi2(self, mu: float, v: float) -> float:
-        return self._m(mu, v).dphi2
-
-    def best(self) -> float:
-        """max over a few centres of phi'(mu)^2: the gradient factor where phi is least saturated."""
-        return max(self._m(mu, 0.0).dphi2 for mu in PROBE)
+def _unsaturated(phi: Phi) -> float | None:
+    """max over a few centres of phi'(mu)^2: the gradient factor where phi is least saturated."""
+    ms = [phi.moments(mu, 0.0) for mu in PROBE]
+    return None if any(m is None for m in ms) else max(m.dphi2 for m in ms)
 
 
 def _bounded(node) -> bool:
     """Whether an act_module / elementwise node saturates on both sides (sigmoid-like)."""
-    f, key = _callable_of(node)
-    if f is None:
+    phi = phi_of(node)
+    if phi is None:
         return False
-    try:
-        d = {h: abs(gaussian.expect_fn(f, h, 0.0, key=key).dphi_mean) for h in (-20.0, 20.0) + PROBE}
-    except Exception:
+    ms = {h: phi.moments(h, 0.0) for h in (-20.0, 20.0) + PROBE}
+    if any(m is None for m in ms.values()):
         return False
+    d = {h: abs(m.dphi_mean) for h, m in ms.items()}
     if not all(math.isfinite(x) for x in d.values()):
         return False
     peak = max(d[h] for h in PROBE)
@@ -146,7 +150,7 @@ def _is_gate(result, name: str) -> bool:
             if n.kind in MOVES:
                 stack.append(u)
             elif n.kind in ("mul", "matmul", "add"):
-                if others and not all(_const_like(result, i) for i in others):
+                if others and not all(const_like(result, i) for i in others):
                     if n.kind != "add":
                         return True
                 else:
@@ -159,12 +163,12 @@ def _post_scale(result, name: str) -> float:
     saturating activation whose derivative is twice the sigmoid's."""
     g = result.graph
     scale2, cur = 1.0, name
-    for _ in range(16):
+    for _ in range(MAX_OPS_TO_USE):
         users = g.users.get(cur, [])
         if len(users) != 1:
             break
         n = g.by_name[users[0]]
-        tensors = [i for i in n.inputs if i is not None and not _const_like(result, i)]
+        tensors = [i for i in n.inputs if i is not None and not const_like(result, i)]
         c = n.attrs.get("scalar")
         if n.kind in MOVES or (n.kind == "add" and tensors == [cur]):
             pass
@@ -184,7 +188,7 @@ def _post_scale(result, name: str) -> float:
 def _producer(result, name: str | None) -> str:
     """The module of the weighted layer whose output feeds ``name``, through data movement."""
     g = result.graph
-    for _ in range(64):
+    for _ in range(MAX_OPS_TO_PRODUCER):
         n = g.by_name.get(name) if name is not None else None
         if n is None:
             return ""
@@ -194,49 +198,6 @@ def _producer(result, name: str | None) -> str:
             return ""
         name = n.inputs[0]
     return ""
-
-
-class _Walker:
-    """Which saturating activations follow which, through weights and data movement only."""
-
-    def __init__(self, result, members: set[str]):
-        self.result = result
-        self.g = result.graph
-        self.members = members
-        self.reach = Reach(self.g)
-
-    def successors(self, start: str) -> set[str]:
-        found: set[str] = set()
-        stack, seen = [start], set()
-        while stack:
-            cur = stack.pop()
-            for u in self.g.users.get(cur, []):
-                if u in seen:
-                    continue
-                seen.add(u)
-                if u in self.members:
-                    if not self.bypassed(start, u):
-                        found.add(u)
-                    continue
-                n = self.g.by_name[u]
-                others = [i for i in n.inputs if i is not None and i != cur]
-                if n.kind in THROUGH:
-                    stack.append(u)
-                elif n.kind == "mul" and all(_const_like(self.result, i) for i in others):
-                    stack.append(u)  # a scale by a constant or a parameter (LayerScale)
-                elif n.kind == "add":
-                    # A sum whose other operand also depends on the run is a skip connection:
-                    # the gradient has a way around the activations and the run ends.
-                    if any(self.reach.descends(start, i) for i in others if not _const_like(self.result, i)):
-                        continue
-                    stack.append(u)
-                # Normalization, other activations, attention, gates: the run ends here.
-        return found
-
-    def bypassed(self, start: str, member: str) -> bool:
-        """Whether a skip connection around ``member`` (x = x + tanh(W x)) adds back a path from
-        ``start`` that avoids it: the gradient reaching ``start`` need not pass through ``member``."""
-        return self.reach.bypassed(self.result, start, member, lambda u, n: u in self.members or n.kind in THROUGH)
 
 
 class SaturatingActivationChain(Rule):
@@ -290,9 +251,9 @@ class SaturatingActivationChain(Rule):
     category = "saturation"
     options = {"min_run": 3, "min_decades": 1.0, "saturated_ratio": 0.25}
     good = (Case(_xavier_tanh_mlp, (32, 64)), Case(_normed_sigmoid_mlp, (32, 64)))
-    bad = (Case(_sigmoid_mlp, (32, 64), at="1"),
-           Case(lambda: _xavier_tanh_mlp(std=0.5), (32, 64), at="1"),
-           Case(_SaturatedHead, (32, 64), at="act"))
+    bad = (Case(_sigmoid_mlp, (32, 64), at="1", severity="error"),
+           Case(lambda: _xavier_tanh_mlp(std=0.5), (32, 64), at="1", severity="warning"),
+           Case(_SaturatedHead, (32, 64), at="act", severity="warning"))
 
     def check(self, result):
         g = result.graph
@@ -301,71 +262,50 @@ class SaturatingActivationChain(Rule):
         min_dec = float(self.opts["min_decades"])
         sat_ratio = float(self.opts["saturated_ratio"])
 
-        live = _feeds_output(result)
-        info: dict[str, dict] = {}
+        live = feeds_output(result)
+        info: dict[str, _Act] = {}
         for node in g.nodes:
             if node.kind not in ("act", "act_module", "elementwise") or not node.inputs:
                 continue
             if node.name not in live or not _is_saturating(node):
                 continue
-            x = _fwd(result, node.inputs[0])
+            x = forward_of(result, node.inputs[0])
             if x is None or x.blocked or x.const or _is_gate(result, node.name):
                 continue
-            phi = _Phi(node)
-            try:
-                c2 = _post_scale(result, node.name)
-                d2, best = c2 * phi.dphi2(x.mu, x.v), c2 * phi.best()
-            except Exception:
+            phi = phi_of(node)
+            m = phi.moments(x.mu, x.v) if phi is not None else None
+            best = _unsaturated(phi) if m is not None else None
+            if m is None or best is None:
                 continue  # an op undefined on part of the Gaussian's support
+            c2 = _post_scale(result, node.name)
+            d2, best = c2 * m.dphi2, c2 * best
             if not (d2 > 0 and best > 0 and math.isfinite(d2)):
                 continue
-            info[node.name] = dict(node=node, label=phi.label, dphi2=d2, best=best, mu=x.mu, v=x.v,
+            info[node.name] = _Act(node=node, label=_label(node), dphi2=d2, best=best, mu=x.mu, v=x.v,
                                    cost=-0.5 * math.log10(d2), ratio=d2 / best)
         if not info:
             return
 
-        walker = _Walker(result, set(info))
-        preds: dict[str, list[str]] = {n: [] for n in info}
-        for name in info:
-            for succ in walker.successors(name):
-                preds[succ].append(name)
-        # Costliest run ending at each activation (graph order is topological).
-        best_cost: dict[str, float] = {}
-        back: dict[str, str | None] = {}
-        for node in g.nodes:
-            name = node.name
-            if name not in info:
-                continue
-            prev = max(preds[name], key=lambda p: best_cost[p], default=None)
-            best_cost[name] = info[name]["cost"] + (best_cost[prev] if prev else 0.0)
-            back[name] = prev
-
-        covered: set[str] = set()
-        for end in sorted(best_cost, key=lambda n: -best_cost[n]):
-            if end in covered:
-                continue
-            path = []
-            cur: str | None = end
-            while cur is not None and cur not in covered:
-                path.append(cur)
-                cur = back[cur]
-            path.reverse()
+        preds = ChainWalker(result, info, THROUGH).predecessors()
+        # Costliest run ending at each activation, the costliest first.
+        cover = PathCover(list(info), {n: it.cost for n, it in info.items()}, preds)
+        for path in cover:
             items = [info[n] for n in path]
-            cost = sum(it["cost"] for it in items)
-            span = self._span_decades(result, items[0]["node"], items[-1]["node"])
+            cost = sum(it.cost for it in items)
+            span = self._span_decades(result, items[0].node, items[-1].node)
             # The gradient actually lost over the run: weights between the activations can
             # make up for them (tanh with torch's gain 5/3), and then nothing vanishes.
             net = -span if span is not None else cost
-            saturated = [it for it in items if it["ratio"] < sat_ratio]
+            saturated = [it for it in items if it.ratio < sat_ratio]
             if len(items) >= min_run and cost >= min_dec and net >= min_dec:
-                covered.update(path)
+                cover.take(path)
                 yield self._run_finding(result, items, cost, span, thr, sat_ratio)
             elif len(saturated) >= 2:
-                covered.update(path)
+                cover.take(path)
                 yield self._saturated_run_finding(result, items, saturated, cost, span, thr)
 
         for name, it in info.items():
-            if name in covered or it["ratio"] >= sat_ratio:
+            if name in cover.covered or it.ratio >= sat_ratio:
                 continue
             yield self._saturated_finding(result, it, thr)
 
@@ -387,33 +327,33 @@ class SaturatingActivationChain(Rule):
 
     @staticmethod
     def _what(items) -> str:
-        labels = {it["label"] for it in items}
+        labels = {it.label for it in items}
         label = next(iter(labels)) if len(labels) == 1 else ""
         return PLURAL.get(label, f"{label} activations") if label else "saturating activations"
 
     @staticmethod
     def _where(items) -> str:
-        first, last = items[0]["node"], items[-1]["node"]
+        first, last = items[0].node, items[-1].node
         where = first.module or "the model"
         return f"at {where}" if last.module == first.module else f"from {where} to {last.module or 'the model'}"
 
     @staticmethod
     def _factor(items) -> str:
-        lo = min(it["dphi2"] for it in items)
-        hi = max(it["dphi2"] for it in items)
+        lo = min(it.dphi2 for it in items)
+        hi = max(it.dphi2 for it in items)
         return f"E[phi'^2] = {lo:.2g}" if hi - lo < 0.005 * max(hi, 1e-12) else f"E[phi'^2] {lo:.2g} to {hi:.2g}"
 
     def _gain_fix(self, result, saturated) -> str:
-        prods = list(dict.fromkeys(p for p in (_producer(result, it["node"].inputs[0]) for it in saturated) if p))
+        prods = list(dict.fromkeys(p for p in (_producer(result, it.node.inputs[0]) for it in saturated) if p))
         if not prods:
             return ""
         return (f"a smaller init gain in {', '.join(prods[:4])}{' ...' if len(prods) > 4 else ''}: "
                 f"nn.init.xavier_uniform_(m.weight); nn.init.zeros_(m.bias)")
 
     def _run_finding(self, result, items, cost, span, thr, sat_ratio):
-        first = items[0]["node"]
+        first = items[0].node
         n = len(items)
-        saturated = [it for it in items if it["ratio"] < sat_ratio]
+        saturated = [it for it in items if it.ratio < sat_ratio]
         msg = (f"{n} {self._what(items)} in a row without normalization or skip connection cost {cost:.1f} decades "
                f"of gradient {self._where(items)} ({self._factor(items)} each")
         if saturated:
@@ -428,20 +368,20 @@ class SaturatingActivationChain(Rule):
         if gain:
             fix += f";\nthe saturated ones also need {gain}"
         net = -span if span is not None else cost
-        sev = Severity.ERROR if cost >= thr and net >= thr else Severity.WARNING
+        sev = self.escalate(cost, net, error_at=thr)
         return self.finding(result, msg, fix=fix, module=first.module, node=first.name, severity=sev,
                             activations=n, decades=round(cost, 3),
-                            dphi2_min=round(min(it["dphi2"] for it in items), 6),
-                            dphi2_max=round(max(it["dphi2"] for it in items), 6),
-                            saturated=len(saturated), nodes=[it["node"].name for it in items],
+                            dphi2_min=round(min(it.dphi2 for it in items), 6),
+                            dphi2_max=round(max(it.dphi2 for it in items), 6),
+                            saturated=len(saturated), nodes=[it.node.name for it in items],
                             span_decades=None if span is None else round(span, 3), threshold=thr)
 
     def _saturated_run_finding(self, result, items, saturated, cost, span, thr):
         """A run whose weights make up for the activations' loss, but which is saturated."""
-        first = items[0]["node"]
+        first = items[0].node
         n = len(items)
-        stds = [math.sqrt(it["v"]) for it in saturated]
-        ratio = max(it["ratio"] for it in saturated)
+        stds = [math.sqrt(it.v) for it in saturated]
+        ratio = max(it.ratio for it in saturated)
         msg = (f"{len(saturated)} of {n} {self._what(items)} in a row {self._where(items)} are saturated at init: "
                f"their pre-activations have std {min(stds):.2g} to {max(stds):.2g}, so {self._factor(saturated)}, "
                f"at most {ratio:.2g} of the unsaturated value; they cost {cost:.1f} decades of gradient")
@@ -452,30 +392,30 @@ class SaturatingActivationChain(Rule):
         fix = (f"use {gain};\nor put nn.LayerNorm(width) before each activation" if gain else
                "put nn.LayerNorm(width) before each activation, or scale their inputs down")
         net = -span if span is not None else cost
-        sev = Severity.ERROR if cost >= thr and net >= thr else Severity.WARNING
+        sev = self.escalate(cost, net, error_at=thr)
         return self.finding(result, msg, fix=fix, module=first.module, node=first.name, severity=sev,
                             activations=n, saturated=len(saturated), decades=round(cost, 3),
-                            max_ratio=round(ratio, 4), nodes=[it["node"].name for it in items],
+                            max_ratio=round(ratio, 4), nodes=[it.node.name for it in items],
                             span_decades=None if span is None else round(span, 3), threshold=thr)
 
     def _saturated_finding(self, result, it, thr):
-        node = it["node"]
-        cost = it["cost"]
-        lost = 0.5 * math.log10(1.0 / it["ratio"])
+        node = it.node
+        cost = it.cost
+        lost = 0.5 * math.log10(1.0 / it.ratio)
         where = node.module or "the model"
         prod = _producer(result, node.inputs[0])
-        std = math.sqrt(it["v"])
-        mean = f" and mean {it['mu']:+.2g}" if abs(it["mu"]) > 0.05 * std else ""
-        msg = (f"{it['label']} in {where} is saturated at init: its pre-activation has std {std:.2g}{mean}, "
-               f"so E[phi'^2] = {it['dphi2']:.2g}, {it['ratio']:.2g} of its unsaturated {it['best']:.2g}: "
+        std = math.sqrt(it.v)
+        mean = f" and mean {it.mu:+.2g}" if abs(it.mu) > 0.05 * std else ""
+        msg = (f"{it.label} in {where} is saturated at init: its pre-activation has std {std:.2g}{mean}, "
+               f"so E[phi'^2] = {it.dphi2:.2g}, {it.ratio:.2g} of its unsaturated {it.best:.2g}: "
                f"the gradient through it shrinks by {cost:.1f} decades ({lost:.1f} of them from saturation)")
         if prod:
             fix = (f"lower the init gain of {prod}, e.g. nn.init.xavier_uniform_(m.weight); nn.init.zeros_(m.bias), "
-                   f"or put nn.LayerNorm before the {it['label']}")
+                   f"or put nn.LayerNorm before the {it.label}")
         else:
-            fix = f"normalize the input of the {it['label']} (nn.LayerNorm) or scale it down"
-        sev = Severity.ERROR if cost >= thr else Severity.WARNING
+            fix = f"normalize the input of the {it.label} (nn.LayerNorm) or scale it down"
+        sev = self.escalate(cost, error_at=thr)
         return self.finding(result, msg, fix=fix, module=node.module, node=node.name, severity=sev,
-                            decades=round(cost, 3), saturation_decades=round(lost, 3), dphi2=round(it["dphi2"], 6),
-                            dphi2_unsaturated=round(it["best"], 6), pre_std=round(math.sqrt(it["v"]), 4),
-                            pre_mean=round(it["mu"], 4), producer=prod, threshold=thr)
+                            decades=round(cost, 3), saturation_decades=round(lost, 3), dphi2=round(it.dphi2, 6),
+                            dphi2_unsaturated=round(it.best, 6), pre_std=round(math.sqrt(it.v), 4),
+                            pre_mean=round(it.mu, 4), producer=prod, threshold=thr)

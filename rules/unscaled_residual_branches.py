@@ -9,7 +9,8 @@ import torch.nn as nn
 
 from gradlint.base.findings import Severity
 from gradlint.lint.rule import Case, Rule
-from gradlint.rules.missing_skip_path import NORMS, WEIGHTED, Structure, structure_of, threshold_of
+from gradlint.engine.summary import NORM_KINDS
+from gradlint.lint.structure import DEPTH_KINDS, Merge, Structure, structure_of
 
 
 class _Block(nn.Module):
@@ -114,14 +115,14 @@ class UnscaledResidualBranches(Rule):
     category = "exploding"
     options = {"min_blocks": 8, "threshold": None, "warn_decades": 0.5}
     good = (Case(_zero_init, (32, 64)), Case(_rezero, (32, 64)), Case(_prenorm, (32, 64)))
-    bad = (Case(_ResMLP, (32, 64), at="blocks.0"),)
+    bad = (Case(_ResMLP, (32, 64), at="blocks.0", severity="error"),)
 
     def check(self, result):
         st = structure_of(result)
         if st is None:
             return
         n_min = int(self.opts["min_blocks"])
-        thr = threshold_of(self, result)
+        thr = self.threshold(result)
         warn = float(self.opts["warn_decades"])
         for stack in self._stacks(st):
             if len(stack) < n_min:
@@ -148,22 +149,22 @@ class UnscaledResidualBranches(Rule):
                    f"grows x{per_block:.2f} per block, {growth:.1f} decades over the stack")
             if grad_growth > 0.05:
                 msg += f", and the gradient toward the input grows {grad_growth:.1f} decades"
-            sev = Severity.ERROR if growth >= thr else Severity.WARNING
+            sev = self.escalate(growth, error_at=thr)
             yield self.finding(result, msg, fix=self._fix(st, stack), module=first, node=stack[0].node,
                                severity=sev, blocks=k, growth_decades=round(growth, 3),
                                growth_per_block=round(per_block, 4), gradient_growth_decades=round(grad_growth, 3),
                                threshold=thr)
 
     @staticmethod
-    def _stacks(st: Structure) -> list[list]:
+    def _stacks(st: Structure) -> list[list[Merge]]:
         """Runs of unnormalized residual sums on the trunk with no normalization on the stream."""
-        stacks: list[list] = []
-        cur: list = []
+        stacks: list[list[Merge]] = []
+        cur: list[Merge] = []
         for name in st.trunk:
             kind = st.node(name).kind
             m = st.skip_merge(name) if kind == "add" else None
-            normalized = m is not None and any(st.node(n).kind in NORMS for n in m.region)
-            if kind in NORMS or normalized:
+            normalized = m is not None and any(st.node(n).kind in NORM_KINDS for n in m.region)
+            if kind in NORM_KINDS or normalized:
                 if cur:
                     stacks.append(cur)
                 cur = []
@@ -174,7 +175,7 @@ class UnscaledResidualBranches(Rule):
         return stacks
 
     @staticmethod
-    def _fix(st: Structure, stack: list) -> str:
+    def _fix(st: Structure, stack: list[Merge]) -> str:
         k = len(stack)
         alpha = 1 / math.sqrt(k)
         first = stack[0]
@@ -187,7 +188,7 @@ class UnscaledResidualBranches(Rule):
             if n not in branch:
                 branch.add(n)
                 todo.extend(i for i in st.tensor_inputs(n) if i in first.region)
-        weighted = [n for n in branch if st.node(n).kind in WEIGHTED and st.node(n).params.get("weight")]
+        weighted = [n for n in branch if st.node(n).kind in DEPTH_KINDS and st.node(n).params.get("weight")]
         last = max(weighted, key=st.order.__getitem__, default=None)
         last_mod = st.node(last).module if last else ""
         shape = st.node(first.node).shape

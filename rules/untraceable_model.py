@@ -20,6 +20,18 @@ class _DataDependent(nn.Module):
         return self.b(x)
 
 
+class _TwoInputs(nn.Module):
+    """A forward whose inputs gradlint cannot infer from its first layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(32, 32)
+        self.b = nn.Linear(32, 32)
+
+    def forward(self, x, scale):
+        return self.b(self.a(x)) * scale
+
+
 class UntraceableModel(Rule):
     """The model could not be traced fully; gradlint analyzed a simpler graph.
 
@@ -48,7 +60,9 @@ class UntraceableModel(Rule):
     severity = Severity.INFO
     category = "trace"
     good = (Case(lambda: nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32)), (8, 32)),)
-    bad = (Case(_DataDependent, (8, 32)),)
+    bad = (Case(_DataDependent, (8, 32), severity="info"),
+           # No example inputs: torch.fx without shapes.
+           Case(_TwoInputs, None, severity="info"))
 
     def check(self, result):
         if result.graph.analysis == "export":

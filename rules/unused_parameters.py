@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 import gradlint
 from gradlint.base.findings import Severity
+from gradlint.lint.paths import Paths
 from gradlint.lint.rule import Case, Rule
-from gradlint.rules.gradient_blockage import Paths
 
 
 class _SpareHead(nn.Module):
@@ -95,7 +95,8 @@ class UnusedParameters(Rule):
     options = {"severity": "warning"}
     good = (Case(_TiedLM, gradlint.tokens((8, 16), 64)),
             Case(lambda: nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8)), (8, 32)))
-    bad = (Case(_SpareHead, (8, 32), at="aux_head"), Case(_DeadBranch, (8, 32), at="probe"))
+    bad = (Case(_SpareHead, (8, 32), at="aux_head", severity="warning"),
+           Case(_DeadBranch, (8, 32), at="probe", severity="warning"))
 
     def check(self, result):
         prop = result.propagation

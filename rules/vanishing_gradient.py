@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-
 import torch.nn as nn
 
 from gradlint.base.findings import Severity
+from gradlint.lint.examples import RNNHead
 from gradlint.lint.rule import Case, Rule
-from gradlint.lint.toolkit import describe_attribution, first_crossing, fix_for
+from gradlint.lint.toolkit import trunk_crossing
 
 
 def _sigmoid_mlp(depth: int = 20, width: int = 64) -> nn.Module:
@@ -62,29 +62,26 @@ class VanishingGradient(Rule):
     category = "vanishing"
     options = {"threshold": None}  # None: the run's --threshold
     good = (Case(_kaiming_mlp, (32, 64)),)
-    bad = (Case(_sigmoid_mlp, (32, 64)),)
+    bad = (Case(_sigmoid_mlp, (32, 64), severity="error"),
+           # Over time: an nn.RNN read at the last of 32 steps.
+           Case(lambda: RNNHead("rnn"), (4, 32, 32), at="rnn", severity="error"))
 
     def check(self, result):
         s = result.summary
-        thr = float(self.opts["threshold"]) if self.opts["threshold"] is not None else float(result.summary.threshold)
+        thr = self.threshold(result)
         if s.attenuation_decades < thr:
             return
-        node, module = first_crossing(result, thr, vanishing=True)
-        causes = describe_attribution(s.attribution, s.counts)
-        where = module or "the model"
+        c = trunk_crossing(result, thr, vanishing=True)
+        where = c.module or "the model"
         weakest = result.graph.by_name.get(s.weakest) if s.weakest else None
         rec = next((r for r in result.propagation.recurrent if r.node == s.weakest), None)
         if rec is not None:
             msg = (f"gradient vanishes over time: in {where} the gradient from the last of {rec.steps} steps "
                    f"back to the first is 10^-{s.attenuation_decades:.1f}")
-        elif weakest is not None and weakest.module and weakest.module != module:
+        elif weakest is not None and weakest.module and weakest.module != c.module:
             msg = (f"gradient vanishes: it falls below 10^-{thr:g} of the output's at {where} "
                    f"and reaches 10^-{s.attenuation_decades:.1f} at {weakest.module}")
         else:
             msg = f"gradient vanishes: at {where} it is 10^-{s.attenuation_decades:.1f} of the output's"
-        if causes:
-            msg += f" ({causes})"
-        yield self.finding(result, msg, fix=fix_for(result, vanishing=True), module=module, node=node,
-                           attenuation_decades=round(s.attenuation_decades, 3),
-                           attribution={k: round(v, 3) for k, v in s.attribution.items()},
+        yield self.finding(result, c.message(msg), fix=c.fix, module=c.module, node=c.node, **c.evidence,
                            weakest=s.weakest, threshold=thr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -30,6 +31,16 @@ def test_test_rules_runs_the_harness_on_a_pack(monkeypatch):
     r = CliRunner().invoke(main, ["test-rules", "example_pack"])
     assert r.exit_code == 0, r.output
     assert "ok   GL801-bad-0" in r.output and "ok   GL801-good-0" in r.output and "0 failed" in r.output
+
+
+def test_test_rules_checks_the_severity_a_bad_example_states(monkeypatch):
+    monkeypatch.syspath_prepend(str(PACK))
+    from example_pack.wide_layer import TooWideLinear
+
+    monkeypatch.setattr(TooWideLinear, "bad", (dataclasses.replace(TooWideLinear.bad[0], severity="error"),))
+    r = CliRunner().invoke(main, ["test-rules", "example_pack"])
+    assert r.exit_code != 0
+    assert "fired at '0' with severity 'warning', expected 'error'" in r.output and "1 failed" in r.output
 
 
 def test_pack_rules_run_in_check_once_registered(monkeypatch):

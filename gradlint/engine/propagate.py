@@ -228,13 +228,19 @@ def _overflow(node: Node, ins: list) -> Fwd | tuple[Fwd, ...]:
     return one(s)
 
 
+def node_params(node: Node) -> list[str]:
+    """The parameters ``node`` reads: by role, a recurrent op's list, or a ``param`` node's own."""
+    names = [p for p in node.params.values() if isinstance(p, str)]
+    names += [p for p in (node.attrs.get("params") or []) if isinstance(p, str)]
+    if node.kind == "param" and isinstance(node.attrs.get("param"), str):
+        names.append(node.attrs["param"])
+    return names
+
+
 def _used_params(graph: Graph) -> set[str]:
     used: set[str] = set()
     for n in graph.nodes:
-        used.update(n.params.values())
-        if n.kind == "param" and graph.users.get(n.name):
-            used.add(n.attrs["param"])
-        for p in n.attrs.get("params", []) or []:
-            if isinstance(p, str):
-                used.add(p)
+        if n.kind == "param" and not graph.users.get(n.name):
+            continue  # export lists every parameter; only operand uses count
+        used.update(node_params(n))
     return used

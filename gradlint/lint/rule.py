@@ -29,11 +29,19 @@ class Case:
         build: Zero-argument callable returning the model.
         inputs: Input declaration (as for ``@gradlint.target``).
         at: For bad examples, the module the finding must point at (None: anywhere).
+        severity: For bad examples, the severity the finding must have: ``info``,
+            ``warning``, ``error``, or ``any`` (the default, for rule packs; every built-in
+            bad example states one).
     """
 
     build: Callable[[], Any]
     inputs: Any = None
     at: str | None = None
+    severity: str = "any"
+
+    def __post_init__(self) -> None:
+        if self.severity != "any" and self.severity not in {s.value for s in Severity}:
+            raise ValueError(f"Case severity {self.severity!r} must be 'any', 'info', 'warning' or 'error'")
 
 
 class Rule:
@@ -67,6 +75,23 @@ class Rule:
 
     def check(self, result: "Result") -> Iterator[Finding]:
         raise NotImplementedError
+
+    def threshold(self, result: "Result") -> float:
+        """The decades at which a finding becomes an error: the rule's ``threshold`` option
+        when it is set, else the run's threshold (``--threshold``, 2 by default)."""
+        own = self.opts.get("threshold")
+        return float(own) if own is not None else float(result.summary.threshold)
+
+    @staticmethod
+    def escalate(*values: float, error_at: float, warn_at: float | None = None) -> Severity:
+        """The severity of a finding measured by ``values`` (decades): an error when every
+        value reaches ``error_at``; else a warning when every value reaches ``warn_at``, or
+        always when there is no ``warn_at``; else a note (info)."""
+        if all(v >= error_at for v in values):
+            return Severity.ERROR
+        if warn_at is None or all(v >= warn_at for v in values):
+            return Severity.WARNING
+        return Severity.INFO
 
     def finding(self, result: "Result", message: str, *, fix: str = "", module: str = "",
                 node: str | None = None, severity: Severity | None = None, **evidence: Any) -> Finding:

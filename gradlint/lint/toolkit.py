@@ -1,10 +1,19 @@
-"""Helpers rules share: where a profile crosses a threshold, and how to word causes and fixes."""
+"""Helpers rules share: where the trunk's gradient crosses a threshold, how to word causes and
+fixes, and the forward statistics rules re-read.
+
+The other shared helpers live beside this module, one topic each: ``structure`` (the trunk
+and its merges), ``paths`` (gradient paths), ``recurrence`` (recurrent layers), ``chains``
+(chains of layers or activations), ``activations`` (an activation node's function) and
+``examples`` (example models).
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
-from gradlint.engine.summary import WEIGHTED_KINDS as WEIGHTED
+from gradlint.engine.summary import WEIGHTED_KINDS
 from gradlint.engine.transfers import INIT, NORMALIZATION, RECURRENCE, RESIDUAL, SATURATION, ATTENTION
 
 
@@ -32,11 +41,11 @@ def first_crossing(result, threshold: float, vanishing: bool) -> tuple[str | Non
     idx = pts.index(hit)
     for p in reversed(pts[: idx + 1]):
         n = g.by_name.get(p.node)
-        if n is not None and n.kind in WEIGHTED and n.module:
+        if n is not None and n.kind in WEIGHTED_KINDS and n.module:
             return p.node, n.module
     for p in pts[idx:]:
         n = g.by_name.get(p.node)
-        if n is not None and n.kind in WEIGHTED and n.module:
+        if n is not None and n.kind in WEIGHTED_KINDS and n.module:
             return p.node, n.module
     n = g.by_name.get(hit.node)
     return hit.node, n.module if n else ""
@@ -110,6 +119,39 @@ def fix_for(result, vanishing: bool) -> str:
     return table.get(cause or INIT, table[INIT])
 
 
+@dataclass(frozen=True)
+class Crossing:
+    """What the vanishing and exploding rules (GL101, GL102) report alike: where the trunk's
+    gradient crosses the threshold, its causes, the fix for the dominant one, and the
+    summary's figures as evidence.
+
+    Attributes:
+        node: The trunk node the finding points at (see ``first_crossing``).
+        module: The module of the nearest weighted layer at or before it.
+        causes: The causes by share, '' when none is worth naming.
+        fix: The fix for the dominant cause.
+        evidence: ``attenuation_decades`` and ``attribution``, rounded.
+    """
+
+    node: str | None
+    module: str
+    causes: str
+    fix: str
+    evidence: dict[str, Any]
+
+    def message(self, text: str) -> str:
+        """``text`` with the causes after it."""
+        return f"{text} ({self.causes})" if self.causes else text
+
+
+def trunk_crossing(result, threshold: float, vanishing: bool) -> Crossing:
+    s = result.summary
+    node, module = first_crossing(result, threshold, vanishing)
+    return Crossing(node, module, describe_attribution(s.attribution, s.counts), fix_for(result, vanishing),
+                    {"attenuation_decades": round(s.attenuation_decades, 3),
+                     "attribution": {k: round(v, 3) for k, v in s.attribution.items()}})
+
+
 def forward_of(result, name: str | None):
     """The forward statistics (``Fwd``) of a node's output, first output for tuple-valued ops.
 
@@ -151,72 +193,6 @@ def const_like(result, name: str) -> bool:
     return f is not None and f.const
 
 
-class Reach:
-    """Descendant questions about one graph, each answered by a sweep in topological order
-    that stops as soon as the answer is known. A full descendant set per node made the stack
-    rules quadratic in the model's depth.
-    """
-
-    def __init__(self, graph):
-        self.g = graph
-        self.order = {n.name: i for i, n in enumerate(graph.nodes)}
-        self.last_use = {n.name: max((self.order[u] for u in graph.users.get(n.name, ())), default=i)
-                         for i, n in enumerate(graph.nodes)}
-        self._from: dict[str, tuple[set[str], int]] = {}
-
-    def descends(self, start: str, name: str) -> bool:
-        """Whether ``name`` is ``start`` or computed from it."""
-        end, first = self.order.get(name), self.order[start]
-        if end is None or end < first:
-            return False
-        out, done = self._from.get(start) or ({start}, first)
-        nodes = self.g.nodes
-        for k in range(done + 1, end + 1):
-            if any(i in out for i in nodes[k].inputs if i is not None):
-                out.add(nodes[k].name)
-        self._from[start] = (out, max(done, end))
-        return name in out
-
-    def bypassed(self, result, start: str, node: str, flows) -> bool:
-        """Whether a sum after ``node`` adds back a path from ``start`` that avoids it: a skip
-        connection around ``node`` (x = x + tanh(W x)), so the gradient reaching ``start``
-        need not pass through it. ``flows(name, node)`` says which ops the path from ``node``
-        to that sum may pass (besides sums, and products with constants)."""
-        apart, limit = self.apart(start, node)
-        stack, seen = [node], set()
-        while stack:
-            cur = stack.pop()
-            for u in self.g.users.get(cur, []):
-                if u in seen or self.order[u] > limit:
-                    continue  # past the last use of what avoids node, no sum can add it back
-                seen.add(u)
-                n = self.g.by_name[u]
-                others = [i for i in n.inputs if i is not None and i != cur and not const_like(result, i)]
-                if n.kind == "add":
-                    if any(i in apart for i in others):
-                        return True
-                    stack.append(u)
-                elif flows(u, n) or (n.kind == "mul" and not others):
-                    stack.append(u)
-        return False
-
-    def apart(self, start: str, avoid: str) -> tuple[set[str], int]:
-        """The nodes computed from ``start`` but not from ``avoid``, and the last position at
-        which any of them is read: no node past it takes one as an input."""
-        nodes = self.g.nodes
-        first = self.order[start]
-        mine: set[str] = set()
-        theirs = {avoid}
-        limit = first
-        # Each such node reads another one (or is start), so it comes at or before the last
-        # use of those found so far: the sweep ends there.
-        k = min(first, self.order[avoid])
-        while k <= limit:
-            n = nodes[k]
-            if n.name == avoid or any(i in theirs for i in n.inputs if i is not None):
-                theirs.add(n.name)
-            elif n.name == start or any(i in mine for i in n.inputs if i is not None):
-                mine.add(n.name)
-                limit = max(limit, self.last_use[n.name])
-            k += 1
-        return mine, limit
+def rounded(x: float, digits: int = 3) -> float | None:
+    """``x`` rounded for a finding's evidence; None for inf and NaN, which JSON cannot hold."""
+    return round(x, digits) if math.isfinite(x) else None

@@ -1,0 +1,78 @@
+"""An activation node's function as the engine evaluates it, for the rules that weigh
+activations (GL201, GL301): its Gaussian moments at any pre-activation mean and variance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from gradlint.engine import gaussian
+
+# The keyword arguments of an ``act`` node that transfers.Activation passes to gaussian.moments.
+PARAM_KWARGS = ("negative_slope", "alpha", "min_val", "max_val", "beta", "threshold")
+
+
+@dataclass(frozen=True)
+class Phi:
+    """One activation node's function.
+
+    Attributes:
+        fn: The catalogue name (``gaussian.ACTIVATIONS``) of an ``act`` node, a PReLU read
+            as the leaky ReLU of its slopes' mean as the engine does; None for activation
+            modules and element-wise ops, which are run on the Gaussian grid.
+        params: Keyword parameters of ``fn``.
+    """
+
+    fn: str | None
+    params: Mapping[str, float]
+    _moments: Callable[[float, float], gaussian.Moments] = field(repr=False, compare=False)
+    _errors: tuple[type[BaseException], ...] = field(repr=False, compare=False)
+
+    def moments(self, mu: float, v: float) -> gaussian.Moments | None:
+        """E[phi], E[phi^2], E[phi'^2] and E[phi'] for h ~ N(mu, v); None where the
+        function cannot be evaluated there."""
+        try:
+            return self._moments(mu, v)
+        except self._errors:
+            return None
+
+
+# gaussian.moments refuses a mean or variance out of range (ValueError) and parameters the
+# activation does not take (TypeError); its closed forms can overflow (ArithmeticError).
+_CATALOGUE_ERRORS = (ValueError, TypeError, ArithmeticError)
+# A module or element-wise op runs the user's own code on the grid, and what that raises
+# is the user's: any failure means the op cannot be judged, not a bug here.
+_USER_CODE_ERRORS = (Exception,)
+
+
+def phi_of(node, param_stats: Mapping | None = None) -> Phi | None:
+    """The function of an ``act``, ``act_module`` or ``elementwise`` node, or None when it has
+    none to evaluate (a module or op that is not callable). ``param_stats`` (a
+    propagation's) gives a PReLU its slopes' mean; 0.25, PyTorch's init, without."""
+    if node.kind == "act":
+        fn = node.attrs.get("fn")
+        params = {k: v for k, v in node.attrs.items() if k in PARAM_KWARGS}
+        if fn == "prelu":
+            w = (param_stats or {}).get(node.params.get("weight", ""))
+            fn, params = "leaky_relu", {"negative_slope": w.mean if w is not None else 0.25}
+        return Phi(fn, params, lambda mu, v: gaussian.moments(fn, mu, v, **params), _CATALOGUE_ERRORS)
+    f, key = _callable_of(node)
+    if f is None:
+        return None
+    return Phi(None, {}, lambda mu, v: gaussian.expect_fn(f, mu, v, key=key), _USER_CODE_ERRORS)
+
+
+def _callable_of(node) -> tuple[Callable | None, object]:
+    """The element-wise function of an act_module / elementwise node, with the engine's cache key."""
+    if node.kind == "act_module":
+        mod = node.attrs.get("module")
+        return (mod, ("module", id(mod))) if callable(mod) else (None, None)
+    if node.kind != "elementwise":
+        return None, None
+    target = node.attrs.get("target")
+    if not callable(target):
+        return None, None
+    extra = node.attrs.get("extra", {}) or {}
+    scalars = {k: v for k, v in extra.items() if isinstance(v, (int, float, bool)) or v is None}
+    key = (str(target), repr(sorted(extra.items(), key=str)))
+    return (lambda z: target(z, **scalars)), key
