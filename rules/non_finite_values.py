@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from gradlint.base.findings import Severity
-from gradlint.engine.summary import NORM_KINDS, WEIGHTED_KINDS
+from gradlint.base.kinds import NORM_KINDS, WEIGHTED_KINDS
 from gradlint.lint.rule import Case, Rule
 
 # Where the probe's first non-finite value is named as a layer (module and type) rather than

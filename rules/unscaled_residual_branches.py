@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from gradlint.base.findings import Severity
 from gradlint.lint.rule import Case, Rule
-from gradlint.engine.summary import NORM_KINDS
+from gradlint.base.kinds import NORM_KINDS
 from gradlint.lint.structure import DEPTH_KINDS, Merge, Structure, structure_of
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 import gradlint
-from gradlint.engine.summary import DEFAULT_THRESHOLD
+from gradlint.base.report import DEFAULT_THRESHOLD
 
 
 def mlp(act=nn.ReLU, depth=6, width=64, init=None):

@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from gradlint.api import as_example_inputs, predict
 from gradlint.probing.measure import measure
 from gradlint.engine.result import cause_of
-from gradlint.engine.summary import DEFAULT_THRESHOLD, summarize
+from gradlint.base.report import DEFAULT_THRESHOLD
+from gradlint.engine.summary import summarize
 from helpers import T999
 
 ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}

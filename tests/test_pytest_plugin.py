@@ -252,7 +252,7 @@ def test_assertion_survives_python_O():
     code = textwrap.dedent("""
         from gradlint.base.findings import Finding
         from gradlint.base.report import Report
-        from gradlint.engine.summary import Summary
+        from gradlint.base.report import Summary
         finding = Finding("GL101", "vanishing-gradient", "error", "vanishing", "gradient vanishes", fix="use ReLU")
         report = Report(target="Net", summary=Summary("vanishing", 5.0), findings=(finding,))
         try:

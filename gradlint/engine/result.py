@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from gradlint.engine.propagate import Propagation
 from gradlint.capture.graph import Graph, Source
-from gradlint.engine.summary import Summary, summarize
+from gradlint.base.report import Summary
+from gradlint.engine.summary import summarize
 from gradlint.engine.transfers import TRANSFERS
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from gradlint.engine.result import cause_of
-from gradlint.engine.summary import NORM_KINDS, WEIGHTED_KINDS, trunk_nodes
+from gradlint.base.kinds import NORM_KINDS, WEIGHTED_KINDS
+from gradlint.engine.summary import trunk_nodes
 
 PLAIN_WEIGHTED = {"linear", "conv"}
 # The weighted layers a merged path's depth counts, and that end a plain run. Without

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from gradlint.engine.summary import WEIGHTED_KINDS
+from gradlint.base.kinds import WEIGHTED_KINDS
 from gradlint.engine.transfers import INIT, NORMALIZATION, RECURRENCE, RESIDUAL, SATURATION, ATTENTION
 
 

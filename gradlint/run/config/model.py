@@ -13,7 +13,7 @@ from typing import Any
 from gradlint.base.findings import Finding, Severity
 from gradlint.base.paths import root_relative_or_absolute
 from gradlint.base.targets import TargetOptions
-from gradlint.engine.summary import DEFAULT_THRESHOLD
+from gradlint.base.report import DEFAULT_THRESHOLD
 from gradlint.run.config.globs import glob_matches, rule_matches
 
 __all__ = ["COMMAND_LINE", "DEFAULT", "SEVERITIES", "Config", "TargetSpec"]
