@@ -15,9 +15,8 @@ from typing import Any
 import click
 
 from gradlint._version import __version__
+from gradlint.base.findings import ExitCode
 
-EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
 # check's options that [tool.gradlint] can set too (gradlint.run.config.CLI_OPTIONS, kept here so
 # --help imports nothing more).
 _CONFIG_OPTIONS = ("select", "ignore", "fail_on", "threshold", "input_shapes", "probe", "device", "seeds",
@@ -129,7 +128,7 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
         reports, notes, interrupted = e.reports, e.notes, True
     except KeyboardInterrupt:
         click.echo("gradlint: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(ExitCode.INTERRUPTED)
     plot_failed = False
     if plot_to and not interrupted:
         from gradlint.base.errors import GradlintError
@@ -147,7 +146,7 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
             reports, more, recorded = apply_baseline(reports, baseline, update=update_baseline)
         except BaselineError as e:
             click.echo(f"gradlint: {e}", err=True)
-            sys.exit(EXIT_ERROR)
+            sys.exit(ExitCode.COULD_NOT_ANALYZE)
         notes = [*notes, *more]
     from gradlint.output.formats import render, use_color
 
@@ -163,14 +162,14 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
     elif text:
         click.echo(text, color=color)  # color=True keeps FORCE_COLOR's codes where click would strip them
     if interrupted:
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(ExitCode.INTERRUPTED)
     if plot_failed or any(r.status != "ok" for r in reports):
-        sys.exit(EXIT_ERROR)
+        sys.exit(ExitCode.COULD_NOT_ANALYZE)
     if recorded:
-        sys.exit(EXIT_CLEAN)
+        sys.exit(ExitCode.CLEAN)
     if any(not r.ok for r in reports):
-        sys.exit(EXIT_FINDINGS)
-    sys.exit(EXIT_CLEAN)
+        sys.exit(ExitCode.FINDINGS)
+    sys.exit(ExitCode.CLEAN)
 
 
 def _names_rules(config_file: str | None) -> bool:
@@ -196,7 +195,7 @@ def _configure(params: dict[str, Any]) -> Any:
         return merge(load(params.get("config_file")), from_command_line({**params, "input_shapes": shapes}))
     except ConfigError as e:
         click.echo(f"gradlint: {e}", err=True)
-        sys.exit(EXIT_ERROR)
+        sys.exit(ExitCode.COULD_NOT_ANALYZE)
 
 
 @main.command("config")
@@ -270,7 +269,7 @@ def test_rules(package: str) -> None:
         click.echo(f"{'ok  ' if o.ok else 'FAIL'} {o.label}" + ("" if o.ok else f": {o.failure}"))
     failed = sum(not o.ok for o in outcomes)
     click.echo(f"{len(outcomes) - failed} passed, {failed} failed")
-    sys.exit(EXIT_FINDINGS if failed else EXIT_CLEAN)
+    sys.exit(ExitCode.FINDINGS if failed else ExitCode.CLEAN)
 
 
 @main.command("docs")

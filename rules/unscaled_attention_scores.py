@@ -95,8 +95,8 @@ class UnscaledAttentionScores(Rule):
     Attention (fused `F.scaled_dot_product_attention`, `nn.MultiheadAttention`, or a
     hand-written `softmax(q @ k.T) @ v`) whose score scale is at least `scale_ratio` times
     the 1/sqrt(head_dim) of scaled dot-product attention, and whose predicted score
-    variance across keys, v_s = scale^2 * d * q_Q * (q_K - k_K) (section 4.6 of the
-    design note, with the forward statistics of Q and K), exceeds `max_score_variance`:
+    variance across keys, v_s = scale^2 * d * q_Q * (q_K - k_K) (docs/design.md
+    §4.6, with the forward statistics of Q and K), exceeds `max_score_variance`:
     the softmax over the keys is then close to one-hot at initialization.
 
     ## Why it matters

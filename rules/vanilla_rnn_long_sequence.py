@@ -26,8 +26,8 @@ class VanillaRnnLongSequence(Rule):
 
     ## Why it matters
     A vanilla RNN multiplies the gradient by the same recurrent Jacobian at every step; at
-    PyTorch's default init (U(±1/√H)) that is about 0.34 decades per step (R1 in the design
-    note), so dependencies further back than a few steps get no learning signal (Hochreiter
+    PyTorch's default init (U(±1/√H)) that is about 0.34 decades per step (R1 in
+    docs/design.md §6), so dependencies further back than a few steps get no learning signal (Hochreiter
     1991; Bengio, Simard & Frasconi 1994; Pascanu, Mikolov & Bengio 2013). Gated cells keep a
     near-identity memory path (Hochreiter & Schmidhuber 1997; Cho et al. 2014).
 

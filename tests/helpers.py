@@ -3,9 +3,9 @@
 Each comparison draws the model's weights, the inputs and the loss weights g afresh per
 seed, predicts from that seed's actual weights, and measures once. The per-seed difference
 (predicted - measured, in decades) then carries both the measurement noise and the
-finite-width fluctuation of one weight draw (section 7.1 of the design note); the test
-asserts that its mean is within 4 standard errors of zero, or within the accuracy the
-design note verified for the rule, whichever is larger. "Zero" means: inside the two-sided
+finite-width fluctuation of one weight draw (docs/design.md §7.1); the test
+asserts that its mean is within 4 standard errors of zero, or within the accuracy
+docs/design.md verifies for the rule, whichever is larger. "Zero" means: inside the two-sided
 99.9% confidence interval of the mean, from Student's t with seeds - 1 degrees of freedom
 (with so few seeds the standard error is itself uncertain).
 """

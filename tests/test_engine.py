@@ -143,7 +143,7 @@ def test_model_on_the_meta_device_uses_default_init():
     report = gradlint.check(model, (8, 512))
     # Read from each layer's own reset_parameters, run on a meta copy (else PyTorch's defaults).
     assert {p.stats_source for p in report.params} <= {"init", "default"}
-    # Default init in a deep ReLU stack: 1/6 per layer in the backward second moment (section 8).
+    # Default init in a deep ReLU stack: 1/6 per layer in the backward second moment (docs/design.md §8).
     assert report.summary.verdict == "vanishing"
     real = gradlint.check(model.to_empty(device="cpu").apply(
         lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None), (8, 512))
@@ -157,7 +157,7 @@ def test_recurrent_layer_reports_time_profile():
     report = gradlint.check(model, (4, 40, 32))
     (rec,) = report.recurrent
     assert rec.steps == 40 and len(rec.lag_grad_rms) == 40
-    # tanh RNN, default init: about -0.3 decades per step (section 6, R1).
+    # tanh RNN, default init: about -0.3 decades per step (docs/design.md §6, R1).
     slope = math.log10(rec.lag_grad_rms[0] / rec.lag_grad_rms[-1]) / 39
     assert -0.45 < slope < -0.2
 

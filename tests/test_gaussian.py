@@ -2,7 +2,7 @@
 
 References are independent of the module's own code paths wherever possible:
 Monte Carlo with torch's functional activations and autograd derivatives, the
-closed forms printed in the design doc (section 5.1), the doc's reference table
+closed forms printed in docs/design.md §5.1, its reference table
 (5.3), known kernels (arc-cosine, arcsine/erf), and direct softmax sampling.
 """
 
@@ -228,7 +228,7 @@ def test_parametrised_closed_forms():
 @pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "silu", "mish", "sigmoid", "tanh", "softplus", "logsigmoid"])
 def test_smooth_grid_matches_graded_quadrature(name):
     # Two unrelated rules (uniform trapezoid vs graded Gauss-Legendre) must agree
-    # to near machine precision for analytic phi (doc 5.3: <= 1e-15 at 801 points).
+    # to near machine precision for analytic phi (docs/design.md §5.3: <= 1e-15 at 801 points).
     spec = activations.SPECS[name]
     p = tuple(default for _, default in spec.params)
     fn = expectations._moment_stack(spec.pair, p)
@@ -414,7 +414,7 @@ def test_cross_deterministic_on_kink():
 
 
 # ---------------------------------------------------------------------------
-# expect(), gate and tanh moments (doc section 6)
+# expect(), gate and tanh moments (docs/design.md §6)
 # ---------------------------------------------------------------------------
 
 
@@ -435,7 +435,7 @@ def test_gate_and_tanh_moments(z_mc):
         assert g.expect("tanh_deriv_sq", mu, v) == pytest.approx(tm.deriv_sq, rel=1e-12)
         sg = torch.sigmoid(mu + math.sqrt(v) * z_mc)
         assert_mc([gm.deriv_sq], ((sg * (1 - sg)) ** 2)[None], [f"E[(s(1-s))^2] mu={mu} v={v}"])
-    # Doc section 6: E[f^2] at zero forget bias ~ 0.27 (f ~ sigmoid(N(0, 1/3))), ~0.53 at +1.
+    # docs/design.md §6: E[f^2] at zero forget bias ~ 0.27 (f ~ sigmoid(N(0, 1/3))), ~0.53 at +1.
     assert g.gate_moments(0.0, 1 / 3).second == pytest.approx(0.27, abs=0.01)
     assert g.gate_moments(1.0, 1 / 3).second == pytest.approx(0.53, abs=0.01)
     assert g.expect("relu", 0.0, 1.0) == g.moments("relu", 0.0, 1.0).mean
@@ -453,7 +453,7 @@ def test_expect_fn_module_and_key():
 
 
 # ---------------------------------------------------------------------------
-# softmax_moments() (doc 4.5)
+# softmax_moments() (docs/design.md §4.5)
 # ---------------------------------------------------------------------------
 
 
@@ -512,7 +512,7 @@ def test_softmax_exact_limits_and_large_k():
 
 
 # ---------------------------------------------------------------------------
-# max_normal_moments() (doc 4.3, P3)
+# max_normal_moments() (docs/design.md §4.3, P3)
 # ---------------------------------------------------------------------------
 
 

@@ -2,7 +2,7 @@
 grouped expert matmuls have transfer rules, and the expert and router weights' gradients
 match a real backward pass.
 
-Tolerances as in test_transfers.py: the accuracy the design note verified for the weight
+Tolerances as in test_transfers.py: the accuracy docs/design.md verifies for the weight
 gradient relation (W1, +-3%), widened only by the measured seed-to-seed noise (helpers.Trials).
 """
 

@@ -10,7 +10,7 @@ Tolerances come from two documented noise sources, not from what passes:
   per-seed differences (predicted - measured) carries both the measurement noise and the
   fluctuation of one weight draw; the bound is the two-sided 99.9% Student-t interval
   of their mean;
-* finite width, which biases a single draw (design note 7.1): the band
+* finite width, which biases a single draw (docs/design.md §7.1): the band
   2 * 0.5 * sqrt(3 * beta) / ln 10 decades with beta = sum of 1/width over hidden layers.
 A verdict is only required to agree when the predicted attenuation is further than that
 band from the threshold (closer, either verdict is within the noise).

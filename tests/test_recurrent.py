@@ -1,13 +1,13 @@
 """gradlint.engine.recurrent against real backward passes of nn.RNN / nn.LSTM / nn.GRU.
 
-Protocol (signal-propagation.md section 1): x ~ N(0, 1), L = Σ g·y with g ~ N(0, 1),
+Protocol (docs/design.md §1): x ~ N(0, 1), L = Σ g·y with g ~ N(0, 1),
 train mode, float64 (gradients at lag 99 are 1e-22 … 1e-34, too small for float32 to keep
 meaningfully), several seeds. Predictions use each seed's actual weight tensors and both
 sides are compared as the seed mean of log10 RMS.
 
 Every tolerance is a stated model accuracy plus three standard errors of the measured seed
 mean (sd/√n): the accuracies are the brief's targets (0.1 decades per step near the end,
-5% on the decay slope, 0.15 decades on parameter gradients) and the doc's own verified
+5% on the decay slope, 0.15 decades on parameter gradients) and docs/design.md's own verified
 ranges (R1: 0.6 decades after 99 steps; R4: 1.9 decades after 99 steps).
 """
 
@@ -180,7 +180,7 @@ def test_rnn_tanh_last_step_per_step_and_slope():
     assert rel <= SLOPE_REL + 3 * _se(s_meas[:, None])[0] / s_meas.mean().abs(), rel
     # doc R1: λ ≈ 0.21 per step, −0.34 decades per step
     assert s_pred.mean() == pytest.approx(0.341, abs=0.01)
-    # lag 99 within the doc's verified 0.6 decades (the seed spread grows to ~1.6 there)
+    # lag 99 within docs/design.md's verified 0.6 decades (the seed spread grows to ~1.6 there)
     assert (pred[0] - meas[0]).abs() <= R1_LAG99 + 3 * se[0]
     # doc 10f measured −33.53 ± 1.18 (8 seeds): the protocol reproduces it
     assert (meas[0] + 33.53).abs() <= 3 * math.hypot(float(se[0]), 1.18 / math.sqrt(8))
@@ -226,7 +226,7 @@ LONG = ["lstm_f0_long", "lstm_f1_long", "gru_z0_long", "gru_z1_long"]
 def test_gated_long_range_input_gradient(name):
     o = outcome(name)
     meas, est, bound, se = o.meas_x.mean(0), o.est_x.mean(0), o.bound_x.mean(0), _se(o.meas_x)
-    # R4 within the doc's verified range at lag 99, and better than plain mean field
+    # R4 within docs/design.md's verified range at lag 99, and better than plain mean field
     assert (est[0] - meas[0]).abs() <= R4_LAG99 + 3 * se[0], (est[0], meas[0])
     assert (est[0] - meas[0]).abs() < (bound[0] - meas[0]).abs()
     # plain mean field is the pessimistic bound: below the estimate everywhere, below the
@@ -251,8 +251,8 @@ def test_gated_parameter_gradients(name):
 
 
 def test_lstm_forget_bias_3_known_limit():
-    # Outside what the doc verifies closely: with E[f] ≈ 0.95 R4 is too optimistic over long
-    # lags (doc 10f: −0.19 predicted vs −1.09 measured). The truth stays between the bound and
+    # Outside what docs/design.md verifies closely: with E[f] ≈ 0.95 R4 is too optimistic over long
+    # lags (docs/design.md §10f: −0.80 predicted vs −1.09 measured). The truth stays between the bound and
     # the estimate, for the input gradient at lag 99 and for the summed weight_ih gradient.
     o = outcome("lstm_f3_long")
     meas, est, bound, se = o.meas_x.mean(0), o.est_x.mean(0), o.bound_x.mean(0), _se(o.meas_x)
@@ -308,7 +308,7 @@ def test_reverse_direction_sees_flipped_sequence():
 
 
 def test_activation_moments_match_doc_table():
-    # section 5.3 reference values (tanh, sigmoid at v = 0.25 / 1 / 4), 4 decimals
+    # docs/design.md §5.3 reference values (tanh, sigmoid at v = 0.25 / 1 / 4), 4 decimals
     for v, t2, td2, s2, sd2 in ((0.25, 0.1735, 0.7174, 0.2640, 0.0560), (1.0, 0.3943, 0.4644, 0.2934, 0.0448), (4.0, 0.6353, 0.2560, 0.3486, 0.0290)):
         t, s = numerics.act_moments("tanh", 0.0, v), numerics.act_moments("sigmoid", 0.0, v)
         assert (t.second, t.dphi2, s.second, s.dphi2) == pytest.approx((t2, td2, s2, sd2), abs=6e-5)

@@ -1,6 +1,6 @@
 """Each op's transfer rule against a real backward pass of a model made of that op.
 
-Tolerances: the accuracy the design note verified for the rule (its section 11), in decades
+Tolerances: the accuracy docs/design.md verifies for the rule (its §11), in decades
 of RMS, widened only by the measurement's own seed-to-seed noise (4 standard errors).
 """
 
@@ -33,7 +33,7 @@ def test_linear_rows_and_positions():
     t.check_node(t.node("linear", 1), "q", decades(0.03))
     t.check_node(t.node("act"), "s", decades(0.03))
     for p in ("0.weight", "0.bias", "2.weight", "2.bias"):
-        # Bias vectors of 64-128 elements carry +-20% sampling noise per seed (section 3).
+        # Bias vectors of 64-128 elements carry +-20% sampling noise per seed (docs/design.md §3).
         t.check_param(p, decades(0.03 if p.endswith("weight") else 0.25))
 
 

@@ -28,6 +28,7 @@ class ExitCode(enum.IntEnum):
     CLEAN = 0
     FINDINGS = 1
     COULD_NOT_ANALYZE = 2
+    INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
 
 
 @dataclass(frozen=True)

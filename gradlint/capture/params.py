@@ -1,9 +1,9 @@
 """Statistics of every parameter: read from the tensor, or from its init when it has no values.
 
-The engine needs, per parameter tensor, the mean of squares and the mean (section 2). Real
+The engine needs, per parameter tensor, the mean of squares and the mean (docs/design.md §2). Real
 tensors are read directly (one reduction each, no copies). Tensors on the meta device hold
 no values: their statistics come from the initialization the model would have run, known
-from PyTorch's defaults per layer type (section 8 of the design note), or recorded while
+from PyTorch's defaults per layer type (docs/design.md §8), or recorded while
 running the model's own ``_init_weights`` over the meta tensors (``initscan``).
 """
 

@@ -1,6 +1,6 @@
 """A real backward pass under the measurement protocol, for comparison with predictions.
 
-Protocol (section 1 of the design note): the model in train mode; inputs drawn afresh per
+Protocol (docs/design.md §1): the model in train mode; inputs drawn afresh per
 seed (N(0, 1) floats, uniform token ids); loss sum(g * y) with g ~ N(0, 1) per output
 element; quantities averaged as mean squares over seeds, reported as RMS.
 
@@ -58,7 +58,7 @@ class Measurement:
         return bool(self.nonfinite_forward or self.nonfinite_backward)
 
     def param_rms(self, name: str) -> float | None:
-        """Geometric mean over seeds of the gradient RMS (the design note's convention)."""
+        """Geometric mean over seeds of the gradient RMS (the convention of docs/design.md §1)."""
         return _log_mean_rms(self.param_ms.get(name))
 
     def lag_rms(self, name: str) -> tuple[float, ...]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import re
 
-__all__ = ["glob_matches", "rule_matches"]
+__all__ = ["glob_matches"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -48,9 +48,4 @@ def glob_matches(pattern: str, rel: str) -> bool:
         return any(regex.match(part) for part in parts)
     return any(regex.match("/".join(parts[:k])) for k in range(1, len(parts) + 1))
 
-
-def rule_matches(pattern: str, code: str, name: str) -> bool:
-    """Whether ``pattern`` (a rule code, code prefix or name) names the rule ``code``, ``name``."""
-    # The same test as api.select_rules, so a pattern means the same in every key.
-    return code.startswith(pattern.upper()) or name == pattern
 

@@ -10,11 +10,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from gradlint.base.findings import Finding, Severity
+from gradlint.base.findings import Finding, Severity, matches
 from gradlint.base.paths import root_relative_or_absolute
 from gradlint.base.targets import TargetOptions
 from gradlint.base.report import DEFAULT_THRESHOLD
-from gradlint.run.config.globs import glob_matches, rule_matches
+from gradlint.run.config.globs import glob_matches
 
 __all__ = ["COMMAND_LINE", "DEFAULT", "SEVERITIES", "Config", "TargetSpec"]
 
@@ -152,8 +152,8 @@ class Config:
         out = []
         for f in findings:
             rels = [self.relative(p) for p in (f.path, checked) if p]
-            if any(rule_matches(rule, f.code, f.name) for glob, rules in self.per_file_ignores
-                   if any(glob_matches(glob, rel) for rel in rels) for rule in rules):
+            if any(matches(f.code, f.name, rules) for glob, rules in self.per_file_ignores
+                   if any(glob_matches(glob, rel) for rel in rels)):
                 continue
             severity = self.severities.get(f.code)
             out.append(replace(f, severity=severity) if severity and severity != f.severity else f)

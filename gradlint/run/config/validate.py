@@ -14,9 +14,9 @@ from types import MappingProxyType
 from typing import Any
 
 from gradlint.base.errors import ConfigError, GradlintError
+from gradlint.base.findings import matches
 from gradlint.base.paths import shortest_path
 from gradlint.base.targets import TargetOptions, Tokens
-from gradlint.run.config.globs import rule_matches
 from gradlint.run.config.model import COMMAND_LINE, SEVERITIES, Config, TargetSpec
 from gradlint.run.config.toml_lines import key_lines
 from gradlint.run.config.toml_text import to_toml, toml_key
@@ -93,7 +93,7 @@ def _rule_pattern(source: Source, path: tuple[Any, ...], value: Any) -> str:
         raise source.wrong(path, value, "a rule code, code prefix or name", '["GL1", "dead-relu-risk"]')
     rules = _catalog()
     prefix = re.fullmatch(r"GL[0-9]{0,3}", value.upper()) is not None
-    if any((prefix and rule_matches(value, code, cls.name)) or value == cls.name for code, cls in rules.items()):
+    if any((prefix and matches(code, cls.name, (value,))) or value == cls.name for code, cls in rules.items()):
         return value
     names = [*rules, *(cls.name for cls in rules.values())]
     close = difflib.get_close_matches(value, names, n=2)
