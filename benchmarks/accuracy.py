@@ -27,13 +27,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
+from corpus import CORPUS
 
 import gradlint
 from gradlint.api import predict
-from gradlint.probing.measure import measure
 from gradlint.engine.result import cause_of
 from gradlint.engine.summary import summarize
-from corpus import CORPUS
+from gradlint.probing.measure import measure
 
 
 def measured_summary(result, meas, threshold: float):

@@ -21,8 +21,9 @@ import shlex
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 CORPUS = Path(__file__).resolve().parent / "ecosystem"
 

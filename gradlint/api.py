@@ -4,31 +4,29 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
 
-from gradlint.capture import fusion
-
-from gradlint.base.paths import shown_path
-
-from gradlint.capture import params as params_mod
-
-from gradlint.lint import suppress
-
-from gradlint.capture import trace as tracing
-from gradlint.engine.propagate import propagate
 from gradlint.base.errors import ForwardError, InputError
 from gradlint.base.findings import Finding, Severity, matches
+from gradlint.base.kinds import LAYER_KINDS
+from gradlint.base.paths import shown_path
+from gradlint.base.report import DEFAULT_THRESHOLD, LayerReport, ParamReport, Report
+from gradlint.base.targets import TargetOptions
+from gradlint.capture import fusion
+from gradlint.capture import params as params_mod
+from gradlint.capture import trace as tracing
 from gradlint.capture.graph import Source
 from gradlint.capture.inputs import ExampleInputs, resolve_inputs
-from gradlint.base.kinds import LAYER_KINDS
-from gradlint.base.report import DEFAULT_THRESHOLD, LayerReport, ParamReport, Report
+from gradlint.engine.propagate import propagate
 from gradlint.engine.result import Result, build_summary
+from gradlint.lint import suppress
 from gradlint.lint.rule import REGISTRY, Rule, load_builtin
-from gradlint.base.targets import TargetOptions
+
 
 class Prediction(NamedTuple):
     """A report and the live result it was made from: the graph and the engine's statistics,

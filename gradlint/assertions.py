@@ -15,7 +15,8 @@ This module imports torch only when a check runs, so ``import gradlint`` stays c
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from gradlint.base.report import Report
 

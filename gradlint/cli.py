@@ -141,7 +141,8 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
     recorded = False
     # An interrupted run's findings are partial: they may filter the output, never be recorded.
     if baseline and not (interrupted and (update_baseline or not Path(baseline).exists())):
-        from gradlint.output.baseline import BaselineError, apply as apply_baseline
+        from gradlint.output.baseline import BaselineError
+        from gradlint.output.baseline import apply as apply_baseline
         try:
             reports, more, recorded = apply_baseline(reports, baseline, update=update_baseline)
         except BaselineError as e:

@@ -15,7 +15,8 @@ defaults. Keyword arguments in a test override them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import pytest
 

@@ -7,8 +7,8 @@ import math
 import torch
 import torch.nn as nn
 
-from gradlint.engine import recurrent
 from gradlint.base.findings import Severity
+from gradlint.engine import recurrent
 from gradlint.lint.examples import RNNHead
 from gradlint.lint.recurrence import CF_MAX_STEPS, counterfactual_decay, input_q, lag_decay, lag_log10, rnn_param
 from gradlint.lint.rule import Case, Rule

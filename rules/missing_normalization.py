@@ -7,8 +7,18 @@ import torch.nn as nn
 
 from gradlint.base.findings import Severity
 from gradlint.lint.rule import Case, Rule
-from gradlint.lint.structure import (ACTIVATIONS, Structure, activation_call, activation_name, conv_dims, layer_type,
-                                     out_width, plain_runs, structure_of, where)
+from gradlint.lint.structure import (
+    ACTIVATIONS,
+    Structure,
+    activation_call,
+    activation_name,
+    conv_dims,
+    layer_type,
+    out_width,
+    plain_runs,
+    structure_of,
+    where,
+)
 from gradlint.lint.toolkit import describe_attribution, dominant_cause
 
 

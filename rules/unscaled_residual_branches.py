@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from gradlint.base.findings import Severity
-from gradlint.lint.rule import Case, Rule
 from gradlint.base.kinds import NORM_KINDS
+from gradlint.lint.rule import Case, Rule
 from gradlint.lint.structure import DEPTH_KINDS, Merge, Structure, structure_of
 
 

@@ -7,8 +7,16 @@ from typing import Any
 
 from gradlint.base.findings import Severity
 from gradlint.lint.examples import RNNHead
-from gradlint.lint.recurrence import (cell_name, counterfactual_decay, input_q, lag_decay, lag_log10,
-                                      lstm_counterfactual_stats, recurrent_gain, rnn_sizes)
+from gradlint.lint.recurrence import (
+    cell_name,
+    counterfactual_decay,
+    input_q,
+    lag_decay,
+    lag_log10,
+    lstm_counterfactual_stats,
+    recurrent_gain,
+    rnn_sizes,
+)
 from gradlint.lint.rule import Case, Rule
 from gradlint.lint.toolkit import rounded
 

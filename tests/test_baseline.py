@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gradlint.output import baseline, fingerprint
-from gradlint.cli import main
 from gradlint.base.findings import Finding
 from gradlint.base.report import Report
+from gradlint.cli import main
+from gradlint.output import baseline, fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 FINDING_LINE = re.compile(r"^(\S+?):(\d+):(\d+): (GL\d{3}) ", re.M)

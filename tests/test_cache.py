@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from gradlint.cli import main
 from gradlint.run import cache as cache_mod
 from gradlint.run import workers
-from gradlint.cli import main
 
 MODEL = textwrap.dedent("""
     import torch

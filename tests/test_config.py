@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gradlint.run import config
-from gradlint.cli import main
 from gradlint.base.errors import ConfigError
 from gradlint.base.findings import Finding
+from gradlint.cli import main
+from gradlint.run import config
 
 # A model whose constructor needs arguments: discovery alone skips it.
 NET = """\

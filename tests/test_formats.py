@@ -12,12 +12,19 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from gradlint.cli import main
 from gradlint.base.findings import Finding
-from gradlint.output.formats import (FINGERPRINT_KEY, github_escape_data, github_escape_property, github_lines, render,
-                                     sarif_doc, use_color)
 from gradlint.base.paths import repo_root, root_relative
 from gradlint.base.report import Report
+from gradlint.cli import main
+from gradlint.output.formats import (
+    FINGERPRINT_KEY,
+    github_escape_data,
+    github_escape_property,
+    github_lines,
+    render,
+    sarif_doc,
+    use_color,
+)
 from gradlint.run.runner import run_paths
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from gradlint.base.errors import InputError, LoadError
-from gradlint.capture.inputs import ExampleInputs, TensorSpec, resolve_inputs
 from gradlint.base.targets import TARGET_ATTR, TargetOptions, Tokens, check_shape, target, tokens
+from gradlint.capture.inputs import ExampleInputs, TensorSpec, resolve_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,17 @@ from torch import nn
 
 from gradlint.base.errors import GradlintError, InputError, LoadError
 from gradlint.load import (
-    Discovery, Skipped, Target, discover, find_project_root, format_user_traceback, import_file,
-    instantiate, iter_python_files, parse_target_arg, user_code,
+    Discovery,
+    Skipped,
+    Target,
+    discover,
+    find_project_root,
+    format_user_traceback,
+    import_file,
+    instantiate,
+    iter_python_files,
+    parse_target_arg,
+    user_code,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "loading"

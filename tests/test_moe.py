@@ -13,10 +13,10 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from helpers import Trials, decades, log_rms
 
 from gradlint.api import predict
 from gradlint.capture.inputs import ExampleInputs, TensorSpec
-from helpers import Trials, decades, log_rms
 
 transformers = pytest.importorskip("transformers")
 V = 1000

@@ -249,6 +249,7 @@ def test_device_errors_are_clear():
                                      "small_resnet"])
 def test_cuda_probe_matches_cpu(example):
     from pathlib import Path
+
     from gradlint.run.runner import run_paths
 
     path = str(Path(__file__).parent.parent / "examples" / f"{example}.py")
@@ -266,6 +267,7 @@ EXAMPLES = __import__("pathlib").Path(__file__).parent.parent / "examples"
 
 def _cli(*args):
     from click.testing import CliRunner
+
     from gradlint.cli import main
     return CliRunner().invoke(main, list(args))
 

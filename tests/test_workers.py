@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gradlint.run import workers
-from gradlint.cli import main
 from gradlint.base.report import Report
+from gradlint.cli import main
+from gradlint.run import workers
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="signals and fork semantics of POSIX")
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from gradlint.base.errors import GradlintError
 from gradlint.base.findings import Finding, Severity

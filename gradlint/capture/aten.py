@@ -10,7 +10,8 @@ from __future__ import annotations
 import operator
 import os
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -144,7 +145,7 @@ class Converter:
         input_specs: Per user-input placeholder name, the ``vocab`` for token inputs (or None).
     """
 
-    def __init__(self, ep: "torch.export.ExportedProgram", vocabs: dict[str, int | None]):
+    def __init__(self, ep: torch.export.ExportedProgram, vocabs: dict[str, int | None]):
         sig = ep.graph_signature
         self.params = dict(sig.inputs_to_parameters)
         self.buffers = dict(sig.inputs_to_buffers)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from gradlint.base.errors import InputError
-from gradlint.load import format_user_traceback, innermost_line, user_code
 from gradlint.base.targets import TOKEN_DTYPES, TargetOptions, Tokens, check_shape
+from gradlint.load import format_user_traceback, innermost_line, user_code
 
 if TYPE_CHECKING:
     import torch
@@ -296,7 +296,7 @@ def _from_callable(fn: Any) -> tuple[tuple[Any, ...], dict[str, Any], tuple[tupl
     try:
         with user_code(path) if path and os.path.isfile(path) else contextlib.nullcontext():
             produced = fn()
-    except Exception as exc:  # noqa: BLE001 - any failure in user code becomes a report line
+    except Exception as exc:
         err = InputError(f"the inputs callable {label} raised {type(exc).__name__}: {exc}", path=path,
                          line=(innermost_line(exc, path) if path else None) or line)
         err.traceback_text = format_user_traceback(exc)

@@ -58,7 +58,7 @@ class RecordedProgram:
     """Duck-types the two attributes of an ``ExportedProgram`` that ``aten.Converter`` reads."""
 
     graph_signature: Signature
-    graph_module: "_GraphHolder"
+    graph_module: _GraphHolder
 
 
 def _storage_key(t: torch.Tensor) -> tuple | None:
@@ -189,7 +189,7 @@ class _Builder:
                     self.by_id[id(o)] = item
                     self.keep.append(o)
 
-    def finish(self, out: Any) -> "_GraphHolder":
+    def finish(self, out: Any) -> _GraphHolder:
         leaves = tree_leaves(out)
         self.graph.output(tuple(self.arg(v) for v in leaves))
         self._wrap_grad_regions()

@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 
 from gradlint.capture.aten import Converter
-from gradlint.capture.graph import Graph, Source
 from gradlint.capture.diagnose import forward_error
 from gradlint.capture.fallback import fx_graph, module_order_graph
+from gradlint.capture.graph import Graph, Source
 from gradlint.capture.inputs import ExampleInputs, TensorSpec
 from gradlint.capture.meta import meta_copy, quiet
 
@@ -61,7 +61,7 @@ def _class_source(cls: type) -> tuple[str, int, list[str]] | None:
     return path, start, lines
 
 
-def export_program(model: nn.Module, inputs: ExampleInputs) -> "torch.export.ExportedProgram":
+def export_program(model: nn.Module, inputs: ExampleInputs) -> torch.export.ExportedProgram:
     """``torch.export`` (non-strict) of a meta copy of ``model`` on meta copies of the inputs."""
     mm = meta_copy(model).train()
     args, kwargs = inputs.meta()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from gradlint.engine.propagate import Propagation
-from gradlint.capture.graph import Graph, Source
 from gradlint.base.report import Summary
+from gradlint.capture.graph import Graph, Source
+from gradlint.engine.propagate import Propagation
 from gradlint.engine.summary import summarize
 from gradlint.engine.transfers import TRANSFERS
 

@@ -69,7 +69,7 @@ class Fwd:
             n *= d
         return n
 
-    def with_(self, **changes) -> "Fwd":
+    def with_(self, **changes) -> Fwd:
         return replace(self, **changes)
 
 
@@ -98,11 +98,11 @@ class Bwd:
     rb: float = 0.0
     coh: float = 0.0
 
-    def __add__(self, other: "Bwd") -> "Bwd":
+    def __add__(self, other: Bwd) -> Bwd:
         return Bwd(self.s + other.s, self.r + other.r, self.sw + other.sw, self.rb + other.rb,
                    self.coh + other.coh)
 
-    def scaled(self, f: float) -> "Bwd":
+    def scaled(self, f: float) -> Bwd:
         return Bwd(self.s * f, self.r * f, self.sw * f, self.rb * f, self.coh * f)
 
 

@@ -27,7 +27,7 @@ earliest weights get no gradient at all, else ``healthy``.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from gradlint.base.kinds import BENIGN_KINDS, NORM_KINDS, WEIGHTED_KINDS
 from gradlint.base.report import DEFAULT_THRESHOLD, Summary, TrunkPoint

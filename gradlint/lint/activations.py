@@ -3,8 +3,8 @@ activations (GL201, GL301): its Gaussian moments at any pre-activation mean and 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from gradlint.engine import gaussian
 

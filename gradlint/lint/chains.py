@@ -5,7 +5,7 @@ that cover them."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from gradlint.lint.toolkit import const_like
 

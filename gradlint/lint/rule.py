@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from gradlint.base.findings import CATEGORIES, CODE_RE, NAME_RE, Finding, Severity
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from gradlint.engine.result import Result
 
 DOC_SECTIONS = ("What it finds", "Why it matters", "Example", "Fix", "Known limits")
-REGISTRY: dict[str, type["Rule"]] = {}
+REGISTRY: dict[str, type[Rule]] = {}
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,10 @@ class Rule:
     def __init__(self, **options: Any) -> None:
         self.opts = {**self.options, **options}
 
-    def check(self, result: "Result") -> Iterator[Finding]:
+    def check(self, result: Result) -> Iterator[Finding]:
         raise NotImplementedError
 
-    def threshold(self, result: "Result") -> float:
+    def threshold(self, result: Result) -> float:
         """The decades at which a finding becomes an error: the rule's ``threshold`` option
         when it is set, else the run's threshold (``--threshold``, 2 by default)."""
         own = self.opts.get("threshold")
@@ -93,7 +94,7 @@ class Rule:
             return Severity.WARNING
         return Severity.INFO
 
-    def finding(self, result: "Result", message: str, *, fix: str = "", module: str = "",
+    def finding(self, result: Result, message: str, *, fix: str = "", module: str = "",
                 node: str | None = None, severity: Severity | None = None, **evidence: Any) -> Finding:
         """A finding of this rule, located at ``node`` (or at ``module``) in the user's source."""
         path, line = result.locate(node=node, module=module)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from gradlint.engine.result import cause_of
 from gradlint.base.kinds import NORM_KINDS, WEIGHTED_KINDS
+from gradlint.engine.result import cause_of
 from gradlint.engine.summary import trunk_nodes
 
 PLAIN_WEIGHTED = {"linear", "conv"}

@@ -7,7 +7,7 @@ import functools
 import os
 import re
 import tokenize
-from typing import Iterable
+from collections.abc import Iterable
 
 from gradlint.base.findings import Finding
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gradlint.base.kinds import WEIGHTED_KINDS
-from gradlint.engine.transfers import INIT, NORMALIZATION, RECURRENCE, RESIDUAL, SATURATION, ATTENTION
+from gradlint.engine.transfers import ATTENTION, INIT, NORMALIZATION, RECURRENCE, RESIDUAL, SATURATION
 
 
 def first_crossing(result, threshold: float, vanishing: bool) -> tuple[str | None, str]:

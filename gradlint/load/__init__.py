@@ -10,7 +10,13 @@ user's code raises in the user's terms. This facade names what the other stages 
 from gradlint.load.build import instantiate
 from gradlint.load.discovery import Discovery, Skipped, Target, discover
 from gradlint.load.files import (
-    SKIP_DIRS, find_project_root, import_roots, iter_python_files, may_define_model, package_parts, parse_target_arg,
+    SKIP_DIRS,
+    find_project_root,
+    import_roots,
+    iter_python_files,
+    may_define_model,
+    package_parts,
+    parse_target_arg,
 )
 from gradlint.load.sandbox import forget_user_modules, import_file, user_code
 from gradlint.load.tracebacks import format_user_traceback, innermost_line, innermost_user_frame

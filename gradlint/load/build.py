@@ -65,7 +65,7 @@ def instantiate(target: Target, kwargs: dict[str, Any] | None = None) -> Any:
     try:
         with user_code(target.path):
             built = target.obj(**merged)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure in user code becomes a LoadError
+    except (Exception, SystemExit) as exc:
         raise user_error(LoadError, f"building {target.name} raised {type(exc).__name__}: {exc}", exc,
                          str(target.path), innermost_line(exc, target.path) or target.line) from exc
     if not isinstance(built, nn.Module):

@@ -415,7 +415,7 @@ def import_file(path: str | os.PathLike[str], project_root: str | os.PathLike[st
             innermost_line(exc, file),
             'gradlint imports the file without running it as a script; move script code under '
             '`if __name__ == "__main__":`') from exc
-    except Exception as exc:  # noqa: BLE001 - any failure in user code becomes a LoadError
+    except Exception as exc:
         hint = _import_hint(exc, file, parts, roots) if isinstance(exc, ImportError) else None
         raise user_error(LoadError, f"{type(exc).__name__} while importing the file: {exc}", exc, shown,
                          innermost_line(exc, file), hint) from exc

@@ -13,14 +13,15 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from gradlint.base.errors import GradlintError
-from gradlint.output.fingerprint import BASELINE_VERSION, fingerprints, mask
 from gradlint.base.paths import repo_root, root_relative_or_absolute
 from gradlint.base.report import Report
+from gradlint.output.fingerprint import BASELINE_VERSION, fingerprints, mask
 
 
 class BaselineError(GradlintError):

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from gradlint.base.findings import Finding
-from gradlint.base.report import Report
 from gradlint.base.paths import root_relative_or_absolute
+from gradlint.base.report import Report
 
 #: The version of the baseline format; fingerprints carry it, so a new format drops old ones.
 BASELINE_VERSION = 1

@@ -13,14 +13,15 @@ import inspect
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from gradlint._version import __version__
 from gradlint.base.findings import Finding
+from gradlint.base.paths import repo_root, root_relative, root_relative_or_absolute
 from gradlint.base.report import Report
 from gradlint.output.fingerprint import fingerprints
-from gradlint.base.paths import repo_root, root_relative, root_relative_or_absolute
 from gradlint.output.text import format_text, summary_counts
 
 FORMATS = ("text", "json", "sarif", "github")

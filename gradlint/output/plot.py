@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from gradlint.base.errors import GradlintError
 from gradlint.base.kinds import PROFILE_KINDS as PLOTTED_KINDS

@@ -4,7 +4,8 @@ gradient profile, and the message of a failed assertion. Pure functions of plain
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from gradlint.base.findings import Finding, Severity, matches
 from gradlint.base.kinds import PROFILE_KINDS
@@ -122,7 +123,7 @@ def format_probe(r: Report, max_rows: int = 20) -> list[str]:
         if not lag or not rec.lag_grad_rms or lag[-1] <= 0 or rec.lag_grad_rms[-1] <= 0:
             continue
         steps = sorted({round(i * (len(lag) - 1) / 4) for i in range(5)})
-        rel = lambda seq, t: _decades(math.log10(seq[t] / seq[-1])) if seq[t] > 0 else "-inf"  # noqa: E731
+        rel = lambda seq, t: _decades(math.log10(seq[t] / seq[-1])) if seq[t] > 0 else "-inf"
         lines.append(f"  {rec.module or rec.node} ({rec.mode}, {rec.steps} steps): input gradient at step t under a "
                      "last-step loss, log10 relative to the last step:")
         lines.append("    " + f"{'step':<10}" + "".join(f"{t:>7}" for t in steps))

@@ -59,9 +59,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gradlint import load
 from gradlint._version import __version__
 from gradlint.base.report import Report
-from gradlint import load
 from gradlint.run import wire
 
 __all__ = ["Cache", "FORMAT", "MAX_AGE", "MAX_BYTES", "PRUNE_EVERY", "default_dir", "local_imports", "prune"]

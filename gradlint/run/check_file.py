@@ -4,13 +4,15 @@ events the parent can follow. Imports torch only when it checks."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Iterator
+from typing import Any
 
+from gradlint import load
 from gradlint.base.errors import ConfigError, GradlintError
 from gradlint.base.report import Report, error_report
-from gradlint import load
 from gradlint.run.config import Config
+
 
 @dataclass(frozen=True)
 class Settings:

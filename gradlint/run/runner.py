@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable
+from typing import Any, ContextManager
 
+from gradlint import load
 from gradlint.base.errors import GradlintError
 from gradlint.base.paths import shown_path
 from gradlint.base.report import Report, error_report
-from gradlint import load
 from gradlint.run.check_file import Settings, check_file
 from gradlint.run.config import Config
 

@@ -32,7 +32,8 @@ import threading
 import time
 import warnings
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gradlint.base.errors import GradlintError
 from gradlint.base.report import error_report

@@ -37,8 +37,15 @@ from gradlint.engine.gaussian.expectations import expect, expect_fn, gate_moment
 from gradlint.engine.gaussian.nodes import node_activation, node_function, node_moments
 from gradlint.engine.gaussian.normal import normal_cdf, normal_pdf
 from gradlint.engine.gaussian.order_stats import max_normal_moments, topk_normal_moments
-from gradlint.engine.gaussian.results import (Cross, GateMoments, MaxNormalMoments, Moments, SoftmaxMoments,
-                                              TanhMoments, TopkMoments)
+from gradlint.engine.gaussian.results import (
+                                              Cross,
+                                              GateMoments,
+                                              MaxNormalMoments,
+                                              Moments,
+                                              SoftmaxMoments,
+                                              TanhMoments,
+                                              TopkMoments,
+)
 from gradlint.engine.gaussian.softmax import softmax_moments
 
 __all__ = [

@@ -18,9 +18,19 @@ from gradlint.engine.gaussian.arguments import CACHE_SIZE, check_mu_v, front_cac
 from gradlint.engine.gaussian.closed_form import is_local, segments
 from gradlint.engine.gaussian.expectations import moments_cached
 from gradlint.engine.gaussian.normal import INV_SQRT_2PI
-from gradlint.engine.gaussian.quadrature import (BASE_PANEL_ENTIRE, DTYPE, GRID2D_HALF_WIDTH, GRID2D_MAX_RATIO,
-                                                 GRID2D_POINTS, SERIAL_CHUNK, graded_rule, kink_pattern,
-                                                 kink_rule_rows, normal_grid, refinement_levels)
+from gradlint.engine.gaussian.quadrature import (
+    BASE_PANEL_ENTIRE,
+    DTYPE,
+    GRID2D_HALF_WIDTH,
+    GRID2D_MAX_RATIO,
+    GRID2D_POINTS,
+    SERIAL_CHUNK,
+    graded_rule,
+    kink_pattern,
+    kink_rule_rows,
+    normal_grid,
+    refinement_levels,
+)
 from gradlint.engine.gaussian.results import Cross
 
 

@@ -17,8 +17,15 @@ from gradlint.engine.recurrent.forward_pass import forward
 from gradlint.engine.recurrent.layers import default_layer_stats, layer_stats, module_layer_stats
 from gradlint.engine.recurrent.module import predict, predict_module
 from gradlint.engine.recurrent.node import rnn_backward, rnn_forward
-from gradlint.engine.recurrent.states import (DENSE_MAX_STEPS, KINDS, LayerPrediction, ModulePrediction,
-                                              RecurrentBackward, RecurrentForward, RecurrentLayerStats)
+from gradlint.engine.recurrent.states import (
+                                              DENSE_MAX_STEPS,
+                                              KINDS,
+                                              LayerPrediction,
+                                              ModulePrediction,
+                                              RecurrentBackward,
+                                              RecurrentForward,
+                                              RecurrentLayerStats,
+)
 
 __all__ = [
     "DENSE_MAX_STEPS",

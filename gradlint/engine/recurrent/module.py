@@ -15,8 +15,13 @@ from torch import nn
 from gradlint.engine.recurrent.backward_pass import backward
 from gradlint.engine.recurrent.forward_pass import as_steps, forward
 from gradlint.engine.recurrent.layers import module_layer_stats
-from gradlint.engine.recurrent.states import (LayerPrediction, ModulePrediction, RecurrentBackward, RecurrentForward,
-                                              RecurrentLayerStats)
+from gradlint.engine.recurrent.states import (
+    LayerPrediction,
+    ModulePrediction,
+    RecurrentBackward,
+    RecurrentForward,
+    RecurrentLayerStats,
+)
 
 
 def predict(

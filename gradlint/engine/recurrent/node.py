@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch.nn as nn
 
-from gradlint.engine.recurrent.module import predict_module
 from gradlint.base.report import RecurrentReport
+from gradlint.engine.recurrent.module import predict_module
 from gradlint.engine.state import Bwd, Fwd, default_roles
 
 if TYPE_CHECKING:

@@ -19,7 +19,6 @@ from gradlint.engine.context import Context
 from gradlint.engine.state import Bwd, Fwd
 from gradlint.engine.transfers.roles import first_operand
 
-
 TRANSFERS: dict[str, Transfer] = {}
 
 # Causes of gain along the gradient path; ``None`` = benign or neutral.

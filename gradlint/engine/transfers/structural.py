@@ -8,7 +8,6 @@ from gradlint.engine.state import BATCH, FEAT, POS, Bwd, Fwd, default_roles
 from gradlint.engine.transfers.registry import Transfer, register
 from gradlint.engine.transfers.roles import first_operand, out_shape, reshape_roles, roles_like
 
-
 # -- sources ------------------------------------------------------------------------------------
 
 @register("input")

@@ -12,8 +12,8 @@ from typing import Any
 
 from gradlint.base.findings import Finding, Severity, matches
 from gradlint.base.paths import root_relative_or_absolute
-from gradlint.base.targets import TargetOptions
 from gradlint.base.report import DEFAULT_THRESHOLD
+from gradlint.base.targets import TargetOptions
 from gradlint.run.config.globs import glob_matches
 
 __all__ = ["COMMAND_LINE", "DEFAULT", "SEVERITIES", "Config", "TargetSpec"]
