@@ -1,0 +1,276 @@
+"""Accuracy on code gradlint was not written for: predictions against real backward passes of
+public model files and Hugging Face architectures, as their repositories build them.
+
+For every model: the static prediction (``gradlint.check(model, inputs)``) and the truth, a
+real backward pass of the model itself (a float64 copy in train mode; the inputs drawn afresh
+per seed by the manifest's own expression; loss sum(g * y) over every float output with
+g ~ N(0, 1); per parameter, the geometric mean over seeds of the gradient's RMS). No gradlint
+graph is involved in the measurement, so a capture that misses part of the computation shows.
+
+Per weight matrix (two or more dims larger than 1): |log10 predicted - log10 measured|, with
+no offset removed. A *false zero* is a parameter predicted to get exactly no gradient (or no
+prediction at all) while the backward pass gives it one. A *fallback* is a model analyzed by
+the fx or module-order path instead of a captured graph.
+
+Models: benchmarks/ecosystem/manifest.toml (the ``build`` and ``inputs`` expressions), and the
+``EXTRA`` list below.
+
+Run: ``python benchmarks/realworld.py [--seeds 2] [--only NAME ...] [--json FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch
+import torch.nn as nn
+
+import gradlint
+from gradlint.api import predict
+
+HERE = Path(__file__).resolve().parent
+ECOSYSTEM = HERE / "ecosystem"
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    build: Callable[[], nn.Module]
+    inputs: Callable[[], tuple | dict]  # positional inputs, or keyword inputs by name
+    family: str
+
+
+def _manifest_models() -> list[Model]:
+    from gradlint.load import import_file
+
+    out = []
+    for entry in tomllib.loads((ECOSYSTEM / "manifest.toml").read_text())["model"]:
+        file = ECOSYSTEM / entry["file"]
+
+        def namespace(file=file) -> dict[str, Any]:
+            # As gradlint imports it: the file's folder and its repository on sys.path.
+            module = import_file(file)
+            return {"torch": torch, **vars(module)}
+
+        out.append(Model(entry["file"], (lambda ns=namespace, e=entry: eval(e["build"], ns())),
+                         (lambda ns=namespace, e=entry: eval(e["inputs"], ns())), entry["family"]))
+    return out
+
+
+def _hf(name: str, config: Callable[[], Any], cls: str, inputs: Callable[[], tuple]) -> Model:
+    def build():
+        import transformers
+
+        return getattr(transformers, cls)(config())
+    return Model(name, build, inputs, "hf")
+
+
+class Highway(nn.Module):
+    """A 20-layer highway network as the paper writes it: y = H(x)·T(x) + x·(1 - T(x)), a sigmoid
+    transform gate T whose bias starts negative (Srivastava et al. 2015) so each layer carries."""
+
+    def __init__(self, width: int = 128, depth: int = 20, gate_bias: float = -2.0):
+        super().__init__()
+        self.inp = nn.Linear(64, width)
+        self.h = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.t = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        for gate in self.t:
+            nn.init.constant_(gate.bias, gate_bias)
+        self.out = nn.Linear(width, 10)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for h, t in zip(self.h, self.t):
+            g = torch.sigmoid(t(x))
+            x = torch.relu(h(x)) * g + x * (1 - g)
+        return self.out(x)
+
+
+class LoopRNN(nn.Module):
+    """An Elman RNN written as a loop over time with nn.RNNCell, the last step classified."""
+
+    def __init__(self, inp: int = 32, hidden: int = 128, steps: int = 64):
+        super().__init__()
+        self.cell = nn.RNNCell(inp, hidden)
+        self.head = nn.Linear(hidden, 10)
+        self.hidden = hidden
+
+    def forward(self, x):  # x: (batch, time, features)
+        h = torch.zeros(x.shape[0], self.hidden)
+        for t in range(x.shape[1]):
+            h = self.cell(x[:, t], h)
+        return self.head(h)
+
+
+class HandRNN(nn.Module):
+    """A tanh RNN cell written by hand, outputs collected per step into a preallocated tensor."""
+
+    def __init__(self, inp: int = 32, hidden: int = 128):
+        super().__init__()
+        self.wx = nn.Linear(inp, hidden)
+        self.wh = nn.Linear(hidden, hidden, bias=False)
+        self.hidden = hidden
+
+    def forward(self, x):
+        outputs = torch.zeros(x.shape[0], x.shape[1], self.hidden)
+        h = torch.zeros(x.shape[0], self.hidden)
+        for t in range(x.shape[1]):
+            h = torch.tanh(self.wx(x[:, t]) + self.wh(h))
+            outputs[:, t] = h
+        return outputs
+
+
+def _extra() -> list[Model]:
+    import transformers as T
+
+    toks = lambda v, b=2, t=32: (lambda: (torch.randint(0, v, (b, t)),))  # noqa: E731
+    return [
+        _hf("hf-whisper", lambda: T.WhisperConfig(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2,
+                                                   encoder_attention_heads=4, decoder_attention_heads=4,
+                                                   encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=16,
+                                                   max_source_positions=50, max_target_positions=32, pad_token_id=0,
+                                                   bos_token_id=1, eos_token_id=2, decoder_start_token_id=1),
+            "WhisperModel", lambda: {"input_features": torch.randn(2, 16, 100),
+                                     "decoder_input_ids": torch.randint(0, 1000, (2, 8))}),
+        _hf("hf-mamba", lambda: T.MambaConfig(vocab_size=1000, hidden_size=64, state_size=8, num_hidden_layers=2),
+            "MambaModel", toks(1000)),
+        _hf("hf-rwkv", lambda: T.RwkvConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2,
+                                            context_length=64, attention_hidden_size=64, intermediate_size=128),
+            "RwkvModel", toks(1000)),
+        Model("highway-20", Highway, lambda: (torch.randn(32, 64),), "gate"),
+        Model("loop-rnncell-64", LoopRNN, lambda: (torch.randn(8, 64, 32),), "rnn"),
+        Model("hand-rnn-64", HandRNN, lambda: (torch.randn(8, 64, 32),), "rnn"),
+    ]
+
+
+def _outputs(value: Any) -> list[torch.Tensor]:
+    return [t for t in torch.utils._pytree.tree_leaves(value)
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad]
+
+
+def measure(model: nn.Module, inputs: Callable[[], tuple], seeds: int) -> tuple[dict[str, float], str]:
+    """Per parameter, the geometric mean over seeds of the gradient RMS of a real backward pass
+    of the model itself (float64 when the model runs in it), and the dtype used."""
+    for dtype in (torch.float64, torch.float32):
+        real = copy.deepcopy(model).to(dtype).train()
+        logs: dict[str, list[float]] = {n: [] for n, p in real.named_parameters() if p.requires_grad}
+        try:
+            for seed in range(seeds):
+                torch.manual_seed(1000 + seed)
+                drawn = inputs()
+                cast = lambda a: a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a  # noqa: E731
+                real.zero_grad(set_to_none=True)
+                if isinstance(drawn, dict):
+                    ys = _outputs(real(**{k: cast(v) for k, v in drawn.items()}))
+                else:
+                    ys = _outputs(real(*(cast(a) for a in drawn)))
+                loss = sum((torch.randn_like(y) * y).sum() for y in ys)
+                loss.backward()
+                for n, p in real.named_parameters():
+                    if n in logs:
+                        g = p.grad
+                        ms = float(g.double().pow(2).mean()) if g is not None else 0.0
+                        logs[n].append(0.5 * math.log10(ms) if ms > 0 else -math.inf)
+        except (RuntimeError, TypeError) as e:
+            if dtype is torch.float64:
+                continue
+            raise e
+        return {n: 10 ** statistics.mean(v) if v and all(math.isfinite(x) for x in v) else 0.0
+                for n, v in logs.items()}, str(dtype).removeprefix("torch.")
+    raise AssertionError("unreachable")
+
+
+def run(models: list[Model], seeds: int) -> list[dict]:
+    rows = []
+    for m in models:
+        row: dict[str, Any] = {"model": m.name, "family": m.family}
+        try:
+            torch.manual_seed(0)
+            model = m.build()
+            example = m.inputs()
+            t = time.perf_counter()
+            report, result = predict(model, example)
+            row["check_s"] = time.perf_counter() - t
+            row["analysis"] = report.analysis
+            t = time.perf_counter()
+            truth, row["dtype"] = measure(model, m.inputs, seeds)
+            row["measure_s"] = time.perf_counter() - t
+        except Exception as e:  # noqa: BLE001 - a model that cannot be checked or measured is a row that says why
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            rows.append(row)
+            print(f"| {m.name} | error: {row['error']} |", flush=True)
+            continue
+        errs, false_zeros, unmeasured = [], [], 0
+        for p in report.params:
+            if sum(d > 1 for d in p.shape) < 2:
+                continue
+            meas = truth.get(p.name)
+            if meas is None or meas <= 0:
+                unmeasured += 1
+                continue
+            pred = p.predicted_grad_rms
+            if not pred:
+                false_zeros.append(p.name)
+                continue
+            errs.append((p.name, abs(math.log10(pred) - math.log10(meas))))
+        row.update(weights=len(errs) + len(false_zeros), errors=[e for _, e in errs], false_zeros=false_zeros,
+                   unmeasured=unmeasured, verdict=report.summary.verdict if report.summary else None,
+                   worst=max(errs, key=lambda e: e[1])[0] if errs else "")
+        rows.append(row)
+        e = sorted(row["errors"])
+        print(f"| {m.name} | {report.analysis} | {row['weights']} | {_q(e, 0.5)} | {_q(e, 0.9)} | "
+              f"{len(false_zeros)} | {row['verdict']} | {row['check_s']:.2f} | {row['measure_s']:.1f} |", flush=True)
+    return rows
+
+
+def _q(values: list[float], q: float) -> str:
+    if not values:
+        return "-"
+    return f"{values[min(len(values) - 1, math.ceil(q * len(values)) - 1)]:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--only", nargs="*", help="model names (substring match)")
+    ap.add_argument("--json", help="write the rows to this file")
+    args = ap.parse_args(argv)
+    models = [m for m in [*_manifest_models(), *_extra()] if not args.only or any(o in m.name for o in args.only)]
+    print(f"gradlint {gradlint.__version__}, torch {torch.__version__}, {platform.machine()}, "
+          f"{torch.get_num_threads()} threads, seeds={args.seeds}\n")
+    print("| model | analysis | weights | median | p90 | false zeros | verdict | check s | measure s |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    rows = run(models, args.seeds)
+    done = [r for r in rows if "error" not in r]
+    errs = sorted(e for r in done for e in r["errors"])
+    zeros = sum(len(r["false_zeros"]) for r in done)
+    fallbacks = [r["model"] for r in done if r["analysis"] != "export"]
+    print(f"\n{len(done)} of {len(rows)} models checked and measured, {len(errs) + zeros} weight matrices")
+    print(f"error over weight matrices: median {_q(errs, 0.5)}, 90th percentile {_q(errs, 0.9)} decades")
+    print(f"false zeros: {zeros} (in {sum(bool(r['false_zeros']) for r in done)} models)")
+    print(f"fallbacks: {len(fallbacks)} ({', '.join(fallbacks) or 'none'})")
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        print("not measured: " + "; ".join(f"{r['model']}: {r['error']}" for r in failed))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
