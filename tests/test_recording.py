@@ -99,7 +99,6 @@ def test_corpus_models_record_the_export_graph(entry):
         assert_same_graph(entry.build(), entry.inputs())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
 def test_example_reports_are_the_same_either_way(path, export_only, tmp_path):
     from click.testing import CliRunner
