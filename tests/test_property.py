@@ -43,7 +43,8 @@ ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid
 # a bound of 6.87 / sqrt(6) = 2.8 per-seed standard deviations on the mean difference. Three
 # seeds gave 31.6 / sqrt(3) = 18, more than any plausible error. A weight is compared when at
 # least MIN_SEEDS of its draws were measurable. Ten drawn models and two fixed ones at six seeds
-# take about as long as the 25 models at three seeds did (3 min on the 2-core machine).
+# take about as long as the 25 models at three seeds did: 3 min on the 2-core machine under
+# load, 26 s idle.
 SEEDS = 6
 MIN_SEEDS = 3
 EXAMPLES = 10
