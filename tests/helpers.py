@@ -86,3 +86,21 @@ class Trials:
             preds.append(pv)
             diffs.append(pv - log_rms(meas.param_ms[name][0]))
         return self.check_diffs(name, diffs, preds, floor)
+
+
+def benchmark_corpus() -> list:
+    """The accuracy benchmark's model corpus (benchmarks/corpus.py ``CORPUS``), which the
+    tests also run. Loaded from its file: benchmarks/ is not a package on the test path, and
+    putting the repository root there would make its ``rules/`` folder importable as ``rules``."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "benchmark_corpus"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / "corpus.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses resolve the module by name while it runs
+        spec.loader.exec_module(module)
+    return sys.modules[name].CORPUS

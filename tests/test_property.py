@@ -9,21 +9,26 @@ Tolerances come from two documented noise sources, not from what passes:
 * the measurement: each seed draws new weights, inputs and g, so the spread of the
   per-seed differences (predicted - measured) carries both the measurement noise and the
   fluctuation of one weight draw; the bound is the two-sided 99.9% Student-t interval
-  of their mean;
+  of their mean over six seeds;
 * finite width, which biases a single draw (docs/design.md §7.1): the band
   2 * 0.5 * sqrt(3 * beta) / ln 10 decades with beta = sum of 1/width over hidden layers.
+The mean shift of unnormalized residual stacks (docs/design.md §7.2) has no such band: those
+models' weights are left out, counted, and their verdicts compared.
 A verdict is only required to agree when the predicted attenuation is further than that
-band from the threshold (closer, either verdict is within the noise).
+band from the threshold (closer, either verdict is within the noise). What cannot be
+compared is counted, and the test holds floors on what was.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 
+import pytest
 import torch
 import torch.nn as nn
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from gradlint.api import as_example_inputs, predict
@@ -34,7 +39,15 @@ from gradlint.engine.summary import summarize
 from helpers import T999
 
 ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
-SEEDS = 3
+# Six seeds per model: the two-sided 99.9% Student-t quantile at 5 degrees of freedom is 6.87,
+# a bound of 6.87 / sqrt(6) = 2.8 per-seed standard deviations on the mean difference. Three
+# seeds gave 31.6 / sqrt(3) = 18, more than any plausible error. A weight is compared when at
+# least MIN_SEEDS of its draws were measurable. Ten drawn models and two fixed ones at six seeds
+# take about as long as the 25 models at three seeds did: 3 min on the 2-core machine under
+# load, 26 s idle.
+SEEDS = 6
+MIN_SEEDS = 3
+EXAMPLES = 10
 
 
 class Block(nn.Module):
@@ -82,6 +95,12 @@ specs = st.fixed_dictionaries({
 }).map(lambda s: {**s, "depth": min(s["depth"], 8), "width": 32} if s["family"] == "cnn" else s)
 
 
+# Two models where the prediction matters, besides the drawn ones: a deep tanh stack at the
+# default init vanishes, a deep ReLU stack at He init is at the edge.
+DEEP_TANH = {"family": "mlp", "depth": 30, "width": 128, "act": "tanh", "init": "default", "norm": False, "skip": False}
+DEEP_RELU = {"family": "mlp", "depth": 20, "width": 256, "act": "relu", "init": "he", "norm": False, "skip": False}
+
+
 def band(spec) -> float:
     beta = (spec["depth"] + 1) / spec["width"]
     return 2 * 0.5 * math.sqrt(3 * beta) / math.log(10)
@@ -96,11 +115,24 @@ def measured_verdict(result, meas):
     return summarize(g, q, s, numel, causes, (), None, DEFAULT_THRESHOLD, g.batch_size)
 
 
-@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(spec=specs)
-def test_prediction_matches_backward_pass(spec):
+def mean_shift(spec) -> bool:
+    """A residual stack without normalization whose branches end in a non-centred activation.
+
+    Its stream gathers a common positive mean, and at finite width the backward growth then
+    outruns mean field toward the input (docs/design.md §7.2: +0.54 decades at the first of
+    20 blocks at width 256, shrinking as width^-0.4; measured here up to 1.2 decades at 28
+    blocks). Mean field has no band for it, so these models' weights are not compared; their
+    verdicts are.
+    """
+    return spec["skip"] and not spec["norm"] and spec["act"] != "tanh"
+
+
+def compare(spec, tally: Counter) -> None:
+    """Predictions against measurements for SEEDS draws of one spec; ``tally`` counts what was
+    compared and what could not be."""
     shape = (8, 3, 16, 16) if spec["family"] == "cnn" else (64, spec["width"])
     diffs: dict[str, list[float]] = {}
+    names: set[str] = set()
     verdicts = []
     for seed in range(SEEDS):
         torch.manual_seed(seed)
@@ -110,25 +142,65 @@ def test_prediction_matches_backward_pass(spec):
         meas = measure(model, ex, seeds=1, seed0=50 + seed)
         pairs = {}
         for p in report.params:
+            if len(p.shape) < 2:
+                continue
+            names.add(p.name)
             m = meas.param_rms(p.name)
-            if len(p.shape) >= 2 and p.predicted_grad_rms and m and m > 0 and math.isfinite(math.log10(m)):
-                pairs[p.name] = math.log10(p.predicted_grad_rms) - math.log10(m)
-        if not pairs:
-            return  # every gradient underflowed even in float64: nothing to compare
-        offset = statistics.median(pairs.values())
-        for name, d in pairs.items():
-            diffs.setdefault(name, []).append(d - offset)
+            if not (m and m > 0 and math.isfinite(math.log10(m))):
+                continue  # underflowed even in float64: nothing to compare (counted below)
+            assert p.predicted_grad_rms, (spec, p.name, "a measured gradient without a prediction", m)
+            pairs[p.name] = math.log10(p.predicted_grad_rms) - math.log10(m)
+        if pairs:
+            offset = statistics.median(pairs.values())
+            for name, d in pairs.items():
+                diffs.setdefault(name, []).append(d - offset)
         verdicts.append((report.summary, measured_verdict(result, meas)))
     b = band(spec)
+    if mean_shift(spec):
+        tally["weights left out: mean shift in an unnormalized residual stack"] += len(names)
+        diffs = {}
+    tally["weights"] += len(names)
     for name, ds in diffs.items():
-        if len(ds) < 2:
+        if len(ds) < MIN_SEEDS:
             continue
         se = statistics.stdev(ds) / math.sqrt(len(ds))
         tol = max(T999[len(ds) - 1] * se, b)
         assert abs(statistics.mean(ds)) <= tol, (spec, name, ds, tol)
+        tally["weights compared"] += 1
     for pred, meas in verdicts:
+        tally["verdicts"] += 1
         near = min(abs(pred.attenuation_decades - DEFAULT_THRESHOLD),
                    abs(pred.attenuation_decades + DEFAULT_THRESHOLD)) < b
-        if not near:
-            assert pred.verdict == meas.verdict, (spec, pred.verdict, pred.attenuation_decades, meas.verdict,
-                                                  meas.attenuation_decades)
+        if near:
+            continue
+        assert pred.verdict == meas.verdict, (spec, pred.verdict, pred.attenuation_decades, meas.verdict,
+                                              meas.attenuation_decades)
+        tally[f"{pred.verdict} verdicts compared"] += 1
+
+
+@pytest.mark.slow
+def test_prediction_matches_backward_pass():
+    tally: Counter = Counter()
+
+    # No shrinking: a spec is seven fields that read as a model already, and each shrink step
+    # costs six checks and six backward passes.
+    @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
+              phases=(Phase.explicit, Phase.generate), suppress_health_check=list(HealthCheck))
+    @example(spec=DEEP_TANH)
+    @example(spec=DEEP_RELU)
+    @given(spec=specs)
+    def matches(spec):
+        compare(spec, tally)
+
+    matches()
+    print(dict(tally))
+    # What could not be compared is counted, not skipped in silence: weights of mean-shifted
+    # residual stacks, a weight whose gradient underflows in float64 in most seeds, a verdict
+    # within the band of the threshold. Measured on this run (`nice .venv/bin/python -m pytest
+    # -q -s -p no:cacheprovider tests/test_property.py` prints the counts): 150 of 196 weights
+    # compared (46 left out for the mean shift), 66 of 72 verdicts, 18 of them vanishing and 18
+    # exploding. The floors sit a little under.
+    verdicts = sum(n for k, n in tally.items() if k.endswith(" verdicts compared"))
+    assert tally["weights compared"] >= 0.7 * tally["weights"], tally
+    assert verdicts >= 0.85 * tally["verdicts"], tally
+    assert tally["vanishing verdicts compared"] and tally["exploding verdicts compared"], tally
