@@ -110,15 +110,17 @@ def _row(r) -> str:
             f"({_f(r['att_meas'], '{:+.1f}')}) | {agree} | {decay} | {r['check_s']:.2f} |")
 
 
-HEADER = ("| model | weights | profile median | profile max | offset | predicted verdict (att.) | measured verdict (att.) "
-          "| agree | decay pred / meas | check s |\n|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| model | weights | profile median | profile max | offset | predicted verdict (att.) "
+          "| measured verdict (att.) | agree | decay pred / meas | check s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
 
 
 def print_findings(rows) -> None:
     """Rules that fired against the measured behaviour: recall on failing models, false alarms on healthy ones."""
     print("\n| model | measured | errors | warnings |\n|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['verdict_meas']} | {' '.join(r['errors']) or '-'} | {' '.join(r['warnings']) or '-'} |")
+        print(f"| {r['model']} | {r['verdict_meas']} | {' '.join(r['errors']) or '-'} "
+              f"| {' '.join(r['warnings']) or '-'} |")
     failing = [r for r in rows if r["verdict_meas"] != "healthy"]
     healthy = [r for r in rows if r["verdict_meas"] == "healthy"]
     caught = [r for r in failing if r["errors"]]

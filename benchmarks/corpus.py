@@ -93,7 +93,7 @@ def bn_mlp(depth: int = 30, width: int = 256) -> nn.Module:
 
 def cnn(depth: int = 8, ch: int = 32, bn: bool = False, kaiming: bool = False) -> nn.Module:
     layers: list[nn.Module] = [nn.Conv2d(3, ch, 3, padding=1)]
-    for i in range(depth - 1):
+    for _ in range(depth - 1):
         if bn:
             layers.append(nn.BatchNorm2d(ch))
         layers.append(nn.ReLU())
@@ -191,10 +191,12 @@ def seeded(fn: Callable[[], nn.Module], seed: int = 0) -> Callable[[], nn.Module
 SYNTHETIC = [
     Entry("mlp-sigmoid-default", seeded(lambda: mlp(20, 256, nn.Sigmoid)), floats(64, 256), "synthetic"),
     Entry("mlp-tanh-xavier", seeded(lambda: mlp(20, 256, nn.Tanh, "xavier")), floats(64, 256), "synthetic"),
-    Entry("mlp-tanh-xavier-gain3", seeded(lambda: mlp(20, 256, nn.Tanh, "xavier", gain=3.0)), floats(64, 256), "synthetic"),
+    Entry("mlp-tanh-xavier-gain3", seeded(lambda: mlp(20, 256, nn.Tanh, "xavier", gain=3.0)), floats(64, 256),
+          "synthetic"),
     Entry("mlp-relu-default", seeded(lambda: mlp(20, 256, nn.ReLU)), floats(64, 256), "synthetic"),
     Entry("mlp-relu-kaiming", seeded(lambda: mlp(20, 256, nn.ReLU, "kaiming")), floats(64, 256), "synthetic"),
-    Entry("mlp-relu-std1-nobias", seeded(lambda: mlp(10, 256, nn.ReLU, "std1", bias=False)), floats(64, 256), "synthetic"),
+    Entry("mlp-relu-std1-nobias", seeded(lambda: mlp(10, 256, nn.ReLU, "std1", bias=False)), floats(64, 256),
+          "synthetic"),
     Entry("mlp-gelu-default", seeded(lambda: mlp(12, 256, nn.GELU)), floats(64, 256), "synthetic"),
     Entry("mlp-silu-kaiming", seeded(lambda: mlp(20, 256, nn.SiLU, "kaiming")), floats(64, 256), "synthetic"),
     Entry("resmlp-nonorm", seeded(lambda: ResMLP(20, 256)), floats(64, 256), "synthetic"),

@@ -247,13 +247,15 @@ def _bigmodel(key: str, seq: int) -> dict:
     return dict(label=label, build=build, check=check, cpu=cpu, export_cpu=export[1], path=export[2],
                 peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 params=sum(p.numel() for p in model.parameters()), nodes=len(result.graph.nodes),
-                verdict=report.summary.verdict, analysis=report.analysis, codes=codes, unknown=[str(u) for u in unknown])
+                verdict=report.summary.verdict, analysis=report.analysis, codes=codes,
+                unknown=[str(u) for u in unknown])
 
 
 def bigmodels(only: list[str], seq: int) -> None:
     print(f"Built on the meta device, 1 x {seq} tokens, each in a fresh process:\n")
-    print("| model | parameters | build s | check s | check CPU s | of which graph capture CPU s (path) | peak RSS MB | "
-          "graph nodes | verdict | findings | ops without a transfer rule (GL902 where a gradient passes) |\n"
+    print("| model | parameters | build s | check s | check CPU s | of which graph capture CPU s (path) "
+          "| peak RSS MB | graph nodes | verdict | findings "
+          "| ops without a transfer rule (GL902 where a gradient passes) |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
     for key in only:
         r = _child(["bigmodel", key, str(seq)])
@@ -262,7 +264,8 @@ def bigmodels(only: list[str], seq: int) -> None:
             continue
         findings = ", ".join(f"{c} x{n}" if n > 1 else c for c, n in sorted(r["codes"].items())) or "-"
         print(f"| {r['label']} | {r['params'] / 1e9:.1f} B | {r['build']:.1f} | {r['check']:.1f} | {r['cpu']:.1f} | "
-              f"{r['export_cpu']:.1f} ({r['path']}) | {r['peak']:.0f} | {r['nodes']} | {r['verdict']} | {findings} | {', '.join(r['unknown']) or '-'} |",
+              f"{r['export_cpu']:.1f} ({r['path']}) | {r['peak']:.0f} | {r['nodes']} | {r['verdict']} | {findings} "
+              f"| {', '.join(r['unknown']) or '-'} |",
               flush=True)
 
 
@@ -329,8 +332,9 @@ def linear(kinds: list[str], layers: list[int]) -> None:
     for kind in kinds:
         rows = []
         print(f"\n{kind}: one fresh process per size\n")
-        print("| layers | graph nodes | build s | check wall s | check CPU s | graph capture CPU s (path) | gradlint's own CPU s | "
-              "check CPU ms/node | own CPU ms/node | peak RSS MB | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| layers | graph nodes | build s | check wall s | check CPU s | graph capture CPU s (path) "
+              "| gradlint's own CPU s | check CPU ms/node | own CPU ms/node | peak RSS MB | verdict |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")
         for n in layers:
             r = _child(["linear", kind, str(n)], timeout=3600)
             if "error" in r:
@@ -338,14 +342,14 @@ def linear(kinds: list[str], layers: list[int]) -> None:
                 continue
             own = r["cpu"] - r["export"]
             rows.append((n, r["nodes"], r["cpu"], own))
-            print(f"| {n} | {r['nodes']} | {r['build']:.2f} | {r['check']:.2f} | {r['cpu']:.2f} | {r['export']:.2f} ({r['path']}) | "
-                  f"{own:.2f} | {1000 * r['cpu'] / r['nodes']:.2f} | {1000 * own / r['nodes']:.2f} | {r['peak']:.0f} | "
-                  f"{r['verdict']} |", flush=True)
+            print(f"| {n} | {r['nodes']} | {r['build']:.2f} | {r['check']:.2f} | {r['cpu']:.2f} "
+                  f"| {r['export']:.2f} ({r['path']}) | {own:.2f} | {1000 * r['cpu'] / r['nodes']:.2f} "
+                  f"| {1000 * own / r['nodes']:.2f} | {r['peak']:.0f} | {r['verdict']} |", flush=True)
         fit = [row for row in rows if row[0] >= 100]
         if len(fit) >= 2:
             print(f"\nlog-log slope of CPU time over nodes ({', '.join(str(r[0]) for r in fit)} layers): check "
-                  f"{_slope([(r[1], r[2]) for r in fit]):.2f}, gradlint's own part {_slope([(r[1], r[3]) for r in fit]):.2f} "
-                  f"(1.00 = linear)")
+                  f"{_slope([(r[1], r[2]) for r in fit]):.2f}, "
+                  f"gradlint's own part {_slope([(r[1], r[3]) for r in fit]):.2f} (1.00 = linear)")
 
 
 # -- entry point ----------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Sections (run all, or pick with ``--only``):
 
 * ``realistic``: BERT-base on 8 sequences of 512 tokens, GPT-2 medium on 8 of 256 (512 runs
-  out of 24 GB in the forward + backward), and an HF ResNet-50 on 8 images of 224x224, built from transformers configs (random init). Per model, in the same process: the median of
+  out of 24 GB in the forward + backward), and an HF ResNet-50 on 8 images of 224x224, built
+  from transformers configs (random init). Per model, in the same process: the median of
   ``--repeat`` timed ``check`` calls after one warm-up, and the median of ``--repeat`` forward
   + backward passes (float32, CPU, train mode, loss sum(g * y)) after one warm-up; the ratio.
 * ``meta7b``: the Llama-2-7B config built on the meta device; ``check`` time and the
@@ -73,23 +74,27 @@ def realistic(repeat: int) -> None:
     ]
     print("| model | check s | forward+backward s | ratio |\n|---|---|---|---|")
     for name, build, ex in cases:
-        torch.manual_seed(0)
-        model = build().train()
-        t_check = timed(lambda: gradlint.check(model, ex), repeat)
-        gen = torch.Generator().manual_seed(0)
-        args, kwargs = ex.materialize("cpu", gen)
-
-        def fwd_bwd():
-            out = model(*args, **kwargs)
-            ys = [y for y in torch.utils._pytree.tree_leaves(out) if isinstance(y, torch.Tensor) and y.requires_grad]
-            loss = sum((torch.randn_like(y) * y).sum() for y in ys)
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-
-        t_fb = timed(fwd_bwd, repeat)
+        t_check, t_fb = time_case(build, ex, repeat)  # the model is freed when it returns
         print(f"| {name} | {t_check:.2f} | {t_fb:.2f} | {t_fb / t_check:.1f}x cheaper |", flush=True)
-        del model
         gc.collect()
+
+
+def time_case(build, ex: ExampleInputs, repeat: int) -> tuple[float, float]:
+    """``check`` time and forward + backward time of one freshly built model."""
+    torch.manual_seed(0)
+    model = build().train()
+    t_check = timed(lambda: gradlint.check(model, ex), repeat)
+    gen = torch.Generator().manual_seed(0)
+    args, kwargs = ex.materialize("cpu", gen)
+
+    def fwd_bwd():
+        out = model(*args, **kwargs)
+        ys = [y for y in torch.utils._pytree.tree_leaves(out) if isinstance(y, torch.Tensor) and y.requires_grad]
+        loss = sum((torch.randn_like(y) * y).sum() for y in ys)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return t_check, timed(fwd_bwd, repeat)
 
 
 def meta7b() -> None:
@@ -120,7 +125,7 @@ def corpus() -> None:
         t = time.perf_counter()
         gradlint.check(model, ex)
         first = time.perf_counter() - t
-        steady = timed(lambda: gradlint.check(model, ex), 3)
+        steady = timed(lambda model=model, ex=ex: gradlint.check(model, ex), 3)
         firsts.append(first)
         steadies.append(steady)
         print(f"| {e.name} | {first:.2f} | {steady:.2f} |", flush=True)

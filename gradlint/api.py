@@ -159,7 +159,8 @@ def make_report(target: str, result: Result, ex: ExampleInputs, findings: list[F
                     measured_grad_rms=result.measured.get(n), stats_source=st.source)
         for n, st in prop.param_stats.items())
     layers = tuple(
-        LayerReport(module=n.module, kind=n.kind, node=n.name, grad_rms=n.grad_rms, forward_rms=math.sqrt(max(n.q, 0.0)))
+        LayerReport(module=n.module, kind=n.kind, node=n.name, grad_rms=n.grad_rms,
+                    forward_rms=math.sqrt(max(n.q, 0.0)))
         for n in prop.nodes if n.kind in LAYER_KINDS)
     inputs = ex.describe() if ex.found else "none"
     where = {"decorator": "declared by @gradlint.target", "argument": "given to gradlint.check",

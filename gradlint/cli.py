@@ -28,7 +28,7 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(p) for p in parts if p)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a shape like 8,3,32,32")
+        raise click.BadParameter(f"{text!r} is not a shape like 8,3,32,32") from None
     if not shape or any(d <= 0 for d in shape):
         raise click.BadParameter(f"{text!r} must be positive ints like 8,3,32,32")
     return shape
@@ -60,7 +60,8 @@ def main() -> None:
               help="Decades of attenuation or growth beyond which the verdict is vanishing/exploding (default: 2.0).")
 @click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default=None,
               help="Lowest severity that fails the run (default: error).")
-@click.option("--probe/--no-probe", default=None, help="Also run a real backward pass and compare it with the prediction.")
+@click.option("--probe/--no-probe", default=None,
+              help="Also run a real backward pass and compare it with the prediction.")
 @click.option("--device", default=None, help="Where --probe runs: cpu, cuda, cuda:N or auto (default: cpu).")
 @click.option("--seeds", type=click.IntRange(1, 100), default=None, help="Seeds --probe averages over (default: 3).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",

@@ -95,6 +95,7 @@ class ExplodingGradient(Rule):
         where = c.module or "the model"
         msg = (f"{kind} explodes: at {where} it is 10^{growth:.1f} of the output's"
                if kind == "gradient" else
-               f"forward signal explodes: at {where} it is 10^{growth:.1f} of its scale at the last normalization or input")
+               f"forward signal explodes: at {where} it is 10^{growth:.1f} of its scale "
+               f"at the last normalization or input")
         yield self.finding(result, c.message(msg), fix=c.fix, module=c.module, node=c.node, **c.evidence,
                            strongest=s.strongest, threshold=thr)

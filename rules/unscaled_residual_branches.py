@@ -78,9 +78,9 @@ class UnscaledResidualBranches(Rule):
     no normalization layer (neither inside the branch nor on the stream between the sums),
     where the engine predicts the stream's variance to grow block after block: the growth is
     read from the forward second moment at each sum. Error when the stream grows more than
-    `threshold` decades over the stack (default: the run's threshold, 2); warning when it grows more than `warn_decades` and
-    keeps compounding (the later blocks grow it as fast as the earlier ones, unlike a
-    pre-norm stream, which grows linearly and by design).
+    `threshold` decades over the stack (default: the run's threshold, 2); warning when it
+    grows more than `warn_decades` and keeps compounding (the later blocks grow it as fast
+    as the earlier ones, unlike a pre-norm stream, which grows linearly and by design).
 
     ## Why it matters
     With x_{l+1} = x_l + f(x_l) and a branch f of gain g, the variance grows (1 + g)-fold per
@@ -208,4 +208,5 @@ class UnscaledResidualBranches(Rule):
                 f"or scale each branch: x = x + alpha * f(x) with alpha = 1/sqrt({k}) = {alpha:.3f}, or a learnable "
                 f"alpha = nn.Parameter(torch.zeros(1)) (ReZero);\n"
                 + (f"or end each branch with nn.BatchNorm2d({width}), x = x + bn(f(x)), as in ResNet"
-                   if conv else f"or normalize each branch's input (pre-norm): x = x + f(nn.LayerNorm({width or 'd'})(x))"))
+                   if conv else
+                   f"or normalize each branch's input (pre-norm): x = x + f(nn.LayerNorm({width or 'd'})(x))"))

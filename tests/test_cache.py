@@ -35,7 +35,8 @@ MODEL = textwrap.dedent("""
         def forward(self, x):
             return self.layers(x)
     """)
-HELPERS = "import torch.nn as nn\nWIDTH = 16\n\ndef block():\n    return nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.Sigmoid())\n"
+HELPERS = ("import torch.nn as nn\nWIDTH = 16\n\n"
+           "def block():\n    return nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.Sigmoid())\n")
 
 
 @pytest.fixture
@@ -127,7 +128,8 @@ def test_a_corrupt_or_foreign_entry_is_ignored(project, tmp_path):
     body = json.loads(valid[len(cache_mod._MAGIC):])
     for junk in (b"", b"not json", valid[:40], cache_mod._MAGIC + b"[" * 100_000,
                  cache_mod._MAGIC + json.dumps({**body, "key": "another key"}).encode(),
-                 cache_mod._MAGIC + json.dumps({"@type": "Report", "fields": {"target": "x", "no_such_field": 1}}).encode()):
+                 cache_mod._MAGIC
+                 + json.dumps({"@type": "Report", "fields": {"target": "x", "no_such_field": 1}}).encode()):
         entry.write_bytes(junk)
         r = run(c, "model.py")
         assert r.checked == 1 and r.output == expected

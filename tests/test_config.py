@@ -436,7 +436,8 @@ def test_rule_catalog_read_from_source_matches_the_imported_rules():
 def test_checking_rule_names_in_the_configuration_imports_no_torch(tmp_path):
     import subprocess
     import sys
-    (tmp_path / "pyproject.toml").write_text('[tool.gradlint]\nselect = ["GL1"]\n[tool.gradlint.rules.GL101]\nthreshold = 3.0\n')
+    (tmp_path / "pyproject.toml").write_text('[tool.gradlint]\nselect = ["GL1"]\n'
+                                             '[tool.gradlint.rules.GL101]\nthreshold = 3.0\n')
     code = "import sys, gradlint.run.config as c; c.load(start=sys.argv[1]); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr

@@ -252,7 +252,8 @@ def test_erf_kernel_closed_forms():
 
             m = g.expect_fn(erf, 0.0, v)
             assert m.mean == pytest.approx(0.0, abs=1e-15)
-            assert m.second == pytest.approx(2 / math.pi * math.asin(2 * beta**2 * v / (1 + 2 * beta**2 * v)), rel=1e-12)
+            assert m.second == pytest.approx(2 / math.pi * math.asin(2 * beta**2 * v / (1 + 2 * beta**2 * v)),
+                                             rel=1e-12)
             assert m.dphi2 == pytest.approx(4 * beta**2 / math.pi / math.sqrt(1 + 4 * beta**2 * v), rel=1e-12)
             assert g.expect(lambda x, beta=beta: torch.erf(beta * x) ** 2, 0.0, v) == pytest.approx(m.second, rel=1e-12)
 
@@ -271,14 +272,18 @@ def test_erf_kernel_closed_forms():
 # Doc 5.3 reference table: (name, v, E[phi], E[phi^2], E[phi'^2]).
 TABLE = [
     ("relu", 1.0, 0.3989, 0.5000, 0.5000),
-    ("gelu", 0.25, 0.0892, 0.0835, 0.3557), ("gelu", 1.0, 0.2821, 0.4252, 0.4559), ("gelu", 4.0, 0.7136, 1.9299, 0.5060),
-    ("silu", 0.25, 0.0590, 0.0722, 0.3003), ("silu", 1.0, 0.2066, 0.3558, 0.3795), ("silu", 4.0, 0.6057, 1.7579, 0.4664),
+    ("gelu", 0.25, 0.0892, 0.0835, 0.3557), ("gelu", 1.0, 0.2821, 0.4252, 0.4559),
+    ("gelu", 4.0, 0.7136, 1.9299, 0.5060),
+    ("silu", 0.25, 0.0590, 0.0722, 0.3003), ("silu", 1.0, 0.2066, 0.3558, 0.3795),
+    ("silu", 4.0, 0.6057, 1.7579, 0.4664),
     ("elu", 0.25, 0.0491, 0.1873, 0.7616), ("elu", 1.0, 0.1605, 0.6449, 0.6681), ("elu", 4.0, 0.4660, 2.2582, 0.5944),
     ("softplus", 0.25, 0.7235, 0.5877, 0.2640), ("softplus", 1.0, 0.8061, 0.9212, 0.2934),
     ("softplus", 4.0, 1.0677, 2.3298, 0.3486),
-    ("sigmoid", 0.25, 0.5, 0.2640, 0.0560), ("sigmoid", 1.0, 0.5, 0.2934, 0.0448), ("sigmoid", 4.0, 0.5, 0.3486, 0.0290),
+    ("sigmoid", 0.25, 0.5, 0.2640, 0.0560), ("sigmoid", 1.0, 0.5, 0.2934, 0.0448),
+    ("sigmoid", 4.0, 0.5, 0.3486, 0.0290),
     ("tanh", 0.25, 0.0, 0.1735, 0.7174), ("tanh", 1.0, 0.0, 0.3943, 0.4644), ("tanh", 4.0, 0.0, 0.6353, 0.2560),
-    ("hardtanh", 0.25, 0.0, 0.2301, 0.9545), ("hardtanh", 1.0, 0.0, 0.5161, 0.6827), ("hardtanh", 4.0, 0.0, 0.7405, 0.3829),
+    ("hardtanh", 0.25, 0.0, 0.2301, 0.9545), ("hardtanh", 1.0, 0.0, 0.5161, 0.6827),
+    ("hardtanh", 4.0, 0.0, 0.7405, 0.3829),
 ]
 
 

@@ -243,7 +243,8 @@ def test_decorator_callable_keeps_concrete_tensors():
 
 
 def test_decorator_callable_tuple_and_tensor():
-    pair = resolve_inputs(TwoIn(), TargetOptions(inputs=lambda: (torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 3))))
+    pair = resolve_inputs(TwoIn(),
+                          TargetOptions(inputs=lambda: (torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 3))))
     assert [a.shape for a in pair.args] == [(2, 5), (2, 3)]
     single = resolve_inputs(nn.Linear(3, 1), TargetOptions(inputs=lambda: torch.ones(5, 3)))
     assert single.args == (TensorSpec((5, 3)),)
@@ -364,9 +365,11 @@ class Attn(nn.Module):
 
 
 @pytest.mark.parametrize("model, shape, vocab, batch_dim, fragments", [
-    (nn.Linear(12, 2), (8, 12), None, 0, ["from the model itself, a Linear(in_features=12); batch size 8 is a default"]),
+    (nn.Linear(12, 2), (8, 12), None, 0,
+     ["from the model itself, a Linear(in_features=12); batch size 8 is a default"]),
     (Wrap(nn.Dropout(), nn.Linear(5, 2)), (8, 5), None, 0, ["layer = Linear(in_features=5)"]),
-    (nn.Sequential(nn.Conv1d(2, 3, 3)), (8, 2, 64), None, 0, ["0 = Conv1d(in_channels=2), the first layer forward calls", "spatial size 64"]),
+    (nn.Sequential(nn.Conv1d(2, 3, 3)), (8, 2, 64), None, 0,
+     ["0 = Conv1d(in_channels=2), the first layer forward calls", "spatial size 64"]),
     (nn.Sequential(nn.Conv2d(3, 4, 3)), (8, 3, 32, 32), None, 0, ["batch size 8 and spatial size 32 are defaults"]),
     (nn.Sequential(nn.Conv3d(1, 2, 3)), (8, 1, 16, 16, 16), None, 0, ["spatial size 16"]),
     (nn.Sequential(nn.ConvTranspose2d(5, 2, 2)), (8, 5, 32, 32), None, 0, ["ConvTranspose2d(in_channels=5)"]),

@@ -456,7 +456,8 @@ def test_instantiate_missing_arguments_hint():
     assert (err.path, err.line) == (str(path), 6)
     assert "constructor needs arguments: depth, width" in err.message
     assert '@gradlint.target(kwargs={"depth": ..., "width": ...})' in err.hint
-    assert f'[tool.gradlint] targets = [{{ path = "{path}::Base", kwargs = {{ depth = ..., width = ... }} }}]' in err.hint
+    assert (f'[tool.gradlint] targets = [{{ path = "{path}::Base", kwargs = {{ depth = ..., width = ... }} }}]'
+            in err.hint)
     assert len(instantiate(base, {"depth": 2, "width": 3}).layers) == 2
 
 

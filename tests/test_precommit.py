@@ -175,7 +175,8 @@ def test_project_hook_sees_a_helper_change_the_staged_files_hook_cannot(tmp_path
 
     # Only the helper changes: its ReLU blocks become sigmoid ones with PyTorch's default init.
     (project / "models" / "blocks.py").write_text(
-        "import torch.nn as nn\n\n\ndef block(width):\n    return nn.Sequential(nn.Linear(width, width), nn.Sigmoid())\n")
+        "import torch.nn as nn\n\n\n"
+        "def block(width):\n    return nn.Sequential(nn.Linear(width, width), nn.Sigmoid())\n")
     git(project, "add", "models/blocks.py", env=hook_env)
     result = commit(project, hook_env, "sigmoid blocks")
     assert result.returncode != 0, result.stdout

@@ -262,5 +262,6 @@ def test_assertion_survives_python_O():
     """)
     out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[:4] == [
-        "gradlint: Net is not healthy: verdict vanishing (attenuation +5.0 decades, threshold 2; predicted, no backward pass)",
+        "gradlint: Net is not healthy: verdict vanishing "
+        "(attenuation +5.0 decades, threshold 2; predicted, no backward pass)",
         "1 finding at or above error:", "  GL101 [error] model: gradient vanishes", "      fix: use ReLU"]

@@ -238,7 +238,8 @@ def test_gated_long_range_input_gradient(name):
     assert torch.all((est[near] - meas[near]).abs() <= NEAR_END + 3 * se[near]), est[near] - meas[near]
 
 
-@pytest.mark.parametrize(("name", "doc_mean", "doc_sd"), [("lstm_f0_long", -22.34, 0.11), ("lstm_f1_long", -9.74, 0.10)])
+@pytest.mark.parametrize(("name", "doc_mean", "doc_sd"),
+                         [("lstm_f0_long", -22.34, 0.11), ("lstm_f1_long", -9.74, 0.10)])
 def test_protocol_reproduces_doc_10f(name, doc_mean, doc_sd):
     o = outcome(name)
     meas = o.meas_x.mean(0)[0]
@@ -309,7 +310,8 @@ def test_reverse_direction_sees_flipped_sequence():
 
 def test_activation_moments_match_doc_table():
     # docs/design.md §5.3 reference values (tanh, sigmoid at v = 0.25 / 1 / 4), 4 decimals
-    for v, t2, td2, s2, sd2 in ((0.25, 0.1735, 0.7174, 0.2640, 0.0560), (1.0, 0.3943, 0.4644, 0.2934, 0.0448), (4.0, 0.6353, 0.2560, 0.3486, 0.0290)):
+    for v, t2, td2, s2, sd2 in ((0.25, 0.1735, 0.7174, 0.2640, 0.0560), (1.0, 0.3943, 0.4644, 0.2934, 0.0448),
+                                (4.0, 0.6353, 0.2560, 0.3486, 0.0290)):
         t, s = numerics.act_moments("tanh", 0.0, v), numerics.act_moments("sigmoid", 0.0, v)
         assert (t.second, t.dphi2, s.second, s.dphi2) == pytest.approx((t2, td2, s2, sd2), abs=6e-5)
     relu = numerics.act_moments("relu", 0.0, 1.0)
@@ -329,14 +331,16 @@ def test_mehler_matches_2d_quadrature():
         a = mu_a + math.sqrt(v_a) * z1
         b = mu_b + math.sqrt(v_b) * (rho * z1 + math.sqrt(1 - rho * rho) * z2)
         exact = float((f(a) * f(b) * w2).sum())
-        approx = float(numerics.mehler(numerics.hermite(name, mu_a, v_a), numerics.hermite(name, mu_b, v_b), torch.tensor(rho)))
+        approx = float(numerics.mehler(numerics.hermite(name, mu_a, v_a), numerics.hermite(name, mu_b, v_b),
+                                       torch.tensor(rho)))
         assert approx == pytest.approx(exact, rel=1e-4)
 
 
 @settings(max_examples=30, deadline=None)
 @given(
     steps=st.integers(1, 30),
-    coeffs=st.lists(st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 0.3), st.floats(0.0, 0.3), st.floats(0.0, 2.0)), min_size=30, max_size=30),
+    coeffs=st.lists(st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 0.3), st.floats(0.0, 0.3), st.floats(0.0, 2.0)),
+                    min_size=30, max_size=30),
 )
 def test_memory_channel_equals_doc_p_matrix(steps, coeffs):
     # R4's recursion over hop counts, P ← (f̄² + v_f + b_i)P + f̄√b_c(SP + PSᵀ) + b_c·SPSᵀ,
@@ -361,13 +365,13 @@ def gated_layers(draw):
     kind = draw(st.sampled_from(["lstm", "gru"]))
     n = 4 if kind == "lstm" else 3
     H = draw(st.integers(2, 48))
-    I = draw(st.integers(1, 48))
+    n_in = draw(st.integers(1, 48))
     scale = st.floats(0.05, 3.0)
     stats = R.RecurrentLayerStats(
         kind=kind,
-        input_size=I,
+        input_size=n_in,
         hidden_size=H,
-        var_ih=tuple(draw(scale) / I for _ in range(n)),
+        var_ih=tuple(draw(scale) / n_in for _ in range(n)),
         var_hh=tuple(draw(scale) / H for _ in range(n)),
         bias_mean=tuple(draw(st.floats(-2.0, 2.0)) for _ in range(n)),
         bias_var=tuple(draw(st.floats(0.0, 0.2)) for _ in range(n)),
@@ -409,15 +413,15 @@ def test_dense_fallback_for_long_sequences(monkeypatch):
 
 
 def test_layer_stats_defaults_and_meta_device():
-    H, I = 128, 96
+    H, n_in = 128, 96
     with torch.device("meta"):
-        meta = nn.LSTM(I, H, proj_size=32)
-    assert R.layer_stats(meta) == R.default_layer_stats("lstm", I, H, proj_size=32)
+        meta = nn.LSTM(n_in, H, proj_size=32)
+    assert R.layer_stats(meta) == R.default_layer_stats("lstm", n_in, H, proj_size=32)
     torch.manual_seed(0)
-    real = R.layer_stats(nn.LSTM(I, H))
-    default = R.default_layer_stats("lstm", I, H)
-    # mean of squares of U(±a): relative sd sqrt(0.8 / n) for n = H·I entries per chunk
-    rel = 4 * math.sqrt(0.8 / (H * I))
+    real = R.layer_stats(nn.LSTM(n_in, H))
+    default = R.default_layer_stats("lstm", n_in, H)
+    # mean of squares of U(±a): relative sd sqrt(0.8 / n) for n = H·n_in entries per chunk
+    rel = 4 * math.sqrt(0.8 / (H * n_in))
     assert real.var_ih == pytest.approx(default.var_ih, rel=rel)
     assert real.var_hh == pytest.approx(default.var_hh, rel=4 * math.sqrt(0.8 / (H * H)))
     # b_ih + b_hh: variance 2/(3H) per chunk, sampled from H units (relative sd ≈ sqrt(2/H))

@@ -6,14 +6,12 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from gradlint.cli import main
 
 PACK = Path(__file__).resolve().parent / "fixtures" / "rulepack"
-
-
-import pytest
 
 
 @pytest.fixture(autouse=True)

@@ -63,7 +63,8 @@ def test_conv_transpose():
 def test_pooled_conv_correlated_gradient():
     """W3: conv -> ReLU -> global average pool; the naive formula is 2-40x off here."""
     t = Trials(lambda: nn.Sequential(nn.Conv2d(8, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1),
-                                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)), (16, 8, 16, 16))
+                                     nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)),
+               (16, 8, 16, 16))
     t.check_param("2.weight", decades(0.04))
     t.check_param("0.weight", decades(0.04))
 
@@ -81,7 +82,8 @@ def test_batchnorm_centres_the_gradient():
 
 
 def test_embedding_with_padding():
-    t = Trials(lambda: nn.Sequential(nn.Embedding(500, 128, padding_idx=0), nn.Linear(128, 64)), __import__("gradlint").tokens((16, 32), vocab=500))
+    t = Trials(lambda: nn.Sequential(nn.Embedding(500, 128, padding_idx=0), nn.Linear(128, 64)),
+               __import__("gradlint").tokens((16, 32), vocab=500))
     t.check_node(t.node("embedding"), "q", decades(0.02))
     t.check_param("0.weight", decades(0.02))
 
@@ -137,7 +139,8 @@ def test_dropout_mul_cat():
 @pytest.mark.parametrize("pool", [lambda: nn.MaxPool2d(2), lambda: nn.AvgPool2d(2), lambda: nn.MaxPool2d(3, 3)],
                          ids=["max2", "avg2", "max3"])
 def test_pooling(pool):
-    t = Trials(lambda: nn.Sequential(nn.Conv2d(8, 32, 3, padding=1), pool(), nn.Conv2d(32, 16, 3, padding=1)), (16, 8, 12, 12))
+    t = Trials(lambda: nn.Sequential(nn.Conv2d(8, 32, 3, padding=1), pool(), nn.Conv2d(32, 16, 3, padding=1)),
+               (16, 8, 12, 12))
     kind = "max_pool" if isinstance(pool(), nn.MaxPool2d) else "avg_pool"
     t.check_node(t.node(kind), "q", decades(0.01))
     t.check_node(t.node("conv", 0), "s", decades(0.01))

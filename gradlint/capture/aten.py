@@ -423,7 +423,8 @@ def _batch_norm(c: Converter, fxn, b):
 @normalizer("dropout", "native_dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout")
 def _dropout(c: Converter, fxn, b):
     train = b.get("train", True)
-    c.add(fxn, "dropout", [b["input"]], attrs={"p": float(b.get("p") or 0.0), "train": bool(True if train is None else train)})
+    c.add(fxn, "dropout", [b["input"]],
+          attrs={"p": float(b.get("p") or 0.0), "train": bool(True if train is None else train)})
 
 
 def _binary(kind):
@@ -487,7 +488,8 @@ def _sdpa(c, fxn, b):
             "max_pool1d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d")
 def _maxpool(c, fxn, b):
     c.add(fxn, "max_pool", [b["self"]], attrs={"kernel_size": _ints(b.get("kernel_size") or b.get("output_size")),
-                                               "stride": _ints(b.get("stride")), "adaptive": "adaptive" in op_name(fxn.target)})
+                                               "stride": _ints(b.get("stride")),
+                                               "adaptive": "adaptive" in op_name(fxn.target)})
 
 
 @normalizer("avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",

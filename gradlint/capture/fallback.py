@@ -65,16 +65,20 @@ def module_node(name: str, path: str, mod: nn.Module, inputs: tuple, shape: Any 
     if isinstance(mod, nn.modules.instancenorm._InstanceNorm):
         return Node(kind="group_norm", params=prm, attrs={"groups": mod.num_features, "eps": mod.eps}, **base)
     if isinstance(mod, nn.LayerNorm):
-        return Node(kind="layer_norm", params=prm, attrs={"normalized_shape": list(mod.normalized_shape), "eps": mod.eps}, **base)
+        return Node(kind="layer_norm", params=prm,
+                    attrs={"normalized_shape": list(mod.normalized_shape), "eps": mod.eps}, **base)
     if isinstance(mod, nn.RMSNorm):
-        return Node(kind="rms_norm", params=prm, attrs={"normalized_shape": list(mod.normalized_shape), "eps": mod.eps}, **base)
+        return Node(kind="rms_norm", params=prm,
+                    attrs={"normalized_shape": list(mod.normalized_shape), "eps": mod.eps}, **base)
     if isinstance(mod, nn.GroupNorm):
         return Node(kind="group_norm", params=prm, attrs={"groups": mod.num_groups, "eps": mod.eps}, **base)
     if isinstance(mod, nn.Embedding):
         return Node(kind="embedding", params=prm, attrs={"padding_idx": mod.padding_idx}, **base)
     if isinstance(mod, nn.RNNBase):
-        mode = {"LSTM": "lstm", "GRU": "gru"}.get(mod.mode, "rnn_tanh" if getattr(mod, "nonlinearity", "tanh") == "tanh" else "rnn_relu")
-        return Node(kind="rnn", attrs={"mode": mode, "params": list(prm.values()), "batch_first": mod.batch_first}, **base)
+        mode = {"LSTM": "lstm", "GRU": "gru"}.get(
+            mod.mode, "rnn_tanh" if getattr(mod, "nonlinearity", "tanh") == "tanh" else "rnn_relu")
+        return Node(kind="rnn", attrs={"mode": mode, "params": list(prm.values()), "batch_first": mod.batch_first},
+                    **base)
     if isinstance(mod, nn.Dropout):
         return Node(kind="dropout", attrs={"p": mod.p, "train": True}, **base)
     if type(mod) in _ACT_MODULES:
@@ -130,7 +134,8 @@ def _chain_graph(model: nn.Module, order: list[tuple[str, nn.Module, Any, Any]],
         if node.kind == "rnn" or (isinstance(out_shape, tuple) and out_shape and isinstance(out_shape[0], tuple)):
             # Tuple-valued modules (RNNs' (output, h_n), attention's (output, weights)) feed
             # the next module their first element, as the forward most likely does.
-            first = out_shape[0] if isinstance(out_shape, tuple) and out_shape and isinstance(out_shape[0], tuple) else None
+            first = (out_shape[0] if isinstance(out_shape, tuple) and out_shape and isinstance(out_shape[0], tuple)
+                     else None)
             nodes.append(Node(name=f"{node.name}[0]", kind="getitem", op="getitem", inputs=(prev,),
                               attrs={"index": 0}, shape=first, module=path, module_type=node.module_type))
             prev = nodes[-1].name
@@ -151,7 +156,8 @@ def module_order_graph(model: nn.Module, inputs: ExampleInputs | None) -> Graph:
         handles = []
 
         def hook(mod, args, out):
-            order.append((names.get(id(mod), ""), model.get_submodule(names.get(id(mod), "")) if names.get(id(mod)) else model,
+            order.append((names.get(id(mod), ""),
+                          model.get_submodule(names.get(id(mod), "")) if names.get(id(mod)) else model,
                           _shape_of(args[0]) if args else None, _shape_of(out)))
 
         for n, m in mm.named_modules():
@@ -163,13 +169,14 @@ def module_order_graph(model: nn.Module, inputs: ExampleInputs | None) -> Graph:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 mm(*args, **kwargs)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the user's forward on meta: any failure means no shapes
             order = []
         finally:
             for h in handles:
                 h.remove()
     if not order:
-        order = [(n, m, None, None) for n, m in leaves if n and (list(m.parameters(recurse=False)) or type(m) in _ACT_MODULES)]
+        order = [(n, m, None, None) for n, m in leaves
+                 if n and (list(m.parameters(recurse=False)) or type(m) in _ACT_MODULES)]
     return _chain_graph(model, order, inputs, analysis)
 
 
@@ -208,14 +215,16 @@ def fx_graph(model: nn.Module) -> Graph:
             nodes.append(Node(name=n.name, kind="input", op="input"))
         elif n.op == "call_module":
             mod = model.get_submodule(n.target)
-            nodes.append(module_node(n.name, n.target, mod, tensors[:1] if not isinstance(mod, nn.MultiheadAttention) else tensors, None, src))
+            nodes.append(module_node(n.name, n.target, mod,
+                                     tensors[:1] if not isinstance(mod, nn.MultiheadAttention) else tensors, None, src))
         elif n.op == "call_function" or n.op == "call_method":
             kind, attrs = _FX_FUNCS.get(n.target, (None, None))
             if n.op == "call_method":
                 kind, attrs = {"relu": ("act", {"fn": "relu"}), "tanh": ("act", {"fn": "tanh"}),
                                "sigmoid": ("act", {"fn": "sigmoid"}), "view": ("identity", {"op": "view"}),
                                "reshape": ("identity", {"op": "reshape"}), "flatten": ("identity", {"op": "flatten"}),
-                               "detach": ("block", {"reason": "detach()"}), "mean": ("reduce", {"op": "mean", "dims": None}),
+                               "detach": ("block", {"reason": "detach()"}),
+                               "mean": ("reduce", {"op": "mean", "dims": None}),
                                "size": (None, None)}.get(n.target, ("unknown", {"target": n.target}))
                 if kind is None:
                     continue

@@ -69,7 +69,8 @@ class InitInfo:
         return math.sqrt(max(self.m2, 0.0))
 
     def scale(self, s):
-        self.base_mean *= s; self.base_m2 *= s * s
+        self.base_mean *= s
+        self.base_m2 *= s * s
         self.partial = {k: (f, m * s, m2 * s * s) for k, (f, m, m2) in self.partial.items()}
         self.kind += f"*{s:.4g}"
 
@@ -320,7 +321,8 @@ class InitRecorder(TorchFunctionMode):
 
     def for_model(self, model):
         out = {}
-        for n, p in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+        for n, p in (list(model.named_parameters(remove_duplicate=False))
+                     + list(model.named_buffers(remove_duplicate=False))):
             out[n] = self.lookup(p)
         return out
 
@@ -389,7 +391,7 @@ def recorded_init(model: torch.nn.Module) -> dict[str, tuple[float, float]]:
                     if callable(reset):
                         reset()
             infos = rec.for_model(work)
-    except Exception:  # the user's init code failed on meta: fall back to layer defaults
+    except Exception:  # noqa: BLE001 - the user's init code failed on meta: fall back to layer defaults
         return {}
     out = {}
     names = {n for n, _ in model.named_parameters(remove_duplicate=False)}

@@ -202,7 +202,8 @@ class ExampleInputs:
             return self
 
         def resize(value: Any) -> Any:
-            if isinstance(value, TensorSpec) and len(value.shape) > self.batch_dim and value.shape[self.batch_dim] == old:
+            if (isinstance(value, TensorSpec) and len(value.shape) > self.batch_dim
+                    and value.shape[self.batch_dim] == old):
                 shape = list(value.shape)
                 shape[self.batch_dim] = size
                 return replace(value, shape=tuple(shape))
@@ -284,7 +285,8 @@ def _from_declaration(inputs: Any, float_dtype: str) -> tuple[tuple[Any, ...], d
 
 
 def _call_site(fn: Any) -> tuple[str | None, int | None]:
-    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__call__", None), "__code__", None)
+    # Reads the code of a callable object's __call__; callable() would not give it.
+    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__call__", None), "__code__", None)  # noqa: B004
     return (code.co_filename, code.co_firstlineno) if code is not None else (None, None)
 
 
@@ -552,7 +554,8 @@ def _infer(model: nn.Module, batch: int, float_dtype: str) -> ExampleInputs:
         if not name:
             where = f"the model itself, a {guess.layer}"
         elif guessed:
-            where = f"{name} = {guess.layer}, the first layer in registration order (forward's source could not be read)"
+            where = (f"{name} = {guess.layer}, the first layer in registration order "
+                     "(forward's source could not be read)")
         else:
             where = f"{name} = {guess.layer}, the first layer forward calls"
         defaults = [f"batch size {batch}", *guess.defaults]

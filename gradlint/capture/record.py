@@ -160,7 +160,8 @@ class _Builder:
                 fqn = f"lifted_tensor_{self.n_constants}"
                 self.n_constants += 1
             with ctx:
-                node = self._placeholder(a, _placeholder_name("c_", fqn), fqn, self.sig.inputs_to_lifted_tensor_constants)
+                node = self._placeholder(a, _placeholder_name("c_", fqn), fqn,
+                                         self.sig.inputs_to_lifted_tensor_constants)
         return node
 
     def record(self, func: torch._ops.OpOverload, args: tuple, kwargs: dict, out: Any, grad: bool) -> None:
@@ -170,7 +171,8 @@ class _Builder:
             func = torch.ops.aten.lift_fresh_copy.default  # as proxy tracing writes a torch.tensor() literal
         fx_args = tree_map(self.arg, args)
         fx_kwargs = tree_map(self.arg, kwargs)
-        node = self.graph.create_node("call_function", func, fx_args, fx_kwargs, name=self.graph._target_to_str(func.overloadpacket.__name__))
+        node = self.graph.create_node("call_function", func, fx_args, fx_kwargs,
+                                      name=self.graph._target_to_str(func.overloadpacket.__name__))
         node.meta["val"] = out
         self._set_module_stack(node)
         node.meta["stack_trace"] = _user_frames()
@@ -233,10 +235,11 @@ class _Builder:
                     if "nn_module_stack" in marker.meta:
                         hop.meta["nn_module_stack"] = marker.meta["nn_module_stack"]
                     hop.meta["val"] = tuple(n.meta.get("val") for n in outputs)
-                    items = [self.graph.create_node("call_function", operator.getitem, (hop, i)) for i in range(len(outputs))]
+                    items = [self.graph.create_node("call_function", operator.getitem, (hop, i))
+                             for i in range(len(outputs))]
                 for n, item in zip(outputs, items):
                     item.meta = dict(n.meta)
-                    n.replace_all_uses_with(item, delete_user_cb=lambda user: user not in members)
+                    n.replace_all_uses_with(item, delete_user_cb=lambda user, members=members: user not in members)
             for n in reversed(piece):
                 self.graph.erase_node(n)
             if len(outputs) == 1:

@@ -127,7 +127,7 @@ def trace(model: nn.Module, inputs: ExampleInputs | None) -> tuple[Graph, list[s
     if inputs is not None and inputs.found:
         try:
             return export_graph(model, inputs), failures
-        except Exception as e:  # any failure of export means: try the next path
+        except Exception as e:  # noqa: BLE001 - any failure of export means: try the next path
             failures.append(f"torch.export failed: {type(e).__name__}: {_first_line(e)}")
         # A fallback graph of a forward that cannot run at all would be analyzed as if it could.
         if (error := forward_error(model, inputs)) is not None:
@@ -135,7 +135,7 @@ def trace(model: nn.Module, inputs: ExampleInputs | None) -> tuple[Graph, list[s
     else:
         try:
             return fx_graph(model), failures
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - symbolic tracing runs user code: try the next path
             failures.append(f"torch.fx.symbolic_trace failed: {type(e).__name__}: {_first_line(e)}")
     return module_order_graph(model, inputs), failures
 

@@ -179,7 +179,7 @@ def propagate(graph: Graph, stats: dict[str, ParamStats], model: nn.Module | Non
             s=g0.s if isinstance(g0, Bwd) else 0.0, blocked=bool(isinstance(f0, Fwd) and f0.blocked)))
     used = _used_params(graph)
     params: dict[str, float | None] = {}
-    for name, st in stats.items():
+    for name in stats:
         if name in ctx.grads:
             params[name] = ctx.grads[name]
         elif name in used:

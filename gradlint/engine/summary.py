@@ -131,7 +131,7 @@ def summarize(graph: Graph, q: dict[str, float], s: dict[str, float], numel: dic
         qdec = []
         ref = None
         armed = False
-        for i, n in enumerate(seq):
+        for n in seq:
             qn = q.get(n, 0.0)
             if ref is None or kinds.get(n) in NORM_KINDS or (armed and kinds.get(n) == "add"):
                 armed = ref is None or kinds.get(n) in NORM_KINDS
@@ -141,8 +141,8 @@ def summarize(graph: Graph, q: dict[str, float], s: dict[str, float], numel: dic
             qdec.append(0.5 * math.log10(qn / ref) if qn > 0 and ref else (-math.inf if ref else 0.0))
         for i, n in enumerate(seq):
             node = graph.by_name.get(n)
-            points.append(TrunkPoint(n, node.module if node else "", cum[i], qdec[i], causes.get(seq[i + 1]) if i < last else None,
-                                     steps[i]))
+            points.append(TrunkPoint(n, node.module if node else "", cum[i], qdec[i],
+                                     causes.get(seq[i + 1]) if i < last else None, steps[i]))
         i_min = min(range(len(seq)), key=lambda i: cum[i])
         i_max = max(range(len(seq)), key=lambda i: cum[i])
         att = max(0.0, -cum[i_min])

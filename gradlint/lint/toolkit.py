@@ -87,7 +87,8 @@ def dominant_cause(attribution: dict[str, float], vanishing: bool) -> str | None
 # around the same sigmoids measure healthy.
 FIXES_VANISHING = {
     SATURATION: ("replace the saturating activations by ReLU-family ones with He init, e.g. nn.ReLU() and\n"
-                 "nn.init.kaiming_normal_(m.weight, nonlinearity=\"relu\"); or keep them inside pre-norm residual blocks,\n"
+                 "nn.init.kaiming_normal_(m.weight, nonlinearity=\"relu\"); "
+                 "or keep them inside pre-norm residual blocks,\n"
                  "x = x + block(x)"),
     INIT: ("initialize for the activation that follows, e.g. for every nn.Linear/nn.Conv2d m:\n"
            "nn.init.kaiming_normal_(m.weight, nonlinearity=\"relu\"); nn.init.zeros_(m.bias)\n"
@@ -105,9 +106,11 @@ FIXES_EXPLODING = {
     NORMALIZATION: ("BatchNorm stacks amplify the gradient toward the input (Yang et al. 2019): add residual\n"
                     "connections around the BatchNorm blocks, or use nn.LayerNorm / nn.GroupNorm"),
     RESIDUAL: ("scale the residual branches: zero-init the last layer of each branch\n"
-               "(nn.init.zeros_(block.<last>.weight), SkipInit/Fixup), multiply each branch by 1/sqrt(num_blocks),\n"
+               "(nn.init.zeros_(block.<last>.weight), SkipInit/Fixup), "
+               "multiply each branch by 1/sqrt(num_blocks),\n"
                "or normalize the branch input (pre-norm)"),
-    SATURATION: "lower the init gain of the layers before the saturating activations (nn.init.xavier_uniform_(m.weight))",
+    SATURATION: ("lower the init gain of the layers before the saturating activations "
+                 "(nn.init.xavier_uniform_(m.weight))"),
     RECURRENCE: "scale the recurrent weights down (nn.init.orthogonal_(rnn.weight_hh_l0)) or clip gradients",
     ATTENTION: "scale attention scores by 1/sqrt(head_dim)",
 }

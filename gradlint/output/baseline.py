@@ -38,7 +38,8 @@ def build(reports: Iterable[Report], root: Path) -> dict[str, Any]:
             if fp in entries:
                 entries[fp]["count"] += 1
                 continue
-            entries[fp] = {"fingerprint": fp, "count": 1, "code": f.code, "path": root_relative_or_absolute(f.path, root) if f.path else None,
+            entries[fp] = {"fingerprint": fp, "count": 1, "code": f.code,
+                           "path": root_relative_or_absolute(f.path, root) if f.path else None,
                            "target": r.name, "module": f.module, "message": mask(f.message, root)}
     ordered = sorted(entries.values(), key=lambda e: (e["path"] or "", e["target"], e["code"], e["module"],
                                                       e["fingerprint"]))

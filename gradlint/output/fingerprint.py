@@ -52,8 +52,8 @@ def _names(evidence: dict[str, Any], root: Path) -> list[str]:
 
 def fingerprint(finding: Finding, target: str, root: Path) -> str:
     """The stable identity of ``finding`` of target ``target`` (its name, without a path)."""
-    parts = [f"v{BASELINE_VERSION}", (root_relative_or_absolute(finding.path, root) if finding.path else ""), target, finding.code,
-             finding.module, *_names(finding.evidence, root), mask(finding.message, root)]
+    parts = [f"v{BASELINE_VERSION}", (root_relative_or_absolute(finding.path, root) if finding.path else ""), target,
+             finding.code, finding.module, *_names(finding.evidence, root), mask(finding.message, root)]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 

@@ -238,8 +238,8 @@ def github_lines(reports: list[Report], root: Path) -> list[str]:
         for f in r.findings:
             msg = f.message + (f"\nfix: {f.fix}" if f.fix else "")
             out.append(_github_command(_GITHUB_LEVEL.get(f.severity, "warning"), msg,
-                                       file=root_relative_or_absolute(f.path, root) if f.path else None, line=f.line, col=f.column,
-                                       title=f"{f.code} {f.name}"))
+                                       file=root_relative_or_absolute(f.path, root) if f.path else None,
+                                       line=f.line, col=f.column, title=f"{f.code} {f.name}"))
     for r in reports:
         if r.status != "ok":
             # A load error already starts with the file it names; the target label would repeat it.

@@ -82,8 +82,8 @@ def format_summary(r: Report, color: bool = False, weakest: int = 3) -> str:
     for rec in r.recurrent if r.probe is None else ():  # a probe prints them beside the measurement
         if rec.lag_grad_rms and rec.lag_grad_rms[-1] > 0 and rec.lag_grad_rms[0] > 0:
             d = math.log10(rec.lag_grad_rms[0] / rec.lag_grad_rms[-1])
-            lines.append(f"  {rec.module or rec.node} ({rec.mode}, {rec.steps} steps): long-range gradient at step 0 is "
-                         f"10^{d:.1f} of the last step's")
+            lines.append(f"  {rec.module or rec.node} ({rec.mode}, {rec.steps} steps): "
+                         f"long-range gradient at step 0 is 10^{d:.1f} of the last step's")
     return "\n".join(lines)
 
 
@@ -94,8 +94,10 @@ def format_probe(r: Report, max_rows: int = 20) -> list[str]:
     batch = ("" if p.batch_size is None else f", batch {p.batch_size}"
              + ("" if p.requested_batch_size in (None, p.batch_size) else f" of {p.requested_batch_size} asked"))
     mem = "" if p.peak_memory_bytes is None else f", peak memory {p.peak_memory_bytes / 2**20:,.0f} MiB"
-    decided = "" if pred is None or pred.verdict == s.verdict else f" (predicted {pred.verdict}: the measurement decides)"
-    lines = [f"  probe ({p.device}, {p.seeds} seeds{batch}, {p.seconds:.2f} s{mem}): measured verdict {s.verdict}{decided}; "
+    decided = ("" if pred is None or pred.verdict == s.verdict
+               else f" (predicted {pred.verdict}: the measurement decides)")
+    lines = [f"  probe ({p.device}, {p.seeds} seeds{batch}, {p.seconds:.2f} s{mem}): "
+             f"measured verdict {s.verdict}{decided}; "
              f"|log10 predicted - measured| over weight matrices: median {p.median_decades:.2f}, worst "
              f"{p.worst_decades:.2f} decades" + (f" ({p.worst_param})" if p.worst_param else "")]
     lines += [f"  probe: {note}" for note in p.notes]

@@ -148,7 +148,8 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
         t = b.detach().to(device)
         # A copy even in the run dtype: train-mode BatchNorm updates its running stats in place.
         real[name] = t.to(dtype, copy=True) if dtype is not None and t.is_floating_point() else t.clone()
-    gm_names = {n for n, _ in gm.named_parameters(remove_duplicate=False)} | {n for n, _ in gm.named_buffers(remove_duplicate=False)}
+    gm_names = ({n for n, _ in gm.named_parameters(remove_duplicate=False)}
+                | {n for n, _ in gm.named_buffers(remove_duplicate=False)})
     state = {k: v for k, v in real.items() if k in gm_names}
     for k, v in list(real.items()):
         if k not in state and k in gm_names:
@@ -189,7 +190,7 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
             # float32 and raises in float64): the model's own code, not a gradlint failure.
             raise _run_failed("runs the exported graph on real tensors", dtype, e, _STATIC_HINT) from e
         finally:
-            for name, (mod, attr, val) in orig.items():
+            for mod, attr, val in orig.values():
                 if isinstance(val, nn.Parameter):
                     mod._parameters[attr] = val
                 else:

@@ -201,7 +201,8 @@ def probe(model: nn.Module, inputs: Any = None, *, device: str = "cpu", seeds: i
     g = result.graph
     findings = list(report.findings)
     if meas.nonfinite:
-        first = (meas.nonfinite_forward[0], "forward") if meas.nonfinite_forward else (meas.nonfinite_backward[0], "backward")
+        first = ((meas.nonfinite_forward[0], "forward") if meas.nonfinite_forward
+                 else (meas.nonfinite_backward[0], "backward"))
         measured = Summary(verdict="exploding", attenuation_decades=-math.inf, strongest=first[0],
                            threshold=report.summary.threshold)
         rules = [r for r in select_rules(check_kwargs.get("select"), check_kwargs.get("ignore"),

@@ -38,8 +38,8 @@ def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -
     """Check one file, as a stream of events.
 
     Yields ``("import",)`` before importing it, ``("target", index, label, path, line, count)``
-    before each target (``count`` targets in all), ``("report", Report)`` and ``("note", text)``. A worker relays them, so the
-    parent knows what was running if the process dies.
+    before each target (``count`` targets in all), ``("report", Report)`` and ``("note", text)``.
+    A worker relays them, so the parent knows what was running if the process dies.
 
     Args:
         skip: Targets to leave out, from the first: the ones a dead worker finished already.
@@ -103,7 +103,7 @@ def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -
         except SystemExit as e:  # in-process, it would end the whole run
             report = error_report(label, GradlintError(
                 f"the model called sys.exit({e.code!r}) while being checked", path=str(path), line=target.line))
-        except Exception as e:  # the user's forward or an op gradlint cannot run; GradlintError too
+        except Exception as e:  # noqa: BLE001 - the user's forward or an op gradlint cannot run; GradlintError too
             report = error_report(label, e, str(path), target.line)
         yield ("report", report)
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 from gradlint import load
 from gradlint.base.errors import GradlintError
@@ -40,7 +40,7 @@ def run_paths(paths: list[str], *, cli_shapes: list[tuple[int, ...]] | None = No
               ignore: Iterable[str] = (), threshold: float = 2.0, fail_on: str = "error",
               probe: bool = False, device: str = "cpu", seeds: int = 3, batch_size: int | None = None,
               config: Config | None = None,
-              progress: Callable[[list], ContextManager[Iterable]] | None = None,
+              progress: Callable[[list], contextlib.AbstractContextManager[Iterable]] | None = None,
               workers: int = 0, timeout: float | None = DEFAULT_TIMEOUT,
               cache_dir: str | os.PathLike[str] | None = None) -> tuple[list[Report], list[str]]:
     """Check every target under ``paths``.

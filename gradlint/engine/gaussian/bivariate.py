@@ -199,7 +199,7 @@ def _cross_deterministic(name: str, spec: Spec, p, mu: float, c: float) -> Cross
     f = spec.phi(t, p).item()
     if spec.kind == "segments":
         segs = spec.segments(p)
-        for i, (lo, hi, _, dt) in enumerate(segs[:-1]):
+        for i, (_lo, hi, _, dt) in enumerate(segs[:-1]):
             if hi == mu:
                 d_left = _eval_terms(dt, mu)
                 d_right = _eval_terms(segs[i + 1][3], mu)

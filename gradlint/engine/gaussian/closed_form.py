@@ -166,7 +166,7 @@ def segments_moments(name: str, p: tuple[float, ...], mu: float, v: float) -> Mo
         vals = []
         for group in (ft, ft2, dt, dt2):
             x = _poly_expect(group, moms, mu, s)
-            for coef, n, beta in group:
+            for coef, _n, beta in group:
                 if beta != 0.0:
                     x += coef * _exp_term(beta, hi, mu, s, v)
             vals.append(x)

@@ -388,7 +388,8 @@ def _cross_step(st, fwd: RecurrentForward, ps: _Pass, r_in: torch.Tensor | None)
             h_n[1:, :] = fwd.k_hn[:-1, :]
             x_z = k_prev - h_n - h_n.T + biv(2, "tanh")
             u_r = u_n * e_a * biv(0, "dsigmoid")
-            pairs = [(edd * u_r, edd * u_r), (edd * x_z * biv(1, "dsigmoid"),) * 2, (edd * u_n, edd * u_n * biv(0, "sigmoid"))]
+            pairs = [(edd * u_r, edd * u_r), (edd * x_z * biv(1, "dsigmoid"),) * 2,
+                     (edd * u_n, edd * u_n * biv(0, "sigmoid"))]
     sums = [[0.0] * nch for _ in range(4)]
     r_x = torch.zeros(T, T, dtype=F64)
     for j, (r, r_hh) in enumerate(pairs):

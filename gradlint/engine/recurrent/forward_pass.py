@@ -189,11 +189,13 @@ def _forward_lstm(st, qx, kx, q_h0, q_c0, tr: _Trace) -> torch.Tensor | None:
         mu_c_t = torch.zeros(T, dtype=F64)
     q_h_prev, q_c_prev, mu_c_prev = q_h0, q_c0, 0.0
     for b, qxt in enumerate(qx):
-        var = [st.input_size * st.var_ih[j] * qxt + st.out_size * st.var_hh[j] * q_h_prev + st.bias_var[j] for j in range(4)]
+        var = [st.input_size * st.var_ih[j] * qxt + st.out_size * st.var_hh[j] * q_h_prev + st.bias_var[j]
+               for j in range(4)]
         gi, gf, gg, go = (act_moments(names[j], st.bias_mean[j], var[j]) for j in range(4))
         if tr.dense:
             prev = _prev_col(tr, b, q_h0)
-            e_i, _, e_g, e_o = (tr.gate(j, b, names[j], st.bias_mean[j], _pre_col(st, j, kx, prev, b)) for j in range(4))
+            e_i, _, e_g, e_o = (tr.gate(j, b, names[j], st.bias_mean[j], _pre_col(st, j, kx, prev, b))
+                                for j in range(4))
             if b > 0:
                 decay[b, :b] = gf.mean * decay[b - 1, :b]
             decay[b, b] = 1.0

@@ -134,4 +134,4 @@ def module_layer_stats(module: nn.Module) -> tuple[tuple[RecurrentLayerStats, ..
         One tuple per layer with one (unidirectional) or two (bidirectional) entries.
     """
     dirs = (False, True) if module.bidirectional else (False,)
-    return tuple(tuple(layer_stats(module, l, r) for r in dirs) for l in range(module.num_layers))
+    return tuple(tuple(layer_stats(module, layer, r) for r in dirs) for layer in range(module.num_layers))

@@ -128,7 +128,8 @@ def predict_module(
     fwds: list[list[RecurrentForward]] = []
     for dirs in layers:
         row = [
-            forward(st, flip(q_in) if d else q_in, q_h0=q_h0, q_c0=q_c0, k_x=flip(k_in) if (d and k_in is not None) else k_in)
+            forward(st, flip(q_in) if d else q_in, q_h0=q_h0, q_c0=q_c0,
+                    k_x=flip(k_in) if (d and k_in is not None) else k_in)
             for d, st in enumerate(dirs)
         ]
         fwds.append(row)
@@ -142,21 +143,21 @@ def predict_module(
         res: list[list[RecurrentBackward]] = [[] for _ in range(L)]
         s_above = as_steps(s_out, T, "s_out")
         r_above: torch.Tensor | None = None  # the loss is independent across steps
-        for l in range(L - 1, -1, -1):
+        for layer in range(L - 1, -1, -1):
             s_below = [0.0] * T
             r_below: torch.Tensor | None = None
-            for d, st in enumerate(layers[l]):
+            for d, st in enumerate(layers[layer]):
                 bw = backward(
                     st,
-                    fwds[l][d],
+                    fwds[layer][d],
                     flip(s_above) if d else s_above,
                     batch_size,
-                    s_hn=hn[l * D + d],
-                    s_cn=cn[l * D + d],
+                    s_hn=hn[layer * D + d],
+                    s_cn=cn[layer * D + d],
                     reuse=reuse,
                     r_out=flip(r_above) if (d and r_above is not None) else r_above,
                 )
-                res[l].append(bw)
+                res[layer].append(bw)
                 s_below = [a + b for a, b in zip(s_below, flip(bw.s_x) if d else bw.s_x)]
                 if bw.r_x is not None:
                     r_x = flip(bw.r_x) if d else bw.r_x
@@ -170,9 +171,10 @@ def predict_module(
     bound, s_x_bound = run_backward(False)
     preds = tuple(
         tuple(
-            LayerPrediction(stats=layers[l][d], forward=fwds[l][d], estimate=est[l][d], bound=bound[l][d])
+            LayerPrediction(stats=layers[layer][d], forward=fwds[layer][d], estimate=est[layer][d],
+                            bound=bound[layer][d])
             for d in range(D)
         )
-        for l in range(L)
+        for layer in range(L)
     )
     return ModulePrediction(layers=preds, q_out=q_out, s_x=s_x, s_x_bound=s_x_bound)

@@ -91,7 +91,7 @@ class Elementwise(Transfer):
         (rsqrt, log of a value that is positive only by construction): then pass through."""
         try:
             m = gaussian.node_moments(node, x.mu, x.v)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the node's own function may raise anything on the grid
             m = None
         if m is None or not all(math.isfinite(v) for v in m):
             ctx.note_unknown(node)

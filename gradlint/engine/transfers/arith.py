@@ -42,7 +42,8 @@ class Add(Transfer):
             c = node.attrs.get("scalar")
             if node.attrs.get("scalar_first"):  # rsub / scalar - x
                 x = x.with_(mu=-x.mu)
-            c = float(c) * (alpha if not node.attrs.get("scalar_first") else 1.0) if isinstance(c, (int, float)) else 0.0
+            c = (float(c) * (alpha if not node.attrs.get("scalar_first") else 1.0) if isinstance(c, (int, float))
+                 else 0.0)
             return x.with_(q=x.q + 2 * c * x.mu + c * c, mu=x.mu + c, k=x.k + 2 * c * x.mu + c * c,
                            kt=x.kt + 2 * c * x.mu + c * c, shape=shape, roles=roles_like(shape, x))
         a, b = tensors[0], tensors[1]

@@ -152,7 +152,8 @@ class Embedding(Transfer):
         vocab = w.shape[0] if w else (ids.vocab or 1)
         # Constant ids (position ids, token-type ids) index the same rows in every sample; a
         # single distinct id (all zeros) means every position reads one row.
-        same_row = bool(ids.const and (ids.vocab == 1 or (ids.vocab is None and ids.origin and "token_type" in ids.origin)))
+        same_row = bool(ids.const and (ids.vocab == 1
+                                       or (ids.vocab is None and ids.origin and "token_type" in ids.origin)))
         if ids.const and not same_row:
             k, kt = q, 0.0  # position ids: each position its own row, the same in every sample
         elif same_row:

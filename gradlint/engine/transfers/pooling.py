@@ -55,8 +55,8 @@ class Reduce(Transfer):
             e1, e2 = gaussian.max_normal_moments(max(n, 1))
             v = x.v
             sign = -1.0 if op in ("min", "amin") else 1.0
-            return x.with_(q=x.mu * x.mu + 2 * sign * x.mu * math.sqrt(v) * e1 + v * e2, mu=x.mu + sign * math.sqrt(v) * e1,
-                           shape=shape, roles=roles, origin=node.name)
+            return x.with_(q=x.mu * x.mu + 2 * sign * x.mu * math.sqrt(v) * e1 + v * e2,
+                           mu=x.mu + sign * math.sqrt(v) * e1, shape=shape, roles=roles, origin=node.name)
         if op not in ("mean", "sum"):
             ctx.note_unknown(node)
             return x.with_(shape=shape, roles=roles)

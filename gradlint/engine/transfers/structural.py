@@ -119,7 +119,8 @@ class Identity(Transfer):
             roles = default_roles(shape)
         dtype = node.dtype if node.dtype in ("float", "int", "bool") else x.dtype
         # A cast from float to an integer or bool type is a gradient blockage (.long(), .to(int)).
-        return x.with_(shape=shape, roles=roles, dtype=dtype, blocked=x.blocked or (x.dtype == "float" and dtype != "float"))
+        return x.with_(shape=shape, roles=roles, dtype=dtype,
+                       blocked=x.blocked or (x.dtype == "float" and dtype != "float"))
 
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
         x = ins[0]
@@ -192,10 +193,11 @@ class Expand(Transfer):
     def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
         x = ins[0]
         shape = out_shape(node, x)
-        roles = roles_like(shape, x) if len(shape) != len(x.shape) else (x.roles if len(x.roles) == len(shape) else default_roles(shape))
+        roles = (roles_like(shape, x) if len(shape) != len(x.shape)
+                 else x.roles if len(x.roles) == len(shape) else default_roles(shape))
         f = x.with_(shape=shape, roles=roles)
         if len(shape) == len(x.shape):
-            for i, (d_in, d_out, r) in enumerate(zip(x.shape, shape, roles)):
+            for i, (d_in, d_out, _r) in enumerate(zip(x.shape, shape, roles)):
                 if d_in == 1 and d_out > 1:
                     kind = _copy_kind(roles, i)
                     if kind == POS:
@@ -277,7 +279,8 @@ class GradRegion(Transfer):
     def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
         x = first_operand(ins, node)
         blocked = not node.attrs.get("enabled", True)
-        shapes = node.shape if isinstance(node.shape, tuple) and node.shape and isinstance(node.shape[0], tuple) else None
+        shapes = (node.shape if isinstance(node.shape, tuple) and node.shape and isinstance(node.shape[0], tuple)
+                  else None)
         if shapes:
             return tuple(x.with_(shape=s, roles=default_roles(s), blocked=blocked or x.blocked) for s in shapes)
         return x.with_(blocked=blocked or x.blocked)

@@ -61,7 +61,8 @@ def to_toml(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, Tokens):
-        fields = {"shape": value.shape, "vocab": value.vocab, **({"dtype": value.dtype} if value.dtype != "long" else {})}
+        fields = {"shape": value.shape, "vocab": value.vocab,
+                  **({"dtype": value.dtype} if value.dtype != "long" else {})}
         return to_toml(fields)
     if isinstance(value, Mapping):
         if not value:
