@@ -21,7 +21,6 @@ Run: ``python benchmarks/realworld.py [--seeds 2] [--only NAME ...] [--json FILE
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -29,10 +28,12 @@ import platform
 import statistics
 import sys
 import time
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+import tomllib
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -138,7 +139,7 @@ class HandRNN(nn.Module):
 def _extra() -> list[Model]:
     import transformers as T
 
-    toks = lambda v, b=2, t=32: (lambda: (torch.randint(0, v, (b, t)),))  # noqa: E731
+    toks = lambda v, b=2, t=32: (lambda: (torch.randint(0, v, (b, t)),))
     return [
         _hf("hf-whisper", lambda: T.WhisperConfig(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2,
                                                    encoder_attention_heads=4, decoder_attention_heads=4,
@@ -163,17 +164,22 @@ def _outputs(value: Any) -> list[torch.Tensor]:
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad]
 
 
-def measure(model: nn.Module, inputs: Callable[[], tuple], seeds: int) -> tuple[dict[str, float], str]:
+def measure(rebuild: Callable[[], nn.Module], inputs: Callable[[], tuple], seeds: int) -> tuple[dict[str, float], str]:
     """Per parameter, the geometric mean over seeds of the gradient RMS of a real backward pass
-    of the model itself (float64 when the model runs in it), and the dtype used."""
+    of the model itself (float64 when the model runs in it), and the dtype used. The model is
+    built again with the same seed rather than copied: some modules (legacy weight_norm) refuse
+    deepcopy."""
     for dtype in (torch.float64, torch.float32):
-        real = copy.deepcopy(model).to(dtype).train()
+        real = rebuild().to(dtype).train()
         logs: dict[str, list[float]] = {n: [] for n, p in real.named_parameters() if p.requires_grad}
         try:
             for seed in range(seeds):
                 torch.manual_seed(1000 + seed)
                 drawn = inputs()
-                cast = lambda a: a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a  # noqa: E731
+
+                def cast(a: Any, dtype: torch.dtype = dtype) -> Any:
+                    return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
                 real.zero_grad(set_to_none=True)
                 if isinstance(drawn, dict):
                     ys = _outputs(real(**{k: cast(v) for k, v in drawn.items()}))
@@ -195,20 +201,24 @@ def measure(model: nn.Module, inputs: Callable[[], tuple], seeds: int) -> tuple[
     raise AssertionError("unreachable")
 
 
+def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    return build()
+
+
 def run(models: list[Model], seeds: int) -> list[dict]:
     rows = []
     for m in models:
         row: dict[str, Any] = {"model": m.name, "family": m.family}
         try:
-            torch.manual_seed(0)
-            model = m.build()
+            model = _seeded(m.build)
             example = m.inputs()
             t = time.perf_counter()
             report, result = predict(model, example)
             row["check_s"] = time.perf_counter() - t
             row["analysis"] = report.analysis
             t = time.perf_counter()
-            truth, row["dtype"] = measure(model, m.inputs, seeds)
+            truth, row["dtype"] = measure(lambda build=m.build: _seeded(build), m.inputs, seeds)
             row["measure_s"] = time.perf_counter() - t
         except Exception as e:  # noqa: BLE001 - a model that cannot be checked or measured is a row that says why
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"

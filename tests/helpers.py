@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
 from gradlint.api import as_example_inputs, predict
 from gradlint.probing.measure import measure
-
 
 # Two-sided 99.9% quantiles of Student's t by degrees of freedom.
 T999 = {1: 636.6, 2: 31.60, 3: 12.92, 4: 8.610, 5: 6.869, 6: 5.959, 7: 5.408, 8: 5.041, 9: 4.781, 10: 4.587,
@@ -70,7 +69,7 @@ class Trials:
 
     def check_node(self, name: str, what: str, floor: float):
         diffs, preds = [], []
-        for (report, meas), result in zip(self.pairs, self.results):
+        for (_, meas), result in zip(self.pairs, self.results):
             n = next(x for x in result.propagation.nodes if x.name == name)
             p = log_rms(n.q if what == "q" else n.s)
             m = log_rms((meas.node_q if what == "q" else meas.node_s)[name])

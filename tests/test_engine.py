@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from helpers import Trials, decades
 
 import gradlint
-from helpers import Trials, decades
 
 
 def _node(trials, kind, i=0):

@@ -26,10 +26,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import ACTS, FUZZ_EXAMPLES, FUZZ_SETTINGS, SCALES, build, specs
 
 import gradlint
 from gradlint.base.errors import GradlintError
-from strategies import ACTS, FUZZ_EXAMPLES, FUZZ_SETTINGS, SCALES, build, specs
 
 PROBE_EXAMPLES = int(os.environ.get("GRADLINT_FUZZ_PROBE_EXAMPLES", "15"))
 

@@ -28,15 +28,15 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn as nn
+from helpers import T999
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from gradlint.api import as_example_inputs, predict
-from gradlint.probing.measure import measure
-from gradlint.engine.result import cause_of
 from gradlint.base.report import DEFAULT_THRESHOLD
+from gradlint.engine.result import cause_of
 from gradlint.engine.summary import summarize
-from helpers import T999
+from gradlint.probing.measure import measure
 
 ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
 # Six seeds per model: the two-sided 99.9% Student-t quantile at 5 degrees of freedom is 6.87,

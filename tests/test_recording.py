@@ -18,14 +18,14 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import benchmark_corpus
 from hypothesis import given, settings
+from strategies import FUZZ_EXAMPLES, FUZZ_SETTINGS, build, specs
 
 import gradlint
 from gradlint.capture import trace as tracing
 from gradlint.capture.inputs import ExampleInputs, TensorSpec
 from gradlint.capture.record import Unsupported
-from helpers import benchmark_corpus
-from strategies import FUZZ_EXAMPLES, FUZZ_SETTINGS, build, specs
 
 ROOT = Path(__file__).resolve().parent.parent
 
