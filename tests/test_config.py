@@ -232,6 +232,7 @@ def test_jobs_and_timeout_come_from_the_command_line_then_the_file_then_the_defa
     assert (cfg.jobs, cfg.origin("jobs"), cfg.origin("timeout")) == (4, config.COMMAND_LINE, "pyproject.toml:5")
 
 
+@pytest.mark.slow
 def test_a_timeout_from_the_file_kills_a_target_that_hangs(project):
     project("pyproject.toml", pyproject("timeout = 2\n"))
     project("hangs.py", """\

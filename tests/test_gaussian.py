@@ -573,6 +573,7 @@ def test_gate_moments_extreme(v, mu):
     assert all(math.isfinite(t) and t >= -1e-15 for t in values)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(k=st.integers(min_value=2, max_value=4096), v=st.floats(min_value=1e-6, max_value=400.0), causal=st.booleans())
 def test_softmax_moments_finite_and_bounded(k, v, causal):

@@ -212,6 +212,7 @@ def test_readme_configs_are_valid_and_name_the_hooks_the_repository_has(tmp_path
             assert {h["id"] for h in repo["hooks"]} <= set(hooks)
 
 
+@pytest.mark.slow
 def test_readme_local_system_hook_uses_the_projects_own_environment(tmp_path):
     # language: system runs `gradlint` from PATH: here the environment running these tests.
     env = clean_env(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),

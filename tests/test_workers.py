@@ -70,6 +70,7 @@ def check(project: Path, *args: str):
         os.chdir(old)
 
 
+@pytest.mark.slow
 def test_exit_segfault_and_sys_exit_are_reported_and_the_run_goes_on(project):
     r = check(project, "a_healthy.py", "b_exits.py", "c_segfault.py", "d_sys_exit.py", "e_crash_in_forward.py",
               "f_healthy.py")
@@ -91,6 +92,7 @@ def test_exit_segfault_and_sys_exit_are_reported_and_the_run_goes_on(project):
     assert order == sorted(order)
 
 
+@pytest.mark.slow
 def test_a_forward_that_never_returns_times_out(project):
     check(project, "a_healthy.py")  # a warm worker: the healthy file is checked quickly by it
     r = check(project, "a_healthy.py", "sleeper.py", "--timeout", "2")
@@ -102,6 +104,7 @@ def test_a_forward_that_never_returns_times_out(project):
     assert "a_healthy.py::Healthy: healthy" in r.output and "sleeper.py::After: healthy" in r.output
 
 
+@pytest.mark.slow
 def test_jobs_2_prints_what_jobs_1_prints(project):
     files = ["a_healthy.py", "b_exits.py", "e_crash_in_forward.py", "f_healthy.py", "d_sys_exit.py"]
     one = check(project, *files, "--jobs", "1", "--format", "json")
