@@ -121,7 +121,7 @@ def format_probe(r: Report, max_rows: int = 20) -> list[str]:
                          "--format json lists all)")
     measured = dict(p.lag_grad_rms)
     for rec in r.recurrent:
-        lag = measured.get(rec.module)
+        lag = measured.get(rec.lag_key)
         if not lag or not rec.lag_grad_rms or lag[-1] <= 0 or rec.lag_grad_rms[-1] <= 0:
             continue
         steps = sorted({round(i * (len(lag) - 1) / 4) for i in range(5)})
