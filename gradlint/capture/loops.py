@@ -96,25 +96,26 @@ def _labels(g: Graph) -> dict[str, tuple]:
     return out
 
 
-def _signature(g: Graph, labels: dict[str, tuple], name: str | None, depth: int) -> Any:
-    """A node's label with its operands' signatures to ``depth``: ops of one label that play
-    different parts in a step (the two gates' products of a GRU) differ in what they read. A
-    constant operand (the zero initial state the first step reads instead of the previous
-    state) is a wildcard, ``None``."""
+def _signature(g: Graph, ids: dict[str, int], name: str | None, depth: int) -> Any:
+    """A node's label (as an id) with its operands' signatures to ``depth``: ops of one label
+    that play different parts in a step (the two gates' products of a GRU) differ in what they
+    read. A constant operand (the zero initial state the first step reads instead of the
+    previous state) is a wildcard, ``None``."""
     n = g.by_name.get(name) if name else None
     if n is None or n.kind == "const":
         return None
     if n.kind in ("input", "param"):
         return (n.kind, n.attrs.get("param"))
     if depth == 0:
-        return labels[n.name]
-    return (labels[n.name], tuple(_signature(g, labels, i, depth - 1) for i in n.inputs))
+        return ids[n.name]
+    return (ids[n.name], tuple(_signature(g, ids, i, depth - 1) for i in n.inputs))
 
 
 def _compatible(a: Any, b: Any) -> bool:
-    if a is None or b is None:
+    if a is None or b is None or a is b:
         return True
-    if len(a) != 2 or not isinstance(a[1], tuple) or len(b) != 2 or not isinstance(b[1], tuple):
+    if type(a) is not tuple or type(b) is not tuple or len(a) != 2 or type(a[1]) is not tuple \
+            or type(b[1]) is not tuple:
         return a == b
     return a[0] == b[0] and len(a[1]) == len(b[1]) and all(_compatible(x, y) for x, y in zip(a[1], b[1]))
 
@@ -122,21 +123,27 @@ def _compatible(a: Any, b: Any) -> bool:
 def _previous(g: Graph, labels: dict[str, tuple]) -> dict[str, str]:
     """Per node, the nearest ancestor with the same label and a compatible signature: its copy
     one step back."""
-    count: dict[tuple, int] = {}
-    for lab in labels.values():
-        count[lab] = count.get(lab, 0) + 1
+    interned: dict[tuple, int] = {}
+    ids = {name: interned.setdefault(lab, len(interned)) for name, lab in labels.items()}
+    count: dict[int, int] = {}
+    for i in ids.values():
+        count[i] = count.get(i, 0) + 1
     prev = {}
     sigs: dict[str, Any] = {}
 
     def sig(name: str) -> Any:
         if name not in sigs:
-            sigs[name] = _signature(g, labels, name, _SIG_DEPTH)
+            sigs[name] = _signature(g, ids, name, _SIG_DEPTH)
         return sigs[name]
 
     for n in g.nodes:
-        lab = labels.get(n.name)
+        lab = ids.get(n.name)
         if lab is None or count[lab] < MIN_STEPS:
             continue
+        # The path back to the previous step's copy runs through the loop's own ops, each
+        # repeated once per step: ops repeated less often (the model's other layers, the
+        # sequence's precomputation) need no visit.
+        floor = max(MIN_STEPS, count[lab] // 4)
         seen = {n.name}
         frontier = [i for i in n.inputs if i is not None]
         visited = 0
@@ -148,11 +155,11 @@ def _previous(g: Graph, labels: dict[str, tuple]) -> dict[str, str]:
                     continue
                 seen.add(i)
                 visited += 1
-                if labels.get(i) == lab and _compatible(sig(i), sig(n.name)):
+                if ids.get(i) == lab and _compatible(sig(i), sig(n.name)):
                     found = i
                     break
                 m = g.by_name.get(i)
-                if m is not None:
+                if m is not None and count.get(ids.get(i, -1), 0) >= floor:
                     nxt.extend(x for x in m.inputs if x is not None)
             frontier = nxt
         if found is not None:
@@ -180,7 +187,9 @@ def _chains(g: Graph, prev: dict[str, str]) -> list[list[str]]:
 
 
 def _groups(g: Graph, chains: list[list[str]]) -> list[list[list[str]]]:
-    """Chains that feed each other directly belong to one loop."""
+    """Chains that feed each other step by step belong to one loop: element i of one feeds
+    element i (or i + 1) of the other, nearly all along. A chain across a model's layers
+    touches a loop's chain once, and stays out of it."""
     parent = list(range(len(chains)))
 
     def find(i: int) -> int:
@@ -189,13 +198,18 @@ def _groups(g: Graph, chains: list[list[str]]) -> list[list[list[str]]]:
             i = parent[i]
         return i
 
-    owner = {n: i for i, c in enumerate(chains) for n in c}
-    for i, c in enumerate(chains):
-        for n in c:
+    owner = {n: (i, k) for i, c in enumerate(chains) for k, n in enumerate(c)}
+    links: dict[tuple[int, int], list[int]] = {}
+    for j, c in enumerate(chains):
+        for k, n in enumerate(c):
             for x in g.by_name[n].inputs:
-                j = owner.get(x)
-                if j is not None and find(j) != find(i):
-                    parent[find(j)] = find(i)
+                if x in owner and owner[x][0] != j:
+                    i, kx = owner[x]
+                    links.setdefault((i, j), []).append(k - kx)
+    for (i, j), offsets in links.items():
+        short = min(len(chains[i]), len(chains[j]))
+        if len(offsets) >= short - 1 and max(offsets) - min(offsets) <= 1 and find(i) != find(j):
+            parent[find(j)] = find(i)
     out: dict[int, list[list[str]]] = {}
     for i, c in enumerate(chains):
         out.setdefault(find(i), []).append(c)
@@ -558,14 +572,16 @@ def _monomial(g: Graph, root: str, factors: set[str], z_side: set[str]) -> bool:
     return False
 
 
-def _free_of(g: Graph, root: str, leaves: set[str]) -> set[str]:
-    """Nodes of ``root``'s construction that read none of ``leaves``."""
+def _free_of(g: Graph, root: str, leaves: set[str], boundary: set[str]) -> set[str]:
+    """Nodes of ``root``'s construction that read none of ``leaves``. The construction ends at
+    its ``boundary`` (its input-dependent values): Mamba's Δ = softplus(dt_proj(x)) is one
+    value of b = Δ·B·x, though dt_proj reads x further up."""
     memo: dict[str, bool] = {}
 
     def reads(name: str) -> bool:
         if name not in memo:
             n = g.by_name[name]
-            memo[name] = name in leaves or (n.kind not in ("param", "const")
+            memo[name] = name in leaves or (n.kind not in ("param", "const") and name not in boundary
                                             and any(reads(i) for i in n.inputs if i is not None))
         return memo[name]
 
@@ -588,7 +604,7 @@ def _constructions(g: Graph, a: list[str], b: list[str]) -> dict[str, Any]:
         return {}
     z = la[0] if la else None
     others = [x for x in lb if x != z]
-    z_side = _free_of(g, b_root, set(others))
+    z_side = _free_of(g, b_root, set(others), set(lb))
     if not _monomial(g, b_root, set(others), z_side):
         return {}
     return {"a_root": a_root, "b_root": b_root, "z": z, "others": others,
