@@ -173,3 +173,13 @@ def test_probe_measures_a_loops_long_range_gradient():
     meas = measured_decay(model)
     got = [math.log10(v / lag[-1]) for v in lag]
     assert abs(got[0] - meas[0]) < 0.5, (got[0], meas[0])
+
+
+def test_gl601_names_the_loop():
+    """GL601 judges a loop's decay as nn.RNN's, and names what it judged: a loop, not nn.RNN."""
+    torch.manual_seed(0)
+    report = gradlint.check(CellLoop("rnn"), (torch.randn(BATCH, T, INP),), select=["GL601"])
+    (f,) = report.findings
+    assert f.code == "GL601" and f.module == "cell"
+    assert "Python loop" in f.message and "nn.RNN (tanh)" not in f.message
+    assert f.evidence["lstm_forget1_decades"] < f.evidence["decades"]  # the cell's sizes were found
