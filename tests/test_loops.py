@@ -19,6 +19,7 @@ from torch import nn
 
 import gradlint
 from gradlint.api import predict
+from gradlint.output.text import format_summary
 
 DECAY = 1.0  # decades (issue 14: every recurrence's decay within 1 decade of the measured one)
 T, BATCH, INP, HID = 16, 16, 8, 32
@@ -183,3 +184,4 @@ def test_gl601_names_the_loop():
     assert f.code == "GL601" and f.module == "cell"
     assert "Python loop" in f.message and "nn.RNN (tanh)" not in f.message
     assert f.evidence["lstm_forget1_decades"] < f.evidence["decades"]  # the cell's sizes were found
+    assert f"cell (rnn_tanh, a Python loop, {T} steps): long-range gradient" in format_summary(report)
