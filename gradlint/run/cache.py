@@ -62,6 +62,7 @@ from typing import Any
 from gradlint import load
 from gradlint._version import __version__
 from gradlint.base.report import Report
+from gradlint.load.files import read_source
 from gradlint.run import wire
 
 __all__ = ["Cache", "FORMAT", "MAX_AGE", "MAX_BYTES", "PRUNE_EVERY", "default_dir", "local_imports", "prune"]
@@ -171,7 +172,7 @@ class Cache:
 
     def key(self, path: Any, name: str | None) -> str | None:
         """The key of checking ``path`` (``::name``), or None when the file cannot be read."""
-        file = Path(path).resolve()
+        file = Path(os.path.realpath(path))  # never raises, not even on a symlink loop
         own = self._read(file)
         if own is None:
             return None
@@ -186,7 +187,7 @@ class Cache:
         """The file's digest and imports (level, module, names), read once per run."""
         if file not in self._files:
             try:
-                data = file.read_bytes()
+                data = read_source(file)  # never blocks: a FIFO is refused, not waited on
             except OSError:
                 self._files[file] = None
                 return None
