@@ -23,6 +23,11 @@ _CONFIG_OPTIONS = ("select", "ignore", "fail_on", "threshold", "input_shapes", "
                    "jobs", "timeout", "force_exclude")
 
 
+def _split_commas(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """``--select GL1,GL2 --select GL4`` as ruff takes it: repeated, comma-separated, or both."""
+    return tuple(part.strip() for item in value for part in item.split(",") if part.strip())
+
+
 def _parse_shape(text: str) -> tuple[int, ...]:
     parts = text.replace("x", ",").replace(" ", "").strip("()[]").split(",")
     try:
@@ -54,8 +59,10 @@ def main() -> None:
               help="Fail only on findings not in FILE; when FILE does not exist, record the current "
                    "findings into it and exit 0.")
 @click.option("--update-baseline", is_flag=True, help="Rewrite the --baseline FILE from this run's findings.")
-@click.option("--select", multiple=True, help="Run only these rules (code, prefix or name).")
-@click.option("--ignore", multiple=True, help="Skip these rules (code, prefix or name).")
+@click.option("--select", multiple=True, callback=_split_commas, metavar="RULES",
+              help="Run only these rules: codes, code prefixes or names, comma-separated or repeated.")
+@click.option("--ignore", multiple=True, callback=_split_commas, metavar="RULES",
+              help="Skip these rules: codes, code prefixes or names, comma-separated or repeated.")
 @click.option("--threshold", type=float, default=None,
               help="Decades of attenuation or growth beyond which the verdict is vanishing/exploding (default: 2.0).")
 @click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default=None,
@@ -81,6 +88,17 @@ def main() -> None:
 @click.option("--timeout", type=click.FloatRange(0), default=None, metavar="SECONDS",
               help="Seconds one target (or one file's import) may run before its worker process is killed and "
                    "the target reported; 0: no limit (default: 300).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="Print the findings (and targets that could not be analyzed) only: no summaries, notes or "
+                   "closing line.")
+@click.option("--statistics", is_flag=True, help="Print the number of findings per rule instead of the findings.")
+@click.option("--exit-zero", is_flag=True,
+              help="Exit 0 even when findings reach --fail-on (a target that could not be analyzed still exits 2).")
+@click.option("--color", "color_choice", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True, help="Colors in text output; auto: on a terminal, as NO_COLOR and FORCE_COLOR say.")
+@click.option("--allow-no-targets", is_flag=True,
+              help="Exit 0, not 5, when the run finds no target to analyze (e.g. a commit that stages only "
+                   "helper modules).")
 @click.option("--no-cache", is_flag=True, help="Check every file afresh, without reading or writing the cache.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Where the cache lives (default: $GRADLINT_CACHE_DIR, else the user cache directory, "
@@ -90,7 +108,9 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
           output: str | None = None, baseline: str | None = None, update_baseline: bool = False,
           batch_size: int | None = None, plot_to: str | None = None, config_file: str | None = None,
           force_exclude: bool | None = None, show_profile: bool = False, jobs: int | None = None,
-          timeout: float | None = None, no_cache: bool = False, cache_dir: str | None = None) -> None:
+          timeout: float | None = None, no_cache: bool = False, cache_dir: str | None = None,
+          quiet: bool = False, statistics: bool = False, exit_zero: bool = False, color_choice: str = "auto",
+          allow_no_targets: bool = False) -> None:
     """Analyze the models in PATHS (files, directories, or file.py::Name).
 
     Options not given come from [tool.gradlint] in the nearest pyproject.toml, then the
@@ -98,6 +118,8 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
     """
     if update_baseline and not baseline:
         raise click.UsageError("--update-baseline needs --baseline FILE")
+    if statistics and fmt != "text":
+        raise click.UsageError("--statistics prints text; leave out --format, or use --format json's summary")
     if select or ignore or _names_rules(config_file):
         from gradlint.lint.rule import catalog_imports_rules
 
@@ -151,12 +173,22 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
             sys.exit(ExitCode.COULD_NOT_ANALYZE)
         notes = [*notes, *more]
     from gradlint.output.formats import render, use_color
+    from gradlint.output.tally import Tally
 
-    color = use_color(fmt, to_file=output is not None, isatty=sys.stdout.isatty())
-    text = render(fmt, reports, notes, color=color, profile=show_profile)
-    if fmt != "json":  # the JSON document carries the notes itself, so stdout stays one document
+    tally = Tally.of(reports, notes)
+    color = use_color(fmt, to_file=output is not None, isatty=sys.stdout.isatty(), choice=color_choice)
+    if statistics:
+        from gradlint.output.tally import statistics as rule_counts
+        text = "\n".join([*rule_counts(reports), *(format_error_lines(reports, color))])
+    else:
+        text = render(fmt, reports, notes, color=color, profile=show_profile, quiet=quiet)
+    if fmt == "text" and not quiet:
+        text = (text + "\n\n" if text else "") + tally.closing_line()
+    if fmt != "json" and not quiet:  # the JSON document carries the notes itself, so stdout stays one document
         for note in notes:
             click.echo(note, err=True)
+    if fmt in ("sarif", "github") and not quiet:
+        click.echo(tally.closing_line(), err=True)
     if output is not None:
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -167,11 +199,22 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
         sys.exit(ExitCode.INTERRUPTED)
     if plot_failed or any(r.status != "ok" for r in reports):
         sys.exit(ExitCode.COULD_NOT_ANALYZE)
-    if recorded:
+    nothing = tally.nothing_analyzed()
+    if nothing is not None and not allow_no_targets:
+        click.echo(nothing, err=True)
+        sys.exit(ExitCode.NO_TARGETS)
+    if recorded or exit_zero:
         sys.exit(ExitCode.CLEAN)
     if any(not r.ok for r in reports):
         sys.exit(ExitCode.FINDINGS)
     sys.exit(ExitCode.CLEAN)
+
+
+def format_error_lines(reports: list[Any], color: bool) -> list[str]:
+    """The targets that could not be analyzed, as the text report shows them."""
+    from gradlint.output.text import format_error
+
+    return [format_error(r, color) for r in reports if r.status != "ok"]
 
 
 def _names_rules(config_file: str | None) -> bool:
@@ -246,7 +289,8 @@ def explain(rule: str) -> None:
     """Print one rule's documentation (by code or name)."""
     from gradlint.lint.rule import load_builtin
 
-    for code, cls in load_builtin().items():
+    rules = load_builtin()
+    for code, cls in rules.items():
         if rule.upper() == code or rule == cls.name:
             click.echo(f"{code} {cls.name} ({cls.severity.value}, {cls.category})\n")
             import inspect
@@ -254,7 +298,14 @@ def explain(rule: str) -> None:
             if cls.options:
                 click.echo("\n## Options\n" + "\n".join(f"- {k} = {v!r}" for k, v in cls.options.items()))
             return
-    raise click.ClickException(f"no rule {rule!r}; see `gradlint rules`")
+    import difflib
+
+    # Names get a suggestion; a code that does not exist is no typo of a neighbouring code.
+    close = [] if rule[:2].upper() == "GL" else difflib.get_close_matches(rule, [c.name for c in rules.values()], n=3)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    # A usage error, like an unknown option: exit 2, as for any other bad command line.
+    click.echo(f"gradlint: no rule {rule!r}\n  hint: {hint}`gradlint rules` lists them", err=True)
+    sys.exit(ExitCode.COULD_NOT_ANALYZE)
 
 
 @main.command("test-rules")

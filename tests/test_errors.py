@@ -188,7 +188,7 @@ CASES: list[Case] = [
          ("models/net.py:3: could not analyze models/net.py: ImportError while importing the file: attempted "
           "relative import with no known parent package",
           "hint: net.py uses a relative import, but models/ has no __init__.py: add an empty __init__.py")),
-    Case("no-targets", "a file that defines no model: a note, not an error",
+    Case("no-targets", "a file that defines no model: a note, and a run that analyzed nothing exits 5",
          {"utils.py": src("""
              import torch
 
@@ -196,16 +196,20 @@ CASES: list[Case] = [
              def scale(x: torch.Tensor) -> torch.Tensor:
                  return 2 * x
          """)},
-         ("utils.py",), 0,
+         ("utils.py",), 5,
          ("utils.py: no targets: no nn.Module subclass or instance is defined here, and nothing is marked "
-          "@gradlint.target",)),
+          "@gradlint.target",
+          "gradlint: no target analyzed: 1 file without a target (utils.py) (exit code 5; --allow-no-targets "
+          "accepts a run with nothing to analyze)")),
     Case("constructor-needs-arguments", "a model whose constructor needs arguments: skipped, with how to declare them",
          {"model.py": NEEDS_DEPTH},
-         ("model.py",), 0,
+         ("model.py",), 5,
          ("model.py:4: skipped Net: constructor needs arguments: depth",
           'hint: declare them with @gradlint.target(kwargs={"depth": ...}), or in pyproject.toml: [tool.gradlint] '
           'targets = [{ path = "model.py::Net", kwargs = { depth = ... } }]',
-          "model.py: no targets: every nn.Module here was skipped")),
+          "model.py: no targets: every nn.Module here was skipped",
+          "gradlint: no target analyzed: 1 file without a target (model.py); 1 target skipped (constructor needs "
+          "arguments)")),
     Case("named-target-needs-arguments", "a model named on the command line whose constructor needs arguments",
          {"model.py": NEEDS_DEPTH},
          ("model.py::Net",), 2,
@@ -526,7 +530,7 @@ CASES: list[Case] = [
          shown=("models/util_000.py", "models/zz_net.py"), extra=_nothing_written),
     Case("directory-without-models", "a directory in which no file mentions torch",
          {"scripts/a.py": "print('hello')\n", "scripts/b.py": "import json\n"},
-         ("scripts",), 0,
+         ("scripts",), 5,
          ("scripts: no targets: none of its 2 Python files mentions torch, nn, Module, Model or gradlint, so none "
           "was imported (name a file to import it anyway)",)),
     # Code that ends the process runs in a worker process, which dies instead of the run.

@@ -152,13 +152,18 @@ def _log(x: float) -> str:
     return f"{math.log10(x):.2f}" if x and x > 0 else "-inf"
 
 
-def format_text(reports: Iterable[Report], color: bool = False, profile: bool = False) -> str:
-    """ruff-style finding lines, then one summary per target (with ``profile``, its bar chart)."""
+def format_text(reports: Iterable[Report], color: bool = False, profile: bool = False, quiet: bool = False) -> str:
+    """ruff-style finding lines, then one summary per target (with ``profile``, its bar chart).
+
+    ``quiet``: the finding lines and the targets that could not be analyzed, nothing else.
+    """
     reports = list(reports)
     out = []
     for r in reports:
         for f in r.findings:
             out.append(format_finding(f, color))
+    if quiet:
+        return "\n".join(out + [format_error(r, color) for r in reports if r.status != "ok"])
     if out:
         out.append("")
     for r in reports:
