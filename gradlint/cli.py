@@ -20,7 +20,7 @@ from gradlint.base.findings import ExitCode
 # check's options that [tool.gradlint] can set too (gradlint.run.config.CLI_OPTIONS, kept here so
 # --help imports nothing more).
 _CONFIG_OPTIONS = ("select", "ignore", "fail_on", "threshold", "input_shapes", "probe", "device", "seeds",
-                   "jobs", "timeout", "force_exclude")
+                   "jobs", "timeout", "force_exclude", "warn_unused_ignores")
 
 
 def _split_commas(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -99,6 +99,8 @@ def main() -> None:
 @click.option("--allow-no-targets", is_flag=True,
               help="Exit 0, not 5, when the run finds no target to analyze (e.g. a commit that stages only "
                    "helper modules).")
+@click.option("--warn-unused-ignores/--no-warn-unused-ignores", default=None,
+              help="Report suppression comments that silence nothing (GL904), as ruff's RUF100 does.")
 @click.option("--no-cache", is_flag=True, help="Check every file afresh, without reading or writing the cache.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Where the cache lives (default: $GRADLINT_CACHE_DIR, else the user cache directory, "
@@ -110,7 +112,7 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
           force_exclude: bool | None = None, show_profile: bool = False, jobs: int | None = None,
           timeout: float | None = None, no_cache: bool = False, cache_dir: str | None = None,
           quiet: bool = False, statistics: bool = False, exit_zero: bool = False, color_choice: str = "auto",
-          allow_no_targets: bool = False) -> None:
+          allow_no_targets: bool = False, warn_unused_ignores: bool | None = None) -> None:
     """Analyze the models in PATHS (files, directories, or file.py::Name).
 
     Options not given come from [tool.gradlint] in the nearest pyproject.toml, then the
@@ -132,7 +134,8 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
             prestart()
     cfg = _configure(dict(config_file=config_file, input_shapes=input_shapes, select=select, ignore=ignore,
                           threshold=threshold, fail_on=fail_on, probe=probe, device=device, seeds=seeds,
-                          jobs=jobs, timeout=timeout, force_exclude=force_exclude))
+                          jobs=jobs, timeout=timeout, force_exclude=force_exclude,
+                          warn_unused_ignores=warn_unused_ignores))
     if not paths and not (cfg.targets or cfg.include):
         raise click.UsageError("give PATHS to check, or targets or include in [tool.gradlint]")
     from gradlint.run.cache import default_dir
@@ -152,6 +155,7 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
     except KeyboardInterrupt:
         click.echo("gradlint: interrupted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
+    reports = _reconcile_suppressions(reports, cfg, paths)
     plot_failed = False
     if plot_to and not interrupted:
         from gradlint.base.errors import GradlintError
@@ -208,6 +212,44 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
     if any(not r.ok for r in reports):
         sys.exit(ExitCode.FINDINGS)
     sys.exit(ExitCode.CLEAN)
+
+
+def _reconcile_suppressions(reports: list[Any], cfg: Any, paths: tuple[str, ...]) -> list[Any]:
+    """GL903 and GL904 over the whole run: every suppression comment in the files whose every
+    target was checked is judged (not in a file named as ``file.py::Name``), a comment is unused
+    only when no target used it, and each finding is shown once."""
+    from dataclasses import replace
+
+    from gradlint.base.findings import matches
+    from gradlint.lint import suppress
+
+    wanted = [code for code, rule in suppress.RULE_INFO.items()
+              if not matches(code, rule.name, cfg.ignore) and (
+                  code == suppress.UNUSED and cfg.warn_unused_ignores
+                  or any(p.upper() in (code, rule.name.upper()) for p in cfg.select)
+                  or code == suppress.UNKNOWN_CODE and (not cfg.select or matches(code, rule.name, cfg.select)))]
+    partly = {os.path.realpath(p.partition("::")[0]) for p in paths if "::" in p}
+    checked = [r.path if r.status == "ok" and r.path and os.path.realpath(r.path) not in partly else None
+               for r in reports]
+    if not wanted and not any(f.code in suppress.RULE_INFO for r in reports for f in r.findings):
+        return reports
+    from gradlint.lint.rule import catalog
+
+    known = {code: info.name for code, info in catalog().items()}
+    selected = {c: n for c, n in known.items() if (not cfg.select or matches(c, n, cfg.select))
+                and not matches(c, n, cfg.ignore)}
+
+    def ran(rule: str) -> bool:
+        return rule.upper() in selected or rule in selected.values()
+
+    kept = suppress.run_findings([list(r.findings) for r in reports], [f for r in reports for f in r.suppressed],
+                                 checked, known, wanted, ran)
+    out = []
+    for r, fs in zip(reports, kept):
+        if fs != list(r.findings):
+            r = replace(r, findings=cfg.adjust(fs, r.path))
+        out.append(r)
+    return out
 
 
 def format_error_lines(reports: list[Any], color: bool) -> list[str]:

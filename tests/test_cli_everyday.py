@@ -167,3 +167,82 @@ def test_a_run_that_analyzed_nothing_exits_5_with_one_line_that_says_why(tmp_pat
     assert j.returncode == 5 and "no target analyzed" in j.stderr
     ok = gradlint("check", "blocks.py", "--allow-no-targets", cwd=tmp_path, cache=tmp_path / "cache")
     assert ok.returncode == 0 and "no target analyzed" not in ok.stderr
+
+
+SUPPRESSED = textwrap.dedent('''\
+    import torch.nn as nn
+
+    import gradlint
+
+
+    def stack(width, depth):
+        return nn.ModuleList([nn.Linear(width, width) for _ in range(depth)])  # gradlint: ignore[GL101]
+
+
+    @gradlint.target(inputs=(16, 64))
+    class Sigmoid(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = stack(64, 20)  # noqa: GL101, GL401, GL501
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x).sigmoid()  # noqa: GL201
+            return x
+
+
+    @gradlint.target(inputs=(16, 64))
+    class Shallow(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = stack(64, 2)  # gradlint: ignore[GL1O1]
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x).relu()  # noqa: E501, GL610
+            return x
+    ''')
+
+
+def findings_of(out: str) -> list[str]:
+    return [line.split(" [", 1)[0] for line in out.splitlines() if ": GL" in line and not line.startswith(" ")]
+
+
+@pytest.mark.slow
+def test_suppression_comments_that_do_nothing_are_reported(tmp_path):
+    (tmp_path / "models.py").write_text(SUPPRESSED)
+    cache = tmp_path / "cache"
+    r = gradlint("check", "models.py", cwd=tmp_path, cache=cache)
+    # Unknown codes are always reported (a warning: the run still passes); other linters' codes are theirs.
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = SUPPRESSED.splitlines()
+    at = {n: lines[n - 1].index("#") + 1 for n in (7, 26, 30)}   # the comment's column
+    assert findings_of(r.stdout) == [f"models.py:26:{at[26]}: GL903", f"models.py:30:{at[30]}: GL903"]
+    assert "'# gradlint: ignore[GL1O1]' names no rule: GL1O1 is not a gradlint rule code or name" in r.stdout
+    assert "fix: did you mean GL101?" in r.stdout and "GL610 is not a gradlint rule" in r.stdout
+    assert "E501" not in r.stdout.replace("# noqa: E501, GL610", "")
+    # Unused ones on request: the helper's comment silences nothing (the findings point at the
+    # constructor's line), though it sits on a line both targets use.
+    r = gradlint("check", "models.py", "--warn-unused-ignores", cwd=tmp_path, cache=cache)
+    assert r.returncode == 0
+    assert f"models.py:7:{at[7]}: GL904" in findings_of(r.stdout)
+    assert "'# gradlint: ignore[GL101]': GL101 silenced nothing on this line" in r.stdout
+    assert "models.py:14:1" not in r.stdout and "models.py:18:1" not in r.stdout   # used by Sigmoid
+    assert r.stdout.rstrip().endswith("Found 0 errors, 3 warnings; 2 targets analyzed, 0 skipped, 0 could not "
+                                      "analyze.")
+    # The same, asked for in the configuration.
+    (tmp_path / "pyproject.toml").write_text("[tool.gradlint]\nwarn-unused-ignores = true\n")
+    configured = gradlint("check", "models.py", cwd=tmp_path, cache=cache)
+    assert f"models.py:7:{at[7]}: GL904" in findings_of(configured.stdout)
+
+
+def test_the_suppression_rules_are_declared_as_the_pass_that_makes_their_findings_says():
+    from gradlint.lint import suppress
+    from gradlint.lint.rule import load_builtin
+
+    rules = load_builtin()
+    for code, info in suppress.RULE_INFO.items():
+        cls = rules[code]
+        assert (cls.code, cls.name, cls.severity.value, cls.category) == (
+            info.code, info.name, info.severity.value, info.category)
+    assert rules["GL904"].opt_in and not rules["GL903"].opt_in

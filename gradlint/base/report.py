@@ -223,6 +223,8 @@ class Report:
         params: Per parameter tensor.
         layers: Per layer output.
         findings: What the rules found (after suppressions).
+        suppressed: The findings that inline comments (``# noqa: GL101``, ``# gradlint: ignore``)
+            silenced; a silenced GL101, GL102 or GL701 also accepts its verdict.
         recurrent: Per recurrent layer, the per-time-step input gradients.
         probe: After a probe, how it ran and how far prediction and measurement are apart.
         predicted_summary: After a probe, the predicted verdict (``summary`` is the measured one).
@@ -248,6 +250,7 @@ class Report:
     probe: Agreement | None = None
     predicted_summary: Summary | None = None
     traceback: str | None = None
+    suppressed: tuple[Finding, ...] = ()
 
     @property
     def name(self) -> str:
@@ -294,6 +297,7 @@ class Report:
                  "lag_grad_rms": [_num(x) for x in r.lag_grad_rms],
                  "lag_grad_rms_bound": [_num(x) for x in r.lag_grad_rms_bound]} for r in self.recurrent],
             "findings": [f.to_dict() for f in self.findings],
+            "suppressed": [f.to_dict() for f in self.suppressed],
             "probe": None if self.probe is None else {
                 **self.probe.to_dict(),
                 "lag_grad_rms": {m: [_num(x) for x in lag] for m, lag in self.probe.lag_grad_rms},

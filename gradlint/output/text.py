@@ -258,7 +258,9 @@ def failing(report: Report, ignore: Iterable[str] = (), fail_on: str | None = No
     refuted = [f for f in due if f.confirmed is False]
     verdict = report.summary.verdict if report.summary is not None else None
     rule = VERDICT_RULES.get(verdict or "")
-    bad_verdict = verdict if rule and not matches(rule[0], rule[1], ignore) else None
+    # A verdict is accepted as its rule is: ignored, or its finding silenced by an inline comment.
+    accepted = rule and (matches(rule[0], rule[1], ignore) or any(f.code == rule[0] for f in report.suppressed))
+    bad_verdict = verdict if rule and not accepted else None
     return failing_, bad_verdict, refuted
 
 
