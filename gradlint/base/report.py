@@ -309,6 +309,39 @@ class Report:
 
         return format_text([self], color=False)
 
+    def __repr__(self) -> str:
+        """A few lines, not every field: the verdict, the findings' codes, what was analyzed."""
+        if self.status != "ok":
+            return f"<Report {self.target}: could not analyze: {(self.error or '').splitlines()[0][:120]}>"
+        s = self.summary
+        verdict = f"{s.verdict} ({s.attenuation_decades:+.1f} decades)" if s is not None else "no verdict"
+        counts: dict[str, int] = {}
+        for f in self.findings:
+            counts[f.severity] = counts.get(f.severity, 0) + 1
+        found = ", ".join(f"{n} {sev}{'s' if n != 1 and sev != 'info' else ''}" for sev, n in sorted(
+            counts.items(), key=lambda kv: -Severity(kv[0]).rank)) or "no findings"
+        codes = " ".join(dict.fromkeys(f.code for f in self.findings))
+        probe = "" if self.probe is None else f", probed on {self.probe.device}"
+        return (f"<Report {self.target}: {verdict}; {found}{': ' + codes if codes else ''}\n"
+                f"  {len(self.params)} parameter tensors, {len(self.layers)} layers, analysis {self.analysis}{probe}>")
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the verdict, the findings with their fixes, the per-layer chart."""
+        from gradlint.output.html import report_html
+
+        return report_html(self)
+
+    def plot(self) -> Any:
+        """The per-layer gradient chart as a matplotlib ``Figure`` (predicted; measured too after
+        a probe). Needs matplotlib (``pip install "torch-gradlint[plot]"``).
+
+        Raises:
+            PlotError: Without matplotlib, or when gradlint could not analyze the target.
+        """
+        from gradlint.output.plot import figure
+
+        return figure(self, asked_by="Report.plot()")
+
 
 def error_report(target: str, err: BaseException, path: str | None = None, line: int | None = None) -> Report:
     """A report for a target gradlint could not analyze.

@@ -14,6 +14,7 @@ This module imports no torch (the command line's parent process reconciles a run
 from __future__ import annotations
 
 import functools
+import linecache
 import os
 import re
 import tokenize
@@ -81,22 +82,41 @@ def _stat(path: str) -> tuple[int, int] | None:
 
 
 def suppressions(path: str) -> dict[int, list[Suppression]]:
-    """The suppression comments of a file, by line; {} when it cannot be read."""
+    """The suppression comments of a file, by line; {} when it cannot be read.
+
+    Code that is no file of its own (a notebook's cell, ``NOTEBOOK.ipynb:cell N``) is read from
+    ``linecache``, where the code that compiled it registered its lines.
+    """
     stamp = _stat(path)
-    return {} if stamp is None else _suppressions_of(path, *stamp)
+    if stamp is None:
+        lines = linecache.cache.get(path)
+        return _suppressions_in(path, tuple(lines[2])) if lines and lines[2] else {}
+    return _suppressions_of(path, *stamp)
 
 
 @functools.lru_cache(maxsize=256)
 def _suppressions_of(path: str, mtime_ns: int, size: int) -> dict[int, list[Suppression]]:
-    """Tokenized, so '#' inside strings is no comment; cached per file version, so an edited
-    file is read again."""
-    out: dict[int, list[Suppression]] = {}
+    """Cached per file version, so an edited file is read again."""
     try:
         with tokenize.open(path) as f:
-            for tok in tokenize.generate_tokens(f.readline):
-                if tok.type == tokenize.COMMENT:
-                    out.setdefault(tok.start[0], []).extend(_parse(path, tok.start[0], tok.start[1] + 1, tok.string))
-    except (OSError, SyntaxError, tokenize.TokenError, UnicodeDecodeError):
+            return _scan(path, f.readline)
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return {}
+
+
+@functools.lru_cache(maxsize=256)
+def _suppressions_in(path: str, lines: tuple[str, ...]) -> dict[int, list[Suppression]]:
+    return _scan(path, iter(lines).__next__)
+
+
+def _scan(path: str, readline: Callable[[], str]) -> dict[int, list[Suppression]]:
+    """Tokenized, so '#' inside strings is no comment."""
+    out: dict[int, list[Suppression]] = {}
+    try:
+        for tok in tokenize.generate_tokens(readline):
+            if tok.type == tokenize.COMMENT:
+                out.setdefault(tok.start[0], []).extend(_parse(path, tok.start[0], tok.start[1] + 1, tok.string))
+    except (SyntaxError, tokenize.TokenError, StopIteration):
         return {}
     return {line: found for line, found in out.items() if found}
 
