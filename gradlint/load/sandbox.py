@@ -28,8 +28,8 @@ from typing import Any
 
 from gradlint.base.errors import GradlintError, LoadError
 from gradlint.base.paths import shown_path
-from gradlint.load import notebooks
 from gradlint.load.files import find_project_root, import_roots, is_library_file, package_parts, same_file
+from gradlint.load.notebooks import NotebookLoader, is_notebook
 from gradlint.load.tracebacks import format_user_traceback, innermost_line, user_error
 
 __all__ = ["forget_user_modules", "import_file", "user_code"]
@@ -257,7 +257,7 @@ def _digest(path: Path) -> str:
 
 def _exec_module(name: str, file: Path, search: list[str] | None = None) -> types.ModuleType:
     # A notebook's code cells run through a loader of their own (gradlint.load.notebooks).
-    loader = notebooks.NotebookLoader(file) if notebooks.is_notebook(file) else None
+    loader = NotebookLoader(file) if is_notebook(file) else None
     spec = importlib.util.spec_from_file_location(name, file, loader=loader, submodule_search_locations=search)
     if spec is None or spec.loader is None:
         raise LoadError("cannot be imported as Python source", path=str(file))
