@@ -8,6 +8,7 @@ cache of its own; most later runs hit it, so they import no torch and take a fra
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -165,6 +166,8 @@ def test_a_run_that_analyzed_nothing_exits_5_with_one_line_that_says_why(tmp_pat
     # JSON keeps stdout one document; the line goes to stderr there too.
     j = gradlint("check", "blocks.py", "--format", "json", cwd=tmp_path, cache=tmp_path / "cache")
     assert j.returncode == 5 and "no target analyzed" in j.stderr
+    summary = json.loads(j.stdout)["summary"]
+    assert (summary["targets"], summary["analyzed"], summary["skipped"]) == (0, 0, 0)
     ok = gradlint("check", "blocks.py", "--allow-no-targets", cwd=tmp_path, cache=tmp_path / "cache")
     assert ok.returncode == 0 and "no target analyzed" not in ok.stderr
 
