@@ -399,6 +399,41 @@ CASES: list[Case] = [
          ("lm.py:11: could not analyze lm.py::LM: the example inputs (4, 16) float32 (from --input-shape) do not fit "
           "emb = Embedding(1000, 16): it takes integer token ids below 1000, got (4, 16) float32",
           "e.g. @gradlint.target(inputs=gradlint.tokens((4, 32), vocab=1000))")),
+    Case("inputs-not-inferred", "a forward input gradlint cannot infer: named, with the line of forward",
+         {"gate.py": src("""
+             import torch.nn as nn
+
+
+             class Gate(nn.Module):
+                 def __init__(self):
+                     super().__init__()
+                     self.fc = nn.Linear(8, 8)
+
+                 def forward(self, x, z):
+                     return self.fc(x) * z.sigmoid()
+         """)},
+         ("gate.py",), 0,
+         ("inputs: none (could not infer example inputs: nothing says what forward's parameter 'z' (gate.py:9) "
+          "takes: no layer gradlint knows reads it, and its name follows no convention",
+          "declare them, e.g. @gradlint.target(inputs=[(8, 8), <shape of z>])")),
+    Case("inferred-inputs-forward-raises", "inferred inputs on which the forward raises",
+         {"shift.py": src("""
+             import torch.nn as nn
+
+
+             class Shift(nn.Module):
+                 def __init__(self):
+                     super().__init__()
+                     self.fc = nn.Linear(3, 3)
+
+                 def forward(self, x, t):
+                     return self.fc(x) + t
+         """)},
+         ("shift.py",), 2,
+         ("shift.py:10: could not analyze shift.py::Shift: forward raised RuntimeError on the example inputs (8, 3) "
+          "float32, (8,) int64 ids < 1000 (inferred by gradlint)",
+          "hint: gradlint inferred these inputs, and the forward raised on every candidate it tried",
+          'File "shift.py", line 10, in forward')),
     Case("untraceable-model", "a forward torch.export cannot trace: the fallback graph and an info finding (GL901)",
          {"model.py": src("""
              import torch.nn as nn
