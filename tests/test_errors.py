@@ -748,7 +748,7 @@ CASES: list[Case] = [
           "hint: gradlint imports regular files only"), setup=_fifo),
     Case("not-a-python-file", "a file that is not a .py file",
          {"notes.txt": "Net: a Linear layer, 8 -> 8\n"}, ("notes.txt",), 2,
-         ("notes.txt: could not analyze notes.txt: it is not a Python file: gradlint imports .py files, and notes.txt "
+         ("notes.txt: could not analyze notes.txt: it is not a Python file: gradlint imports .py files and notebooks, and notes.txt "
           "has the suffix .txt", "hint: name a .py file, file.py::Name or a directory"),
          absent=("gradlint.base", "LoadError")),
     Case("torchscript-module", "a TorchScript module named on the command line",
