@@ -169,15 +169,13 @@ def _measure(model, inputs, seeds, dtype, device, seed0, loops) -> Measurement:
         torch.manual_seed(seed0 + i)
         a, kw = inputs.materialize("cpu", gen)
         cast = lambda t: t.to(device=device, dtype=_run_dtype(t.dtype, dtype)) if isinstance(t, torch.Tensor) else t
-        a = tuple(cast(t) for t in a)
-        kw = {k: cast(v) for k, v in kw.items()}
+        # Nested inputs too: an LSTM's (h, c) state.
+        a, kw = torch.utils._pytree.tree_map(cast, (tuple(a), dict(kw)))
         if loops:
             # A loop's step inputs are slices of the model's inputs, often: they must be part of
             # the autograd graph to have a gradient.
-            a = tuple(t.requires_grad_(True) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-                      for t in a)
-            kw = {k: v.requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-                  for k, v in kw.items()}
+            grad = lambda t: t.requires_grad_(True) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+            a, kw = torch.utils._pytree.tree_map(grad, (tuple(a), dict(kw)))
         for t in state.values():
             if t.grad is not None:
                 t.grad = None
