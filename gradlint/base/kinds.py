@@ -46,6 +46,9 @@ KINDS = {
     "router": "mixture-of-experts routing weights",
     "moe_linear": "expert layers run as one grouped matmul",
     "rnn": "nn.RNN, nn.LSTM, nn.GRU",
+    "rnn_cell": "nn.RNNCell, nn.LSTMCell, nn.GRUCell called once",
+    "rnn_loop": "a cell called once per step by a Python loop over time, fused",
+    "scan": "a diagonal linear recurrence s = a*s + b written as a loop (a selective scan), fused",
 }
 
 #: Kinds that only move, select or reduce data: the summary counts their gain as neutral.
