@@ -234,7 +234,7 @@ CASES: list[Case] = [
          ("models/net.py:3: could not analyze models/net.py: ImportError while importing the file: attempted "
           "relative import with no known parent package",
           "hint: net.py uses a relative import, but models/ has no __init__.py: add an empty __init__.py")),
-    Case("no-targets", "a file that defines no model: a note, not an error",
+    Case("no-targets", "a file that defines no model: a note, and a run that analyzed nothing exits 5",
          {"utils.py": src("""
              import torch
 
@@ -242,16 +242,38 @@ CASES: list[Case] = [
              def scale(x: torch.Tensor) -> torch.Tensor:
                  return 2 * x
          """)},
-         ("utils.py",), 0,
+         ("utils.py",), 5,
          ("utils.py: no targets: no nn.Module subclass or instance is defined here, and nothing is marked "
-          "@gradlint.target",)),
+          "@gradlint.target",
+          "gradlint: no target analyzed: 1 file without a target (utils.py) (exit code 5; --allow-no-targets "
+          "accepts a run with nothing to analyze)")),
     Case("constructor-needs-arguments", "a model whose constructor needs arguments: skipped, with how to declare them",
          {"model.py": NEEDS_DEPTH},
-         ("model.py",), 0,
+         ("model.py",), 5,
          ("model.py:4: skipped Net: constructor needs arguments: depth",
           'hint: declare them with @gradlint.target(kwargs={"depth": ...}), or in pyproject.toml: [tool.gradlint] '
           'targets = [{ path = "model.py::Net", kwargs = { depth = ... } }]',
-          "model.py: no targets: every nn.Module here was skipped")),
+          "model.py: no targets: every nn.Module here was skipped",
+          "gradlint: no target analyzed: 1 file without a target (model.py); 1 target skipped (constructor needs "
+          "arguments)")),
+    Case("misspelt-constructor-argument", "a configured constructor argument the class does not take: the closest "
+                                          "one it does",
+         {"model.py": NEEDS_DEPTH,
+          "pyproject.toml": '[tool.gradlint]\ntargets = [{ path = "model.py::Net", inputs = [4, 64], '
+                            'kwargs = { dept = 2 } }]\n'},
+         ("model.py",), 2,
+         ("model.py:4: could not analyze model.py::Net: Net's constructor takes no argument dept",
+          "hint: did you mean 'depth' for 'dept'? it takes: depth, width")),
+    Case("notebook-syntax-error", "a notebook whose code cell does not parse: the cell and its line",
+         {"model.ipynb": json.dumps({"cells": [
+             {"cell_type": "code", "execution_count": None, "id": "a", "metadata": {}, "outputs": [],
+              "source": "%matplotlib inline\nimport torch.nn as nn"},
+             {"cell_type": "markdown", "id": "b", "metadata": {}, "source": "The model"},
+             {"cell_type": "code", "execution_count": None, "id": "c", "metadata": {}, "outputs": [],
+              "source": "class Net(nn.Module):\n    def __init__(self):\n        super().__init__(\n"}],
+             "metadata": {}, "nbformat": 4, "nbformat_minor": 5})},
+         ("model.ipynb",), 2,
+         ("model.ipynb:cell 2:3: could not analyze model.ipynb: SyntaxError: '(' was never closed",)),
     Case("named-target-needs-arguments", "a model named on the command line whose constructor needs arguments",
          {"model.py": NEEDS_DEPTH},
          ("model.py::Net",), 2,
@@ -377,6 +399,41 @@ CASES: list[Case] = [
          ("lm.py:11: could not analyze lm.py::LM: the example inputs (4, 16) float32 (from --input-shape) do not fit "
           "emb = Embedding(1000, 16): it takes integer token ids below 1000, got (4, 16) float32",
           "e.g. @gradlint.target(inputs=gradlint.tokens((4, 32), vocab=1000))")),
+    Case("inputs-not-inferred", "a forward input gradlint cannot infer: named, with the line of forward",
+         {"gate.py": src("""
+             import torch.nn as nn
+
+
+             class Gate(nn.Module):
+                 def __init__(self):
+                     super().__init__()
+                     self.fc = nn.Linear(8, 8)
+
+                 def forward(self, x, z):
+                     return self.fc(x) * z.sigmoid()
+         """)},
+         ("gate.py",), 0,
+         ("inputs: none (could not infer example inputs: nothing says what forward's parameter 'z' (gate.py:9) "
+          "takes: no layer gradlint knows reads it, and its name follows no convention",
+          "declare them, e.g. @gradlint.target(inputs=[(8, 8), <shape of z>])")),
+    Case("inferred-inputs-forward-raises", "inferred inputs on which the forward raises",
+         {"shift.py": src("""
+             import torch.nn as nn
+
+
+             class Shift(nn.Module):
+                 def __init__(self):
+                     super().__init__()
+                     self.fc = nn.Linear(3, 3)
+
+                 def forward(self, x, t):
+                     return self.fc(x) + t
+         """)},
+         ("shift.py",), 2,
+         ("shift.py:10: could not analyze shift.py::Shift: forward raised RuntimeError on the example inputs (8, 3) "
+          "float32, (8,) int64 ids < 1000 (inferred by gradlint)",
+          "hint: gradlint inferred these inputs, and the forward raised on every candidate it tried",
+          'File "shift.py", line 10, in forward')),
     Case("untraceable-model", "a forward torch.export cannot trace: the fallback graph and an info finding (GL901)",
          {"model.py": src("""
              import torch.nn as nn
@@ -445,7 +502,7 @@ CASES: list[Case] = [
          ("model.py:9: could not analyze model.py::Net: Net.forward returns no tensor: no gradient can flow back "
           "from its output",
           "hint: return the tensor (or the tuple, list or dict of tensors) the loss is computed from")),
-    Case("no-parameters", "a module without parameters: skipped with a note",
+    Case("no-parameters", "a module without parameters: skipped with a note (and nothing else analyzed: exit 5)",
          {"model.py": src("""
              import torch
              import torch.nn as nn
@@ -455,9 +512,11 @@ CASES: list[Case] = [
                  def forward(self, x):
                      return x * torch.sigmoid(x)
          """)},
-         ("model.py",), 0,
+         ("model.py",), 5,
          ("model.py:5: skipped Swish: it has no parameters, so there is no gradient to predict (name it, "
-          "model.py::Swish, to check it anyway)",)),
+          "model.py::Swish, to check it anyway)",
+          "gradlint: no target analyzed: 1 target skipped (it has no parameters, so there is no gradient to "
+          "predict)")),
     Case("prints-heavily", "a file that prints at import, in its constructor and in forward: --format json stays "
                            "one JSON document on stdout",
          {"model.py": src("""
@@ -572,7 +631,7 @@ CASES: list[Case] = [
          shown=("models/util_000.py", "models/zz_net.py"), extra=_nothing_written),
     Case("directory-without-models", "a directory in which no file mentions torch",
          {"scripts/a.py": "print('hello')\n", "scripts/b.py": "import json\n"},
-         ("scripts",), 0,
+         ("scripts",), 5,
          ("scripts: no targets: none of its 2 Python files mentions torch, nn, Module, Model or gradlint, so none "
           "was imported (name a file to import it anyway)",)),
     # Code that ends the process runs in a worker process, which dies instead of the run.
@@ -689,7 +748,7 @@ CASES: list[Case] = [
           "hint: gradlint imports regular files only"), setup=_fifo),
     Case("not-a-python-file", "a file that is not a .py file",
          {"notes.txt": "Net: a Linear layer, 8 -> 8\n"}, ("notes.txt",), 2,
-         ("notes.txt: could not analyze notes.txt: it is not a Python file: gradlint imports .py files, and notes.txt "
+         ("notes.txt: could not analyze notes.txt: it is not a Python file: gradlint imports .py files and notebooks, and notes.txt "
           "has the suffix .txt", "hint: name a .py file, file.py::Name or a directory"),
          absent=("gradlint.base", "LoadError")),
     Case("torchscript-module", "a TorchScript module named on the command line",

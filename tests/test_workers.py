@@ -245,8 +245,8 @@ def test_links_that_lead_nowhere_and_fifos_in_a_directory_are_skipped_with_a_not
     ("dangling.py", "dangling.py: could not analyze dangling.py: it is a symbolic link to nowhere.py, which does "
                     "not exist"),
     ("pipe.py", "pipe.py: could not analyze pipe.py: it is a FIFO (named pipe), not a regular file"),
-    ("notes.txt", "notes.txt: could not analyze notes.txt: it is not a Python file: gradlint imports .py files, "
-                  "and notes.txt has the suffix .txt"),
+    ("notes.txt", "notes.txt: could not analyze notes.txt: it is not a Python file: gradlint imports .py files "
+                  "and notebooks, and notes.txt has the suffix .txt"),
 ])
 def test_a_file_named_on_the_command_line_that_cannot_be_imported_is_an_error_with_a_hint(tmp_path, name, message):
     os.symlink("y.py", tmp_path / "x.py")

@@ -149,15 +149,15 @@ def unreadable_reason(path: str | os.PathLike[str]) -> tuple[str, str] | None:
 
 def source_problem(path: str | os.PathLike[str]) -> tuple[str, str] | None:
     """What keeps a file named on the command line from being imported, without opening it:
-    ``unreadable_reason``, or a name that does not end in ``.py``.
+    ``unreadable_reason``, or a name that ends in neither ``.py`` nor ``.ipynb``.
 
     Returns:
         None when gradlint can import it (or it does not exist: importing says so); else what
         is wrong, and what to do about it.
     """
     problem = unreadable_reason(path)
-    if problem is None and os.path.lexists(path) and Path(path).suffix != ".py":
-        return (f"it is not a Python file: gradlint imports .py files, and {Path(path).name} has "
+    if problem is None and os.path.lexists(path) and Path(path).suffix not in (".py", ".ipynb"):
+        return (f"it is not a Python file: gradlint imports .py files and notebooks, and {Path(path).name} has "
                 + (f"the suffix {Path(path).suffix}" if Path(path).suffix else "no suffix"),
                 "name a .py file, file.py::Name or a directory; a script without the .py suffix can be checked "
                 "through a link to it named *.py")

@@ -37,6 +37,7 @@ from gradlint.load.files import (
     same_file,
     source_problem,
 )
+from gradlint.load.notebooks import NotebookLoader, is_notebook
 from gradlint.load.tracebacks import format_user_traceback, innermost_line, user_error
 
 __all__ = ["forget_user_modules", "import_file", "user_code"]
@@ -281,7 +282,9 @@ def _digest(path: Path) -> str:
 
 
 def _exec_module(name: str, file: Path, search: list[str] | None = None) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(name, file, submodule_search_locations=search)
+    # A notebook's code cells run through a loader of their own (gradlint.load.notebooks).
+    loader = NotebookLoader(file) if is_notebook(file) else None
+    spec = importlib.util.spec_from_file_location(name, file, loader=loader, submodule_search_locations=search)
     if spec is None or spec.loader is None:
         raise LoadError("cannot be imported as Python source", path=str(file))
     module = importlib.util.module_from_spec(spec)
