@@ -748,8 +748,8 @@ CASES: list[Case] = [
           "hint: gradlint imports regular files only"), setup=_fifo),
     Case("not-a-python-file", "a file that is not a .py file",
          {"notes.txt": "Net: a Linear layer, 8 -> 8\n"}, ("notes.txt",), 2,
-         ("notes.txt: could not analyze notes.txt: it is not a Python file: gradlint imports .py files and notebooks, and notes.txt "
-          "has the suffix .txt", "hint: name a .py file, file.py::Name or a directory"),
+         ("notes.txt: could not analyze notes.txt: it is not a Python file: gradlint imports .py files and notebooks, "
+          "and notes.txt has the suffix .txt", "hint: name a .py file, file.py::Name or a directory"),
          absent=("gradlint.base", "LoadError")),
     Case("torchscript-module", "a TorchScript module named on the command line",
          {"model.py": src("""
@@ -1105,7 +1105,8 @@ def chaos_markdown() -> str:
 
 `tests/test_chaos.py` (slow; it runs with the suite) generates a tree of {sum(counts.values())} files and
 checks it with `gradlint check models --jobs 2 --timeout {test_chaos.TIMEOUT} --format json` in an address
-space capped at {test_chaos.LIMIT_BYTES / 2**30:g} GiB (`setrlimit(RLIMIT_AS)`, as `ulimit -v` does): once cold,
+space capped at {test_chaos.LIMIT_BYTES / 2**30:g} GiB, or {test_chaos.HEADROOM_BYTES / 2**30:g} GiB above what
+importing torch maps where that is more (`setrlimit(RLIMIT_AS)`, as `ulimit -v` does): once cold,
 then {test_chaos.INTERRUPTIONS} times with SIGINT sent to the whole process group (as Ctrl-C does) at random
 moments, from an empty cache that each interrupted run leaves to the next, then once more to the
 end. The tree:
