@@ -9,16 +9,18 @@ from typing import TYPE_CHECKING, Any
 
 from gradlint.base.errors import ForwardError, InputError
 from gradlint.base.targets import Tokens
+from gradlint.capture.fake import fake_forward
 from gradlint.capture.inputs import ExampleInputs, _dtype_name, _guess, _image_size
-from gradlint.capture.meta import meta_copy, quiet
+from gradlint.capture.meta import quiet
 from gradlint.load import format_user_traceback, innermost_user_frame
 
 if TYPE_CHECKING:
     from torch import nn
 
-# What only a forward on meta tensors raises: values read into Python (`.item()`, `if x.sum() > 0`)
-# and ops without a meta kernel. Real tensors might pass, so only tracing is known to fail.
-_META_ONLY = re.compile(r"\bmeta\b|data.dependent", re.IGNORECASE)
+# What only a forward on fake or meta tensors raises: values read into Python (`.item()`,
+# `if x.sum() > 0`) and ops without a meta kernel. Real tensors might pass, so only tracing is
+# known to fail.
+_META_ONLY = re.compile(r"\bmeta\b|data.?dependent|DynamicOutputShape", re.IGNORECASE)
 
 
 
@@ -93,9 +95,9 @@ def _suggestion(guess: Any, source: str | None) -> str:
 def forward_error(model: nn.Module, inputs: ExampleInputs | None) -> Exception | None:
     """Why the model's forward fails on the example inputs, when it fails by itself.
 
-    Called once torch.export has failed. A forward of a meta-device copy tells a forward that
-    cannot run on these inputs from one that torch.export cannot trace: the first gets an
-    error, the second the fallback graph.
+    Called once capture has failed. A forward of the model on fake tensors (as capture runs it,
+    ``gradlint.capture.fake``) tells a forward that cannot run on these inputs from one that
+    only capture cannot follow: the first gets an error, the second the fallback graph.
 
     Args:
         model: The model.
@@ -106,14 +108,9 @@ def forward_error(model: nn.Module, inputs: ExampleInputs | None) -> Exception |
         it got, and inputs that would fit when it is the first layer); a ``ForwardError`` when
         the user's code raised anything else; each at the innermost line of the user's code,
         with their traceback in ``traceback_text``. None when the forward runs, or fails only
-        because its tensors have no values (meta tensors).
+        because its tensors have no values (fake or meta tensors).
     """
     if inputs is None or not inputs.found:
-        return None
-    try:
-        copy = meta_copy(model).train()
-        args, kwargs = inputs.meta()
-    except Exception:  # noqa: BLE001 - nothing to run, so nothing to diagnose
         return None
     running: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any]]] = []
     first_leaf: list[nn.Module] = []
@@ -127,17 +124,25 @@ def forward_error(model: nn.Module, inputs: ExampleInputs | None) -> Exception |
         if running and running[-1][0] is module:
             running.pop()
 
-    handles = [h for m in copy.modules() for h in (m.register_forward_pre_hook(enter, with_kwargs=True),
-                                                   m.register_forward_hook(leave, with_kwargs=True))]
+    failure: Exception | None = None
+    names: dict[int, str] = {}
     try:
-        with quiet():
-            copy(*args, **kwargs)
+        with fake_forward(model, inputs) as run:
+            names = {id(m): n for n, m in run.model.named_modules()}
+            handles = [h for m in run.model.modules() for h in (m.register_forward_pre_hook(enter, with_kwargs=True),
+                                                                m.register_forward_hook(leave, with_kwargs=True))]
+            try:
+                with quiet():
+                    run.model(*run.args, **run.kwargs)
+            except Exception as exc:  # noqa: BLE001 - the user's forward: any failure is diagnosed
+                failure = exc
+            finally:
+                for handle in handles:
+                    handle.remove()
+    except Exception:  # noqa: BLE001 - nothing to run, so nothing to diagnose
         return None
-    except Exception as exc:  # noqa: BLE001 - the user's forward: any failure is diagnosed
-        failure = exc
-    finally:
-        for handle in handles:
-            handle.remove()
+    if failure is None:
+        return None
     if isinstance(failure, NotImplementedError) or _META_ONLY.search(f"{type(failure).__name__}: {failure}"):
         return None
     path, line = innermost_user_frame(failure) or (None, None)
@@ -146,7 +151,7 @@ def forward_error(model: nn.Module, inputs: ExampleInputs | None) -> Exception |
     misfit = _misfit(*running[-1]) if running else None
     if misfit is not None:
         layer = running[-1][0]
-        name = next((n for n, m in copy.named_modules() if m is layer), "") or "the model"
+        name = names.get(id(layer), "") or "the model"
         takes, got = misfit
         guess = _guess(layer, inputs.batch_size or 8, _image_size(model)) if first_leaf[:1] == [layer] else None
         if guess is not None:
