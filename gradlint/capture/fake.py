@@ -22,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import random
 import sys
+from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,7 +49,7 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-_CONTAINERS = (dict, list, set)
+_CONTAINERS = (dict, OrderedDict, list, set)  # refilled in place; other containers are put back as they are
 
 
 @contextlib.contextmanager
@@ -62,8 +63,8 @@ def untouched(model: nn.Module) -> Iterator[None]:
     saved = []
     for mod in model.modules():
         attrs = dict(mod.__dict__)
-        contents = {k: (v, v.copy()) for k, v in attrs.items() if type(v) in _CONTAINERS
-                    or isinstance(v, dict)}
+        contents = {k: (v, list(v.items()) if isinstance(v, dict) else list(v))
+                    for k, v in attrs.items() if type(v) in _CONTAINERS}
         saved.append((mod, attrs, contents))
     grad = torch.is_grad_enabled()
     cpu_rng = torch.random.get_rng_state()
@@ -80,13 +81,15 @@ def untouched(model: nn.Module) -> Iterator[None]:
                 del d[k]
             d.update(attrs)
             for container, items in contents.values():
-                container.clear()
-                if isinstance(container, dict):
-                    container.update(items)
-                elif isinstance(container, list):
-                    container.extend(items)
-                else:
-                    container.update(items)
+                now = list(container.items()) if isinstance(container, dict) else list(container)
+                if len(now) != len(items) or any(a is not b for a, b in zip(now, items)):
+                    container.clear()
+                    if isinstance(container, dict):
+                        container.update(items)
+                    elif isinstance(container, list):
+                        container.extend(items)
+                    else:
+                        container.update(items)
         torch.set_grad_enabled(grad)
         torch.random.set_rng_state(cpu_rng)
         if cuda_rng is not None:
@@ -106,6 +109,7 @@ class FakeForward:
     kwargs: dict[str, Any]
     reader: ValueReader | None
     mode: FakeTensorMode | None
+    real: dict[int, torch.Tensor] = field(default_factory=dict)  # id of a fake -> the tensor it stands for
 
 
 @contextlib.contextmanager
@@ -125,22 +129,22 @@ def fake_forward(model: nn.Module, inputs: ExampleInputs, *, enter: bool = True)
     with untouched(model):
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         memo: dict[int, torch.Tensor] = {}
+        real: dict[int, torch.Tensor] = {}
 
         def fake(t: torch.Tensor) -> torch.Tensor:
             if id(t) not in memo:
                 memo[id(t)] = mode.from_tensor(t, static_shapes=True)
+                real[id(memo[id(t)])] = t
             return memo[id(t)]
 
         real_buffers = dict(model.named_buffers(remove_duplicate=False))
         swapped = {n: fake(t) for n, t in (*model.named_parameters(remove_duplicate=False), *real_buffers.items())}
         # Plain tensor attributes too: an in-place op the forward runs on one would otherwise
         # run on the real tensor (fake mode computes ops whose inputs are all real).
-        constants: dict[int, torch.Tensor] = {}
         for mod in model.modules():
             for k, v in list(vars(mod).items()):
                 if isinstance(v, torch.Tensor):
                     mod.__dict__[k] = fake(v)
-                    constants[id(mod.__dict__[k])] = v
                 elif type(v) in (list, tuple) and v and all(isinstance(x, torch.Tensor) for x in v):
                     mod.__dict__[k] = type(v)(fake(x) for x in v)
         device = _model_device(model)
@@ -154,8 +158,8 @@ def fake_forward(model: nn.Module, inputs: ExampleInputs, *, enter: bool = True)
                     leaf = fake(leaf)
                 fake_leaves.append(leaf)
         args, kwargs = tree_unflatten(fake_leaves, spec)
-        reader = ValueReader(mode, inputs, leaves, device, real_buffers, constants)
+        reader = ValueReader(mode, inputs, leaves, device, real_buffers, real)
         model.train()
         with _reparametrize_module(model, swapped, tie_weights=True, strict=True, stack_weights=True), \
                 (mode if enter else contextlib.nullcontext()):
-            yield FakeForward(model, tuple(args), kwargs, reader, mode)
+            yield FakeForward(model, tuple(args), kwargs, reader, mode, real)

@@ -37,6 +37,12 @@ if TYPE_CHECKING:
 
 DRAWS = 8  # a branch taken by half of all draws passes all of them with probability 1/256
 
+# Ops whose output shape depends on the values of their indices or mask only, never on those of
+# the tensor they select from: ``h[:, mask]`` with ``h`` computed from the weights is decided by
+# the mask alone. The selected tensor is replaced by zeros of its shape, and the result's values
+# stay unknown (only its shape is used).
+_SHAPE_FROM_INDICES = {torch.ops.aten.index.Tensor, torch.ops.aten.masked_select.default}
+
 
 class _Unknown:
     """A value that depends on a parameter."""
@@ -184,22 +190,33 @@ class ValueReader:
 
         nodes = tree_map(builder.arg, (args, kwargs))
         results = []
+        shape_only = False
         with unset_fake_temporarily(), torch._C.DisableTorchFunction(), torch.no_grad():
             outs = []
             for draw in self.draws():
                 draw.catch_up(builder)
                 a, kw = tree_map(draw.value, nodes)
+                if func in _SHAPE_FROM_INDICES and a[0] is UNKNOWN and isinstance(args[0], torch.Tensor):
+                    shape_only = True
+                    a = (torch.zeros(args[0].shape, dtype=args[0].dtype, device=self.device), *a[1:])
                 outs.append(draw.run(func, a, kw))
         for out in outs:
             if out is UNKNOWN:
                 raise Unsupported(f"the forward reads a value computed from the weights ({func.overloadpacket.__name__}"
                                   f" at {where}); only real arithmetic on the weights decides it")
-            if results and not _same(results[0], out):
+            if shape_only:
+                out = torch.empty(out.shape, dtype=out.dtype, device=out.device)
+                if results and results[0].shape != out.shape:
+                    raise Unsupported(f"the forward selects by a mask of the inputs that differs between draws "
+                                      f"({func.overloadpacket.__name__} at {where}): its shape depends on the "
+                                      "inputs; declare the inputs as tensors to analyze the path they take")
+            elif results and not _same(results[0], out):
                 raise Unsupported(f"the forward reads a value of the inputs that differs between draws "
                                   f"({func.overloadpacket.__name__} at {where}): it takes different paths for "
                                   "different inputs; declare the inputs as tensors to analyze the path they take")
             results.append(out)
-        self.pending = results
+        # A selection from a tensor of unknown values has unknown values: only its shape is real.
+        self.pending = [UNKNOWN] * len(results) if shape_only else results
         return tree_map(lambda x: self.mode.from_tensor(x) if isinstance(x, torch.Tensor) else x, results[0])
 
     def bind(self, node: fx.Node) -> None:

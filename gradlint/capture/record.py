@@ -1,19 +1,22 @@
-"""The graph ``torch.export`` would give, written down from one meta-device forward pass.
+"""The graph ``torch.export`` would give, written down from one forward on fake tensors.
 
-``torch.export`` spends about a millisecond per op on machinery gradlint never reads: fake
-tensors, proxies, symbolic shapes, graph recompiles, full stack-trace capture. Running the
-forward of a meta-device copy under a pre-dispatch mode sees the same ATen ops export
-records (``aten.linear``, ``aten.lstm``, ``aten.scaled_dot_product_attention``: above
-autograd, so composite ops are not yet decomposed) at a quarter of the cost.
+``torch.export`` spends about a millisecond per op on machinery gradlint never reads: proxies,
+symbolic shapes, graph recompiles, full stack-trace capture. Running the forward (the user's
+model on fake tensors, ``gradlint.capture.fake``, or a meta copy of a meta-device model)
+under a pre-dispatch mode sees the same ATen ops export records (``aten.linear``,
+``aten.lstm``, ``aten.scaled_dot_product_attention``: above autograd, so composite ops are not
+yet decomposed) at a quarter of the cost.
 
 What export's passes change afterwards is redone here: no-grad regions become
 ``wrap_with_set_grad_enabled`` nodes, tied weights read through their last name, plain tensor
-attributes are lifted constants. What this path cannot reproduce exactly it refuses with
-``Unsupported``, and the caller uses ``torch.export``: an autocast block, a grad-mode change
-outside ``torch.set_grad_enabled`` (inference mode), ``.data``, a module registered under two
-names, higher-order ops, and any forward that raises. ``tests/test_recording.py`` checks that
-the two paths give equal graphs on the corpus, hard cases and a tiny Mixtral, and equal
-reports on the examples and on fuzzed models.
+attributes are lifted constants. A value the forward reads (``.item()``, ``if mask.any()``)
+is answered by ``gradlint.capture.reads``, which export cannot do. What this path cannot
+reproduce exactly it refuses with ``Unsupported``, and the caller uses ``torch.export``: an
+autocast block, a grad-mode change outside ``torch.set_grad_enabled`` (inference mode),
+``.data``, a module registered under two names, higher-order ops, a value read from the
+weights, and any forward that raises. ``tests/test_recording.py`` checks that the two paths
+give equal graphs on the corpus, hard cases and a tiny Mixtral, and equal reports on the
+examples and on fuzzed models.
 """
 
 from __future__ import annotations

@@ -68,7 +68,12 @@ def export_program(model: nn.Module, inputs: ExampleInputs) -> torch.export.Expo
     """``torch.export`` (non-strict) of ``model`` on fake parameters and inputs (a meta copy of
     a model on the meta device); the model is left as it was."""
     with fake_forward(model, inputs, enter=False) as run, quiet():
-        return torch.export.export(run.model, run.args, run.kwargs, strict=False)
+        ep = torch.export.export(run.model, run.args, run.kwargs, strict=False)
+    # The program holds the tensors it was exported with: the real ones, for the probe to run it.
+    for table in (ep.state_dict, ep.constants):
+        for name, value in table.items():
+            table[name] = run.real.get(id(value), value)
+    return ep
 
 
 def recorded_program(model: nn.Module, inputs: ExampleInputs):
@@ -99,8 +104,10 @@ def export_graph(model: nn.Module, inputs: ExampleInputs) -> Graph:
         try:
             ep = export_program(model, inputs)
         except Exception as e:
-            # Why recording refused is often the cause (a value read from the weights).
-            e.add_note(f"recording refused: {refused}")
+            # Why recording refused is often the cause (a value read from the weights); not
+            # when the user turned recording off.
+            if os.environ.get("GRADLINT_CAPTURE") != "export":
+                e.add_note(f"recording refused: {refused}")
             raise
     return program_graph(ep, inputs)
 
