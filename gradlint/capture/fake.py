@@ -33,6 +33,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from gradlint.capture.examples import _map, _plain
 from gradlint.capture.inputs import ExampleInputs, TensorSpec
 from gradlint.capture.meta import meta_copy
 from gradlint.capture.reads import ValueReader
@@ -148,7 +149,8 @@ def fake_forward(model: nn.Module, inputs: ExampleInputs, *, enter: bool = True)
                 elif type(v) in (list, tuple) and v and all(isinstance(x, torch.Tensor) for x in v):
                     mod.__dict__[k] = type(v)(fake(x) for x in v)
         device = _model_device(model)
-        leaves, spec = tree_flatten((inputs.args, inputs.kwargs))
+        # Sequence lengths are a plain list of ints, as the model gets them.
+        leaves, spec = tree_flatten((_map(inputs.args, _plain), _map(inputs.kwargs, _plain)))
         fake_leaves = []
         with mode:
             for leaf in leaves:
@@ -158,7 +160,7 @@ def fake_forward(model: nn.Module, inputs: ExampleInputs, *, enter: bool = True)
                     leaf = fake(leaf)
                 fake_leaves.append(leaf)
         args, kwargs = tree_unflatten(fake_leaves, spec)
-        reader = ValueReader(mode, inputs, leaves, device, real_buffers, real)
+        reader = ValueReader(mode, inputs, leaves, spec, device, real_buffers, real)
         model.train()
         with _reparametrize_module(model, swapped, tie_weights=True, strict=True, stack_weights=True), \
                 (mode if enter else contextlib.nullcontext()):

@@ -150,11 +150,12 @@ class _Draw:
 class ValueReader:
     """Answers the values a fake-tensor forward reads (see the module doc for the policy)."""
 
-    def __init__(self, mode: FakeTensorMode, inputs: ExampleInputs, leaves: list[Any], device: torch.device,
-                 buffers: dict[str, torch.Tensor], constants: dict[int, torch.Tensor]):
+    def __init__(self, mode: FakeTensorMode, inputs: ExampleInputs, leaves: list[Any], spec: Any,
+                 device: torch.device, buffers: dict[str, torch.Tensor], constants: dict[int, torch.Tensor]):
         self.mode = mode
         self.inputs = inputs
         self.leaves = leaves  # the inputs' leaves as given: TensorSpec, real tensors, constants
+        self.spec = spec  # their tree
         self.device = device
         self.buffers = buffers
         self.constants = constants
@@ -166,7 +167,7 @@ class ValueReader:
             concrete: list[Any] | None = None
             if self.inputs.concrete is not None:
                 flat, spec = tree_flatten(self.inputs.concrete)
-                if spec == tree_flatten((self.inputs.args, self.inputs.kwargs))[1]:
+                if spec == self.spec:
                     concrete = flat
             given = [concrete[i] if concrete is not None and isinstance(leaf, TensorSpec)
                      and isinstance(concrete[i], torch.Tensor) and tuple(concrete[i].shape) == leaf.shape
