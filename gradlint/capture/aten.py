@@ -192,6 +192,10 @@ class Converter:
 
     # -- conversion ----------------------------------------------------------------------
     def convert(self) -> Graph:
+        from gradlint.capture.views import functionalize
+
+        # Writes through views (`outputs[:, t] = h`) become data flow; the graph is edited in place.
+        functionalize(self.gm.graph)
         outputs: list[str] = []
         for fxn in self.gm.graph.nodes:
             if fxn.op == "placeholder":
