@@ -433,12 +433,15 @@ def _binary(kind):
         alpha = b.get("alpha", 1)
         if kind == "sub":
             alpha = -(alpha if alpha is not None else 1)
+        if kind == "rsub":
+            # rsub(self, other, alpha) = other - alpha * self: the scalar (or tensor) comes first.
+            a, o, alpha = o, a, -(alpha if alpha is not None else 1)
         tensors = [t for t in (a, o) if isinstance(t, fx.Node)]
         attrs = {"op": kind, "alpha": 1 if alpha is None else alpha}
         if not isinstance(a, fx.Node):
-            attrs["scalar"], attrs["scalar_first"] = a, True
+            attrs["scalar"], attrs["scalar_first"] = a, True  # c + alpha * x
         elif not isinstance(o, fx.Node):
-            attrs["scalar"] = o
+            attrs["scalar"] = o  # x + alpha * c
         # Division is the "mul" rule's (op "div"): a scale by 1/c, which fusion and the rules
         # read as one; a kind of its own had no transfer rule and passed x / c through unscaled.
         c.add(fxn, {"add": "add", "sub": "add", "rsub": "add", "div": "mul"}.get(kind, kind), tensors, attrs=attrs)

@@ -39,11 +39,12 @@ class Add(Transfer):
         shape = out_shape(node, tensors[0])
         if len(tensors) == 1:
             x = tensors[0]
-            c = node.attrs.get("scalar")
-            if node.attrs.get("scalar_first"):  # rsub / scalar - x
-                x = x.with_(mu=-x.mu)
-            c = (float(c) * (alpha if not node.attrs.get("scalar_first") else 1.0) if isinstance(c, (int, float))
-                 else 0.0)
+            a, c = self._affine(node)
+            x = x.with_(q=a * a * x.q, mu=a * x.mu, k=a * a * x.k, kt=a * a * x.kt, scale=a * x.scale)
+            if c:
+                # A shifted tensor is a new variable: x + c is not a multiple of x, so products
+                # with x (a gate times its complement, 1 - g) must not read as x * x.
+                x = x.with_(origin=node.name, scale=1.0)
             return x.with_(q=x.q + 2 * c * x.mu + c * c, mu=x.mu + c, k=x.k + 2 * c * x.mu + c * c,
                            kt=x.kt + 2 * c * x.mu + c * c, shape=shape, roles=roles_like(shape, x))
         a, b = tensors[0], tensors[1]
@@ -64,8 +65,23 @@ class Add(Transfer):
                    kt=a.kt + alpha * alpha * b.kt + cross, shape=shape, roles=roles, dtype=a.dtype,
                    const=a.const and b.const, blocked=a.blocked and b.blocked, origin=None, normed=normed)
 
+    @staticmethod
+    def _affine(node: Node) -> tuple[float, float]:
+        """(a, c) of a one-tensor sum out = a * x + c: ``x + alpha * c`` (add, sub), or
+        ``c + alpha * x`` with the scalar first (rsub: 1 - g)."""
+        alpha = float(node.attrs.get("alpha", 1) or 1)
+        c = node.attrs.get("scalar")
+        c = float(c) if isinstance(c, (int, float)) else 0.0
+        if node.attrs.get("scalar_first"):
+            return alpha, c
+        return 1.0, alpha * c
+
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
         alpha = float(node.attrs.get("alpha", 1) or 1)
+        tensors = [f for f in ins if isinstance(f, Fwd) and not f.const]
+        if len(tensors) == 1 and len([f for f in ins if isinstance(f, Fwd)]) == 1:
+            a, _ = self._affine(node)
+            g = g.scaled(a * a)
         res: list[Bwd | None] = []
         first = True
         for f in ins:
