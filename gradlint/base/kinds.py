@@ -10,7 +10,7 @@ from __future__ import annotations
 BENIGN_KINDS = frozenset({"identity", "select", "split", "getitem", "expand", "datamove", "dropout", "avg_pool",
                           "max_pool", "reduce", "cat", "const"})
 #: Layer kinds that hold weights.
-WEIGHTED_KINDS = frozenset({"linear", "conv", "embedding", "rnn", "attention", "moe_linear"})
+WEIGHTED_KINDS = frozenset({"linear", "conv", "linear_w", "conv_w", "embedding", "rnn", "attention", "moe_linear"})
 #: Layer kinds that normalize.
 NORM_KINDS = frozenset({"layer_norm", "rms_norm", "group_norm", "batch_norm"})
 #: Activations: functional (``act``) and parameter-free activation modules (``act_module``).

@@ -170,23 +170,27 @@ class Converter:
             if a.op == "placeholder" and a.name in self.params:
                 return self.params[a.name]
             if a.op == "call_function" and op_name(a.target) in {"_to_copy", "to", "t", "alias", "view",
-                                                                  "contiguous", "clone", "type_as"}:
+                                                                  "contiguous", "clone", "type_as", "squeeze",
+                                                                  "unsqueeze", "reshape", "_unsafe_view"}:
                 a = a.args[0]
                 seen += 1
                 continue
             return None
         return None
 
-    def add(self, fxn: fx.Node, kind: str, inputs=(), params=None, attrs=None) -> None:
+    def add(self, fxn: fx.Node, kind: str, inputs=(), params=None, attrs=None, name: str | None = None,
+            like: fx.Node | None = None) -> None:
+        """Add a node for ``fxn`` (named ``name`` instead, with ``like``'s shape, for a node that
+        has no fx node of its own)."""
         stack = fxn.meta.get("nn_module_stack") or {}
         module, module_type = ("", "")
         if stack:
             path, typ = list(stack.values())[-1]
             module = path
             module_type = typ.rsplit(".", 1)[-1] if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
-        val = fxn.meta.get("val")
+        val = (like if like is not None else fxn).meta.get("val")
         self.nodes.append(Node(
-            name=fxn.name, kind=kind, op=str(fxn.target), inputs=tuple(self.ref(i) for i in inputs),
+            name=name or fxn.name, kind=kind, op=str(fxn.target), inputs=tuple(self.ref(i) for i in inputs),
             params=params or {}, attrs=attrs or {}, shape=_shape(val), dtype=_dtype(val),
             module=module, module_type=module_type, call_site=call_site(fxn.meta.get("stack_trace"))))
 
@@ -316,25 +320,32 @@ def normalizer(*names: str):
     return deco
 
 
+def _weighted(c: Converter, fxn, kind: str, x: Any, weight: Any, bias: Any, attrs: dict) -> None:
+    """A Linear or convolution. Its weight and bias are parameters, or tensors computed in
+    forward (weight_norm, spectral norm, a scaled parameter): those are operands (kind
+    ``linear_w``/``conv_w``) whose gradient flows back through the ops that made them."""
+    w, bp = c.param_of(weight), c.param_of(bias)
+    if w is not None and (bp is not None or not isinstance(bias, fx.Node)):
+        c.add(fxn, kind, [x], {"weight": w} | ({"bias": bp} if bp else {}), attrs)
+        return
+    computed_bias = isinstance(bias, fx.Node) and bp is None
+    c.add(fxn, kind + "_w", [x, weight] + ([bias] if computed_bias else []), {"bias": bp} if bp else {},
+          attrs | {"bias_operand": computed_bias})
+
+
 @normalizer("linear")
 def _linear(c: Converter, fxn, b):
-    w, bias = c.param_of(b["weight"]), c.param_of(b.get("bias"))
-    if w is None:
-        c.add(fxn, "matmul", [b["input"], b["weight"]], attrs={"transpose_b": True, "bias": b.get("bias")})
-        return
-    params = {"weight": w} | ({"bias": bias} if bias else {})
-    c.add(fxn, "linear", [b["input"]], params, {"layout": "out_in"})
+    _weighted(c, fxn, "linear", b["input"], b["weight"], b.get("bias"), {"layout": "out_in"})
 
 
 @normalizer("addmm")
 def _addmm(c: Converter, fxn, b):
     # HF's Conv1D: addmm(bias, x, W) with W stored as (in, out).
-    w, bias = c.param_of(b["mat2"]), c.param_of(b["self"])
-    if w is None:
-        c.add(fxn, "matmul", [b["mat1"], b["mat2"]], attrs={})
+    mat2 = b["mat2"]
+    if c.param_of(mat2) is None and c.param_of(b["self"]) is None:
+        c.add(fxn, "matmul", [b["mat1"], mat2], attrs={})  # a product of two activations (plus a term)
         return
-    params = {"weight": w} | ({"bias": bias} if bias else {})
-    c.add(fxn, "linear", [b["mat1"]], params, {"layout": "in_out"})
+    _weighted(c, fxn, "linear", b["mat1"], mat2, b["self"], {"layout": "in_out"})
 
 
 @normalizer("mm", "matmul", "bmm")
@@ -363,16 +374,17 @@ def _einsum(c: Converter, fxn, b):
 def _conv(c: Converter, fxn, b):
     name = op_name(fxn.target)
     transposed = bool(b.get("transposed", False)) or name.startswith("conv_transpose")
-    w, bias = c.param_of(b["weight"]), c.param_of(b.get("bias"))
     x = b["input"]
     wshape = _shape(b["weight"].meta.get("val"))
     attrs = {"stride": _ints(b.get("stride")), "padding": b.get("padding"), "dilation": _ints(b.get("dilation")),
              "groups": int(b.get("groups") or 1), "transposed": transposed, "weight_shape": wshape,
              "output_padding": _ints(b.get("output_padding"))}
-    if w is None:
-        c.add(fxn, "unknown", [x, b["weight"]], attrs={"target": name})
-        return
-    c.add(fxn, "conv", [x], {"weight": w} | ({"bias": bias} if bias else {}), attrs)
+    _weighted(c, fxn, "conv", x, b["weight"], b.get("bias"), attrs)
+
+
+@normalizer("_weight_norm")
+def _weight_norm(c: Converter, fxn, b):
+    c.add(fxn, "weight_norm", [b["v"], b["g"]], attrs={"dim": int(b.get("dim") or 0)})
 
 
 @normalizer("embedding")
