@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from gradlint.capture import writes
 from gradlint.capture.graph import Graph, Node, Source
 
 aten = torch.ops.aten
@@ -37,7 +38,7 @@ RESHAPES = {
     "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "contiguous", "clone",
     "unsqueeze", "squeeze", "flatten", "unflatten", "alias", "_to_copy", "to", "type_as",
     "lift_fresh_copy", "view_as", "movedim", "swapaxes", "numpy_T", "mT", "dropout_identity",
-    "copy", "fill_diagonal_",
+    "fill_diagonal_",
 }
 # Ops through which no gradient flows.
 BLOCKERS = {
@@ -248,6 +249,13 @@ class Converter:
             self.add(fxn, "grad_region", fxn.args[5:] if len(fxn.args) > 5 else fxn.args, attrs={"enabled": True})
             return
         b = bind(fxn)
+        if writes.mutates_self(target) and isinstance(b.get("self"), fx.Node):
+            self.inplace(fxn, b, name)
+        else:
+            self.dispatch(fxn, b, name)
+
+    def dispatch(self, fxn: fx.Node, b: dict, name: str) -> None:
+        target = fxn.target
         fn = NORMALIZERS.get(name)
         if fn is not None:
             fn(self, fxn, b)
@@ -266,6 +274,33 @@ class Converter:
         else:
             tensors = [a for a in torch.utils._pytree.tree_leaves((fxn.args, fxn.kwargs)) if isinstance(a, fx.Node)]
             self.add(fxn, "unknown", tensors, attrs={"target": name})
+
+    def inplace(self, fxn: fx.Node, b: dict, name: str) -> None:
+        """An op that writes into its first argument: later reads of that tensor, and of the
+        tensor it is a view of, see the written value (``writes``)."""
+        dst = b["self"]
+        if name == "copy":
+            new = b.get("src")
+        elif name in ("fill", "zero"):
+            value = b.get("value", 0.0)
+            self.add(fxn, "const", attrs={"op": name, "value": value if isinstance(value, (int, float)) else None})
+            new = fxn
+        else:
+            self.dispatch(fxn, b, name)  # the out-of-place op computes the new value
+            new = fxn
+        if not isinstance(new, fx.Node):
+            return
+        base = writes.base_of(dst, op_name)
+        self.alias[dst.name] = self.ref(new)
+        if new is not fxn:
+            self.alias[fxn.name] = self.ref(new)
+        if base is dst or not isinstance(base, fx.Node):
+            return
+        write = f"{fxn.name}_into_{base.name}"
+        self.add(fxn, "write", [base, new], name=write, like=base,
+                 attrs={"op": name, "region": writes.share(writes.numel(dst), writes.numel(base)),
+                        "accumulate": False, "used": 1.0, "region_key": writes.region_key(dst, base, op_name)})
+        self.alias[base.name] = write
 
     def activation(self, fxn, b, fn_name):
         attrs: dict[str, Any] = {"fn": fn_name}
@@ -536,11 +571,50 @@ def _expand(c, fxn, b):
     c.add(fxn, "expand", [b.get("self", b.get("input"))], attrs={"op": op_name(fxn.target)})
 
 
-@normalizer("masked_fill", "where", "triu", "tril", "index_put", "scatter", "masked_scatter", "index_fill",
-            "slice_scatter", "select_scatter", "scatter_add", "pad", "constant_pad_nd", "zero", "fill",
+@normalizer("zero", "fill")
+def _fill(c, fxn, b):
+    value = b.get("value", 0.0)
+    c.add(fxn, "const", attrs={"op": op_name(fxn.target), "value": value if isinstance(value, (int, float)) else None})
+
+
+@normalizer("copy")
+def _copy(c, fxn, b):
+    # copy(self, src) (functionalized copy_): src's values in self's shape.
+    c.add(fxn, "expand", [b["src"]], attrs={"op": "copy"})
+
+
+@normalizer("index_put", "index_copy", "index_add", "scatter", "scatter_add", "slice_scatter", "select_scatter",
+            "masked_scatter")
+def _scatter(c, fxn, b):
+    """Out-of-place writes: the base with a region replaced by (or added to) the values."""
+    name = op_name(fxn.target)
+    base = b["self"]
+    values = b.get("values", b.get("src", b.get("source")))
+    if not isinstance(values, fx.Node):
+        _datamove(c, fxn, b)  # a scalar written: masking
+        return
+    index = b.get("index")
+    whole, n_values = writes.numel(base), writes.numel(values)
+    used = 1.0
+    if name in ("scatter", "scatter_add"):
+        region = writes.numel(index)
+        used = writes.share(region, n_values) or 1.0  # only index-shaped part of src is read
+    elif name == "index_put":
+        region = writes.index_region(base, list(b.get("indices") or []))
+    elif name == "masked_scatter":
+        region = None  # how many elements the mask selects is data
+    else:
+        region = n_values
+    accumulate = name in ("scatter_add", "index_add") or bool(b.get("accumulate"))
+    c.add(fxn, "write", [base, values], attrs={"op": name, "region": writes.share(region, whole),
+                                               "accumulate": accumulate, "used": used,
+                                               "copies": (region / n_values) if region and n_values else 1.0})
+
+
+@normalizer("masked_fill", "where", "triu", "tril", "index_fill", "pad", "constant_pad_nd",
             "roll", "flip", "pixel_shuffle", "pixel_unshuffle", "unfold", "im2col", "col2im",
             "upsample_nearest2d", "upsample_bilinear2d", "upsample_nearest1d", "_upsample_nearest_exact2d",
-            "upsample_linear1d", "upsample_bicubic2d", "interpolate", "copy_")
+            "upsample_linear1d", "upsample_bicubic2d", "interpolate")
 def _datamove(c, fxn, b):
     # Ops that fill, mask or rearrange: the main tensor's statistics carry over, and other
     # tensor operands (masks, fill values) take no part in the signal.
