@@ -513,10 +513,20 @@ def _reduce(c, fxn, b):
     dims = b.get("dim")
     name = op_name(fxn.target)
     if name in ("max", "min") and isinstance(b.get("other"), fx.Node):
-        c.add(fxn, "unknown", [x, b["other"]], attrs={"target": name})
+        c.add(fxn, "extremum", [x, b["other"]], attrs={"op": name})
         return
     c.add(fxn, "reduce", [x], attrs={"op": name, "dims": None if dims is None else _ints(dims),
                                       "keepdim": bool(b.get("keepdim") or False)})
+
+
+@normalizer("maximum", "minimum", "fmax", "fmin")
+def _extremum(c, fxn, b):
+    """Element-wise max/min of two tensors (torch.maximum; RWKV's running maximum)."""
+    x, other = b.get("self"), b.get("other")
+    if not isinstance(other, fx.Node):
+        c.add(fxn, "unknown", [x], attrs={"target": op_name(fxn.target)})
+        return
+    c.add(fxn, "extremum", [x, other], attrs={"op": "max" if op_name(fxn.target) in ("maximum", "fmax") else "min"})
 
 
 @normalizer("softmax", "_softmax", "log_softmax", "_log_softmax", "_safe_softmax")

@@ -21,7 +21,7 @@ LayerNorm, ...) and is registered under the graph node ``kind``s it handles
 
 # Imported for their registrations, in this order (the order of TRANSFERS).
 from gradlint.engine.transfers import structural, layers, activations, arith, norms, pooling  # noqa: F401, I001
-from gradlint.engine.transfers import attention, moe, recurrent, reparam, writes  # noqa: F401
+from gradlint.engine.transfers import attention, extremum, moe, recurrent, reparam, writes  # noqa: F401
 from gradlint.engine.transfers.registry import (ATTENTION, INIT, NORMALIZATION, RECURRENCE, RESIDUAL, SATURATION,
                                                 TRANSFERS, Transfer, register)
 
