@@ -199,3 +199,64 @@ def test_list_index_of_the_last_position():
         assert p.predicted_grad_rms and p.predicted_grad_rms > 0, p
         if p.name.endswith("weight"):
             assert abs(math.log10(p.predicted_grad_rms) - measured[p.name]) < 0.1, (p, measured[p.name])
+
+
+class Extremum(nn.Module):
+    """torch.maximum / torch.minimum of two branches (RWKV keeps a running maximum)."""
+
+    def __init__(self, op, d: int = 64):
+        super().__init__()
+        self.op = op
+        self.a, self.b, self.out = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        nn.init.normal_(self.b.weight, std=2.0 / d ** 0.5)  # unequal variances: P(a taken) != 1/2
+        nn.init.constant_(self.b.bias, 0.5)
+
+    def forward(self, x):
+        return self.out(self.op(self.a(x), self.b(x) - 0.3))
+
+
+@pytest.mark.parametrize("op", [torch.maximum, torch.minimum], ids=["maximum", "minimum"])
+def test_elementwise_maximum_and_minimum(op):
+    """An op without a rule is unknown, never zero; maximum/minimum have one (Clark's moments)."""
+    t = Trials(lambda: Extremum(op), (16, 64), seeds=4)
+    _check_all(t, 0.05, ["a.weight", "b.weight", "out.weight"])
+
+
+class SwiGLU(nn.Module):
+    """LLaMA's feed-forward: w2(silu(w1 x) * w3 x), both factors computed from the same x."""
+
+    def __init__(self, d: int = 64, hidden: int = 128):
+        super().__init__()
+        self.w1, self.w3 = nn.Linear(d, hidden, bias=False), nn.Linear(d, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class HandLSTMStep(nn.Module):
+    """Two LSTM steps written by hand: c = f·c + i·g, h = o·tanh(c), gates from one Linear."""
+
+    def __init__(self, d: int = 64):
+        super().__init__()
+        self.gates = nn.Linear(2 * d, 4 * d)
+        self.d = d
+
+    def forward(self, x):
+        h = c = x.new_zeros(x.shape[0], self.d)
+        for step in range(2):
+            i, f, g, o = self.gates(torch.cat([x[:, step], h], -1)).chunk(4, -1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        return h
+
+
+@pytest.mark.parametrize("build,shape,floor", [
+    (SwiGLU, (16, 64), 0.05),
+    (HandLSTMStep, (32, 2, 64), 0.1),
+], ids=["swiglu", "hand-lstm"])
+def test_multiplicative_gates(build, shape, floor):
+    """Gates from independent projections of the same input multiply as independent factors
+    (E3): GLU/SwiGLU and a hand-written LSTM cell."""
+    t = Trials(build, shape, seeds=4)
+    _check_all(t, floor)

@@ -1,4 +1,4 @@
-"""Weights computed in forward from parameters: weight normalization (docs/design.md §4.10, W8).
+"""Weights computed in forward from parameters: weight normalization (docs/design.md §3, W8).
 
 A layer whose weight is such a tensor is a ``linear_w``/``conv_w`` node: it books the weight's
 E[(dL/dW)²] as the gradient of its weight operand, and the rules here carry it back to the
