@@ -260,3 +260,29 @@ def test_multiplicative_gates(build, shape, floor):
     (E3): GLU/SwiGLU and a hand-written LSTM cell."""
     t = Trials(build, shape, seeds=4)
     _check_all(t, floor)
+
+
+class Fused(nn.Module):
+    """addcmul / addcdiv / lerp: fused sums of products that had no rule (all unknown)."""
+
+    def __init__(self, op: str, d: int = 64):
+        super().__init__()
+        self.op = op
+        self.a, self.b, self.c, self.out = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x):
+        a, b, c = self.a(x), torch.tanh(self.b(x)), self.c(x)
+        if self.op == "addcmul":
+            y = torch.addcmul(a, b, c, value=0.5)
+        elif self.op == "addcdiv":
+            y = torch.addcdiv(a, c, torch.sigmoid(b) + 1.0, value=0.5)
+        else:
+            y = torch.lerp(a, c, 0.3)
+        return self.out(y)
+
+
+@pytest.mark.parametrize("op", ["addcmul", "addcdiv", "lerp"])
+def test_fused_sums_of_products(op):
+    t = Trials(lambda: Fused(op), (16, 64), seeds=4)
+    names = ["a.weight", "c.weight", "out.weight"] + (["b.weight"] if op != "lerp" else [])
+    _check_all(t, 0.1, names)

@@ -51,6 +51,7 @@ BLOCKERS = {
     "heaviside": "heaviside", "isnan": "isnan", "isinf": "isinf", "isfinite": "isfinite",
     # Index arithmetic of mixture-of-experts dispatch: integer results, zero derivative.
     "floor_divide": "floor_divide", "histc": "histc", "bincount": "bincount", "argsort": "sort indices",
+    "one_hot": "one_hot",  # integer ids in, integer codes out
 }
 # Ops that make tensors from nothing (shapes and constants only).
 CREATORS = {
@@ -162,6 +163,8 @@ class Converter:
     def ref(self, a: Any) -> str | None:
         if isinstance(a, fx.Node):
             return self.alias.get(a.name, a.name)
+        if isinstance(a, str):
+            return a  # a node a normalizer added without an fx node of its own
         return None
 
     def param_of(self, a: Any) -> str | None:
@@ -500,6 +503,30 @@ normalizer("sub")(_binary("sub"))
 normalizer("rsub")(_binary("rsub"))
 normalizer("mul")(_binary("mul"))
 normalizer("div")(_binary("div"))
+
+
+@normalizer("addcmul", "addcdiv")
+def _addc(c, fxn, b):
+    """addcmul(x, t1, t2, value) = x + value·t1·t2 (addcdiv: t1/t2): a product node, then a sum."""
+    t1, t2 = b.get("tensor1"), b.get("tensor2")
+    op = "div" if op_name(fxn.target) == "addcdiv" else "mul"
+    prod = f"{fxn.name}_{op}"
+    c.add(fxn, "mul", [t for t in (t1, t2) if isinstance(t, fx.Node)], attrs={"op": op}, name=prod)
+    value = b.get("value", 1)
+    c.add(fxn, "add", [b["self"], prod], attrs={"op": "add", "alpha": 1 if value is None else value})
+
+
+@normalizer("lerp")
+def _lerp(c, fxn, b):
+    """lerp(x, end, w) = (1 - w)·x + w·end for a number w; a tensor w has no rule."""
+    x, end, w = b.get("self"), b.get("end"), b.get("weight")
+    if isinstance(w, fx.Node) or not isinstance(x, fx.Node) or not isinstance(end, fx.Node):
+        tensors = [t for t in (x, end, w) if isinstance(t, fx.Node)]
+        c.add(fxn, "unknown", tensors, attrs={"target": "lerp"})
+        return
+    kept = f"{fxn.name}_kept"
+    c.add(fxn, "mul", [x], attrs={"op": "mul", "scalar": 1.0 - float(w)}, name=kept)
+    c.add(fxn, "add", [kept, end], attrs={"op": "add", "alpha": float(w)})
 
 
 @normalizer("neg")

@@ -94,6 +94,16 @@ class Add(Transfer):
         return res
 
 
+def _inverse_moments(d: Fwd) -> tuple[float, float, float] | None:
+    """E[1/d], E[1/d²], E[1/d⁴] of a Gaussian d bounded away from zero (|μ| ≥ 4σ: a norm, an
+    eps-shifted positive value), by the second-order delta method; None otherwise."""
+    mu, v = d.mu, d.v
+    if mu == 0 or mu * mu < 16 * v:
+        return None
+    r = v / (mu * mu)
+    return (1 + r) / mu, (1 + 3 * r) / mu ** 2, (1 + 10 * r) / mu ** 4
+
+
 @register("mul")
 class Mul(Transfer):
     """Products (E3) and scaling by constants, parameters (LayerScale, SkipInit α) or tensors."""
@@ -121,7 +131,13 @@ class Mul(Transfer):
                            scale=x.scale * c)
         a, b = tensors[0], tensors[1]
         if node.attrs.get("op") == "div":
-            return a.with_(shape=shape, roles=roles_like(shape, a)) if not a.const else b.with_(shape=shape)
+            inv = _inverse_moments(b)
+            if a.const or inv is None:
+                return a.with_(shape=shape, roles=roles_like(shape, a)) if not a.const else b.with_(shape=shape)
+            m1, m2, _ = inv
+            # a / d = a * (1/d), d independent of a and bounded away from 0.
+            return a.with_(q=a.q * m2, mu=a.mu * m1, k=a.k * m1 * m1, kt=a.kt * m1 * m1, shape=shape,
+                           roles=roles_like(shape, a), origin=None, scale=1.0)
         if a.const != b.const:
             x = b if a.const else a
             return x.with_(shape=shape, roles=roles_like(shape, x))
@@ -147,7 +163,20 @@ class Mul(Transfer):
             return res
         (ia, a), (ib, b) = tensors[0], tensors[1]
         if node.attrs.get("op") == "div":
-            res[ia] = g
+            inv = _inverse_moments(b)
+            if inv is None:
+                # 1/d has no finite moments where d reaches 0: the numerator keeps today's
+                # pass-through (a known approximation, E3), the denominator's gradient is unknown.
+                res[ia] = g
+                if not b.const:
+                    res[ib] = broadcast_sum(b, out, g.s * a.q, 0.0).as_unknown()
+                return res
+            m1, m2, m4 = inv
+            if not a.const:
+                res[ia] = broadcast_sum(a, out, g.s * m2, g.r * m1 * m1)
+            if not b.const:
+                # d(a/d)/dd = -a/d²: E[(a/d²)²] = q_a·E[1/d⁴].
+                res[ib] = broadcast_sum(b, out, g.s * a.q * m4, 0.0)
             return res
         if a.const != b.const:
             res[ib if a.const else ia] = g
