@@ -23,7 +23,7 @@ from gradlint.capture import trace as tracing
 from gradlint.capture.graph import Source
 from gradlint.capture.inputs import ExampleInputs, resolve_inputs
 from gradlint.engine.propagate import propagate
-from gradlint.engine.result import Result, build_summary
+from gradlint.engine.result import Result, build_summary, unknown_gradient_nodes
 from gradlint.lint import suppress
 from gradlint.lint.rule import REGISTRY, Rule, load_builtin
 
@@ -219,8 +219,10 @@ def make_report(target: str, result: Result, ex: ExampleInputs, findings: list[F
                     measured_grad_rms=result.measured.get(n), stats_source=st.source)
         for n, st in prop.param_stats.items())
     profile = layer_profile(result.graph, result.summary)
+    unknown_grad = unknown_gradient_nodes(prop)
     layers = tuple(
-        LayerReport(module=n.module, kind=n.kind, node=n.name, grad_rms=None if n.s is None else n.grad_rms,
+        LayerReport(module=n.module, kind=n.kind, node=n.name,
+                    grad_rms=None if n.s is None or n.name in unknown_grad else n.grad_rms,
                     forward_rms=None if n.q is None else math.sqrt(max(n.q, 0.0)),
                     signal_decades=profile.get(n.name, (None, None))[0],
                     forward_decades=profile.get(n.name, (None, None))[1])

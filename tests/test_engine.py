@@ -83,13 +83,16 @@ def test_unused_parameter_has_no_prediction():
     assert grads["spare.weight"] is None and grads["used.weight"] > 0
 
 
-def test_unknown_op_passes_through_with_a_trace_finding():
+def test_unknown_op_makes_the_gradient_upstream_unknown_with_a_trace_finding():
     from gradlint.rules.unknown_op import _Bessel
 
     report = gradlint.check(_Bessel(), (8, 32))
     assert report.analysis == "export"
     assert any(f.code == "GL902" and "bessel" in f.message for f in report.findings)
-    assert all(p.predicted_grad_rms and p.predicted_grad_rms > 0 for p in report.params)
+    grads = {p.name: p.predicted_grad_rms for p in report.params}
+    # Downstream of the op the prediction stands; upstream its gradient is unknown (None), never 0.
+    assert grads["b.weight"] > 0 and grads["a.weight"] is None and grads["a.bias"] is None
+    assert report.summary.verdict == "unknown" and report.exit_code == 2
 
 
 def test_an_unknown_op_repeated_in_every_layer_is_one_finding():
@@ -175,4 +178,8 @@ def test_legacy_weight_norm_is_analyzable():
     assert report.analysis == "export"
     grads = {p.name: p.predicted_grad_rms for p in report.params}
     assert set(grads) == {"0.weight_g", "0.weight_v", "0.bias", "2.weight", "2.bias"}
-    assert all(0 < grads[n] < math.inf for n in ("0.weight_v", "2.weight"))
+    assert 0 < grads["2.weight"] < math.inf
+    # _weight_norm has no transfer rule: the gradient upstream of it is unknown, not guessed,
+    # and the verdict says so instead of "healthy".
+    assert grads["0.weight_v"] is None and grads["0.weight_g"] is None
+    assert report.summary.verdict == "unknown" and "_weight_norm" in report.summary.unknown[0]

@@ -375,6 +375,21 @@ def test_probe_equals_a_hand_written_backward_of_the_model_itself(build):
     assert f.severity == "warning" and set(f.evidence["departures"]) == departs
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("build", [CustomFunctionNet, HookNet])
+def test_the_probe_on_cuda_runs_the_models_own_backward_too(build):
+    torch.manual_seed(0)
+    model = build()
+    on_cpu = gradlint.probe(model, (16, 32), seeds=2, device="cpu")
+    on_gpu = gradlint.probe(model, (16, 32), seeds=2, device="cuda")
+    assert on_gpu.probe.device.startswith("cuda") and on_gpu.probe.peak_memory_bytes > 0
+    assert on_gpu.summary.verdict == on_cpu.summary.verdict == "vanishing"
+    for a, b in zip(on_cpu.params, on_gpu.params):
+        # float64 on both devices, inputs and g drawn on the CPU: only summation order differs.
+        assert b.measured_grad_rms == pytest.approx(a.measured_grad_rms, rel=1e-6), a.name
+    assert all(p.device.type == "cpu" for p in model.parameters())  # the user's model stays where it was
+
+
 @pytest.mark.parametrize("build, decades", [(CustomFunctionNet, 8), (HookNet, 6)])
 def test_a_backward_that_scales_the_gradient_down_measures_vanishing(build, decades):
     torch.manual_seed(0)

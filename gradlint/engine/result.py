@@ -96,6 +96,22 @@ def _gradient_path_unknown_ops(prop: Propagation) -> list[str]:
     return out
 
 
+def unknown_gradient_nodes(prop: Propagation) -> dict[str, str]:
+    """Nodes whose predicted gradient is unknown because it crosses an op with no transfer rule
+    on a gradient path (the op itself and everything upstream of it), with that op's name."""
+    g = prop.graph
+    upstream: dict[str, str] = {}
+    for name in _gradient_path_unknown_ops(prop):
+        op = g.by_name[name]
+        upstream[name] = str(op.attrs.get("target") if isinstance(op.attrs.get("target"), str) else op.op or op.kind)
+    for n in reversed(g.nodes):
+        if n.name in upstream:
+            for i in n.inputs:
+                if i is not None and i not in upstream:
+                    upstream[i] = upstream[n.name]
+    return upstream
+
+
 def unknown_params(prop: Propagation) -> dict[str, str]:
     """Parameters whose predicted gradient is unknown, with the reason.
 
@@ -115,16 +131,7 @@ def unknown_params(prop: Propagation) -> dict[str, str]:
             op = g.by_name[name]
             what = op.attrs.get("target") if isinstance(op.attrs.get("target"), str) else op.op or op.kind
             places.setdefault(str(what), []).append(op.module or "the model")
-        upstream: dict[str, str] = {}  # node -> the op with no rule it feeds
-        for name in ops:
-            op = g.by_name[name]
-            upstream[name] = str(op.attrs.get("target") if isinstance(op.attrs.get("target"), str)
-                                 else op.op or op.kind)
-        for n in reversed(g.nodes):
-            if n.name in upstream:
-                for i in n.inputs:
-                    if i is not None and i not in upstream:
-                        upstream[i] = upstream[n.name]
+        upstream = unknown_gradient_nodes(prop)  # node -> the op with no rule it feeds
         for n in g.nodes:
             if n.name in upstream:
                 what = upstream[n.name]
