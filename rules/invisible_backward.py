@@ -1,4 +1,4 @@
-"""GL903 invisible-backward."""
+"""GL905 invisible-backward."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ class InvisibleBackward(Rule):
     activations inside `forward` are seen only by the probe too.
     """
 
-    code = "GL903"
+    code = "GL905"
     name = "invisible-backward"
     severity = Severity.INFO
     category = "trace"

@@ -315,7 +315,8 @@ def test_cli_profile_draws_a_bar_per_layer_and_marks_the_zones():
     assert res.exit_code == 1, res.output
     head, *rows = res.output[res.output.index("gradient profile"):].splitlines()
     assert "as the verdict reads it (predicted" in head
-    cols = {line.split()[0]: line.split() for line in rows if "█" in line}
+    rows = [line for line in rows if "█" in line]
+    cols = {line.split()[0]: line.split() for line in rows}
     bars = {name: (max(float(c[1]), float(c[2]), key=abs), line.count("█"), line.endswith("exploding"))
             for name, c in cols.items() for line in rows if line.split()[0] == name}
     assert len(bars) == 20

@@ -245,7 +245,7 @@ def test_the_measured_verdict_sets_the_exit_code_alike_in_cli_api_and_plugin(tmp
     assert static.exit_code == ExitCode.CLEAN, static.output  # the graph hides the Function's backward
     probed = cli("check", str(path), "--probe", "--seeds", "1")
     assert probed.exit_code == ExitCode.FINDINGS, probed.output
-    assert "measured verdict vanishing" in probed.output and "GL903" in probed.output
+    assert "measured verdict vanishing" in probed.output and "GL905" in probed.output
     torch.manual_seed(0)
     model = CustomFunctionNet()
     report = gradlint.probe(model, (16, 32), seeds=1)
@@ -368,10 +368,10 @@ def test_probe_equals_a_hand_written_backward_of_the_model_itself(build):
     expected = hand_measured(model, (16, 32), seeds=2)
     for p in report.params:
         assert p.measured_grad_rms == pytest.approx(expected[p.name], rel=1e-9), p.name
-    # Where the model's own backward departs from its graph, GL903 says so with the numbers.
+    # Where the model's own backward departs from its graph, GL905 says so with the numbers.
     departs = {n for n, _ in report.probe.departures}
     assert departs, report
-    (f,) = [f for f in report.findings if f.code == "GL903" and f.evidence.get("measured")]
+    (f,) = [f for f in report.findings if f.code == "GL905" and f.evidence.get("measured")]
     assert f.severity == "warning" and set(f.evidence["departures"]) == departs
 
 
@@ -399,12 +399,12 @@ def test_a_backward_that_scales_the_gradient_down_measures_vanishing(build, deca
     assert report.summary.attenuation_decades == pytest.approx(decades, abs=0.1)
     assert report.exit_code == ExitCode.FINDINGS
     (f,) = [f for f in report.findings if f.code == "GL101"]
-    assert f.confirmed and f.message.startswith("measured:") and "GL903" in f.fix
+    assert f.confirmed and f.message.startswith("measured:") and "GL905" in f.fix
 
 
 def test_static_check_names_backward_hooks_it_cannot_see():
     report = gradlint.check(HookNet(), (16, 32))
-    (f,) = [f for f in report.findings if f.code == "GL903"]
+    (f,) = [f for f in report.findings if f.code == "GL905"]
     assert f.severity == "info" and f.module == "b" and "backward hook" in f.message
 
 

@@ -142,8 +142,8 @@ def unknown_params(prop: Propagation) -> dict[str, str]:
     for name, e2 in prop.params.items():
         if name in used and e2 is None:
             out.setdefault(name, "no prediction")
-        elif g.analysis == "module-order" and e2 == 0.0:
-            out.setdefault(name, "predicted zero by the module-order fallback, which cannot see every path")
+        elif g.analysis in ("module-order", "fx") and e2 == 0.0:
+            out.setdefault(name, f"predicted zero by the {g.analysis} fallback, which cannot see every path")
     return out
 
 
@@ -155,6 +155,9 @@ def unknown_reasons(prop: Propagation, trace_failures: tuple[str, ...] = ()) -> 
         why = f" ({trace_failures[0]})" if trace_failures else ""
         reasons.append("analyzed from the leaf modules in call order, which cannot see functional ops and "
                        f"residual paths{why}")
+    elif g.analysis == "fx":
+        reasons.append("analyzed from parameter shapes only (torch.fx, without example inputs), which leaves out "
+                       "every estimate that needs a forward pass: declare the inputs")
     unknown = unknown_params(prop)
     if unknown:
         by_reason: dict[str, list[str]] = {}

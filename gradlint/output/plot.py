@@ -14,30 +14,50 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gradlint.base.errors import GradlintError
 from gradlint.base.kinds import PROFILE_KINDS as PLOTTED_KINDS
-from gradlint.base.report import Report
+
+if TYPE_CHECKING:
+    from gradlint.base.report import Report
 
 
 class PlotError(GradlintError):
     """A chart could not be written (matplotlib missing, an unwritable path)."""
 
 
-def _pyplot():
+def _figure_class(asked_by: str) -> Any:
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401  (first: an imported submodule is found without its package)
+        from matplotlib.figure import Figure
     except ImportError:
-        raise PlotError("--plot needs matplotlib, which is not installed",
+        raise PlotError(f"{asked_by} needs matplotlib, which is not installed",
                         hint="pip install 'torch-gradlint[plot]' (or pip install matplotlib)") from None
-    matplotlib.use("Agg")  # files only: no display needed, and none is opened
-    import matplotlib.pyplot as plt
-
-    return plt
+    # A Figure of its own, not pyplot's: no backend, no display, no global figure list, so a
+    # notebook shows the returned figure once and a script opens no window.
+    return Figure
 
 
 def plot_report(report: Report, path: str | os.PathLike) -> Path:
-    """Write the chart of one report as a PNG and return its path.
+    """Write the chart of one report (``figure``) as a PNG and return its path.
+
+    Raises:
+        PlotError: Without matplotlib, for a report without layers, or when the file cannot
+            be written.
+    """
+    fig = figure(report, asked_by="--plot")
+    out = Path(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format="png")
+    except OSError as e:
+        raise PlotError(f"cannot write {out}: {e.strerror or e}", path=str(out)) from None
+    return out
+
+
+def figure(report: Report, asked_by: str = "the gradient chart") -> Any:
+    """The chart of one report, as a matplotlib ``Figure`` (what ``Report.plot()`` returns).
 
     The y axis is in decades relative to the output: the backward profile (T = x·dL/dx along
     the trunk) and the forward profile (the signal since the last normalization) at each
@@ -47,8 +67,7 @@ def plot_report(report: Report, path: str | os.PathLike) -> Path:
     each time step relative to the last step's.
 
     Raises:
-        PlotError: Without matplotlib, for a report without layers, or when the file cannot
-            be written.
+        PlotError: Without matplotlib, or for a report without layers.
     """
     if report.status != "ok":
         raise PlotError(f"{report.target}: nothing to plot: gradlint could not analyze it")
@@ -57,31 +76,21 @@ def plot_report(report: Report, path: str | os.PathLike) -> Path:
     recurrent = [r for r in report.recurrent if r.lag_grad_rms and r.lag_grad_rms[-1] > 0]
     if not layers and not recurrent:
         raise PlotError(f"{report.target}: nothing to plot: no layer with a gradient")
-    plt = _pyplot()
+    figure_class = _figure_class(asked_by)
     threshold = report.summary.threshold if report.summary else 2.0
     probed = report.probe is not None
     panels = (1 if layers else 0) + (1 if recurrent else 0)
-    fig, axes = plt.subplots(panels, 1, squeeze=False,
-                             figsize=(max(6.4, min(16.0, 0.25 * len(layers) + 4)), 4.2 * panels), dpi=110)
-    axes = [a[0] for a in axes]
-    try:
-        if layers:
-            _layer_panel(axes[0], report, layers, threshold, probed)
-        if recurrent:
-            _time_panel(axes[-1], report, recurrent, threshold, probed)
-        verdict = report.summary.verdict if report.summary else "?"
-        which = "measured verdict" if probed else "verdict"
-        axes[0].set_title(f"{report.target}: {which} {verdict}", fontsize=10)
-        fig.tight_layout()
-        out = Path(path)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(out, format="png")
-        except OSError as e:
-            raise PlotError(f"cannot write {out}: {e.strerror or e}", path=str(out)) from None
-    finally:
-        plt.close(fig)
-    return out
+    fig = figure_class(figsize=(max(6.4, min(16.0, 0.25 * len(layers) + 4)), 4.2 * panels), dpi=110)
+    axes = [a[0] for a in fig.subplots(panels, 1, squeeze=False)]
+    if layers:
+        _layer_panel(axes[0], report, layers, threshold, probed)
+    if recurrent:
+        _time_panel(axes[-1], report, recurrent, threshold, probed)
+    verdict = report.summary.verdict if report.summary else "?"
+    which = "measured verdict" if probed else "verdict"
+    axes[0].set_title(f"{report.target}: {which} {verdict}", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def _zones(ax, lo: float, hi: float, threshold: float) -> None:

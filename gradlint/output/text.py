@@ -111,10 +111,13 @@ def format_probe(r: Report, max_rows: int = 20) -> list[str]:
             worst += f": predicted {_log(wp.predicted_grad_rms)}, measured {_log(wp.measured_grad_rms)}"
         worst += ")"
     unknown = f"; {len(p.unknown)} unknown predictions not compared" if p.unknown else ""
+    if p.compared:
+        apart = (f"|log10 predicted - measured| over {p.compared} parameters: median {_dist(p.median_decades)}, "
+                 f"worst {_dist(p.worst_decades)} decades{worst}{unknown}")
+    else:  # nothing to compare: no statistic, not a reassuring 0.00
+        apart = f"no parameter with a known prediction to compare{unknown}"
     lines = [f"  probe ({p.device}, {p.seeds} seeds{batch}, {p.seconds:.2f} s{mem}): "
-             f"measured verdict {s.verdict}{decided}; "
-             f"|log10 predicted - measured| over {p.compared} parameters: median {_dist(p.median_decades)}, "
-             f"worst {_dist(p.worst_decades)} decades{worst}{unknown}"]
+             f"measured verdict {s.verdict}{decided}; {apart}"]
     lines += [f"  probe: {note}" for note in p.notes]
     if p.departures:
         shown = ", ".join(f"{name} {_ratio(d)}" for name, d in p.departures[:3])
@@ -188,13 +191,18 @@ def _log(x: float | None) -> str:
     return f"{math.log10(x):.2f}" if x > 0 else "none"
 
 
-def format_text(reports: Iterable[Report], color: bool = False, profile: bool = False) -> str:
-    """ruff-style finding lines, then one summary per target (with ``profile``, its bar chart)."""
+def format_text(reports: Iterable[Report], color: bool = False, profile: bool = False, quiet: bool = False) -> str:
+    """ruff-style finding lines, then one summary per target (with ``profile``, its bar chart).
+
+    ``quiet``: the finding lines and the targets that could not be analyzed, nothing else.
+    """
     reports = list(reports)
     out = []
     for r in reports:
         for f in r.findings:
             out.append(format_finding(f, color))
+    if quiet:
+        return "\n".join(out + [format_error(r, color) for r in reports if r.status != "ok"])
     if out:
         out.append("")
     for r in reports:
@@ -309,7 +317,9 @@ def failing(report: Report, ignore: Iterable[str] = (), fail_on: str | None = No
     refuted = [f for f in due if f.confirmed is False]
     verdict = report.summary.verdict if report.summary is not None else None
     rule = VERDICT_RULES.get(verdict or "")
-    bad_verdict = verdict if rule and not matches(rule[0], rule[1], ignore) else None
+    # A verdict is accepted as its rule is: ignored, or its finding silenced by an inline comment.
+    accepted = rule and (matches(rule[0], rule[1], ignore) or any(f.code == rule[0] for f in report.suppressed))
+    bad_verdict = verdict if rule and not accepted else None
     return failing_, bad_verdict, refuted
 
 

@@ -8,7 +8,7 @@ predicted ones, the agreement between the two over every parameter, and each fin
 confirmed or refuted. The measured verdict is the report's verdict and has its own finding
 (GL101, GL102 or GL701), so it sets the exit code, ``report.ok`` and ``assert_healthy`` alike.
 Where the model's own backward departs from its captured graph (hooks, custom autograd
-Functions, in-place updates), GL903 says so and the departure counts in the measured verdict.
+Functions, in-place updates), GL905 says so and the departure counts in the measured verdict.
 """
 
 from __future__ import annotations
@@ -247,13 +247,13 @@ def probe(model: nn.Module, inputs: Any = None, *, device: str = "cpu", seeds: i
             measured = with_departures(measured, *_departure_extremes(g, meas, [p.name for p in report.params]))
         probed = replace(result, summary=measured, measured=measured_rms, departures=departures)
         have = {f.code for f in findings}
-        for rule in _rules(check_kwargs, ("GL101", "GL102", "GL903")):
-            if rule.code in have and rule.code != "GL903":
+        for rule in _rules(check_kwargs, ("GL101", "GL102", "GL905")):
+            if rule.code in have and rule.code != "GL905":
                 continue  # the prediction's own finding stands, confirmed or refuted below
             for f in rule.check(probed):
-                if rule.code == "GL903" and not f.evidence.get("departures"):
-                    continue  # the static part of GL903 is already among the findings
-                findings.append(replace(f, message=f"measured: {f.message}" if rule.code != "GL903" else f.message,
+                if rule.code == "GL905" and not f.evidence.get("departures"):
+                    continue  # the static part of GL905 is already among the findings
+                findings.append(replace(f, message=f"measured: {f.message}" if rule.code != "GL905" else f.message,
                                         confirmed=True, evidence={**f.evidence, "measured": True}))
         if measured.verdict == "blocked" and "GL701" not in have:
             findings += _measured_blockage(probed, check_kwargs)
