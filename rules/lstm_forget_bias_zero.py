@@ -20,6 +20,7 @@ from gradlint.lint.recurrence import (
     lag_log10,
     lstm_forget_fix,
     lstm_layer0_stats,
+    recurrence_name,
     rnn_param,
 )
 from gradlint.lint.rule import Case, Rule
@@ -121,10 +122,9 @@ class LstmForgetBiasZero(Rule):
             if not saved > 0:
                 continue
             sev = self.escalate(saved, error_at=thr)
-            where = rec.module or "the model"
             first = "below 10^-300" if not math.isfinite(total) else f"10^-{total:.1f}"
-            msg = (f"nn.LSTM {where} loses its gradient at the rate of a zero forget-gate bias: over {rec.steps} "
-                   f"steps the gradient reaching the first "
+            msg = (f"{recurrence_name(rec)} loses its gradient at the rate of a zero forget-gate bias: "
+                   f"over {rec.steps} steps the gradient reaching the first "
                    f"step is {first} of the last step's ({rate:.2f} decades lost per step); with forget-gate bias "
                    f"{fb:g} it is predicted at 10^-{fixed:.1f}, {_fmt(saved)} decades more gradient")
             has_bias = rnn_param(result, rec, "bias_ih") is not None

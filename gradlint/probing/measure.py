@@ -39,8 +39,9 @@ class Measurement:
         param_ms: Per parameter name, per seed, mean(grad²) from the model's own backward.
         node_q: Per graph node name, mean over seeds of mean(h²) (the exported graph's run).
         node_s: Per graph node name, mean over seeds of mean(δ²) (0 when no gradient).
-        lag_ms: Per recurrent module, per seed, per time step, mean(δ_x²) when only the last
-            step's output carries the loss.
+        lag_ms: Per recurrent module (by module name) and per loop over time steps (by the
+            node that names it in reports), per seed, per time step, mean(δ_x²) when only the
+            last step's output carries the loss.
         nonfinite_forward: Nodes whose value held inf/nan, in execution order.
         nonfinite_backward: Nodes whose gradient held inf/nan while their value was finite,
             in backward order (the node nearest the output first).
@@ -130,7 +131,8 @@ def _leaves(x: Any) -> list[torch.Tensor]:
 
 
 def measure(model: nn.Module, inputs: ExampleInputs, seeds: int = 3, dtype: torch.dtype | None = torch.float64,
-            device: str = "cpu", seed0: int = 0, graph: bool = True) -> Measurement:
+            device: str = "cpu", seed0: int = 0, graph: bool = True,
+            loops: dict | None = None) -> Measurement:
     """Run the protocol on ``model`` (a copy, or the model with its state put back) and on its
     exported graph, and measure every parameter, module call and graph node.
 
@@ -144,6 +146,9 @@ def measure(model: nn.Module, inputs: ExampleInputs, seeds: int = 3, dtype: torc
         seed0: First seed.
         graph: Also run the exported graph (node statistics); when it cannot be exported or
             run, ``graph_error`` says why and the model's own numbers stand alone.
+        loops: Loops over time steps to measure the long-range gradient of, by name: the
+            exported program's nodes holding each step's inputs, and the last step's state
+            (``capture.loops.lag_targets``).
     """
     dev = torch.device(device)
     cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
@@ -167,14 +172,15 @@ def measure(model: nn.Module, inputs: ExampleInputs, seeds: int = 3, dtype: torc
         ran = None
         if graph:
             try:
-                ran = _measure(model, inputs, seeds, dtype, device, seed0)
+                ran = _measure(model, inputs, seeds, dtype, device, seed0, loops or {})
             except torch.OutOfMemoryError:
                 raise
             except Exception as e:  # noqa: BLE001 - no graph to run: the model's own numbers stand alone
                 own = replace(own, graph_error=f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}")
         if ran is not None:
             own = replace(own, graph_param_ms=ran.param_ms, node_q=ran.node_q, node_s=ran.node_s,
-                          nonfinite_forward=ran.nonfinite_forward, nonfinite_backward=ran.nonfinite_backward)
+                          nonfinite_forward=ran.nonfinite_forward, nonfinite_backward=ran.nonfinite_backward,
+                          lag_ms={**own.lag_ms, **ran.lag_ms})
         meas = own
         if cuda:
             torch.cuda.synchronize(dev)
@@ -383,7 +389,7 @@ _DTYPE_HINT = ("a forward that casts to a fixed dtype (x.float()) mixes it with 
                "follow its inputs' dtype; gradlint check without --probe still gives the static prediction")
 
 
-def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
+def _measure(model, inputs, seeds, dtype, device, seed0, loops) -> Measurement:
     """The exported graph, interpreted on the same draws with the model's parameters swapped in:
     every node's value and gradient."""
     ep = export_program(model, inputs)
@@ -411,6 +417,7 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
     param_ms: dict[str, list[float]] = {}
     node_q: dict[str, float] = {}
     node_s: dict[str, float] = {}
+    lag: dict[str, list[list[float]]] = {}
     bad_fwd: list[str] = []
     bad_bwd: list[str] = []
     for i in range(seeds):
@@ -420,6 +427,11 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
         cast = lambda t: t.to(device=device, dtype=_run_dtype(t.dtype, dtype)) if isinstance(t, torch.Tensor) else t
         # Nested inputs too: an LSTM's (h, c) state.
         a, kw = torch.utils._pytree.tree_map(cast, (tuple(a), dict(kw)))
+        if loops:
+            # A loop's step inputs are slices of the model's inputs, often: they must be part of
+            # the autograd graph to have a gradient.
+            grad = lambda t: t.requires_grad_(True) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+            a, kw = torch.utils._pytree.tree_map(grad, (tuple(a), dict(kw)))
         for t in state.values():
             if t.grad is not None:
                 t.grad = None
@@ -448,6 +460,8 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
                     mod._parameters[attr] = val
                 else:
                     mod._buffers[attr] = val
+        for lname, seq in _loop_lag_grads(rec.values, loops, gen).items():
+            lag.setdefault(lname, []).append(seq)
         ys = [y for y in _leaves(out) if (y.is_floating_point() or y.is_complex()) and y.requires_grad]
         loss = sum(_weighted(y, gen) for y in ys)
         if ys:  # else no output depends on a parameter or an input: every gradient is absent
@@ -475,7 +489,7 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
                 param_ms.setdefault(name, []).append(_mean_square(t.grad))
     order = {name: k for k, name in enumerate(rec.values)} if seeds else {}
     return Measurement({k: tuple(v) for k, v in param_ms.items()}, node_q, node_s,
-                       {},
+                       {k: tuple(tuple(x) for x in v) for k, v in lag.items()},
                        tuple(sorted(bad_fwd, key=lambda n: order.get(n, 0))),
                        tuple(sorted(bad_bwd, key=lambda n: -order.get(n, 0))), seeds, inputs.batch_size)
 
@@ -573,6 +587,33 @@ def _run_dtype(own: torch.dtype, run: torch.dtype | None) -> torch.dtype:
 def _flatten_for(gm, a, kw) -> list:
     # The unlifted module's forward takes the user's (args, kwargs) flattened in order.
     return list(torch.utils._pytree.tree_leaves((a, kw)))
+
+
+def _loop_lag_grads(values: dict[str, torch.Tensor], loops: dict, gen) -> dict[str, list[float]]:
+    """Per loop: at every step, the mean over its inputs' elements of δ² when the loss is
+    g · (the last step's state), g ~ N(0, 1), read from the tensors of the real forward."""
+    res = {}
+    for name, (steps, last) in loops.items():
+        y = values.get(last)
+        xs = [[values.get(i) for i in step] for step in steps]
+        flat = [x for step in xs for x in step if x is not None]
+        if y is None or not flat:
+            continue
+        g = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y)
+        grads = torch.autograd.grad((g * y).sum(), flat, retain_graph=True, allow_unused=True)
+        by_id = {id(x): d for x, d in zip(flat, grads)}
+        seq = []
+        for step in xs:
+            num = den = 0.0
+            for x in step:
+                if x is None:
+                    continue
+                d = by_id.get(id(x))
+                num += float(d.double().pow(2).sum()) if d is not None else 0.0
+                den += x.numel()
+            seq.append(num / den if den else 0.0)
+        res[name] = seq
+    return res
 
 
 def _lag_grads(work: nn.Module, a, kw, dtype, gen) -> dict[str, list[float]]:

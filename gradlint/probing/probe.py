@@ -28,6 +28,7 @@ from gradlint.api import as_example_inputs, layer_profile, predict, select_rules
 from gradlint.base.errors import ProbeError
 from gradlint.base.kinds import LAYER_KINDS
 from gradlint.base.report import Agreement, Report, Summary
+from gradlint.capture.loops import lag_targets
 from gradlint.engine.propagate import node_params
 from gradlint.engine.result import cause_of
 from gradlint.engine.summary import summarize, with_departures
@@ -114,15 +115,15 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def _measure_fitting(model: nn.Module, ex, seeds: int, device: str, graph: bool = True
-                     ) -> tuple[Measurement, list[str]]:
+def _measure_fitting(model: nn.Module, ex, seeds: int, device: str, graph: bool = True,
+                     loops: dict | None = None) -> tuple[Measurement, list[str]]:
     """``measure``, halving the batch on CUDA out-of-memory down to one sample."""
     size = ex.batch_size
     notes: list[str] = []
     while True:
         try:
             return measure(model, ex if size in (None, ex.batch_size) else ex.with_batch(size),
-                           seeds=seeds, device=device, graph=graph), notes
+                           seeds=seeds, device=device, graph=graph, loops=loops), notes
         except torch.OutOfMemoryError as e:
             asked = _ALLOCATE.search(str(e))
             peak = None
@@ -185,7 +186,8 @@ def probe(model: nn.Module, inputs: Any = None, *, device: str = "cpu", seeds: i
     dev = resolve_device(device)
     t0 = time.perf_counter()
     real, how = materialize(model, dev)
-    meas, notes = _measure_fitting(real, ex, seeds, dev, graph=report.analysis == "export")
+    meas, notes = _measure_fitting(real, ex, seeds, dev, graph=report.analysis == "export",
+                                   loops=lag_targets(result.graph))
     seconds = time.perf_counter() - t0
     if device == "auto":
         notes.insert(0, f"--device auto chose {dev}")
@@ -205,7 +207,7 @@ def probe(model: nn.Module, inputs: Any = None, *, device: str = "cpu", seeds: i
     measured_rms = {p.name: meas.param_rms(p.name) for p in report.params}
     params = tuple(replace(p, measured_grad_rms=measured_rms[p.name]) for p in report.params)
     departures = _departures(meas, [p.name for p in report.params])
-    lags = tuple((r.module, meas.lag_rms(r.module)) for r in result.propagation.recurrent if meas.lag_rms(r.module))
+    lags = tuple((r.lag_key, meas.lag_rms(r.lag_key)) for r in result.propagation.recurrent if meas.lag_rms(r.lag_key))
     agreement = _agreement(params, departures, dev, seeds, seconds, meas, ex, notes, lags)
 
     from_modules = _module_values(g, meas, real)
@@ -236,7 +238,7 @@ def probe(model: nn.Module, inputs: Any = None, *, device: str = "cpu", seeds: i
         s = {n.name: _known(node_s[n.name], n.s) for n in result.propagation.nodes}
         rec = []
         for r in result.propagation.recurrent:
-            lag = meas.lag_rms(r.module)
+            lag = meas.lag_rms(r.lag_key)
             if lag and lag[-1] > 0:
                 rec.append((r.node, math.log10(lag[-1] / lag[0]) if lag[0] > 0 else math.inf))
         grads = {k: sum(v) / len(v) for k, v in meas.param_ms.items() if v}
