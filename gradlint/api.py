@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from gradlint.base.errors import ForwardError, InputError
 from gradlint.base.findings import Finding, Severity, matches
-from gradlint.base.kinds import LAYER_KINDS
+from gradlint.base.kinds import LAYER_KINDS, PROFILE_KINDS
 from gradlint.base.paths import shown_path
 from gradlint.base.report import DEFAULT_THRESHOLD, LayerReport, ParamReport, Report
 from gradlint.base.targets import TargetOptions
@@ -23,7 +23,7 @@ from gradlint.capture import trace as tracing
 from gradlint.capture.graph import Source
 from gradlint.capture.inputs import ExampleInputs, resolve_inputs
 from gradlint.engine.propagate import propagate
-from gradlint.engine.result import Result, build_summary
+from gradlint.engine.result import Result, build_summary, unknown_gradient_nodes
 from gradlint.lint import suppress
 from gradlint.lint.rule import REGISTRY, Rule, load_builtin
 
@@ -86,9 +86,68 @@ def analyze(model: nn.Module, inputs: ExampleInputs | None, *, threshold: float 
         raise _no_output(model)
     fusion.fuse(graph, model, stats)
     prop = propagate(graph, stats, model)
-    summary = build_summary(prop, threshold)
+    summary = build_summary(prop, threshold, tuple(failures))
     definitions = tracing.definition_sites(model)
-    return Result(graph, prop, summary, definitions, target_source, trace_failures=tuple(failures)), failures
+    return Result(graph, prop, summary, definitions, target_source, trace_failures=tuple(failures),
+                  backward_hooks=backward_hooks(model)), failures
+
+
+def backward_hooks(model: nn.Module) -> tuple[str, ...]:
+    """Where ``model`` holds backward hooks: on modules (``register_full_backward_hook`` and its
+    pre-hook and legacy forms) and on parameters (``register_hook``). The graph does not show
+    what they do to the gradient; GL905 says so, and a probe measures it."""
+    out = []
+    for name, m in model.named_modules():
+        kinds = [k for k, hooks in (("backward hook", m._backward_hooks), ("backward pre-hook", m._backward_pre_hooks))
+                 if hooks]
+        out += [f"{name or 'the model'}: {k}" for k in kinds]
+    for name, p in model.named_parameters():
+        if getattr(p, "_backward_hooks", None):
+            out.append(f"{name}: tensor hook")
+    return tuple(out)
+
+
+def predicted_rms(e2: float | None, unknown: bool) -> float | None:
+    """A predicted E[g²] as an RMS for the report: None when unknown (never 0 or -inf for
+    what gradlint does not know), 0.0 only for a provable zero."""
+    if unknown or e2 is None:
+        return None
+    return math.sqrt(max(e2, 0.0))
+
+
+def layer_profile(graph, summary) -> dict[str, tuple[float, float]]:
+    """Per layer node (``PROFILE_KINDS``), the verdict's profiles there: (backward ``t_decades``,
+    forward ``q_decades``), what the chart and the bar profile show.
+
+    Every trunk point belongs to the latest layer at or before it, and a layer shows the
+    value farthest from 0 among its points, so the chart reaches exactly the extremes the
+    verdict reads; a layer with no trunk point of its own (a residual branch's) shows the
+    next trunk point's values, the stream's where its branch joins it.
+    """
+    if summary is None or not summary.trunk:
+        return {}
+    at = {p.node: (p.t_decades, p.q_decades) for p in summary.trunk}
+    own: dict[str, list[tuple[float, float]]] = {}
+    current = None
+    waiting: list[str] = []
+    nxt: dict[str, tuple[float, float]] = {}
+    for n in graph.nodes:
+        if n.kind in PROFILE_KINDS:
+            current = n.name
+            waiting.append(n.name)
+        if n.name in at:
+            if current is not None:
+                own.setdefault(current, []).append(at[n.name])
+            for name in waiting:
+                nxt[name] = at[n.name]
+            waiting = []
+    out = {}
+    for name, val in nxt.items():
+        pts = own.get(name)
+        if pts:
+            val = (max((t for t, _ in pts), key=abs), max((f for _, f in pts), key=abs))
+        out[name] = val
+    return out
 
 
 def _no_output(model: nn.Module) -> ForwardError:
@@ -208,14 +267,20 @@ def _model_lines(result: Result) -> set[tuple[str, int]]:
 def make_report(target: str, result: Result, ex: ExampleInputs, findings: list[Finding], fail_on: str,
                 target_source: Source | None) -> Report:
     prop = result.propagation
+    unknown = result.unknown_params()
     params = tuple(
         ParamReport(name=n, shape=st.shape, module=st.module,
-                    predicted_grad_rms=None if prop.params.get(n) is None else math.sqrt(max(prop.params[n], 0.0)),
+                    predicted_grad_rms=predicted_rms(prop.params.get(n), n in unknown),
                     measured_grad_rms=result.measured.get(n), stats_source=st.source)
         for n, st in prop.param_stats.items())
+    profile = layer_profile(result.graph, result.summary)
+    unknown_grad = unknown_gradient_nodes(prop)
     layers = tuple(
-        LayerReport(module=n.module, kind=n.kind, node=n.name, grad_rms=n.grad_rms,
-                    forward_rms=math.sqrt(max(n.q, 0.0)))
+        LayerReport(module=n.module, kind=n.kind, node=n.name,
+                    grad_rms=None if n.s is None or n.name in unknown_grad else n.grad_rms,
+                    forward_rms=None if n.q is None else math.sqrt(max(n.q, 0.0)),
+                    signal_decades=profile.get(n.name, (None, None))[0],
+                    forward_decades=profile.get(n.name, (None, None))[1])
         for n in prop.nodes if n.kind in LAYER_KINDS)
     inputs = ex.describe() if ex.found else "none"
     where = {"decorator": "declared by @gradlint.target", "argument": "given to gradlint.check",

@@ -201,7 +201,8 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
         click.echo(text, color=color)  # color=True keeps FORCE_COLOR's codes where click would strip them
     if interrupted:
         sys.exit(ExitCode.INTERRUPTED)
-    if plot_failed or any(r.status != "ok" for r in reports):
+    # A target that could not be analyzed, or whose verdict is unknown, exits 2 (Report.exit_code).
+    if plot_failed or any(r.exit_code == ExitCode.COULD_NOT_ANALYZE for r in reports):
         sys.exit(ExitCode.COULD_NOT_ANALYZE)
     nothing = tally.nothing_analyzed()
     if nothing is not None and not allow_no_targets:

@@ -9,6 +9,7 @@ from gradlint.base.findings import Severity
 from gradlint.lint.examples import RNNHead
 from gradlint.lint.recurrence import (
     counterfactual_decay,
+    forget_bias_that_keeps,
     input_q,
     lag_decay,
     lag_log10,
@@ -92,9 +93,15 @@ class VanillaRnnLongSequence(Rule):
                             f"over the same steps")
             keep = max(2, int(thr / rate) + 1) if rate > 0 and math.isfinite(rate) else None
             size = f"{sizes[0]}, {sizes[1]}" if sizes else "input_size, hidden_size"
-            fix = (f"use a gated cell: nn.LSTM({size}, batch_first=True) with the forget-gate bias at 1:\n"
-                   "h = lstm.hidden_size; lstm.bias_ih_l0.data[h:2*h].fill_(1.0); lstm.bias_hh_l0.data[h:2*h].zero_()\n"
-                   f"or nn.GRU({size}, batch_first=True)")
+            # The bias proposed is one predicted to keep the gradient over these steps (bias 1 loses
+            # 5.7 decades over 64), so the gated cell does not leave GL101 behind.
+            bias, kept, _ = forget_bias_that_keeps(result, rec, thr, 1.0)
+            bias = bias if bias is not None else 1.0
+            kept_text = f" (predicted to lose {kept:.1f} decades over these steps)" if math.isfinite(kept) else ""
+            fix = (f"use a gated cell: nn.LSTM({size}, batch_first=True) with the forget-gate bias at {bias:g}"
+                   f"{kept_text}:\n"
+                   f"h = lstm.hidden_size; lstm.bias_ih_l0.data[h:2*h].fill_({bias:g}); "
+                   "lstm.bias_hh_l0.data[h:2*h].zero_()")
             if keep is not None and keep < rec.steps:
                 evidence["max_steps_within_threshold"] = keep
                 fix += (f"; or truncate backpropagation through time to at most {keep} steps (carry the hidden "

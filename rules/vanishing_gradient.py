@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import torch.nn as nn
 
 from gradlint.base.findings import Severity
 from gradlint.lint.examples import RNNHead
+from gradlint.lint.recurrence import (
+    bias_suffixes,
+    forget_bias_that_keeps,
+    lag_decay,
+    lag_log10,
+    lstm_forget_fix,
+    rnn_sizes,
+)
 from gradlint.lint.rule import Case, Rule
 from gradlint.lint.toolkit import trunk_crossing
 
@@ -75,13 +85,41 @@ class VanishingGradient(Rule):
         where = c.module or "the model"
         weakest = result.graph.by_name.get(s.weakest) if s.weakest else None
         rec = next((r for r in result.propagation.recurrent if r.node == s.weakest), None)
+        fix = c.fix
         if rec is not None:
             msg = (f"gradient vanishes over time: in {where} the gradient from the last of {rec.steps} steps "
                    f"back to the first is 10^-{s.attenuation_decades:.1f}")
+            fix = _recurrent_fix(result, rec, thr) or fix
         elif weakest is not None and weakest.module and weakest.module != c.module:
             msg = (f"gradient vanishes: it falls below 10^-{thr:g} of the output's at {where} "
                    f"and reaches 10^-{s.attenuation_decades:.1f} at {weakest.module}")
         else:
             msg = f"gradient vanishes: at {where} it is 10^-{s.attenuation_decades:.1f} of the output's"
-        yield self.finding(result, c.message(msg), fix=c.fix, module=c.module, node=c.node, **c.evidence,
+        yield self.finding(result, c.message(msg), fix=fix, module=c.module, node=c.node, **c.evidence,
                            weakest=s.weakest, threshold=thr)
+
+
+def _recurrent_fix(result, rec, thr: float) -> str | None:
+    """A fix for a recurrence that loses its gradient over time, sized for this layer's steps so
+    that applying it clears this finding (tests/test_truth.py measures it): the forget-gate bias
+    an LSTM needs, or a gated cell with that bias; where no bias up to 5 keeps the gradient,
+    truncated backpropagation through time."""
+    keeps, kept, _ = forget_bias_that_keeps(result, rec, thr, 1.0)
+    rate = lag_decay(lag_log10(rec))[1]
+    steps = max(2, int(thr / rate)) if rate > 0 and math.isfinite(rate) else None
+    tbptt = (f"truncate backpropagation through time to at most {steps} steps (carry the hidden state across "
+             "chunks with h = h.detach())") if steps is not None and steps < rec.steps else ""
+    if rec.mode == "lstm":
+        if keeps is None:
+            return (f"no forget-gate bias up to 5 keeps the gradient over {rec.steps} steps (bias 5 is predicted to "
+                    f"lose {kept:.1f} decades): {tbptt or 'shorten the sequences'}, or add attention or skip "
+                    "connections over time")
+        return (f"set the forget-gate bias to {keeps:g}, predicted to lose {kept:.1f} decades over these "
+                f"{rec.steps} steps:\n{lstm_forget_fix(result, rec, keeps, bias_suffixes(result, rec))}")
+    sizes = rnn_sizes(result, rec)
+    if keeps is None or sizes is None:
+        return f"{tbptt}; or add attention or skip connections over time" if tbptt else None
+    return (f"use a gated cell, nn.LSTM({sizes[0]}, {sizes[1]}, batch_first=True), with the forget-gate bias at "
+            f"{keeps:g} (predicted to lose {kept:.1f} decades over these {rec.steps} steps):\n"
+            f"h = lstm.hidden_size; lstm.bias_ih_l0.data[h:2*h].fill_({keeps:g}); lstm.bias_hh_l0.data[h:2*h].zero_()"
+            + (f"\nor {tbptt}" if tbptt else ""))

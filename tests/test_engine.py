@@ -95,6 +95,7 @@ def test_unknown_op_makes_the_gradients_behind_it_unknown():
     assert report.analysis == "export"
     assert any(f.code == "GL902" and "bessel" in f.message for f in report.findings)
     assert all(p.predicted_grad_rms is None for p in report.params)
+    assert report.summary.verdict == "unknown" and report.exit_code == 2
 
 
 def test_an_unknown_op_repeated_in_every_layer_is_one_finding():
@@ -180,4 +181,5 @@ def test_legacy_weight_norm_is_analyzable():
     assert report.analysis == "export"
     grads = {p.name: p.predicted_grad_rms for p in report.params}
     assert set(grads) == {"0.weight_g", "0.weight_v", "0.bias", "2.weight", "2.bias"}
-    assert all(0 < grads[n] < math.inf for n in ("0.weight_v", "2.weight"))
+    assert all(0 < grads[n] < math.inf for n in ("0.weight_v", "0.weight_g", "2.weight"))
+    assert report.summary.verdict != "unknown"

@@ -399,7 +399,8 @@ CASES: list[Case] = [
          ("lm.py:11: could not analyze lm.py::LM: the example inputs (4, 16) float32 (from --input-shape) do not fit "
           "emb = Embedding(1000, 16): it takes integer token ids below 1000, got (4, 16) float32",
           "e.g. @gradlint.target(inputs=gradlint.tokens((4, 32), vocab=1000))")),
-    Case("inputs-not-inferred", "a forward input gradlint cannot infer: named, with the line of forward",
+    Case("inputs-not-inferred", "a forward input gradlint cannot infer: named, with the line of forward; the "
+         "verdict is unknown (exit 2), since the analysis runs from parameter shapes only",
          {"gate.py": src("""
              import torch.nn as nn
 
@@ -412,7 +413,7 @@ CASES: list[Case] = [
                  def forward(self, x, z):
                      return self.fc(x) * z.sigmoid()
          """)},
-         ("gate.py",), 0,
+         ("gate.py",), 2,
          ("inputs: none (could not infer example inputs: nothing says what forward's parameter 'z' (gate.py:9) "
           "takes: no layer gradlint knows reads it, and its name follows no convention",
           "declare them, e.g. @gradlint.target(inputs=[(8, 8), <shape of z>])")),
@@ -434,7 +435,8 @@ CASES: list[Case] = [
           "float32, (8,) int64 ids < 1000 (inferred by gradlint)",
           "hint: gradlint inferred these inputs, and the forward raised on every candidate it tried",
           'File "shift.py", line 10, in forward')),
-    Case("untraceable-model", "a forward torch.export cannot trace: the fallback graph and an info finding (GL901)",
+    Case("untraceable-model", "a forward torch.export cannot trace: the fallback graph, an info finding (GL901), and "
+         "an unknown verdict that fails the gate, since the fallback cannot see every path",
          {"model.py": src("""
              import torch.nn as nn
 
@@ -449,10 +451,12 @@ CASES: list[Case] = [
                          return self.fc(x)
                      return self.fc(-x)
          """)},
-         ("model.py", "--input-shape", "4,8"), 0,
+         ("model.py", "--input-shape", "4,8"), 2,
          ("model.py:4:1: GL901 [info] analyzed through the leaf modules in call order",
-          "model.py::Net: healthy (attenuation +0.0 decades, analysis: module-order)")),
-    Case("unknown-op", "an op the engine has no rule for: passed through, with an info finding (GL902)",
+          "model.py::Net: unknown (attenuation +0.0 decades, analysis: module-order)",
+          "unknown: analyzed from the leaf modules in call order, which cannot see functional ops and residual paths")),
+    Case("unknown-op", "an op the engine has no rule for on the gradient's path: an info finding (GL902), and an "
+         "unknown verdict that fails the gate, since the gradient upstream of it is unknown",
          {"model.py": src("""
              import torch
              import torch.nn as nn
@@ -466,9 +470,11 @@ CASES: list[Case] = [
                  def forward(self, x):
                      return torch.special.bessel_j0(self.fc(x))
          """)},
-         ("model.py", "--input-shape", "4,8"), 0,
-         ("model.py:11:1: GL902 [info] no transfer rule for special_bessel_j0 in the model: its input's statistics "
-          "were passed through unchanged", "model.py::Net: healthy")),
+         ("model.py", "--input-shape", "4,8"), 2,
+         ("model.py:11:1: GL902 [info] no transfer rule for special_bessel_j0 in the model",
+          "model.py::Net: unknown (attenuation +0.0 decades, analysis: export)",
+          "unknown: the gradient of fc.weight and 1 more is unknown: upstream of special_bessel_j0 (in the model), "
+          "which has no transfer rule")),
     Case("nested-outputs", "nested outputs with non-tensor values in them: every tensor is an output",
          {"model.py": src("""
              import torch.nn as nn
@@ -817,7 +823,8 @@ CASES: list[Case] = [
          ("model.py:5: skipped Big: the file builds it on the meta device as model (line 16), which is checked "
           "instead, without allocating weights", "model.py::model: healthy", "building Big, weights on meta"),
          absent=("building Big, weights on cpu", "model.py::Big:"), subprocess=True),
-    Case("probe-complex-parameters", "--probe on a model with complex parameters",
+    Case("probe-complex-parameters", "--probe on a model with complex parameters: the model's own backward measures "
+         "them, in its own dtype",
          {"model.py": src("""
              import torch
              import torch.nn as nn
@@ -831,9 +838,10 @@ CASES: list[Case] = [
                  def forward(self, x):
                      return (x.to(torch.cfloat) @ self.w).real
          """)},
-         ("model.py", "--input-shape", "4,8", "--probe", "--seeds", "1"), 2,
-         ("model.py:5: could not analyze model.py::Spectral: the probe runs the exported graph on real tensors in "
-          "float64", "hint: gradlint check without --probe still gives the static prediction"),
+         ("model.py", "--input-shape", "4,8", "--probe", "--seeds", "1"), 0,
+         ("measured verdict healthy (predicted unknown: the measurement decides); no parameter with a known "
+          "prediction to compare; 1 unknown predictions not compared",
+          "probe: measured in the model's own dtype, not float64"),
          absent=("UserWarning", "Casting complex values")),
     Case("out-of-memory-in-constructor", "a constructor that allocates more memory than there is",
          {"model.py": src("""
@@ -1019,8 +1027,22 @@ one through the command line; a test fails when this file is stale.
 where it happened, `file:line:`, with a hint where there is something to do and the
 traceback of the user's own code (gradlint's, torch's and the standard library's frames left
 out), and the other files and models are still checked. The exit code is 2 when a target
-could not be analyzed, else 1 when a finding reaches `--fail-on`, else 0. Notes (a file
-without models, a skipped class) go to stderr and do not change the exit code.
+could not be analyzed or its verdict is `unknown`, else 1 when a finding reaches `--fail-on`,
+else 0. Notes (a file without models, a skipped class) go to stderr and do not change the exit
+code.
+
+A verdict is `unknown` when gradlint would otherwise call the model healthy but some of the
+numbers it rests on are unknown: a module-order fallback analysis (it cannot see functional
+ops and residual paths, so it cannot prove a gradient reaches a weight), an op with no
+transfer rule on the gradient's path (the gradient of every parameter upstream of it is
+unknown), or a model with no parameters to predict (a dynamically quantized model keeps its
+weights packed outside `nn.Parameter`). The report's `unknown:` line says which, and
+`--format json` lists them under `summary.unknown`. `report.ok` is False and
+`gradlint.assert_healthy` fails alike; a vanishing, exploding or blocked verdict keeps its own
+exit code 1. After `--probe` the measured verdict decides, and it has its own finding (GL101,
+GL102 or GL701), so the CLI's exit code, `report.ok` and `assert_healthy` agree. Unknown
+predictions are shown as `n/a`, never as `-inf` or 0, and the probe's agreement line counts
+every parameter (a zero against a nonzero measurement is infinitely far apart).
 
 What the files' code changes while gradlint runs it is undone after each file and each
 model: the working directory, warning filters, and torch's default dtype and device, grad

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradlint.base.errors import GradlintError
-from gradlint.base.findings import Finding, Severity
+from gradlint.base.findings import ExitCode, Finding, Severity
 
 #: Decades of attenuation (or growth) beyond which a verdict is vanishing (or exploding).
 DEFAULT_THRESHOLD = 2.0
@@ -23,7 +23,14 @@ DEFAULT_THRESHOLD = 2.0
 
 @dataclass(frozen=True)
 class ParamReport:
-    """Predicted (and, after a probe, measured) gradient of one parameter tensor."""
+    """Predicted (and, after a probe, measured) gradient of one parameter tensor.
+
+    ``predicted_grad_rms`` is None when the prediction is unknown (an op upstream of the
+    parameter that gradlint cannot account for, a fallback analysis that cannot see the
+    path), and 0.0 only where no gradient provably reaches the parameter (unused, detached,
+    under no_grad). ``measured_grad_rms`` is None before a probe; after one it is the RMS of
+    the gradient the model's own ``loss.backward()`` gave (0.0: none reached it).
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -40,18 +47,37 @@ class ParamReport:
 
 @dataclass(frozen=True)
 class LayerReport:
-    """Predicted RMS of the backpropagated gradient at one layer's output."""
+    """Predicted RMS of the backpropagated gradient at one layer's output.
+
+    Attributes:
+        grad_rms: Predicted RMS of dL/d(output) (None: unknown).
+        forward_rms: Predicted RMS of the output (None: unknown).
+        measured_grad_rms: After a probe, the measured one (None: not measured at this layer).
+        signal_decades: What the verdict reads at this layer: the trunk's backward profile
+            (``TrunkPoint.t_decades``) at the first trunk point at or after the layer, in
+            decades relative to the output (None: no trunk point, or unknown).
+        forward_decades: The forward profile there (``TrunkPoint.q_decades``).
+        measured_signal_decades: After a probe, the measured backward profile there.
+        measured_forward_decades: After a probe, the measured forward profile there.
+    """
 
     module: str
     kind: str
     node: str
-    grad_rms: float
-    forward_rms: float
+    grad_rms: float | None
+    forward_rms: float | None
     measured_grad_rms: float | None = None
+    signal_decades: float | None = None
+    forward_decades: float | None = None
+    measured_signal_decades: float | None = None
+    measured_forward_decades: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"module": self.module, "kind": self.kind, "node": self.node, "grad_rms": _num(self.grad_rms),
-                "forward_rms": _num(self.forward_rms), "measured_grad_rms": _num(self.measured_grad_rms)}
+                "forward_rms": _num(self.forward_rms), "measured_grad_rms": _num(self.measured_grad_rms),
+                "signal_decades": _round(self.signal_decades), "forward_decades": _round(self.forward_decades),
+                "measured_signal_decades": _round(self.measured_signal_decades),
+                "measured_forward_decades": _round(self.measured_forward_decades)}
 
 
 def _num(x: float | None) -> float | None:
@@ -74,6 +100,9 @@ class TrunkPoint:
         q_decades: 0.5·log10 of q relative to the last normalization or input before it.
         cause: The cause of the change since the previous trunk point.
         step_decades: Change of ``t_decades`` since the previous trunk point (toward the input).
+        uncounted_decades: The change of T at this step that the verdict does not count: the
+            gradient a residual sum of normalized branches adds (more paths, each of bounded
+            gain; see ``Summary.residual_growth``). ``step_decades`` is 0 there.
     """
 
     node: str
@@ -82,6 +111,7 @@ class TrunkPoint:
     q_decades: float
     cause: str | None
     step_decades: float
+    uncounted_decades: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +119,10 @@ class Summary:
     """The verdict for one model.
 
     Attributes:
-        verdict: ``vanishing``, ``exploding``, ``blocked`` or ``healthy``.
+        verdict: ``vanishing``, ``exploding``, ``blocked``, ``healthy``, or ``unknown`` when
+            the analysis could not produce numbers to judge by (``unknown`` says why); an
+            unknown verdict fails the gate with exit code 2, like a target that could not be
+            analyzed.
         attenuation_decades: See the module docstring; positive = gradient lost.
         trunk_attenuation: Decades lost along the trunk at the weakest point.
         trunk_amplification: Decades gained along the trunk at the strongest point.
@@ -102,6 +135,12 @@ class Summary:
         counts: Per cause, how many ops on that path it was attributed to.
         threshold: The threshold the verdict used.
         trunk: The trunk profile, input side first.
+        residual_growth: Decades the trunk's backward profile gains (negative: loses) at residual
+            sums whose branches all pass through a normalization. Not counted in the verdict: each
+            path keeps a bounded gain, and the extra gradient comes from the number of paths
+            (docs/design.md §2.3).
+        unknown: Why numbers are missing, one line per reason (unknown predictions, an op
+            gradlint cannot account for, a fallback analysis); empty when every number is known.
     """
 
     verdict: str
@@ -117,6 +156,8 @@ class Summary:
     threshold: float = DEFAULT_THRESHOLD
     trunk: tuple[TrunkPoint, ...] = ()
     counts: dict[str, int] = field(default_factory=dict)
+    residual_growth: float = 0.0
+    unknown: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -131,15 +172,18 @@ class Summary:
             "strongest": self.strongest,
             "attribution": {k: _round(v) for k, v in self.attribution.items()},
             "threshold": self.threshold,
+            "residual_growth_decades": _round(self.residual_growth),
+            "unknown": list(self.unknown),
         }
 
 
-def _round(x: float) -> float | None:
+def _round(x: float | None, digits: int = 3) -> float | None:
+    """Rounded for JSON; infinities as ±1e308 (JSON has no infinity), NaN and None as null."""
     if x is None or math.isnan(x):
         return None
     if not math.isfinite(x):
         return 1e308 if x > 0 else -1e308
-    return round(x, 3)
+    return round(x, digits)
 
 
 @dataclass(frozen=True)
@@ -184,11 +228,15 @@ class RecurrentReport:
 class Agreement:
     """How far predictions and measurements are apart, and how the probe ran.
 
+    The measurement is the model's own forward and ``loss.backward()`` (on a copy, in float64);
+    the captured graph is run too, to read the gradient at every node, and checked against it.
+
     Attributes:
-        median_decades: Median |log10 predicted - log10 measured| over the weight matrices.
-        worst_decades: The largest of them.
+        median_decades: Median |log10 predicted - log10 measured| over every parameter whose
+            prediction is known (a zero against a nonzero value counts as infinitely far).
+        worst_decades: The largest of them (``inf`` for a zero against a nonzero value).
         worst_param: Where the largest is.
-        disagreeing: Weight matrices more than a decade apart.
+        disagreeing: Parameters more than a decade apart, infinitely far ones included.
         device: Where the probe ran.
         seeds: Number of seeds.
         seconds: Wall time of the measurement (materialization included).
@@ -200,6 +248,16 @@ class Agreement:
             ``RecurrentReport.lag_key``), the measured RMS of the input gradient at each time step when only
             the last step's output carries the loss.
         notes: What the user should know about how the probe ran.
+        compared: How many parameters the median and worst are over.
+        unknown: Parameters whose prediction is unknown, so not compared.
+        departures: ``(parameter, log10 model / graph)`` where the gradient of the model's own
+            backward departs from the captured graph's run of the same draw (hooks, custom
+            autograd Functions, in-place updates the capture does not reproduce), largest first;
+            ``±inf`` where one of them is zero.
+        nodes_from: Where the per-node values (the verdict's profiles, the per-layer table) were
+            read: ``graph`` (the captured graph's run, which agreed with the model's own
+            backward), ``graph, departing`` (it did not: the departures then count in the
+            verdict), or ``modules`` (hooks on the model's own modules, when there is no graph to run).
     """
 
     median_decades: float
@@ -214,13 +272,19 @@ class Agreement:
     peak_memory_bytes: int | None = None
     lag_grad_rms: tuple[tuple[str, tuple[float, ...]], ...] = ()
     notes: tuple[str, ...] = ()
+    compared: int = 0
+    unknown: tuple[str, ...] = ()
+    departures: tuple[tuple[str, float], ...] = ()
+    nodes_from: str = "graph"
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "seeds": self.seeds, "seconds": round(self.seconds, 3),
                 "batch_size": self.batch_size, "requested_batch_size": self.requested_batch_size,
                 "peak_memory_bytes": self.peak_memory_bytes,
-                "median_decades": round(self.median_decades, 4), "worst_decades": round(self.worst_decades, 4),
-                "worst_param": self.worst_param, "disagreeing": list(self.disagreeing), "notes": list(self.notes)}
+                "median_decades": _round(self.median_decades, 4), "worst_decades": _round(self.worst_decades, 4),
+                "worst_param": self.worst_param, "disagreeing": list(self.disagreeing), "compared": self.compared,
+                "unknown": list(self.unknown), "departures": {k: _round(v, 4) for k, v in self.departures},
+                "nodes_from": self.nodes_from, "notes": list(self.notes)}
 
 
 @dataclass(frozen=True)
@@ -272,9 +336,24 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        """True when analyzed and nothing reaches ``fail_on``."""
+        """True when analyzed, the verdict is known, and no finding reaches ``fail_on``.
+
+        After a probe a finding the measurement refuted (``confirmed=False``) does not count, and
+        the measured verdict has its own finding (GL101, GL102 or GL701), so the CLI's exit code,
+        ``report.ok`` and ``assert_healthy`` agree.
+        """
+        return self.exit_code == ExitCode.CLEAN
+
+    @property
+    def exit_code(self) -> int:
+        """What this target alone makes ``gradlint check`` exit with: 2 when it could not be
+        analyzed or its verdict is ``unknown``, 1 when a finding reaches ``fail_on``, else 0."""
+        if self.status != "ok" or (self.summary is not None and self.summary.verdict == "unknown"):
+            return ExitCode.COULD_NOT_ANALYZE
         level = Severity(self.fail_on).rank
-        return self.status == "ok" and not any(Severity(f.severity).rank >= level for f in self.findings)
+        if any(Severity(f.severity).rank >= level and f.confirmed is not False for f in self.findings):
+            return ExitCode.FINDINGS
+        return ExitCode.CLEAN
 
     def assert_clean(self, ignore: Iterable[str] = (), fail_on: str | None = None) -> Report:
         """Raise ``AssertionError`` unless the gradients are healthy; return the report otherwise.

@@ -200,7 +200,10 @@ class _Builder:
         return node
 
     def finish(self, out: Any) -> _GraphHolder:
-        leaves = tree_leaves(out)
+        from gradlint.capture.outputs import output_tensors
+
+        # A dataclass of tensors is a leaf to pytree: its fields are the outputs.
+        leaves = output_tensors(out) if _has_dataclass(out) else tree_leaves(out)
         self.graph.output(tuple(self.arg(v) for v in leaves))
         self._wrap_grad_regions()
         return _GraphHolder(self.graph)
@@ -234,6 +237,8 @@ class _Builder:
                 continue
             members = set(piece)
             inputs = list(dict.fromkeys(a for n in body for a in n.all_input_nodes if a not in members))
+            if not marker.args[0]:
+                _read_updated_leaves(body, inputs, members)
             uses = sorted(((order[u], n) for n in body for u in n.users if u not in members), key=lambda t: t[0])
             outputs = list(dict.fromkeys(n for _, n in uses))
             if body:
@@ -255,6 +260,25 @@ class _Builder:
             elif outputs:
                 for n, item in zip(outputs, items):
                     item.name = n.name
+
+
+def _read_updated_leaves(body: list[fx.Node], inputs: list[fx.Node], members: set[fx.Node]) -> None:
+    """Uses after a no_grad piece of an in-place update of a parameter made inside it
+    (``with torch.no_grad(): p.clamp_(-c, c)``, a WGAN critic's weight clip) read the parameter
+    itself, as autograd does: the op returns the same leaf tensor, which keeps its gradient."""
+    leaves = {id(a.meta.get("val")): a for a in inputs if a.op in ("get_attr", "placeholder")
+              and isinstance(a.meta.get("val"), torch.Tensor) and a.meta["val"].requires_grad}
+    for n in body:
+        val = n.meta.get("val")
+        leaf = leaves.get(id(val)) if isinstance(val, torch.Tensor) else None
+        if leaf is not None:
+            n.replace_all_uses_with(leaf, delete_user_cb=lambda user: user not in members)
+
+
+def _has_dataclass(out: Any) -> bool:
+    import dataclasses
+
+    return any(dataclasses.is_dataclass(x) and not isinstance(x, type) for x in tree_leaves(out))
 
 
 @dataclass

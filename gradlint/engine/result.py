@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from gradlint.base.report import Summary
 from gradlint.capture.graph import Graph, Source
-from gradlint.engine.propagate import Propagation
+from gradlint.engine.propagate import Propagation, node_params
 from gradlint.engine.summary import summarize
 from gradlint.engine.transfers import TRANSFERS
 
@@ -36,6 +36,10 @@ class Result:
         trace_failures: Why the better graph captures failed, when a fallback was used.
         nonfinite: After a probe, ``(node, "forward" | "backward")`` for the first node whose
             value (or, when every value was finite, whose gradient) held inf/nan.
+        departures: After a probe, ``(parameter, log10 model / graph)`` where the model's own
+            backward departs from its captured graph's (``Agreement.departures``).
+        backward_hooks: Where the model holds backward hooks, which can change the gradient
+            in ways the graph does not show (``module: kind`` or ``parameter: kind``).
     """
 
     graph: Graph
@@ -46,6 +50,8 @@ class Result:
     measured: dict[str, float] = field(default_factory=dict)
     trace_failures: tuple[str, ...] = ()
     nonfinite: tuple[str, str] | None = None
+    departures: tuple[tuple[str, float], ...] = ()
+    backward_hooks: tuple[str, ...] = ()
 
     def locate(self, node: str | None = None, module: str = "") -> tuple[str | None, int | None]:
         """The user's source line for a node or a module: its definition, else its call."""
@@ -70,8 +76,103 @@ class Result:
         e2 = self.propagation.params.get(param)
         return None if e2 is None else math.sqrt(max(e2, 0.0))
 
+    def unknown_params(self) -> dict[str, str]:
+        """Parameters whose predicted gradient is unknown, and why (see ``unknown_params``)."""
+        return unknown_params(self.propagation)
 
-def build_summary(prop: Propagation, threshold: float) -> Summary:
+
+def _gradient_path_unknown_ops(prop: Propagation) -> list[str]:
+    """Nodes with no transfer rule that a gradient flows through (mask and index arithmetic,
+    which no gradient crosses, does not count)."""
+    g = prop.graph
+    s = {n.name: n.s for n in prop.nodes}
+    out = []
+    for name in prop.unknown_ops:
+        if name not in g.by_name:
+            continue
+        if s.get(name) is None or s[name] > 0 or any(s.get(u) is None or (s.get(u) or 0) > 0
+                                                     for u in g.users.get(name, [])):
+            out.append(name)
+    return out
+
+
+def unknown_gradient_nodes(prop: Propagation) -> dict[str, str]:
+    """Nodes whose predicted gradient is unknown because it crosses an op with no transfer rule
+    on a gradient path (the op itself and everything upstream of it), with that op's name."""
+    g = prop.graph
+    upstream: dict[str, str] = {}
+    for name in _gradient_path_unknown_ops(prop):
+        op = g.by_name[name]
+        upstream[name] = str(op.attrs.get("target") if isinstance(op.attrs.get("target"), str) else op.op or op.kind)
+    for n in reversed(g.nodes):
+        if n.name in upstream:
+            for i in n.inputs:
+                if i is not None and i not in upstream:
+                    upstream[i] = upstream[n.name]
+    return upstream
+
+
+def unknown_params(prop: Propagation) -> dict[str, str]:
+    """Parameters whose predicted gradient is unknown, with the reason.
+
+    * the engine's own None for a parameter the graph uses;
+    * every parameter upstream of an op with no transfer rule on a gradient path: its gradient
+      crosses an op whose derivative gradlint cannot account for;
+    * in a module-order analysis, a predicted zero: that fallback cannot see every path, so it
+      cannot prove that none reaches the parameter.
+    """
+    g = prop.graph
+    used = {p for n in g.nodes for p in node_params(n) if not (n.kind == "param" and not g.users.get(n.name))}
+    out: dict[str, str] = {}
+    ops = _gradient_path_unknown_ops(prop)
+    if ops:
+        places: dict[str, list[str]] = {}  # op -> the modules it is in, in graph order
+        for name in ops:
+            op = g.by_name[name]
+            what = op.attrs.get("target") if isinstance(op.attrs.get("target"), str) else op.op or op.kind
+            places.setdefault(str(what), []).append(op.module or "the model")
+        upstream = unknown_gradient_nodes(prop)  # node -> the op with no rule it feeds
+        for n in g.nodes:
+            if n.name in upstream:
+                what = upstream[n.name]
+                mods = places[what]
+                where = f"in {mods[0]}" if len(mods) == 1 else f"at {len(mods)} places, the first in {mods[0]}"
+                for p in node_params(n):
+                    out.setdefault(p, f"upstream of {what} ({where}), which has no transfer rule")
+    for name, e2 in prop.params.items():
+        if name in used and e2 is None:
+            out.setdefault(name, "no prediction")
+        elif g.analysis in ("module-order", "fx") and e2 == 0.0:
+            out.setdefault(name, f"predicted zero by the {g.analysis} fallback, which cannot see every path")
+    return out
+
+
+def unknown_reasons(prop: Propagation, trace_failures: tuple[str, ...] = ()) -> list[str]:
+    """Why the verdict cannot rest on known numbers, one line per reason (empty: it can)."""
+    g = prop.graph
+    reasons = []
+    if g.analysis == "module-order":
+        why = f" ({trace_failures[0]})" if trace_failures else ""
+        reasons.append("analyzed from the leaf modules in call order, which cannot see functional ops and "
+                       f"residual paths{why}")
+    elif g.analysis == "fx":
+        reasons.append("analyzed from parameter shapes only (torch.fx, without example inputs), which leaves out "
+                       "every estimate that needs a forward pass: declare the inputs")
+    unknown = unknown_params(prop)
+    if unknown:
+        by_reason: dict[str, list[str]] = {}
+        for p, why in unknown.items():
+            by_reason.setdefault(why, []).append(p)
+        for why, ps in by_reason.items():
+            more = f" and {len(ps) - 1} more" if len(ps) > 1 else ""
+            reasons.append(f"the gradient of {ps[0]}{more} is unknown: {why}")
+    if not prop.param_stats:
+        reasons.append("the model has no parameters, so no gradient to predict (a quantized model keeps its "
+                       "weights packed, outside nn.Parameter: check the float model before quantizing)")
+    return reasons
+
+
+def build_summary(prop: Propagation, threshold: float, trace_failures: tuple[str, ...] = ()) -> Summary:
     """Summarize a propagation with ``summarize``, from its per-node moments."""
     g = prop.graph
     q = {n.name: n.q for n in prop.nodes}
@@ -79,7 +180,8 @@ def build_summary(prop: Propagation, threshold: float) -> Summary:
     numel = {n.name: math.prod(n.shape) if n.shape else 1 for n in prop.nodes}
     causes = {n.name: cause_of(n) for n in g.nodes}
     rec = [(r.node, _lag_loss(r)) for r in prop.recurrent]
-    return summarize(g, q, s, numel, causes, rec, prop.params, threshold, g.batch_size)
+    return summarize(g, q, s, numel, causes, rec, prop.params, threshold, g.batch_size,
+                     unknown=unknown_reasons(prop, trace_failures))
 
 
 def _lag_loss(r) -> float:

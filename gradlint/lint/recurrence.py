@@ -137,3 +137,81 @@ def lstm_counterfactual_stats(input_size: int, hidden_size: int, forget_bias: fl
     """PyTorch's default LSTM init with the forget-gate chunk of the bias set to ``forget_bias``."""
     st = recurrent.default_layer_stats("lstm", input_size, hidden_size)
     return dataclasses.replace(st, bias_mean=(0.0, float(forget_bias), 0.0, 0.0))
+
+
+def lstm_layer0_stats(result, rec, forget_bias: float) -> recurrent.RecurrentLayerStats | None:
+    """The first layer of an LSTM as the engine saw it, with its forget-gate bias set.
+
+    ParamStats hold whole-tensor moments only, so every chunk gets the tensor's mean
+    square, and the bias spread within a chunk is estimated assuming that only the forget
+    chunk is shifted: a chunk at ``b`` and three zero-mean chunks give a mean of b/4 and a
+    spread between chunks of 3·mean², which is removed.
+    """
+    w_ih = rnn_param(result, rec, "weight_ih")
+    w_hh = rnn_param(result, rec, "weight_hh")
+    if w_ih is None or w_hh is None or len(w_ih.shape) != 2:
+        return None
+    w_hr = rnn_param(result, rec, "weight_hr")
+    within = 0.0
+    for b in (rnn_param(result, rec, "bias_ih"), rnn_param(result, rec, "bias_hh")):
+        if b is not None:
+            within += max(b.ms - 4.0 * b.mean * b.mean, 0.0)
+    return recurrent.RecurrentLayerStats(
+        kind="lstm", input_size=int(w_ih.shape[1]), hidden_size=int(w_ih.shape[0]) // 4,
+        var_ih=(w_ih.ms,) * 4, var_hh=(w_hh.ms,) * 4, bias_mean=(0.0, float(forget_bias), 0.0, 0.0),
+        bias_var=(within,) * 4, has_bias=True, proj_size=int(w_hr.shape[0]) if w_hr is not None else 0,
+        var_hr=w_hr.ms if w_hr is not None else 0.0)
+
+
+# Forget-gate biases a fix may propose, smallest first.
+FORGET_BIASES = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
+# Decades of margin below the threshold a proposed bias must keep: the R4 estimate lies 0.3 to
+# 0.9 decades on the optimistic side of measurements (docs/design.md §6).
+FIX_MARGIN = 1.0
+
+
+def forget_bias_that_keeps(result, rec, threshold: float, start: float = 1.0) -> tuple[float | None, float, float]:
+    """The smallest forget-gate bias, from ``start`` up, whose predicted long-range decay over
+    the layer's steps stays within ``threshold - FIX_MARGIN`` decades either way: for an LSTM,
+    the layer itself with that bias; for another cell, an ``nn.LSTM`` of its sizes at PyTorch's
+    default init with that bias.
+
+    Returns:
+        (that bias or None when none up to the largest in ``FORGET_BIASES`` does, the decay
+        predicted at that bias (or at the largest tried), the decay predicted at ``start``).
+    """
+    batch = result.graph.batch_size or 1
+    q = input_q(result, rec)
+    keep = max(threshold - FIX_MARGIN, 0.5)
+    at_start = math.nan
+    last = math.nan
+    sizes = rnn_sizes(result, rec)
+    for b in sorted({start, *(x for x in FORGET_BIASES if x >= start)}):
+        if rec.mode == "lstm":
+            st = lstm_layer0_stats(result, rec, b)
+        else:
+            st = lstm_counterfactual_stats(*sizes, b) if sizes is not None else None
+        if st is None:
+            return None, math.nan, math.nan
+        last = counterfactual_decay(st, q, rec.steps, batch)[0]
+        if b == start:
+            at_start = last
+        if abs(last) <= keep:
+            return b, last, at_start
+    return None, last, at_start
+
+
+def lstm_forget_fix(result, rec, bias: float, suffixes: list[str]) -> str:
+    """The code that sets an LSTM's forget-gate bias (the bias_ih chunk; bias_hh's zeroed)."""
+    return (f"lstm = model.get_submodule({rec.module!r}); h = lstm.hidden_size\nwith torch.no_grad():\n"
+            + "\n".join(f"    lstm.bias_ih{sfx}[h:2*h].fill_({bias:g}); lstm.bias_hh{sfx}[h:2*h].zero_()"
+                        for sfx in suffixes))
+
+
+def bias_suffixes(result, rec) -> list[str]:
+    """'_l0', '_l0_reverse', '_l1', ... for every bias_ih of the module (['_l0'] if none)."""
+    prefix = f"{rec.module}.bias_ih" if rec.module else "bias_ih"
+    if getattr(rec, "form", "module") == "loop":  # nn.LSTMCell: bias_ih, bias_hh
+        return [""]
+    out = [p[len(prefix):] for p in result.propagation.param_stats if p.startswith(prefix + "_l")]
+    return out or ["_l0"]

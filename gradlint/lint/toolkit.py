@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gradlint.base.kinds import WEIGHTED_KINDS
+from gradlint.engine.summary import OWN_BACKWARD
 from gradlint.engine.transfers import ATTENTION, INIT, NORMALIZATION, RECURRENCE, RESIDUAL, SATURATION
 
 
@@ -98,6 +99,8 @@ FIXES_VANISHING = {
     NORMALIZATION: "check the normalization layers' gains (weight) and eps",
     RESIDUAL: "add skip connections around the layers that lose the gradient",
     ATTENTION: "scale attention scores by 1/sqrt(head_dim) and check the projections' init",
+    OWN_BACKWARD: ("a backward hook or a custom torch.autograd.Function shrinks the gradient (GL905 names the "
+                   "parameters):\nremove it, or make its backward pass the gradient on unscaled"),
 }
 FIXES_EXPLODING = {
     INIT: ("the weights are initialized too large for their fan-in: use\n"
@@ -113,6 +116,8 @@ FIXES_EXPLODING = {
                  "(nn.init.xavier_uniform_(m.weight))"),
     RECURRENCE: "scale the recurrent weights down (nn.init.orthogonal_(rnn.weight_hh_l0)) or clip gradients",
     ATTENTION: "scale attention scores by 1/sqrt(head_dim)",
+    OWN_BACKWARD: ("a backward hook or a custom torch.autograd.Function enlarges the gradient (GL905 names the "
+                   "parameters):\nremove it, or make its backward pass the gradient on unscaled"),
 }
 
 

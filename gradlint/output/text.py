@@ -29,7 +29,8 @@ def _c(text: str, what: str, color: bool) -> str:
 
 def format_finding(f: Finding, color: bool = False) -> str:
     loc = f"{shown_path(f.path) if f.path else '<unknown>'}:{f.line or 1}:{f.column or 1}"
-    head = f"{_c(loc, 'bold', color)}: {f.code} [{_c(f.severity, f.severity, color)}] {f.message}"
+    refuted = ", refuted by the probe: not failing" if f.confirmed is False else ""
+    head = f"{_c(loc, 'bold', color)}: {f.code} [{_c(f.severity, f.severity, color)}{refuted}] {f.message}"
     if f.fix:
         head += "\n" + "\n".join("    fix: " + line if i == 0 else "         " + line
                                  for i, line in enumerate(f.fix.splitlines()))
@@ -65,6 +66,8 @@ def format_summary(r: Report, color: bool = False, weakest: int = 3) -> str:
     tone = "info" if verdict == "healthy" else "error"
     lines = [f"{_c(r.target, 'bold', color)}: {_c(verdict, tone, color)}"
              f" (attenuation {_decades(s.attenuation_decades)} decades, analysis: {r.analysis})"]
+    if s and s.unknown:
+        lines.extend(f"  unknown: {why}" for why in s.unknown)
     if r.inputs:
         lines.append(f"  inputs: {r.inputs}")
     if r.probe is not None:
@@ -79,6 +82,10 @@ def format_summary(r: Report, color: bool = False, weakest: int = 3) -> str:
     if s and s.attribution:
         parts = ", ".join(f"{k} {_decades(v)}" for k, v in sorted(s.attribution.items(), key=lambda kv: kv[1]))
         lines.append(f"  attribution (decades): {parts}")
+    if s and abs(s.residual_growth) >= 0.5:
+        lines.append(f"  residual sums of normalized branches {'add' if s.residual_growth > 0 else 'remove'} "
+                     f"{abs(s.residual_growth):.1f} decades of gradient toward the input: more paths, each of "
+                     "bounded gain, not counted in the verdict")
     for rec in r.recurrent if r.probe is None else ():  # a probe prints them beside the measurement
         if rec.lag_grad_rms and rec.lag_grad_rms[-1] > 0 and rec.lag_grad_rms[0] > 0:
             d = math.log10(rec.lag_grad_rms[0] / rec.lag_grad_rms[-1])
@@ -101,11 +108,28 @@ def format_probe(r: Report, max_rows: int = 20) -> list[str]:
     mem = "" if p.peak_memory_bytes is None else f", peak memory {p.peak_memory_bytes / 2**20:,.0f} MiB"
     decided = ("" if pred is None or pred.verdict == s.verdict
                else f" (predicted {pred.verdict}: the measurement decides)")
+    worst = ""
+    if p.worst_param:
+        worst = f" ({p.worst_param}"
+        wp = next((x for x in r.params if x.name == p.worst_param), None)
+        if wp is not None and not math.isfinite(p.worst_decades):
+            worst += f": predicted {_log(wp.predicted_grad_rms)}, measured {_log(wp.measured_grad_rms)}"
+        worst += ")"
+    unknown = f"; {len(p.unknown)} unknown predictions not compared" if p.unknown else ""
+    if p.compared:
+        apart = (f"|log10 predicted - measured| over {p.compared} parameters: median {_dist(p.median_decades)}, "
+                 f"worst {_dist(p.worst_decades)} decades{worst}{unknown}")
+    else:  # nothing to compare: no statistic, not a reassuring 0.00
+        apart = f"no parameter with a known prediction to compare{unknown}"
     lines = [f"  probe ({p.device}, {p.seeds} seeds{batch}, {p.seconds:.2f} s{mem}): "
-             f"measured verdict {s.verdict}{decided}; "
-             f"|log10 predicted - measured| over weight matrices: median {p.median_decades:.2f}, worst "
-             f"{p.worst_decades:.2f} decades" + (f" ({p.worst_param})" if p.worst_param else "")]
+             f"measured verdict {s.verdict}{decided}; {apart}"]
     lines += [f"  probe: {note}" for note in p.notes]
+    if p.departures:
+        shown = ", ".join(f"{name} {_ratio(d)}" for name, d in p.departures[:3])
+        more = f" and {len(p.departures) - 3} more" if len(p.departures) > 3 else ""
+        lines.append(f"  probe: the model's own backward departs from its captured graph at {len(p.departures)} "
+                     f"parameters ({shown}{more}): hooks, custom autograd Functions or in-place updates that the "
+                     "static analysis does not see; the measured verdict counts them")
     if p.disagreeing:
         more = f" and {len(p.disagreeing) - 5} more" if len(p.disagreeing) > 5 else ""
         lines.append(f"  more than a decade apart: {', '.join(p.disagreeing[:5])}{more}")
@@ -139,9 +163,20 @@ def format_probe(r: Report, max_rows: int = 20) -> list[str]:
     return lines
 
 
-def _spread(rows: list, n: int) -> list:
-    """At most ``n`` rows, evenly spaced from first to last, keeping every row whose
-    prediction and measurement are more than a decade apart."""
+def _dist(x: float) -> str:
+    return f"{x:.2f}" if math.isfinite(x) else "inf"
+
+
+def _ratio(d: float) -> str:
+    """A departure log10(model / graph) in words."""
+    if math.isinf(d):
+        return "gets a gradient the graph does not give it" if d > 0 else "gets none where the graph gives one"
+    return f"10^{d:+.1f} of the graph's"
+
+
+def _spread(rows: list, n: int, key: Any = None) -> list:
+    """At most ``n`` rows, evenly spaced from first to last, keeping every row ``key`` picks
+    (by default: prediction and measurement more than a decade apart)."""
     if len(rows) <= n:
         return rows
 
@@ -149,12 +184,16 @@ def _spread(rows: list, n: int) -> list:
         return bool(lr.measured_grad_rms and lr.grad_rms and lr.measured_grad_rms > 0 and lr.grad_rms > 0
                     and abs(math.log10(lr.grad_rms / lr.measured_grad_rms)) > 1)
 
-    keep = {round(i * (len(rows) - 1) / (n - 1)) for i in range(n)} | {i for i, lr in enumerate(rows) if apart(lr)}
+    pick = key or apart
+    keep = {round(i * (len(rows) - 1) / (n - 1)) for i in range(n)} | {i for i, lr in enumerate(rows) if pick(lr)}
     return [rows[i] for i in sorted(keep)]
 
 
-def _log(x: float) -> str:
-    return f"{math.log10(x):.2f}" if x and x > 0 else "-inf"
+def _log(x: float | None) -> str:
+    """log10 of an RMS for a table: ``unknown`` for an unknown value, ``none`` for no gradient."""
+    if x is None:
+        return "unknown"
+    return f"{math.log10(x):.2f}" if x > 0 else "none"
 
 
 def format_text(reports: Iterable[Report], color: bool = False, profile: bool = False, quiet: bool = False) -> str:
@@ -179,36 +218,52 @@ def format_text(reports: Iterable[Report], color: bool = False, profile: bool = 
 
 
 def format_profile(r: Report, color: bool = False, width: int = 40, max_rows: int = 24) -> list[str]:
-    """A bar per layer, in forward order: the log10 RMS of the gradient at its output, the bar
-    growing with it. Rows more than ``threshold`` decades from the last layer's are marked."""
-    rows = [lr for lr in r.layers if lr.kind in PROFILE_KINDS and lr.grad_rms and lr.grad_rms > 0]
-    if not rows:
-        return ["  gradient profile: no layer with a gradient"]
-    logs = [math.log10(lr.grad_rms) for lr in rows]
-    ref = logs[-1]
-    threshold = r.summary.threshold if r.summary else 2.0
-    # The axis always spans the vanishing threshold, so a healthy profile's small wiggles stay small.
-    lo, hi = min(min(logs), ref - threshold - 0.5), max(max(logs), ref + 0.5)
-    span = hi - lo
+    """A bar per layer, in forward order, of what the verdict reads there: the trunk's gradient
+    signal x·dL/dx relative to the output's (backward) and the forward signal since the last
+    normalization, in decades; the bar shows the one farther from 0. A row is marked where it
+    reaches the threshold, so the marks, the chart and the verdict say the same thing. After a
+    probe the measured profile is drawn and marked, as the measured verdict decides."""
     probed = r.probe is not None
-    lines = ["  gradient profile, log10 RMS at each layer's output (predicted"
-             + ("; the measured value follows" if probed else "") + f"; █ = {span / width:.2g} decades):"]
-    names = {id(lr): (lr.module or lr.node) for lr in rows}
+    rows = []
+    for lr in r.layers:
+        if lr.kind not in PROFILE_KINDS:
+            continue
+        back, fwd = ((lr.measured_signal_decades, lr.measured_forward_decades) if probed
+                     else (lr.signal_decades, lr.forward_decades))
+        if back is None and fwd is None:
+            continue
+        rows.append((lr, back or 0.0, fwd or 0.0))
+    if not rows:
+        return ["  gradient profile: no layer on the trunk"]
+    threshold = r.summary.threshold if r.summary else 2.0
+    finite = [abs(v) for _, b, f in rows for v in (b, f) if math.isfinite(v)]
+    # The axis always spans the threshold, so a healthy profile's small wiggles stay small.
+    span = max([threshold + 0.5, *finite])
+    which = "measured" if probed else "predicted"
+    lines = [f"  gradient profile as the verdict reads it ({which}; decades relative to the output, backward: "
+             f"x·dL/dx along the trunk, forward: signal since the last normalization; █ = {span / width:.2g} decades):"]
+    names = {id(lr): (lr.module or lr.node) for lr, _, _ in rows}
     name_w = min(28, max(len(n) for n in names.values()))
-    for lr in _spread(rows, max_rows):
-        x = math.log10(lr.grad_rms)
-        bar = "█" * max(1, round((x - lo) / span * width))
-        zone = "vanishing" if x < ref - threshold else "exploding" if x > ref + threshold else ""
+    lines.append(f"    {'layer':<{name_w}} {'backward':>8} {'forward':>8}")
+    for lr, back, fwd in _spread(rows, max_rows, key=lambda row: max(abs(row[1]), abs(row[2])) >= threshold):
+        value = back if abs(back) >= abs(fwd) else fwd
+        bar = "█" * max(1, round(min(abs(value), span) / span * width)) if math.isfinite(value) else "█" * width
+        zone = "vanishing" if value <= -threshold else "exploding" if value >= threshold else ""
         name = names[id(lr)]
         name = name if len(name) <= name_w else "…" + name[-(name_w - 1):]
-        meas = ""
-        if probed:
-            meas = f" {_log(lr.measured_grad_rms) if lr.measured_grad_rms is not None else '-':>7}"
-        text = f"    {name:<{name_w}} {x:7.2f}{meas} {bar}"
+        text = f"    {name:<{name_w}} {_decades2(back):>8} {_decades2(fwd):>8} {bar}"
         lines.append(_c(text, "error", color) + f" {zone}" if zone and color else text + (f" {zone}" if zone else ""))
     if len(rows) > max_rows:
-        lines.append(f"    ({max_rows} of {len(rows)} layers, evenly spaced)")
+        lines.append(f"    ({max_rows} of {len(rows)} layers, evenly spaced, and every marked one)")
+    s = r.summary
+    if s and s.recurrent_decay > 0 and s.recurrent_decay >= max(s.trunk_attenuation, s.forward_collapse):
+        lines.append(f"    over time: the long-range gradient decays {s.recurrent_decay:.1f} decades over the sequence"
+                     + (" vanishing" if s.recurrent_decay >= threshold else ""))
     return lines
+
+
+def _decades2(x: float) -> str:
+    return f"{x:+.2f}" if math.isfinite(x) else ("+inf" if x > 0 else "-inf")
 
 
 def summary_counts(reports: Iterable[Report]) -> dict[str, Any]:
@@ -241,6 +296,10 @@ def assertion_failure(report: Report, ignore: Iterable[str] = (), fail_on: str |
         ignore = (ignore,)
     if report.status != "ok":
         return f"gradlint could not analyze {report.target}: {report.error}"
+    if report.summary is not None and report.summary.verdict == "unknown":
+        # Not a finding to ignore: gradlint does not know, so it cannot say healthy.
+        return (f"gradlint: {report.target}: the verdict is unknown, so it cannot be called healthy:\n"
+                + "\n".join(f"  {why}" for why in report.summary.unknown))
     findings, verdict, refuted = failing(report, ignore, fail_on)
     if findings or verdict:
         return failure_message(report, findings, verdict, refuted, fail_on or report.fail_on)
@@ -315,7 +374,7 @@ def _verdict_line(report: Report) -> str:
 
 
 def _log_or_na(x: float | None) -> str:
-    return f"{math.log10(x):.2f}" if x and x > 0 else ("-inf" if x == 0 else "n/a")
+    return f"{math.log10(x):.2f}" if x and x > 0 else ("none" if x == 0 else "unknown")
 
 
 def _weakest_lines(report: Report) -> list[str]:

@@ -4,14 +4,19 @@ Protocol (docs/design.md §1): the model in train mode; inputs drawn afresh per
 seed (N(0, 1) floats, uniform token ids); loss sum(g * y) with g ~ N(0, 1) per output
 element; quantities averaged as mean squares over seeds, reported as RMS.
 
-The model is run through the same exported graph the engine analyzed (its parameters
-swapped for the real ones with ``functional_call``), so every graph node's activation and
-gradient can be read and compared with the prediction at that node. The user's model is
-not modified: parameters and buffers are cloned, and the RNG state is restored.
+The numbers come from the model's own forward and ``loss.backward()``, on a copy in float64
+(or, for a model that refuses to be copied, on the model itself with its state put back):
+hooks, custom autograd Functions and in-place updates are in the measurement. Every
+module's output is read on the way. The exported graph the engine analyzed is run too, on
+the same draw, to read every graph node's activation and gradient: its parameter gradients
+are compared with the model's own, and where they depart the probe says so. The user's
+model is left as found: parameters, buffers, gradients, requires_grad flags, train/eval
+mode and the RNG state.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,6 +27,7 @@ import torch.nn as nn
 
 from gradlint.base.errors import ProbeError
 from gradlint.capture.inputs import ExampleInputs
+from gradlint.capture.outputs import output_tensors
 from gradlint.capture.trace import export_program
 
 
@@ -30,8 +36,8 @@ class Measurement:
     """Measured quantities, as mean squares over seeds (RMS = sqrt).
 
     Attributes:
-        param_ms: Per parameter name, per seed, mean(grad²).
-        node_q: Per graph node name, mean over seeds of mean(h²).
+        param_ms: Per parameter name, per seed, mean(grad²) from the model's own backward.
+        node_q: Per graph node name, mean over seeds of mean(h²) (the exported graph's run).
         node_s: Per graph node name, mean over seeds of mean(δ²) (0 when no gradient).
         lag_ms: Per recurrent module (by module name) and per loop over time steps (by the
             node that names it in reports), per seed, per time step, mean(δ_x²) when only the
@@ -42,6 +48,15 @@ class Measurement:
         seeds: Number of seeds.
         batch_size: Samples per seed (None without tensor inputs).
         peak_memory_bytes: On CUDA, the peak memory allocated while measuring.
+        graph_param_ms: Per parameter, per seed, mean(grad²) from the exported graph's run of
+            the same draw (empty when there was no graph to run).
+        module_q: Per module call ``"name#k"`` (the k-th call of module ``name``), mean over
+            seeds of mean(out²) of its first output tensor, from the model's own run.
+        module_s: The same for the gradient reaching that output (0 when none).
+        module_nonfinite: The first module call of the model's own run whose output held
+            inf/nan, else the first (from the output) whose gradient did; None when none did.
+        graph_error: Why the exported graph could not run (its numbers are then missing).
+        dtype: The dtype the model's own run used.
     """
 
     param_ms: dict[str, tuple[float, ...]]
@@ -53,10 +68,20 @@ class Measurement:
     seeds: int = 0
     batch_size: int | None = None
     peak_memory_bytes: int | None = None
+    graph_param_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    module_q: dict[str, float] = field(default_factory=dict)
+    module_s: dict[str, float] = field(default_factory=dict)
+    module_nonfinite: tuple[str, str] | None = None
+    graph_error: str | None = None
+    dtype: str = "float64"
 
     @property
     def nonfinite(self) -> bool:
         return bool(self.nonfinite_forward or self.nonfinite_backward)
+
+    def graph_param_rms(self, name: str) -> float | None:
+        """Like ``param_rms``, from the exported graph's run."""
+        return _log_mean_rms(self.graph_param_ms.get(name))
 
     def param_rms(self, name: str) -> float | None:
         """Geometric mean over seeds of the gradient RMS (the convention of docs/design.md §1)."""
@@ -102,12 +127,14 @@ class _Recorder(fx.Interpreter):
 
 
 def _leaves(x: Any) -> list[torch.Tensor]:
-    return [t for t in torch.utils._pytree.tree_leaves(x) if isinstance(t, torch.Tensor)]
+    return output_tensors(x)
 
 
 def measure(model: nn.Module, inputs: ExampleInputs, seeds: int = 3, dtype: torch.dtype | None = torch.float64,
-            device: str = "cpu", seed0: int = 0, loops: dict | None = None) -> Measurement:
-    """Run the protocol on a copy of ``model`` and measure every node and parameter.
+            device: str = "cpu", seed0: int = 0, graph: bool = True,
+            loops: dict | None = None) -> Measurement:
+    """Run the protocol on ``model`` (a copy, or the model with its state put back) and on its
+    exported graph, and measure every parameter, module call and graph node.
 
     Args:
         model: The model (real weights).
@@ -117,6 +144,8 @@ def measure(model: nn.Module, inputs: ExampleInputs, seeds: int = 3, dtype: torc
             None keeps the model's own.
         device: Where to run.
         seed0: First seed.
+        graph: Also run the exported graph (node statistics); when it cannot be exported or
+            run, ``graph_error`` says why and the model's own numbers stand alone.
         loops: Loops over time steps to measure the long-range gradient of, by name: the
             exported program's nodes holding each step's inputs, and the last step's state
             (``capture.loops.lag_targets``).
@@ -128,14 +157,241 @@ def measure(model: nn.Module, inputs: ExampleInputs, seeds: int = 3, dtype: torc
     with torch.random.fork_rng(devices=cuda):
         if cuda:
             torch.cuda.reset_peak_memory_stats(dev)
-        meas = _measure(model, inputs, seeds, dtype, device, seed0, loops or {})
+        try:
+            own = _measure_model(model, inputs, seeds, dtype, device, seed0)
+        except ProbeError as first:
+            if dtype is None or not first.message.startswith("the probe runs the model's"):
+                raise
+            # A forward that casts to a fixed dtype (x.float(), x.to(torch.cfloat)) refuses float64
+            # weights: measure in the model's own dtype instead, and say so.
+            try:
+                own = _measure_model(model, inputs, seeds, None, device, seed0)
+            except ProbeError:
+                raise first from None
+            dtype = None
+        ran = None
+        if graph:
+            try:
+                ran = _measure(model, inputs, seeds, dtype, device, seed0, loops or {})
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - no graph to run: the model's own numbers stand alone
+                own = replace(own, graph_error=f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}")
+        if ran is not None:
+            own = replace(own, graph_param_ms=ran.param_ms, node_q=ran.node_q, node_s=ran.node_s,
+                          nonfinite_forward=ran.nonfinite_forward, nonfinite_backward=ran.nonfinite_backward,
+                          lag_ms={**own.lag_ms, **ran.lag_ms})
+        meas = own
         if cuda:
             torch.cuda.synchronize(dev)
             meas = replace(meas, peak_memory_bytes=int(torch.cuda.max_memory_allocated(dev)))
     return meas
 
 
+def _mean_square(g: torch.Tensor | None) -> float:
+    """mean(|g|²) over every element of a gradient: sparse ones (``nn.Embedding(sparse=True)``)
+    densified, complex ones by their modulus."""
+    if g is None:
+        return 0.0
+    if g.is_sparse:
+        g = g.coalesce()
+        values = g.values()
+        total = math.prod(g.shape) if g.shape else 1
+        return float(values.abs().double().pow(2).sum() / total) if total else 0.0
+    if not g.numel():
+        return 0.0
+    return float(g.detach().abs().double().pow(2).mean())
+
+
+def _convert(t: torch.Tensor, device: str, dtype: torch.dtype | None) -> torch.Tensor:
+    return t.to(device=device, dtype=_run_dtype(t.dtype, dtype))
+
+
+def _copy_tensor_hooks(model: nn.Module, work: nn.Module) -> None:
+    """Register the hooks of ``model``'s parameters on ``work``'s: a parameter's deepcopy drops
+    them (``register_hook``, ``register_post_accumulate_grad_hook``), module hooks it keeps."""
+    originals = dict(model.named_parameters(remove_duplicate=False))
+    done: set[int] = set()
+    for name, p in work.named_parameters(remove_duplicate=False):
+        src = originals.get(name)
+        if src is None or id(p) in done:
+            continue
+        done.add(id(p))
+        for hook in (getattr(src, "_backward_hooks", None) or {}).values():
+            p.register_hook(hook)
+        for hook in (getattr(src, "_post_accumulate_grad_hooks", None) or {}).values():
+            p.register_post_accumulate_grad_hook(hook)
+
+
+class _Working:
+    """The model to run: a deep copy, or (when the model refuses deepcopy, as legacy
+    ``weight_norm`` does) the model itself, with everything put back by ``restore``."""
+
+    def __init__(self, model: nn.Module, device: str, dtype: torch.dtype | None):
+        self._saved = None
+        try:
+            self.module = copy.deepcopy(model)
+        except Exception:  # noqa: BLE001 - any refusal to copy: run the original and put it back
+            self.module = model
+            self._saved = self._save(model)
+        else:
+            _copy_tensor_hooks(model, self.module)
+        self.module._apply(lambda t: _convert(t, device, dtype))
+        for p in self.module.parameters():
+            if p.is_floating_point() or p.is_complex():
+                p.requires_grad_(True)  # every parameter's gradient, frozen ones too, as the engine predicts
+        self.module.train()
+
+    @staticmethod
+    def _save(model: nn.Module) -> dict:
+        params = {}
+        for p in model.parameters():
+            params[p] = (p.data, p.detach().clone(), p.requires_grad, p.grad)
+        buffers = {}
+        for m in model.modules():
+            for k, b in m._buffers.items():
+                if b is not None:
+                    buffers[(m, k)] = (b, b.detach().clone())
+        modes = {m: m.training for m in model.modules()}
+        return {"params": params, "buffers": buffers, "modes": modes}
+
+    def restore(self) -> None:
+        if self._saved is None:
+            return
+        with torch.no_grad():
+            for p, (data, values, flag, grad) in self._saved["params"].items():
+                data.copy_(values)
+                p.data = data
+                p.grad = grad
+                p.requires_grad_(flag)
+            for (m, k), (buf, values) in self._saved["buffers"].items():
+                buf.copy_(values)
+                m._buffers[k] = buf
+        for m, mode in self._saved["modes"].items():
+            m.training = mode
+
+
+def _measure_model(model: nn.Module, inputs: ExampleInputs, seeds: int, dtype: torch.dtype | None, device: str,
+                   seed0: int) -> Measurement:
+    """The model's own forward and ``loss.backward()``, per seed: every parameter's gradient and
+    every module call's output and output gradient."""
+    work = _Working(model, device, dtype)
+    net = work.module
+    names = {}
+    for name, m in net.named_modules(remove_duplicate=False):
+        names.setdefault(id(m), name)
+    calls: list[tuple[str, torch.Tensor]] = []
+
+    def hook(m, args, out):
+        first = next((t for t in output_tensors(out) if t.is_floating_point() or t.is_complex()), None)
+        if first is None:
+            return
+        if first.requires_grad and first.grad_fn is not None:
+            first.retain_grad()
+        calls.append((names.get(id(m), ""), first))
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()]
+    param_ms: dict[str, list[float]] = {}
+    module_q: dict[str, float] = {}
+    module_s: dict[str, float] = {}
+    lag: dict[str, list[list[float]]] = {}
+    bad: tuple[str, str] | None = None
+    try:
+        for i in range(seeds):
+            gen = torch.Generator(device="cpu").manual_seed(seed0 + i)
+            torch.manual_seed(seed0 + i)
+            a, kw = inputs.materialize("cpu", gen)
+            cast = lambda t: t.to(device=device, dtype=_run_dtype(t.dtype, dtype)) if isinstance(t, torch.Tensor) else t
+            a = tuple(cast(t) for t in a)
+            kw = {k: cast(v) for k, v in kw.items()}
+            net.zero_grad(set_to_none=True)
+            calls.clear()
+            try:
+                out = net(*a, **kw)
+            except torch.OutOfMemoryError:
+                raise  # the caller retries with a smaller batch
+            except Exception as e:
+                raise _run_failed("runs the model's forward", dtype, e, _DTYPE_HINT) from e
+            ys = [y for y in _leaves(out) if (y.is_floating_point() or y.is_complex()) and y.requires_grad]
+            if not ys:
+                raise _no_gradient_output(model, out)
+            loss = sum(_weighted(y, gen) for y in ys)
+            try:
+                loss.backward()
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # a custom autograd.Function's backward, an in-place op autograd refuses
+                raise _run_failed("runs the model's backward pass", dtype, e, _DTYPE_HINT) from e
+            seen: dict[str, int] = {}
+            keyed = []
+            for name, t in calls:
+                k = seen.get(name, 0)
+                seen[name] = k + 1
+                key = f"{name}#{k}"
+                keyed.append((key, t))
+                v = t.detach()
+                module_q[key] = module_q.get(key, 0.0) + (_mean_square(v) / seeds)
+                module_s[key] = module_s.get(key, 0.0) + (_mean_square(t.grad) / seeds)
+                if bad is None and not bool(torch.isfinite(v).all()):
+                    bad = (key, "forward")
+            if bad is None:
+                for key, t in reversed(keyed):
+                    if t.grad is not None and not bool(torch.isfinite(t.grad).all()):
+                        bad = (key, "backward")
+                        break
+            for name, prm in net.named_parameters(remove_duplicate=False):
+                if prm.is_floating_point() or prm.is_complex():
+                    param_ms.setdefault(name, []).append(_mean_square(prm.grad))
+            calls.clear()
+            for rname, seq in _lag_grads(net, a, kw, dtype, gen).items():
+                lag.setdefault(rname, []).append(list(seq))
+    finally:
+        for h in handles:
+            h.remove()
+        calls.clear()
+        work.restore()
+    return Measurement({k: tuple(v) for k, v in param_ms.items()}, {}, {},
+                       {k: tuple(tuple(x) for x in v) for k, v in lag.items()}, seeds=seeds,
+                       batch_size=inputs.batch_size, module_q=module_q, module_s=module_s, module_nonfinite=bad,
+                       dtype=str(dtype).removeprefix("torch.") if dtype is not None else "the model's own")
+
+
+def _no_gradient_output(model: nn.Module, out: Any) -> ProbeError:
+    """The model's output holds no tensor a gradient can flow back from (a Python float from
+    ``.item()``, detached or integer tensors): there is nothing to measure."""
+    import inspect
+
+    from gradlint.base.paths import shown_path
+
+    path = line = None
+    try:
+        lines, line = inspect.getsourcelines(type(model).forward)
+        path = shown_path(inspect.getsourcefile(type(model).forward))
+        line += next((i for i, text in enumerate(lines) if text.lstrip().startswith("def ")), 0)
+    except (OSError, TypeError):
+        pass
+    got = type(out).__name__
+    return ProbeError(f"{type(model).__name__}.forward returned {got} with no tensor that depends on a parameter: no "
+                      "gradient can flow back from it, so there is nothing to train", path=path, line=line,
+                      hint="return the tensor the loss is computed from, not a Python number (.item(), float()) "
+                           "or a detached tensor")
+
+
+def _weighted(y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """sum(g * y) with g ~ N(0, 1) per element (per real and imaginary part for complex y)."""
+    if y.is_complex():
+        g = torch.randn(y.shape, generator=gen, dtype=torch.complex128).to(device=y.device, dtype=y.dtype)
+        return (g.conj() * y).real.sum()
+    return (torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=y.device, dtype=y.dtype) * y).sum()
+
+
+_DTYPE_HINT = ("a forward that casts to a fixed dtype (x.float()) mixes it with the probe's float64 weights: let it "
+               "follow its inputs' dtype; gradlint check without --probe still gives the static prediction")
+
+
 def _measure(model, inputs, seeds, dtype, device, seed0, loops) -> Measurement:
+    """The exported graph, interpreted on the same draws with the model's parameters swapped in:
+    every node's value and gradient."""
     ep = export_program(model, inputs)
     gm = ep.module()
     _retarget(gm, torch.device(device), dtype)
@@ -206,9 +462,8 @@ def _measure(model, inputs, seeds, dtype, device, seed0, loops) -> Measurement:
                     mod._buffers[attr] = val
         for lname, seq in _loop_lag_grads(rec.values, loops, gen).items():
             lag.setdefault(lname, []).append(seq)
-        ys = [y for y in _leaves(out) if y.is_floating_point() and y.requires_grad]
-        loss = sum((torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=y.dtype) * y).sum()
-                   for y in ys)
+        ys = [y for y in _leaves(out) if (y.is_floating_point() or y.is_complex()) and y.requires_grad]
+        loss = sum(_weighted(y, gen) for y in ys)
         if ys:  # else no output depends on a parameter or an input: every gradient is absent
             try:
                 loss.backward()
@@ -231,11 +486,7 @@ def _measure(model, inputs, seeds, dtype, device, seed0, loops) -> Measurement:
                 bad_bwd.append(name)
         for name, t in real.items():
             if isinstance(t, torch.Tensor) and t.requires_grad:
-                g = t.grad
-                v = float(g.double().pow(2).mean()) if g is not None else 0.0
-                param_ms.setdefault(name, []).append(v)
-        for rname, seq in _lag_grads(model, a, kw, device, dtype, gen).items():
-            lag.setdefault(rname, []).append(list(seq))
+                param_ms.setdefault(name, []).append(_mean_square(t.grad))
     order = {name: k for k, name in enumerate(rec.values)} if seeds else {}
     return Measurement({k: tuple(v) for k, v in param_ms.items()}, node_q, node_s,
                        {k: tuple(tuple(x) for x in v) for k, v in lag.items()},
@@ -310,11 +561,15 @@ _STATIC_HINT = "gradlint check without --probe still gives the static prediction
 
 
 def _run_failed(what: str, dtype: torch.dtype | None, e: BaseException, hint: str) -> Exception:
-    """A ProbeError for the user's computation failing in the probe's run."""
+    """A ProbeError for the user's computation failing in the probe's run, at the line of the
+    user's code that raised, with the user's traceback."""
+    from gradlint.load.tracebacks import innermost_user_frame, user_error
 
     first = (str(e).strip().splitlines() or [""])[0]
     where = f"in {str(dtype).removeprefix('torch.')}" if dtype is not None else "in the model's own dtype"
-    return ProbeError(f"the probe {what} {where}, and it raised {type(e).__name__}: {first}", hint=hint)
+    at = innermost_user_frame(e)
+    return user_error(ProbeError, f"the probe {what} {where}, and it raised {type(e).__name__}: {first}", e,
+                      at[0] if at else None, at[1] if at else None, hint=hint)
 
 
 def _run_dtype(own: torch.dtype, run: torch.dtype | None) -> torch.dtype:
@@ -361,20 +616,15 @@ def _loop_lag_grads(values: dict[str, torch.Tensor], loops: dict, gen) -> dict[s
     return res
 
 
-def _lag_grads(model: nn.Module, a, kw, device, dtype, gen) -> dict[str, list[float]]:
-    """Per recurrent module: mean(δ_x_t²) for every t when only the last output step carries g."""
-    rnns = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.RNNBase)]
+def _lag_grads(work: nn.Module, a, kw, dtype, gen) -> dict[str, list[float]]:
+    """Per recurrent module of the (already converted) working model: mean(δ_x_t²) for every t
+    when only the last output step carries g."""
+    rnns = [(n, m) for n, m in work.named_modules() if isinstance(m, nn.RNNBase)]
     if not rnns:
         return {}
-    import copy
-    work = copy.deepcopy(model).to(device)
-    if dtype is not None:
-        work = work.to(dtype)
-    work.train()
     caught: dict[str, tuple[torch.Tensor, torch.Tensor, bool]] = {}
     handles = []
-    for name, _ in rnns:
-        mod = work.get_submodule(name)
+    for name, mod in rnns:
 
         def pre(m, args, name=name):
             x = args[0].detach().requires_grad_(True)
