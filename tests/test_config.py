@@ -346,7 +346,8 @@ def test_a_configured_target_applies_when_its_file_is_named(project):
         width = 16
         """))
     without = run("check", "models/net.py", "--config", str(project("empty.toml", "")))
-    assert without.exit_code == 0 and "skipped Net: constructor needs arguments" in without.output
+    assert without.exit_code == 2 and "Net's constructor needs depth, width, and gradlint found no value for them" \
+        in without.output
     r = run("check", "models/net.py")
     assert r.exit_code == 0, r.output
     assert "models/net.py::Net: healthy" in r.output and "declared in pyproject.toml:5" in r.output

@@ -165,6 +165,7 @@ class Cache:
             sorted((k, sorted(dict(v).items())) for k, v in config.rule_options.items()) if config else None])
         self._files: dict[Path, tuple[str, list[tuple[int, str | None, tuple[str, ...]]]] | None] = {}
         self._resolved: dict[Any, list[Path]] = {}
+        self._sources: dict[Path, Any] = {}
         self.written = 0
 
     # --- keys ---------------------------------------------------------------------------------
@@ -175,8 +176,12 @@ class Cache:
         own = self._read(file)
         if own is None:
             return None
+        from gradlint.load.callsites import value_sources
+
+        # The files its models' constructor values may be read from (training scripts, READMEs) count too.
         deps = [(str(f), (self._read(f) or ("unreadable",))[0])
-                for f in local_imports(file, self._read, self._resolved)]
+                for f in dict.fromkeys([*local_imports(file, self._read, self._resolved),
+                                        *value_sources(file, self._sources)])]
         config = self.settings.config
         specs = [(s.ref, s.name, s.inputs, dict(s.kwargs or {}), s.label, s.origin)
                  for s in config.targets_in(file)] if config is not None else []

@@ -34,6 +34,11 @@ class _NoParameters(Exception):
     """A target discovery found has no parameters: a note, not a report."""
 
 
+class _Orphan(Exception):
+    """A class beside the file's other models that needs arguments nothing in the repository
+    gives (no call of it anywhere, often one left in commented-out code): a note, not a report."""
+
+
 def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -> Iterator[tuple[Any, ...]]:
     """Check one file, as a stream of events.
 
@@ -52,7 +57,7 @@ def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -
     yield ("import",)
     try:
         module = load.import_file(path)
-        found = load.discover(module, path, name)
+        found = load.discover(module, path, name, all_targets=config is not None and config.all_targets)
         if config is not None:
             found, failed = _with_config_targets(module, path, name, found, config)
             if not skip:
@@ -70,14 +75,22 @@ def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -
         yield ("note", f"{path}: no targets: " + ("every nn.Module here was skipped" if found.skipped else
                        "no nn.Module subclass or instance is defined here, and nothing is marked @gradlint.target"))
         return
+    repository: list[Any] = []  # read once per file, when a target first needs it
+
+    def repo() -> Any:
+        if not repository:
+            repository.append(load.Repository(path, module))
+        return repository[0]
+
     for index, target in enumerate(found.targets):
         if index < skip:
             continue
         label = f"{path}::{target.display_name}"
         yield ("target", index, label, str(path), target.line, len(found.targets))
+        arguments: tuple[Any, ...] = ()
         try:
             with load.user_code(path):
-                model = load.instantiate(target)
+                model, arguments = _build(target, module, path, repo, config, others=len(found.targets) > 1)
                 if name is None and target.options is None and next(model.parameters(), None) is None:
                     # A parameter-free module found by discovery (an activation, a wrapper) has no
                     # gradient to predict; one named or decorated is still checked.
@@ -96,6 +109,9 @@ def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -
                     report = run_probe(model, ex, device=settings.device, seeds=settings.seeds, **kwargs)
                 else:
                     report = check(model, ex, **kwargs)
+        except _Orphan as e:
+            yield ("note", f"{e}")
+            continue
         except _NoParameters:
             yield ("note", f"{path}:{target.line or 1}: skipped {target.name}: it has no parameters, so there is no "
                            f"gradient to predict (name it, {path}::{target.name}, to check it anyway)")
@@ -105,7 +121,36 @@ def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -
                 f"the model called sys.exit({e.code!r}) while being checked", path=str(path), line=target.line))
         except Exception as e:  # noqa: BLE001 - the user's forward or an op gradlint cannot run; GradlintError too
             report = error_report(label, e, str(path), target.line)
-        yield ("report", report)
+        yield ("report", replace(report, arguments=arguments) if arguments else report)
+
+
+def _build(target: load.Target, module: Any, path: Any, repo: Any, config: Config | None,
+           others: bool = False) -> tuple[Any, tuple]:
+    """Builds a target: with the arguments it was given (a config's nested tables made into its
+    config classes), and the ones it needs found in the repository. Returns the model and, when
+    gradlint chose values, every argument with where it came from."""
+    if target.kind == "instance":
+        return load.instantiate(target), ()
+    given = dict(target.options.kwargs or {}) if target.options is not None else {}
+    origin = next((s.origin for s in config.targets_in(path) if s.matches(target) and s.kwargs), None) \
+        if config is not None else None
+    given = load.config_tables(target.obj, given, module, repo)
+    needed = [p for p in target.needs if p not in given]
+    if not needed and target.options is not None:
+        return load.instantiate(target, kwargs=given), ()
+    # Undecorated and unconfigured, a model that needs no arguments is still built with the values
+    # a training script or the README gives, when they are read in full.
+    resolution = load.find_arguments(target.obj, target.name, path, repo(), given, optional=not needed)
+    if resolution.missing:
+        error = load.missing_arguments(target, resolution, module, repo())
+        if not resolution.sites and others and target.options is None:
+            raise _Orphan(f"{path}:{target.line or 1}: skipped {target.name}: {error.message}; nothing in the "
+                          f"repository builds it\n  hint: {error.hint}")
+        raise error
+    stated = tuple(load.given_argument(k, v, origin or f"{path}:{target.line or 1}",
+                                       "configured" if origin else "declared") for k, v in given.items())
+    extra = {k: v for k, v in resolution.kwargs.items() if k not in given}
+    return load.instantiate(target, kwargs={**extra, **given}), stated + resolution.arguments
 
 
 def _with_config_targets(module: Any, path: Any, name: str | None, found: load.Discovery,

@@ -27,7 +27,7 @@ __all__ = ["CLI_OPTIONS", "describe", "find", "from_command_line", "load", "merg
 # Click parameter name of each `gradlint check` option -> the configuration key it overrides.
 CLI_OPTIONS = {"select": "select", "ignore": "ignore", "fail_on": "fail-on", "threshold": "threshold",
                "input_shapes": "input-shape", "probe": "probe", "device": "device", "seeds": "seeds",
-               "jobs": "jobs", "timeout": "timeout", "force_exclude": "force-exclude"}
+               "jobs": "jobs", "timeout": "timeout", "force_exclude": "force-exclude", "all_targets": "all-targets"}
 
 
 def _read_text(file: Path) -> str:
