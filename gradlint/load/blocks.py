@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
+import os
 import textwrap
 import types
 from collections.abc import Iterable
@@ -44,12 +45,40 @@ def _own_nodes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.AST]:
     return out
 
 
-def _function_node(obj: Any) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+@functools.lru_cache(maxsize=64)
+def _top_level(filename: str, mtime: float) -> dict[str, ast.AST]:
+    """The top-level classes and functions of a file, parsed once."""
+    try:
+        tree = ast.parse(Path(filename).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return {}
+    return {n.name: n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def _definition(obj: Any) -> ast.AST | None:
+    """The ``class`` or ``def`` statement of a class or function, from its file (parsed once per
+    file), else from ``inspect.getsource``."""
+    name = getattr(obj, "__qualname__", "")
+    try:
+        filename = inspect.getsourcefile(obj)
+    except TypeError:
+        filename = None
+    if filename and "." not in name:
+        try:
+            found = _top_level(filename, os.path.getmtime(filename)).get(name)
+        except OSError:
+            found = None
+        if found is not None:
+            return found
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
     except (OSError, TypeError, SyntaxError, IndentationError):
         return None
-    node = tree.body[0] if tree.body else None
+    return tree.body[0] if tree.body else None
+
+
+def _function_node(obj: Any) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    node = _definition(obj)
     return node if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
 
 
@@ -108,11 +137,7 @@ def _referenced(obj: Any) -> set[str]:
     """The names a class's methods or a function's body refer to."""
     if isinstance(obj, functools.partial):  # make = functools.partial(Net, width=3)
         return {getattr(obj.func, "__name__", "")}
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
-    except (OSError, TypeError, SyntaxError, IndentationError):
-        return set()
-    top = tree.body[0] if tree.body else None
+    top = _definition(obj)
     if isinstance(top, ast.ClassDef):
         bodies = [n for n in ast.walk(top) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     elif isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef)):

@@ -101,6 +101,9 @@ class Repository:
         self._modules: dict[str, types.ModuleType] | None = None
         self._scopes: dict[tuple[Path, int], Scope] = {}
         self.depth = 0
+        #: Constructor arguments the user gave the file's models, by name: their building blocks
+        #: are read with them.
+        self.given: dict[str, dict[str, Any]] = {}
 
     # --- files --------------------------------------------------------------------------------
 
@@ -397,6 +400,8 @@ class Repository:
         unknown = bind_arguments(func.args, [], {}, interp, globals_scope, skip_self=cls is not None) or {}
         if cls is not None and func.name != "__init__":
             return unknown
+        if cls is not None and script.path == self.file and cls.name in self.given:
+            return {**unknown, **self.given[cls.name]}  # what the user configured for that model
         if depth < _MAX_RECURSION:
             name = cls.name if cls is not None else func.name
             best = self.best_call(Ref(script.path, name) if script.path != self.file else Ref(self.file, name),

@@ -269,6 +269,10 @@ def discover(module: types.ModuleType, path: str | os.PathLike[str], name: str |
     if not own and not any(t.kind != "instance" for t in targets):
         inside = {a: why for a, why in inside.items() if dict((c[0], c[2]) for c in candidates)[a] == "factory"}
     users.update(inside)
+    for t in targets:  # model = Net(2, 16) at module level: the instance is that class's model
+        if t.kind == "instance" and type(t.obj).__module__ == here and type(t.obj).__name__ in dict(
+                (c[0], c) for c in candidates):
+            users.setdefault(type(t.obj).__name__, f"the class of the instance {t.name}")
     blocks: list[Skipped] = []
     for attr, obj, kind in candidates:
         line = _line(obj, attr, source)

@@ -338,7 +338,10 @@ class Interpreter:
         """The value of ``node`` in ``scope``, or an ``Unknown`` saying what could not be read."""
         self._spend()
         try:
-            return self._eval(node, scope)
+            value = self._eval(node, scope)
+            if isinstance(value, Unknown) and not value.why and not isinstance(node, (ast.Name, ast.Starred)):
+                return self._unknown(node)  # the expression the script computes, as written, at its line
+            return value
         except (_Return, _Stop, RecursionError):
             raise
         except Exception:  # noqa: BLE001 - arithmetic on odd values, a builtin refusing its arguments

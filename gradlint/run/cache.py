@@ -158,11 +158,12 @@ class Cache:
         self.dir = Path(directory) / f"v{FORMAT}"
         self.settings = settings
         config = settings.config
-        # Every setting but the configuration, which counts only through its rule options (its
-        # severities and per-file ignores apply after the cache).
+        # Every setting but the configuration, which counts only through its rule options and
+        # all-targets (its severities and per-file ignores apply after the cache).
         self._base = _digest(_environment(), os.getcwd(), [
             *(getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "config"),
-            sorted((k, sorted(dict(v).items())) for k, v in config.rule_options.items()) if config else None])
+            sorted((k, sorted(dict(v).items())) for k, v in config.rule_options.items()) if config else None,
+            config.all_targets if config else False])
         self._files: dict[Path, tuple[str, list[tuple[int, str | None, tuple[str, ...]]]] | None] = {}
         self._resolved: dict[Any, list[Path]] = {}
         self._sources: dict[Path, Any] = {}

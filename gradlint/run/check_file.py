@@ -80,6 +80,14 @@ def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -
     def repo() -> Any:
         if not repository:
             repository.append(load.Repository(path, module))
+            for other in found.targets:  # what the user gave a model, its building blocks are read with
+                if other.options is not None and other.options.kwargs and other.kind != "instance":
+                    try:
+                        with load.user_code(path):
+                            repository[0].given[other.name] = load.config_tables(
+                                other.obj, other.options.kwargs, module, lambda: repository[0])
+                    except GradlintError:
+                        pass  # reported when that model is built
         return repository[0]
 
     for index, target in enumerate(found.targets):
