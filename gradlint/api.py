@@ -51,16 +51,23 @@ def as_example_inputs(model: nn.Module, inputs: Any, input_shape: Any = None) ->
 
 
 def select_rules(select: Iterable[str] | None = None, ignore: Iterable[str] | None = None,
-                 options: dict[str, dict[str, Any]] | None = None) -> list[Rule]:
-    """Instantiate the registered rules, filtered by code, code prefix or name."""
+                 options: dict[str, dict[str, Any]] | None = None, requested: Iterable[str] = ()) -> list[Rule]:
+    """Instantiate the registered rules, filtered by code, code prefix or name.
+
+    An opt-in rule runs only when ``select`` names it by its exact code or name, or its code is
+    in ``requested``.
+    """
     load_builtin()
     sel = list(select or [])
     ign = list(ignore or [])
+    asked = {p.upper() for p in (*sel, *requested)}
 
     out = []
     for code in sorted(REGISTRY):
         cls = REGISTRY[code]
-        if sel and not matches(cls.code, cls.name, sel):
+        if cls.opt_in and cls.code not in asked and cls.name.upper() not in asked:
+            continue
+        if sel and not matches(cls.code, cls.name, sel) and cls.code not in requested:
             continue
         if ign and matches(cls.code, cls.name, ign):
             continue
@@ -99,9 +106,10 @@ def _no_output(model: nn.Module) -> ForwardError:
 
 
 def check(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, select: Iterable[str] | None = None,
-          ignore: Iterable[str] | None = None, threshold: float = DEFAULT_THRESHOLD, fail_on: str = "error",
+          ignore: Iterable[str] | None = None, threshold: float | None = None, fail_on: str | None = None,
           rule_options: dict[str, dict[str, Any]] | None = None, name: str | None = None,
-          target_source: Source | None = None) -> Report:
+          target_source: Source | None = None, config: Any = None, ignore_noqa: bool = False,
+          warn_unused_ignores: bool | None = None) -> Report:
     """Predict every parameter's gradient at initialization and run the rules. No backward pass.
 
     Args:
@@ -110,13 +118,25 @@ def check(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, sele
             a callable returning tensors, or tensors themselves. None: ``example_input_array``,
             then inference from the first layer.
         input_shape: A shape to use when ``inputs`` is None and nothing else declares one.
-        select: Rule codes, prefixes or names to run (default: all).
-        ignore: Rule codes, prefixes or names to skip.
-        threshold: Decades of attenuation beyond which the verdict is vanishing/exploding.
-        fail_on: Lowest severity that makes ``report.ok`` false.
-        rule_options: Per rule code or name, options overriding its defaults.
+        select: Rule codes, prefixes or names to run (default: the configuration's, else all).
+        ignore: Rule codes, prefixes or names to skip, besides the configuration's.
+        threshold: Decades of attenuation beyond which the verdict is vanishing/exploding
+            (default: the configuration's, else 2).
+        fail_on: Lowest severity that makes ``report.ok`` false (default: the configuration's,
+            else ``error``).
+        rule_options: Per rule code or name, options overriding its defaults (and the
+            configuration's for that rule).
         name: The target's name in the report (default: the model's class name).
         target_source: Where the target is defined, for findings without a better place.
+        config: The project's ``[tool.gradlint]``, as ``gradlint check`` reads it: None (the
+            default) reads the nearest ``pyproject.toml`` that has the table, at or above the
+            working directory; a path reads that file; False reads none. Its ``select``,
+            ``ignore``, ``threshold``, ``fail-on``, ``input-shape``, rule options, severities,
+            ``per-file-ignores`` and ``warn-unused-ignores`` apply; arguments given here win.
+        ignore_noqa: Report findings that ``# noqa: GL...`` or ``# gradlint: ignore`` comments
+            would silence (ruff's ``--ignore-noqa``).
+        warn_unused_ignores: Report suppression comments that silence nothing (GL904; default:
+            the configuration's ``warn-unused-ignores``, else off).
 
     Returns:
         The ``Report``.
@@ -125,15 +145,30 @@ def check(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, sele
         InputError: When the arguments are malformed.
     """
     return predict(model, inputs, input_shape=input_shape, select=select, ignore=ignore, threshold=threshold,
-                   fail_on=fail_on, rule_options=rule_options, name=name, target_source=target_source).report
+                   fail_on=fail_on, rule_options=rule_options, name=name, target_source=target_source,
+                   config=config, ignore_noqa=ignore_noqa, warn_unused_ignores=warn_unused_ignores).report
 
 
 def predict(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, select: Iterable[str] | None = None,
-            ignore: Iterable[str] | None = None, threshold: float = DEFAULT_THRESHOLD, fail_on: str = "error",
+            ignore: Iterable[str] | None = None, threshold: float | None = None, fail_on: str | None = None,
             rule_options: dict[str, dict[str, Any]] | None = None, name: str | None = None,
-            target_source: Source | None = None) -> Prediction:
+            target_source: Source | None = None, config: Any = None, ignore_noqa: bool = False,
+            warn_unused_ignores: bool | None = None) -> Prediction:
     """``check``, with the live result beside the report: the graph and the engine's statistics,
     which the probe and tests read. See ``check`` for the arguments."""
+    from gradlint.run.config import project_config
+
+    cfg = project_config(config)
+    if cfg is not None:
+        select = select if select is not None else (cfg.select or None)
+        ignore = (*cfg.ignore, *(ignore or ())) or None
+        threshold = threshold if threshold is not None else cfg.threshold
+        fail_on = fail_on or cfg.fail_on
+        rule_options = {**{k: dict(v) for k, v in cfg.rule_options.items()}, **(rule_options or {})} or None
+        input_shape = input_shape if input_shape is not None else ([list(s) for s in cfg.input_shape] or None)
+        warn_unused_ignores = cfg.warn_unused_ignores if warn_unused_ignores is None else warn_unused_ignores
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    fail_on = fail_on or "error"
     if not isinstance(model, nn.Module):
         raise InputError(f"model={model!r} must be a torch.nn.Module")
     if fail_on not in ("error", "warning", "info"):
@@ -143,11 +178,31 @@ def predict(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, se
     ex = as_example_inputs(model, inputs, input_shape)
     result, failures = analyze(model, ex, threshold=threshold, target_source=target_source)
     findings: list[Finding] = []
-    for rule in select_rules(select, ignore, rule_options):
+    rules = select_rules(select, ignore, rule_options, requested=("GL904",) if warn_unused_ignores else ())
+    for rule in rules:
         findings.extend(rule.check(result))
-    findings = suppress.apply(findings)
+    silenced: list[Finding] = []
+    if not ignore_noqa:
+        findings, silenced = suppress.split(findings)
+        ran = {r.code: r for r in rules}
+        if suppress.UNKNOWN_CODE in ran or suppress.UNUSED in ran:
+            comments = suppress.on_lines(_model_lines(result))
+            findings += suppress.comment_findings(comments, silenced, ran, {c: k.name for c, k in REGISTRY.items()})
+    if cfg is not None:
+        findings = list(cfg.adjust(findings, target_source.path if target_source else None))
     findings.sort(key=lambda f: (-Severity(f.severity).rank, f.path or "", f.line or 0, f.code))
-    return Prediction(make_report(name or type(model).__name__, result, ex, findings, fail_on, target_source), result)
+    report = make_report(name or type(model).__name__, result, ex, findings, fail_on, target_source)
+    return Prediction(replace(report, suppressed=tuple(silenced)) if silenced else report, result)
+
+
+def _model_lines(result: Result) -> set[tuple[str, int]]:
+    """The lines a model's findings can point at: where its modules are defined, where its ops
+    are called, and the target itself; in the user's files, not in installed packages."""
+    sources = [*result.definitions.values(), *(n.call_site for n in result.graph.nodes if n.call_site is not None)]
+    if result.target_source is not None:
+        sources.append(result.target_source)
+    return {(s.path, s.line) for s in sources
+            if s.path and s.line and "site-packages" not in s.path and "dist-packages" not in s.path}
 
 
 def make_report(target: str, result: Result, ex: ExampleInputs, findings: list[Finding], fail_on: str,

@@ -45,7 +45,7 @@ def resolve_threshold(threshold: float | None, max_decades: float | None) -> flo
 
 
 def assert_healthy(model: Any, inputs: Any = None, *, probe: bool = False, threshold: float | None = None,
-                   max_decades: float | None = None, fail_on: str = "error", ignore: Iterable[str] = (),
+                   max_decades: float | None = None, fail_on: str | None = None, ignore: Iterable[str] = (),
                    device: str = "cpu", seeds: int = 3, **check_kwargs: Any) -> Report:
     """Check ``model`` and raise ``AssertionError`` unless its gradients are healthy.
 
@@ -54,6 +54,10 @@ def assert_healthy(model: Any, inputs: Any = None, *, probe: bool = False, thres
     measured values decide: the measured verdict, and only the findings the measurement
     confirmed (or has no opinion on) fail.
 
+    The project's ``[tool.gradlint]`` applies as in ``gradlint.check`` (``config=``): its
+    ``ignore`` also accepts the verdicts of the rules it names, as ``ignore=`` does, and a
+    verdict whose finding an inline comment silenced is accepted too.
+
     Args:
         model: The ``nn.Module``.
         inputs: As for ``gradlint.check``.
@@ -61,7 +65,8 @@ def assert_healthy(model: Any, inputs: Any = None, *, probe: bool = False, thres
         threshold: Decades of attenuation or growth that count as vanishing/exploding
             (default 2); ``max_decades`` is the same.
         max_decades: Alias of ``threshold``.
-        fail_on: Lowest severity that fails: ``error``, ``warning`` or ``info``.
+        fail_on: Lowest severity that fails: ``error``, ``warning`` or ``info`` (default: the
+            configuration's ``fail-on``, else ``error``).
         ignore: Rule codes, code prefixes or names not to run and not to fail on (ignoring
             GL101 also accepts a vanishing verdict).
         device: Where the probe runs (``cpu``, ``cuda``, ``cuda:N``, ``auto``).
@@ -85,10 +90,15 @@ def assert_healthy(model: Any, inputs: Any = None, *, probe: bool = False, thres
     kwargs["rule_options"] = threshold_options(thr, kwargs.get("rule_options"))
     kwargs["ignore"] = ignore or None
     kwargs["fail_on"] = fail_on
+    from gradlint.run.config import project_config
+
+    config = project_config(kwargs.get("config"))
+    kwargs["config"] = False if config is None else config  # read once, for the check and the verdict
+    accepted = ignore + (tuple(config.ignore) if config is not None else ())
     if probe:
         from gradlint.probing.probe import probe as run_probe
         report = run_probe(model, inputs, device=device, seeds=seeds, **kwargs)
     else:
         from gradlint.api import check
         report = check(model, inputs, **kwargs)
-    return report.assert_clean(ignore=ignore, fail_on=fail_on)
+    return report.assert_clean(ignore=accepted, fail_on=fail_on)

@@ -20,7 +20,12 @@ from gradlint.base.findings import ExitCode
 # check's options that [tool.gradlint] can set too (gradlint.run.config.CLI_OPTIONS, kept here so
 # --help imports nothing more).
 _CONFIG_OPTIONS = ("select", "ignore", "fail_on", "threshold", "input_shapes", "probe", "device", "seeds",
-                   "jobs", "timeout", "force_exclude", "all_targets")
+                   "jobs", "timeout", "force_exclude", "warn_unused_ignores", "all_targets")
+
+
+def _split_commas(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """``--select GL1,GL2 --select GL4`` as ruff takes it: repeated, comma-separated, or both."""
+    return tuple(part.strip() for item in value for part in item.split(",") if part.strip())
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -54,8 +59,10 @@ def main() -> None:
               help="Fail only on findings not in FILE; when FILE does not exist, record the current "
                    "findings into it and exit 0.")
 @click.option("--update-baseline", is_flag=True, help="Rewrite the --baseline FILE from this run's findings.")
-@click.option("--select", multiple=True, help="Run only these rules (code, prefix or name).")
-@click.option("--ignore", multiple=True, help="Skip these rules (code, prefix or name).")
+@click.option("--select", multiple=True, callback=_split_commas, metavar="RULES",
+              help="Run only these rules: codes, code prefixes or names, comma-separated or repeated.")
+@click.option("--ignore", multiple=True, callback=_split_commas, metavar="RULES",
+              help="Skip these rules: codes, code prefixes or names, comma-separated or repeated.")
 @click.option("--threshold", type=float, default=None,
               help="Decades of attenuation or growth beyond which the verdict is vanishing/exploding (default: 2.0).")
 @click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default=None,
@@ -84,6 +91,19 @@ def main() -> None:
 @click.option("--timeout", type=click.FloatRange(0), default=None, metavar="SECONDS",
               help="Seconds one target (or one file's import) may run before its worker process is killed and "
                    "the target reported; 0: no limit (default: 300).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="Print the findings (and targets that could not be analyzed) only: no summaries, notes or "
+                   "closing line.")
+@click.option("--statistics", is_flag=True, help="Print the number of findings per rule instead of the findings.")
+@click.option("--exit-zero", is_flag=True,
+              help="Exit 0 even when findings reach --fail-on (a target that could not be analyzed still exits 2).")
+@click.option("--color", "color_choice", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True, help="Colors in text output; auto: on a terminal, as NO_COLOR and FORCE_COLOR say.")
+@click.option("--allow-no-targets", is_flag=True,
+              help="Exit 0, not 5, when the run finds no target to analyze (e.g. a commit that stages only "
+                   "helper modules).")
+@click.option("--warn-unused-ignores/--no-warn-unused-ignores", default=None,
+              help="Report suppression comments that silence nothing (GL904), as ruff's RUF100 does.")
 @click.option("--no-cache", is_flag=True, help="Check every file afresh, without reading or writing the cache.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Where the cache lives (default: $GRADLINT_CACHE_DIR, else the user cache directory, "
@@ -94,6 +114,8 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
           batch_size: int | None = None, plot_to: str | None = None, config_file: str | None = None,
           force_exclude: bool | None = None, show_profile: bool = False, jobs: int | None = None,
           timeout: float | None = None, no_cache: bool = False, cache_dir: str | None = None,
+          quiet: bool = False, statistics: bool = False, exit_zero: bool = False, color_choice: str = "auto",
+          allow_no_targets: bool = False, warn_unused_ignores: bool | None = None,
           all_targets: bool | None = None) -> None:
     """Analyze the models in PATHS (files, directories, or file.py::Name).
 
@@ -102,6 +124,8 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
     """
     if update_baseline and not baseline:
         raise click.UsageError("--update-baseline needs --baseline FILE")
+    if statistics and fmt != "text":
+        raise click.UsageError("--statistics prints text; leave out --format, or use --format json's summary")
     if select or ignore or _names_rules(config_file):
         from gradlint.lint.rule import catalog_imports_rules
 
@@ -114,7 +138,8 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
             prestart()
     cfg = _configure(dict(config_file=config_file, input_shapes=input_shapes, select=select, ignore=ignore,
                           threshold=threshold, fail_on=fail_on, probe=probe, device=device, seeds=seeds,
-                          jobs=jobs, timeout=timeout, force_exclude=force_exclude, all_targets=all_targets))
+                          jobs=jobs, timeout=timeout, force_exclude=force_exclude,
+                          warn_unused_ignores=warn_unused_ignores, all_targets=all_targets))
     if not paths and not (cfg.targets or cfg.include):
         raise click.UsageError("give PATHS to check, or targets or include in [tool.gradlint]")
     from gradlint.run.cache import default_dir
@@ -134,6 +159,7 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
     except KeyboardInterrupt:
         click.echo("gradlint: interrupted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
+    reports = _reconcile_suppressions(reports, cfg, paths)
     plot_failed = False
     if plot_to and not interrupted:
         from gradlint.base.errors import GradlintError
@@ -155,12 +181,22 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
             sys.exit(ExitCode.COULD_NOT_ANALYZE)
         notes = [*notes, *more]
     from gradlint.output.formats import render, use_color
+    from gradlint.output.tally import Tally
 
-    color = use_color(fmt, to_file=output is not None, isatty=sys.stdout.isatty())
-    text = render(fmt, reports, notes, color=color, profile=show_profile)
-    if fmt != "json":  # the JSON document carries the notes itself, so stdout stays one document
+    tally = Tally.of(reports, notes)
+    color = use_color(fmt, to_file=output is not None, isatty=sys.stdout.isatty(), choice=color_choice)
+    if statistics:
+        from gradlint.output.tally import statistics as rule_counts
+        text = "\n".join([*rule_counts(reports), *(format_error_lines(reports, color))])
+    else:
+        text = render(fmt, reports, notes, color=color, profile=show_profile, quiet=quiet)
+    if fmt == "text" and not quiet:
+        text = (text + "\n\n" if text else "") + tally.closing_line()
+    if fmt != "json" and not quiet:  # the JSON document carries the notes itself, so stdout stays one document
         for note in notes:
             click.echo(note, err=True)
+    if fmt in ("sarif", "github") and not quiet:
+        click.echo(tally.closing_line(), err=True)
     if output is not None:
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -171,11 +207,60 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
         sys.exit(ExitCode.INTERRUPTED)
     if plot_failed or any(r.status != "ok" for r in reports):
         sys.exit(ExitCode.COULD_NOT_ANALYZE)
-    if recorded:
+    nothing = tally.nothing_analyzed()
+    if nothing is not None and not allow_no_targets:
+        click.echo(nothing, err=True)
+        sys.exit(ExitCode.NO_TARGETS)
+    if recorded or exit_zero:
         sys.exit(ExitCode.CLEAN)
     if any(not r.ok for r in reports):
         sys.exit(ExitCode.FINDINGS)
     sys.exit(ExitCode.CLEAN)
+
+
+def _reconcile_suppressions(reports: list[Any], cfg: Any, paths: tuple[str, ...]) -> list[Any]:
+    """GL903 and GL904 over the whole run: every suppression comment in the files whose every
+    target was checked is judged (not in a file named as ``file.py::Name``), a comment is unused
+    only when no target used it, and each finding is shown once."""
+    from dataclasses import replace
+
+    from gradlint.base.findings import matches
+    from gradlint.lint import suppress
+
+    wanted = [code for code, rule in suppress.RULE_INFO.items()
+              if not matches(code, rule.name, cfg.ignore) and (
+                  code == suppress.UNUSED and cfg.warn_unused_ignores
+                  or any(p.upper() in (code, rule.name.upper()) for p in cfg.select)
+                  or code == suppress.UNKNOWN_CODE and (not cfg.select or matches(code, rule.name, cfg.select)))]
+    partly = {os.path.realpath(p.partition("::")[0]) for p in paths if "::" in p}
+    checked = [r.path if r.status == "ok" and r.path and os.path.realpath(r.path) not in partly else None
+               for r in reports]
+    if not wanted and not any(f.code in suppress.RULE_INFO for r in reports for f in r.findings):
+        return reports
+    from gradlint.lint.rule import catalog
+
+    known = {code: info.name for code, info in catalog().items()}
+    selected = {c: n for c, n in known.items() if (not cfg.select or matches(c, n, cfg.select))
+                and not matches(c, n, cfg.ignore)}
+
+    def ran(rule: str) -> bool:
+        return rule.upper() in selected or rule in selected.values()
+
+    kept = suppress.run_findings([list(r.findings) for r in reports], [f for r in reports for f in r.suppressed],
+                                 checked, known, wanted, ran)
+    out = []
+    for r, fs in zip(reports, kept):
+        if fs != list(r.findings):
+            r = replace(r, findings=cfg.adjust(fs, r.path))
+        out.append(r)
+    return out
+
+
+def format_error_lines(reports: list[Any], color: bool) -> list[str]:
+    """The targets that could not be analyzed, as the text report shows them."""
+    from gradlint.output.text import format_error
+
+    return [format_error(r, color) for r in reports if r.status != "ok"]
 
 
 def _names_rules(config_file: str | None) -> bool:
@@ -288,7 +373,8 @@ def explain(rule: str) -> None:
     """Print one rule's documentation (by code or name)."""
     from gradlint.lint.rule import load_builtin
 
-    for code, cls in load_builtin().items():
+    rules = load_builtin()
+    for code, cls in rules.items():
         if rule.upper() == code or rule == cls.name:
             click.echo(f"{code} {cls.name} ({cls.severity.value}, {cls.category})\n")
             import inspect
@@ -296,7 +382,14 @@ def explain(rule: str) -> None:
             if cls.options:
                 click.echo("\n## Options\n" + "\n".join(f"- {k} = {v!r}" for k, v in cls.options.items()))
             return
-    raise click.ClickException(f"no rule {rule!r}; see `gradlint rules`")
+    import difflib
+
+    # Names get a suggestion; a code that does not exist is no typo of a neighbouring code.
+    close = [] if rule[:2].upper() == "GL" else difflib.get_close_matches(rule, [c.name for c in rules.values()], n=3)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    # A usage error, like an unknown option: exit 2, as for any other bad command line.
+    click.echo(f"gradlint: no rule {rule!r}\n  hint: {hint}`gradlint rules` lists them", err=True)
+    sys.exit(ExitCode.COULD_NOT_ANALYZE)
 
 
 @main.command("test-rules")

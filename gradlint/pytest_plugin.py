@@ -11,6 +11,13 @@ test first uses the fixture's methods.
 gradients with a real backward pass too; ``--gradlint-device``, ``--gradlint-seeds``,
 ``--gradlint-threshold``, ``--gradlint-fail-on`` and ``--gradlint-ignore`` set the other
 defaults. Keyword arguments in a test override them.
+
+As ``gradlint check`` does, the fixture reads the project's ``[tool.gradlint]`` (the nearest
+``pyproject.toml`` with the table, from pytest's rootdir up; ``--gradlint-config FILE`` names
+another, ``--gradlint-isolated`` reads none) and honours ``# noqa: GL...`` and
+``# gradlint: ignore`` comments (``--gradlint-ignore-noqa`` turns them off), so a model the
+command line passes passes in a test too. The fixture also carries the public API:
+``gradlint.tokens(...)``, ``gradlint.target``, ``gradlint.Report`` and the rest of ``gradlint``.
 """
 
 from __future__ import annotations
@@ -35,10 +42,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--gradlint-threshold", type=float, default=None, metavar="DECADES",
                     help="gradlint fixture: decades of attenuation or growth that count as vanishing or "
                          "exploding (default: 2).")
-    group.addoption("--gradlint-fail-on", choices=("error", "warning", "info"), default="error",
-                    help="gradlint fixture: lowest finding severity that fails assert_healthy (default: error).")
+    group.addoption("--gradlint-fail-on", choices=("error", "warning", "info"), default=None,
+                    help="gradlint fixture: lowest finding severity that fails assert_healthy (default: fail-on "
+                         "in [tool.gradlint], else error).")
     group.addoption("--gradlint-ignore", action="append", default=[], metavar="RULES",
                     help="gradlint fixture: rule codes, prefixes or names to skip (repeatable, comma-separated).")
+    group.addoption("--gradlint-config", default=None, metavar="FILE",
+                    help="gradlint fixture: read [tool.gradlint] from FILE (default: the nearest pyproject.toml "
+                         "that has it, from the rootdir up).")
+    group.addoption("--gradlint-isolated", action="store_true", default=False,
+                    help="gradlint fixture: read no configuration file; gradlint's defaults only.")
+    group.addoption("--gradlint-ignore-noqa", action="store_true", default=False,
+                    help="gradlint fixture: report findings that # noqa: GL... or # gradlint: ignore comments "
+                         "would silence.")
 
 
 class GradlintFixture:
@@ -49,26 +65,51 @@ class GradlintFixture:
         device: ``--gradlint-device``.
         seeds: ``--gradlint-seeds``.
         threshold: ``--gradlint-threshold`` (None: gradlint's default of 2 decades).
-        fail_on: ``--gradlint-fail-on``.
+        fail_on: ``--gradlint-fail-on`` (None: the configuration's, else ``error``).
         ignore: ``--gradlint-ignore``.
+        config: The ``[tool.gradlint]`` file to read; None: the nearest one from the working
+            directory up; False: none (``--gradlint-isolated``).
+        ignore_noqa: ``--gradlint-ignore-noqa``.
+
+    Every other public name of ``gradlint`` (``tokens``, ``target``, ``Report``, ...) is an
+    attribute too, so a test that takes the fixture, which shadows the module's name, can still
+    write ``gradlint.tokens((8, 128), vocab=32000)``.
     """
 
     def __init__(self, *, probe: bool = False, device: str = "cpu", seeds: int = 3, threshold: float | None = None,
-                 fail_on: str = "error", ignore: Iterable[str] = ()) -> None:
+                 fail_on: str | None = None, ignore: Iterable[str] = (), config: Any = None,
+                 ignore_noqa: bool = False) -> None:
         self.probe_by_default = probe
         self.device = device
         self.seeds = seeds
         self.threshold = threshold
         self.fail_on = fail_on
         self.ignore = tuple(ignore)
+        self.config = config
+        self.ignore_noqa = ignore_noqa
+
+    def __getattr__(self, name: str) -> Any:
+        import gradlint
+
+        if name in gradlint.__all__:
+            return getattr(gradlint, name)
+        raise AttributeError(f"the gradlint fixture has no attribute {name!r} (nor has the gradlint module)")
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> GradlintFixture:
         """The fixture configured by the ``--gradlint-*`` options."""
         ignore = [p.strip() for arg in config.getoption("gradlint_ignore") for p in arg.split(",") if p.strip()]
+        if config.getoption("gradlint_isolated"):
+            file: Any = False
+        elif config.getoption("gradlint_config"):
+            file = config.getoption("gradlint_config")
+        else:
+            from gradlint.run.config import find
+            file = find(config.rootpath) or False
         return cls(probe=config.getoption("gradlint_probe"), device=config.getoption("gradlint_device"),
                    seeds=config.getoption("gradlint_seeds"), threshold=config.getoption("gradlint_threshold"),
-                   fail_on=config.getoption("gradlint_fail_on"), ignore=ignore)
+                   fail_on=config.getoption("gradlint_fail_on"), ignore=ignore, config=file,
+                   ignore_noqa=config.getoption("gradlint_ignore_noqa"))
 
     def __repr__(self) -> str:
         return (f"GradlintFixture(probe={self.probe_by_default}, device={self.device!r}, seeds={self.seeds}, "
@@ -85,7 +126,10 @@ class GradlintFixture:
         kw["rule_options"] = threshold_options(thr, kw.get("rule_options"))
         ignore = kw.get("ignore") or ()
         kw["ignore"] = self.ignore + ((ignore,) if isinstance(ignore, str) else tuple(ignore)) or None
-        kw.setdefault("fail_on", self.fail_on)
+        if self.fail_on is not None:
+            kw.setdefault("fail_on", self.fail_on)
+        kw.setdefault("config", self.config)
+        kw.setdefault("ignore_noqa", self.ignore_noqa)
         return kw
 
     def check(self, model: Any, inputs: Any = None, *, probe: bool | None = None, **kw: Any) -> Report:
@@ -144,6 +188,8 @@ class GradlintFixture:
         kw["threshold"] = self.threshold if thr is None else thr
         kw.setdefault("device", self.device)
         kw.setdefault("seeds", self.seeds)
+        kw.setdefault("config", self.config)
+        kw.setdefault("ignore_noqa", self.ignore_noqa)
         return assert_healthy(model, inputs, probe=self.probe_by_default if probe is None else probe,
                               ignore=self.ignore + tuple(ignore), fail_on=fail_on or self.fail_on, **kw)
 

@@ -54,7 +54,8 @@ def run_case(cls: type[Rule], kind: str, index: int) -> Outcome:
 
     case = (cls.good if kind == "good" else cls.bad)[index]
     try:
-        report = gradlint.check(case.build(), case.inputs, select=[cls.code])
+        # config=False: a project's [tool.gradlint] must not change what a rule's own examples show.
+        report = gradlint.check(case.build(), case.inputs, select=[cls.code], config=False)
     except Exception as e:  # noqa: BLE001 - an example that cannot even be analyzed fails the harness
         return Outcome(cls.code, kind, index, f"could not analyze the example: {type(e).__name__}: {e}")
     found = [f for f in report.findings if f.code == cls.code]

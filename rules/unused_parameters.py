@@ -142,10 +142,11 @@ class UnusedParameters(Rule):
             them = "them" if len(names) != 1 else "it"
             msg = (f"{what}: no gradient reaches {them}, and DistributedDataParallel stops with \"Expected to have "
                    "finished reduction in the prior iteration\" unless find_unused_parameters=True")
-            attr = f"model.get_submodule({top!r})" if top else "model"
             target = top if whole else ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
-            freeze = (f"{attr}.requires_grad_(False)" if whole else
-                      "; ".join(f"{attr}.{n}.requires_grad_(False)" for n in locals_[:3]))
+            # get_parameter takes any dotted name, `scales.200` of a ParameterList too, where
+            # attribute access would not be Python.
+            freeze = (f"{f'model.get_submodule({top!r})' if top else 'model'}.requires_grad_(False)" if whole else
+                      "; ".join(f"model.get_parameter({n!r}).requires_grad_(False)" for n in names[:3]))
             fix = (f"remove {target} if it is not needed, use it in forward if it is, or freeze it: {freeze}\n"
                    "if it is used only on some steps: DistributedDataParallel(model, find_unused_parameters=True)")
             sev = Severity(str(self.opts.get("severity") or "warning"))

@@ -145,3 +145,14 @@ def test_every_package_is_shipped():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")} | {"gradlint.rules"}
     assert listed == found
+
+
+def test_one_table_of_op_kinds():
+    """The engine has a rule for every kind in base.kinds.KINDS and for nothing else, and every
+    named set of kinds is drawn from it."""
+    from gradlint.base import kinds
+    from gradlint.engine.transfers import TRANSFERS
+
+    assert set(TRANSFERS) == set(kinds.KINDS)
+    for name in ("BENIGN_KINDS", "WEIGHTED_KINDS", "NORM_KINDS", "ACTIVATION_KINDS", "LAYER_KINDS", "PROFILE_KINDS"):
+        assert getattr(kinds, name) <= set(kinds.KINDS), name

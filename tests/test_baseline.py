@@ -148,3 +148,28 @@ def test_a_broken_baseline_is_an_error_and_update_needs_a_file(tmp_path, monkeyp
 def test_load_accepts_bare_and_counted_entries(tmp_path, entries):
     (tmp_path / "b.json").write_text(json.dumps({"version": 1, "fingerprints": entries}))
     assert baseline.load(tmp_path / "b.json") == Counter({"a" * 32: 2})
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[" * 100_000 + "]" * 100_000, "cannot read the baseline: its JSON is nested too deeply"),
+    ('{"version": 1, "fingerprints": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    (json.dumps({"version": 1, "fingerprints": [{"fingerprint": "a" * 32, "count": -3}]}),
+     'entry 1 of "fingerprints" has count -3, not a whole number of at least 1'),
+    (json.dumps({"version": 1, "fingerprints": ["a" * 32, {"fingerprint": "b" * 32, "count": 0}]}),
+     'entry 2 of "fingerprints" has count 0'),
+    (json.dumps({"version": 1, "fingerprints": [{"fingerprint": "a" * 32, "count": True}]}), "has count true"),
+    (json.dumps({"version": 1, "fingerprints": [{"fingerprint": "a" * 32, "count": 1.5}]}), "has count 1.5"),
+    (json.dumps({"version": 1, "fingerprints": [{"fingerprint": 7}]}), "entry 1 of \"fingerprints\" is not a"),
+    (json.dumps({"version": 1, "fingerprints": [[]]}), "is not a fingerprint string nor an object with one (a list)"),
+    (json.dumps({"version": 1, "fingerprints": [""]}), "is not a fingerprint string"),
+])
+def test_a_malformed_baseline_is_refused_in_one_line_with_exit_2(tmp_path, monkeypatch, text, fragment):
+    (tmp_path / "b.json").write_text(text)
+    with pytest.raises(baseline.BaselineError, match=re.escape(fragment)):
+        baseline.load(tmp_path / "b.json")
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "examples" / "kaiming_mlp.py", tmp_path / "m.py")
+    r = cli("check", "m.py", "--baseline", "b.json", "--no-cache")
+    assert r.exit_code == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("gradlint: b.json: ") and fragment in r.stderr, r.stderr
+    assert (tmp_path / "b.json").read_text() == text  # refused, not rewritten

@@ -338,3 +338,29 @@ def test_a_run_prunes_old_entries_and_a_hit_keeps_its_entry_fresh(project, tmp_p
     (project / "model.py").write_text(MODEL + "\n# changed\n")
     assert run(c, "model.py").checked == 1
     assert not entry.exists() and len(entries(c)) == 1
+
+
+def _returns_within(seconds, fn, *args):
+    import threading
+
+    out = []
+    worker = threading.Thread(target=lambda: out.append(fn(*args)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"{fn.__name__}{args} blocked"
+    return out[0]
+
+
+def test_a_fifo_or_a_symlink_loop_has_no_key_and_nothing_blocks_on_it(project, tmp_path):
+    from gradlint.run.check_file import Settings
+
+    os.mkfifo(project / "pipe.py")
+    os.symlink("b.py", project / "a.py")
+    os.symlink("a.py", project / "b.py")
+    (project / "uses_pipe.py").write_text("import pipe\n" + MODEL)  # a local import that is a FIFO
+    cache = cache_mod.Cache(tmp_path / "cache", Settings())
+    assert _returns_within(10, cache.key, project / "pipe.py", None) is None
+    assert _returns_within(10, cache.key, project / "a.py", None) is None
+    assert _returns_within(10, cache.key, project / "uses_pipe.py", None) is not None
+    from gradlint.load import may_define_model
+    assert _returns_within(10, may_define_model, project / "pipe.py") is True  # importing it says what is wrong

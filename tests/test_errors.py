@@ -57,6 +57,11 @@ class Case:
         stdout_in_doc: Show stdout in docs/errors.md; False for a JSON document, which the
             doc only describes (its fields are the JSON format's business).
         summary: The table's message column, when no line of the output says it.
+        setup: Makes what ``files`` cannot hold (symbolic links, FIFOs, a file too large to
+            show) in the project directory; returns how docs/errors.md describes it.
+        masks: (pattern, replacement) pairs for the output docs/errors.md shows, for numbers
+            that change from run to run (a peak memory).
+        limit_bytes: The address space the command runs in (``ulimit -v``); needs ``subprocess``.
     """
 
     id: str
@@ -71,6 +76,9 @@ class Case:
     subprocess: bool = False
     stdout_in_doc: bool = True
     summary: str | None = None
+    setup: Callable[[Path], str] | None = field(default=None, compare=False)
+    masks: tuple[tuple[str, str], ...] = ()
+    limit_bytes: int | None = None
 
 
 def src(text: str) -> str:
@@ -127,6 +135,44 @@ def _stdout_is_one_json_document(outcome: Outcome) -> None:
 def _nothing_written(outcome: Outcome) -> None:
     files = sorted(p.relative_to(outcome.project).as_posix() for p in outcome.project.rglob("*"))
     assert files == ["models", *(f"models/util_{i:03}.py" for i in range(200)), "models/zz_net.py"], files[:5]
+
+
+def _links_and_a_fifo(project: Path) -> str:
+    models = project / "models"
+    models.mkdir(exist_ok=True)
+    os.symlink("y.py", models / "x.py")
+    os.symlink("x.py", models / "y.py")
+    os.symlink("nowhere.py", models / ".#good.py")
+    os.mkfifo(models / "pipe.py")
+    return ("`models/x.py` and `models/y.py`: symbolic links to each other; `models/.#good.py`: a symbolic link to "
+            "`nowhere.py`, which does not exist (an editor's lock file); `models/pipe.py`: a FIFO (named pipe).")
+
+
+def _loop(project: Path) -> str:
+    os.symlink("y.py", project / "x.py")
+    os.symlink("x.py", project / "y.py")
+    return "`x.py` and `y.py`: symbolic links to each other."
+
+
+def _dangling(project: Path) -> str:
+    os.symlink("model_v2.py", project / "model.py")
+    return "`model.py`: a symbolic link to `model_v2.py`, which does not exist."
+
+
+def _fifo(project: Path) -> str:
+    os.mkfifo(project / "model.py")
+    return "`model.py`: a FIFO (named pipe)."
+
+
+def _deep_baseline(project: Path) -> str:
+    (project / "baseline.json").write_text("[" * 100_000 + "]" * 100_000)
+    return "`baseline.json`: `[` 100,000 times, then `]` 100,000 times."
+
+
+def _left_the_project_alone(outcome: Outcome) -> None:
+    runs = outcome.project.parent / "runs" / "exp1"
+    assert (runs / "config.txt").read_text() == "depth=4\n"
+    assert sorted(p.name for p in outcome.project.iterdir()) == ["train.py"]
 
 
 CASES: list[Case] = [
@@ -188,7 +234,7 @@ CASES: list[Case] = [
          ("models/net.py:3: could not analyze models/net.py: ImportError while importing the file: attempted "
           "relative import with no known parent package",
           "hint: net.py uses a relative import, but models/ has no __init__.py: add an empty __init__.py")),
-    Case("no-targets", "a file that defines no model: a note, not an error",
+    Case("no-targets", "a file that defines no model: a note, and a run that analyzed nothing exits 5",
          {"utils.py": src("""
              import torch
 
@@ -196,9 +242,11 @@ CASES: list[Case] = [
              def scale(x: torch.Tensor) -> torch.Tensor:
                  return 2 * x
          """)},
-         ("utils.py",), 0,
+         ("utils.py",), 5,
          ("utils.py: no targets: no nn.Module subclass or instance is defined here, and nothing is marked "
-          "@gradlint.target",)),
+          "@gradlint.target",
+          "gradlint: no target analyzed: 1 file without a target (utils.py) (exit code 5; --allow-no-targets "
+          "accepts a run with nothing to analyze)")),
     Case("constructor-needs-arguments", "a model whose constructor needs a value no code of the repository gives",
          {"model.py": NEEDS_DEPTH},
          ("model.py",), 2,
@@ -250,6 +298,24 @@ CASES: list[Case] = [
          ("arguments: width=32 from train.py:11",
           "ntoken=1000 assumed (vocabulary size; train.py:10 computes it at run time (len(corpus.dictionary)))"),
          summary="the report's arguments line: each value with the file and line it came from"),
+    Case("misspelt-constructor-argument", "a configured constructor argument the class does not take: the closest "
+                                          "one it does",
+         {"model.py": NEEDS_DEPTH,
+          "pyproject.toml": '[tool.gradlint]\ntargets = [{ path = "model.py::Net", inputs = [4, 64], '
+                            'kwargs = { dept = 2 } }]\n'},
+         ("model.py",), 2,
+         ("model.py:4: could not analyze model.py::Net: Net's constructor takes no argument dept",
+          "hint: did you mean 'depth' for 'dept'? it takes: depth, width")),
+    Case("notebook-syntax-error", "a notebook whose code cell does not parse: the cell and its line",
+         {"model.ipynb": json.dumps({"cells": [
+             {"cell_type": "code", "execution_count": None, "id": "a", "metadata": {}, "outputs": [],
+              "source": "%matplotlib inline\nimport torch.nn as nn"},
+             {"cell_type": "markdown", "id": "b", "metadata": {}, "source": "The model"},
+             {"cell_type": "code", "execution_count": None, "id": "c", "metadata": {}, "outputs": [],
+              "source": "class Net(nn.Module):\n    def __init__(self):\n        super().__init__(\n"}],
+             "metadata": {}, "nbformat": 4, "nbformat_minor": 5})},
+         ("model.ipynb",), 2,
+         ("model.ipynb:cell 2:3: could not analyze model.ipynb: SyntaxError: '(' was never closed",)),
     Case("named-target-needs-arguments", "a model named on the command line whose constructor needs arguments",
          {"model.py": NEEDS_DEPTH},
          ("model.py::Net",), 2,
@@ -375,6 +441,41 @@ CASES: list[Case] = [
          ("lm.py:11: could not analyze lm.py::LM: the example inputs (4, 16) float32 (from --input-shape) do not fit "
           "emb = Embedding(1000, 16): it takes integer token ids below 1000, got (4, 16) float32",
           "e.g. @gradlint.target(inputs=gradlint.tokens((4, 32), vocab=1000))")),
+    Case("inputs-not-inferred", "a forward input gradlint cannot infer: named, with the line of forward",
+         {"gate.py": src("""
+             import torch.nn as nn
+
+
+             class Gate(nn.Module):
+                 def __init__(self):
+                     super().__init__()
+                     self.fc = nn.Linear(8, 8)
+
+                 def forward(self, x, z):
+                     return self.fc(x) * z.sigmoid()
+         """)},
+         ("gate.py",), 0,
+         ("inputs: none (could not infer example inputs: nothing says what forward's parameter 'z' (gate.py:9) "
+          "takes: no layer gradlint knows reads it, and its name follows no convention",
+          "declare them, e.g. @gradlint.target(inputs=[(8, 8), <shape of z>])")),
+    Case("inferred-inputs-forward-raises", "inferred inputs on which the forward raises",
+         {"shift.py": src("""
+             import torch.nn as nn
+
+
+             class Shift(nn.Module):
+                 def __init__(self):
+                     super().__init__()
+                     self.fc = nn.Linear(3, 3)
+
+                 def forward(self, x, t):
+                     return self.fc(x) + t
+         """)},
+         ("shift.py",), 2,
+         ("shift.py:10: could not analyze shift.py::Shift: forward raised RuntimeError on the example inputs (8, 3) "
+          "float32, (8,) int64 ids < 1000 (inferred by gradlint)",
+          "hint: gradlint inferred these inputs, and the forward raised on every candidate it tried",
+          'File "shift.py", line 10, in forward')),
     Case("untraceable-model", "a forward torch.export cannot trace: the fallback graph and an info finding (GL901)",
          {"model.py": src("""
              import torch.nn as nn
@@ -443,7 +544,7 @@ CASES: list[Case] = [
          ("model.py:9: could not analyze model.py::Net: Net.forward returns no tensor: no gradient can flow back "
           "from its output",
           "hint: return the tensor (or the tuple, list or dict of tensors) the loss is computed from")),
-    Case("no-parameters", "a module without parameters: skipped with a note",
+    Case("no-parameters", "a module without parameters: skipped with a note (and nothing else analyzed: exit 5)",
          {"model.py": src("""
              import torch
              import torch.nn as nn
@@ -453,9 +554,11 @@ CASES: list[Case] = [
                  def forward(self, x):
                      return x * torch.sigmoid(x)
          """)},
-         ("model.py",), 0,
+         ("model.py",), 5,
          ("model.py:5: skipped Swish: it has no parameters, so there is no gradient to predict (name it, "
-          "model.py::Swish, to check it anyway)",)),
+          "model.py::Swish, to check it anyway)",
+          "gradlint: no target analyzed: 1 target skipped (it has no parameters, so there is no gradient to "
+          "predict)")),
     Case("prints-heavily", "a file that prints at import, in its constructor and in forward: --format json stays "
                            "one JSON document on stdout",
          {"model.py": src("""
@@ -570,7 +673,7 @@ CASES: list[Case] = [
          shown=("models/util_000.py", "models/zz_net.py"), extra=_nothing_written),
     Case("directory-without-models", "a directory in which no file mentions torch",
          {"scripts/a.py": "print('hello')\n", "scripts/b.py": "import json\n"},
-         ("scripts",), 0,
+         ("scripts",), 5,
          ("scripts: no targets: none of its 2 Python files mentions torch, nn, Module, Model or gradlint, so none "
           "was imported (name a file to import it anyway)",)),
     # Code that ends the process runs in a worker process, which dies instead of the run.
@@ -663,6 +766,217 @@ CASES: list[Case] = [
          ("model.py", "--input-shape", "4,8", "--timeout", "2"), 2,
          ("model.py:13: could not analyze model.py::Sleeper: timed out after 2 s while checking model.py::Sleeper",
           "hint: raise --timeout (now 2 s)", "model.py::Fine: healthy")),
+    # Files that are no regular Python file: never opened by gradlint's own process, where a FIFO
+    # would block it; notes in a directory walk, errors when named.
+    Case("links-and-fifos-in-a-directory", "symbolic links in a loop or to nowhere, and a FIFO, beside a model: "
+                                           "skipped with a note each",
+         {"models/good.py": LINEAR}, ("models", "--input-shape", "4,8"), 0,
+         ("models/x.py: skipped: it is a symbolic link in a loop (models/x.py -> y.py -> x.py)",
+          "models/y.py: skipped: it is a symbolic link in a loop",
+          "models/.#good.py: skipped: it is a symbolic link to nowhere.py, which does not exist",
+          "models/pipe.py: skipped: it is a FIFO (named pipe), not a regular file", "models/good.py::Net: healthy"),
+         absent=("Traceback",), setup=_links_and_a_fifo, subprocess=True),
+    Case("symlink-loop-named", "a symbolic link in a loop, named on the command line",
+         {}, ("x.py",), 2,
+         ("x.py: could not analyze x.py: it is a symbolic link in a loop (x.py -> y.py -> x.py)",
+          "hint: point the link at a real file, or remove it"), absent=("Traceback",), setup=_loop),
+    Case("dangling-symlink", "a symbolic link to a file that does not exist",
+         {}, ("model.py",), 2,
+         ("model.py: could not analyze model.py: it is a symbolic link to model_v2.py, which does not exist",
+          "hint: point the link at a real file, or remove it"), setup=_dangling),
+    Case("fifo-named", "a FIFO (named pipe) named on the command line: refused, never opened",
+         {}, ("model.py",), 2,
+         ("model.py: could not analyze model.py: it is a FIFO (named pipe), not a regular file",
+          "hint: gradlint imports regular files only"), setup=_fifo),
+    Case("not-a-python-file", "a file that is not a .py file",
+         {"notes.txt": "Net: a Linear layer, 8 -> 8\n"}, ("notes.txt",), 2,
+         ("notes.txt: could not analyze notes.txt: it is not a Python file: gradlint imports .py files and notebooks, "
+          "and notes.txt has the suffix .txt", "hint: name a .py file, file.py::Name or a directory"),
+         absent=("gradlint.base", "LoadError")),
+    Case("torchscript-module", "a TorchScript module named on the command line",
+         {"model.py": src("""
+             import torch
+             import torch.nn as nn
+
+
+             class Net(nn.Module):
+                 def __init__(self):
+                     super().__init__()
+                     self.fc = nn.Linear(8, 8)
+
+                 def forward(self, x):
+                     return self.fc(x)
+
+
+             scripted = torch.jit.script(Net())
+         """)},
+         ("model.py::scripted", "--input-shape", "4,8"), 2,
+         ("model.py:14: could not analyze model.py::scripted: scripted is a TorchScript module (torch.jit.script of "
+          "Net); gradlint analyzes the Python nn.Module, whose forward it can trace",
+          "hint: check the module before scripting it: name its class or a factory that builds it, e.g. "
+          "model.py::Net"), absent=("Traceback", "not supported on ScriptModules")),
+    Case("torchscript-beside-its-class", "a TorchScript instance of a class the file defines: the class is checked",
+         {"model.py": src("""
+             import torch
+             import torch.nn as nn
+
+
+             class Net(nn.Module):
+                 def __init__(self):
+                     super().__init__()
+                     self.fc = nn.Linear(8, 8)
+
+                 def forward(self, x):
+                     return self.fc(x)
+
+
+             scripted = torch.jit.script(Net())
+         """)},
+         ("model.py", "--input-shape", "4,8"), 0,
+         ("model.py:14: skipped scripted: it is a TorchScript module, which gradlint cannot analyze; its class Net is "
+          "checked", "model.py::Net: healthy")),
+    Case("meta-device-instance", "a module-level instance on the meta device: its class is not built again with "
+                                 "real weights",
+         {"model.py": src("""
+             import torch
+             import torch.nn as nn
+
+
+             class Big(nn.Module):
+                 def __init__(self, width=64):
+                     super().__init__()
+                     print("building Big, weights on", torch.empty(0).device)
+                     self.layers = nn.Sequential(*[nn.Linear(width, width) for _ in range(4)])
+
+                 def forward(self, x):
+                     return self.layers(x)
+
+
+             with torch.device("meta"):
+                 model = Big()
+         """)},
+         ("model.py", "--input-shape", "4,64"), 0,
+         ("model.py:5: skipped Big: the file builds it on the meta device as model (line 16), which is checked "
+          "instead, without allocating weights", "model.py::model: healthy", "building Big, weights on meta"),
+         absent=("building Big, weights on cpu", "model.py::Big:"), subprocess=True),
+    Case("probe-complex-parameters", "--probe on a model with complex parameters",
+         {"model.py": src("""
+             import torch
+             import torch.nn as nn
+
+
+             class Spectral(nn.Module):
+                 def __init__(self):
+                     super().__init__()
+                     self.w = nn.Parameter(torch.randn(8, 8, dtype=torch.cfloat))
+
+                 def forward(self, x):
+                     return (x.to(torch.cfloat) @ self.w).real
+         """)},
+         ("model.py", "--input-shape", "4,8", "--probe", "--seeds", "1"), 2,
+         ("model.py:5: could not analyze model.py::Spectral: the probe runs the exported graph on real tensors in "
+          "float64", "hint: gradlint check without --probe still gives the static prediction"),
+         absent=("UserWarning", "Casting complex values")),
+    Case("out-of-memory-in-constructor", "a constructor that allocates more memory than there is",
+         {"model.py": src("""
+             import torch
+             import torch.nn as nn
+
+
+             class Net(nn.Module):
+                 def __init__(self):
+                     super().__init__()
+                     self.fc = nn.Linear(8, 8)
+                     self.table = torch.empty(2**50)  # 4 PB
+
+                 def forward(self, x):
+                     return self.fc(x)
+         """)},
+         ("model.py", "--input-shape", "4,8"), 2,
+         ("model.py:9: could not analyze model.py::Net: building Net raised RuntimeError: [enforce fail at",
+          "can't allocate memory",
+          'hint: build the model on the meta device (`with torch.device("meta"): model = Net()`, which gradlint '
+          "analyzes without allocating weights), check one file at a time (--jobs 1), or use smaller inputs")),
+    Case("worker-killed-out-of-memory", "a worker process the kernel's OOM killer ends (SIGKILL)",
+         {"hog.py": src("""
+             import os
+             import signal
+
+             import torch
+
+             weights = torch.ones(50_000_000)  # 200 MB, written
+             os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer sends
+         """), "b.py": LINEAR},
+         ("hog.py", "b.py", "--input-shape", "4,8"), 2,
+         ("hog.py: could not analyze hog.py: the worker process died with signal SIGKILL (Killed) while importing "
+          "hog.py", "hint: probably out of memory: the kernel's OOM killer ends a process with SIGKILL; its memory "
+          "peaked at", "check one file at a time (--jobs 1)", "b.py::Net: healthy"),
+         masks=((r"peaked at [\d.]+ ([KMG]?B)", r"peaked at … \1"),)),
+    Case("thread-left-running", "a file that leaves a thread running: the next file gets a fresh worker process",
+         {"a.py": src("""
+             import threading
+             import time
+
+             import torch.nn as nn
+
+
+             def prefetch():
+                 while True:
+                     time.sleep(0.01)
+
+
+             threading.Thread(target=prefetch, name="prefetcher", daemon=True).start()
+
+
+             class Net(nn.Module):
+                 def __init__(self):
+                     super().__init__()
+                     self.fc = nn.Linear(8, 8)
+
+                 def forward(self, x):
+                     return self.fc(x)
+         """), "b.py": LINEAR},
+         ("a.py", "b.py", "--input-shape", "4,8"), 0,
+         ("a.py: its code left 1 thread running (prefetcher started at a.py:12); the next file is checked in a "
+          "fresh worker process, and none of its reports is cached", "a.py::Net: healthy", "b.py::Net: healthy")),
+    Case("training-script-run-directory", "a training script that changes to its run directory and parses its "
+                                          "command line at import, and writes from its constructor",
+         {"train.py": src("""
+             import argparse
+             import os
+
+             import torch.nn as nn
+
+             RUN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "runs", "exp1")
+             os.makedirs(RUN_DIR, exist_ok=True)
+             os.chdir(RUN_DIR)
+             parser = argparse.ArgumentParser()
+             parser.add_argument("--depth", type=int, default=4)
+
+
+             class Net(nn.Module):
+                 def __init__(self):
+                     super().__init__()
+                     args = parser.parse_args()  # sys.argv is [train.py], as at import
+                     with open("config.txt", "w") as f:  # in the run directory, as when run normally
+                         f.write(f"depth={args.depth}\\n")
+                     self.layers = nn.Sequential(*[nn.Linear(8, 8) for _ in range(args.depth)])
+
+                 def forward(self, x):
+                     return self.layers(x)
+         """)},
+         ("train.py", "--input-shape", "4,8"), 0,
+         ("train.py::Net: healthy",), absent=("unrecognized arguments",), extra=_left_the_project_alone),
+    Case("baseline-nested-too-deeply", "a baseline file nested 100,000 levels deep",
+         {"model.py": LINEAR}, ("model.py", "--baseline", "baseline.json"), 2,
+         ("gradlint: baseline.json: cannot read the baseline: its JSON is nested too deeply; fix it, or delete it and "
+          "rerun with --baseline to record a new one",), absent=("Traceback", "RecursionError"), setup=_deep_baseline),
+    Case("baseline-negative-count", "a baseline entry with a negative count",
+         {"model.py": LINEAR, "baseline.json": json.dumps(
+             {"version": 1, "tool": "gradlint", "fingerprints": [{"fingerprint": "0" * 32, "count": -3}]}, indent=2)},
+         ("model.py", "--baseline", "baseline.json"), 2,
+         ('gradlint: baseline.json: entry 1 of "fingerprints" has count -3, not a whole number of at least 1; fix it, '
+          "or delete it and rerun with --baseline to record a new one",)),
 ]
 
 
@@ -676,6 +990,8 @@ def write_project(case: Case, project: Path) -> None:
             path.write_bytes(content)
         else:
             path.write_text(content, encoding="utf-8")
+    if case.setup is not None:
+        case.setup(project)
 
 
 def normalize(text: str, project: Path) -> str:
@@ -693,8 +1009,13 @@ def run_case(case: Case, base: Path) -> Outcome:
     args = ["check", *case.args]
     env = {"GRADLINT_CACHE_DIR": str(cache), "NO_COLOR": "1", "GRADLINT_NO_PROGRESS": "1"}
     if case.subprocess:
+        def limit() -> None:
+            import resource
+            resource.setrlimit(resource.RLIMIT_AS, (case.limit_bytes, case.limit_bytes))
+
         proc = subprocess.run([sys.executable, "-m", "gradlint", *args], cwd=project, capture_output=True,
-                              text=True, env={**os.environ, **env}, timeout=600)
+                              text=True, env={**os.environ, **env}, timeout=600,
+                              preexec_fn=limit if case.limit_bytes else None)
         return Outcome(proc.returncode, normalize(proc.stderr + proc.stdout, project),
                        normalize(proc.stdout, project), project)
     import torch
@@ -780,6 +1101,8 @@ def _collapse(lines: list[str]) -> list[str]:
 
 def doc_output(case: Case, outcome: Outcome) -> str:
     text = outcome.output
+    for pattern, replacement in case.masks:
+        text = re.sub(pattern, replacement, text)
     if not case.stdout_in_doc and outcome.stdout and text.endswith(outcome.stdout):
         kind = "one JSON document" if text.lstrip().startswith("{") or outcome.stdout.lstrip().startswith("{") else ""
         text = text[:-len(outcome.stdout)] + f"(stdout: {kind or 'the report'})"
@@ -816,6 +1139,9 @@ def errors_markdown(outcomes: dict[str, Outcome]) -> str:
         more = len(case.files) - len(case.shown) if case.shown else 0
         if more:
             files.append(f"and {more} more files like the first.\n")
+        if case.setup is not None:
+            with tempfile.TemporaryDirectory() as scratch:
+                files.append(case.setup(Path(scratch)) + "\n")
         command = " ".join(["gradlint", "check", *case.args])
         sections.append(f'\n<a id="{case.id}"></a>\n\n## {case.title}\n\n' + "\n".join(files) +
                         f"\n`{command}` exits {outcome.exit_code}:\n\n{_fence(doc_output(case, outcome))}\n")
@@ -1027,6 +1353,55 @@ def test_a_check_opens_no_connection(monkeypatch, tmp_path):
     reports, _ = run_paths([str(ROOT / "examples" / "sigmoid_mlp.py")], probe=True, seeds=1)
     assert [r.status for r in reports] == ["ok"]
     assert not calls
+
+
+def test_gradlint_raises_no_warning_of_its_own_on_complex_parameters():
+    import warnings
+
+    import torch
+    from torch import nn
+
+    import gradlint
+
+    class Spectral(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(8, 8, dtype=torch.cfloat))
+
+        def forward(self, x):
+            return (x.to(torch.cfloat) @ self.w).real
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Casting complex values to real discards the imaginary part" would raise
+        report = gradlint.check(Spectral(), (4, 8))
+    assert report.status == "ok"
+
+
+def test_gl702s_fix_is_python_that_freezes_what_it_names():
+    import torch
+    from torch import nn
+
+    import gradlint
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.scales = nn.ParameterList([nn.Parameter(torch.ones(8)) for _ in range(201)])
+            self.blocks = nn.ModuleList([nn.Linear(8, 8) for _ in range(3)])
+
+        def forward(self, x):
+            return self.blocks[0](self.fc(x) * self.scales[0])
+
+    model = Net()
+    findings = [f for f in gradlint.check(model, (4, 8)).findings if f.code == "GL702"]
+    assert findings
+    for f in findings:
+        freeze = f.fix.splitlines()[0].split("or freeze it: ", 1)[1]
+        exec(freeze, {"model": model})  # a SyntaxError or AttributeError fails the test
+    assert not model.scales[1].requires_grad and not model.scales[3].requires_grad
+    assert not any(p.requires_grad for p in model.blocks[1].parameters())
+    assert model.scales[0].requires_grad and model.fc.weight.requires_grad
 
 
 def main(argv: list[str]) -> int:

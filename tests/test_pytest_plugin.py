@@ -265,3 +265,85 @@ def test_assertion_survives_python_O():
         "gradlint: Net is not healthy: verdict vanishing "
         "(attenuation +5.0 decades, threshold 2; predicted, no backward pass)",
         "1 finding at or above error:", "  GL101 [error] model: gradient vanishes", "      fix: use ReLU"]
+
+
+# -- the same answer as the command line: configuration, inline suppressions, the public API ---------
+
+AGREE_MODELS = '''\
+import torch.nn as nn
+
+
+class SigmoidMLP(nn.Module):
+    def __init__(self, depth=20, width=64):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(width, width) for _ in range(depth)])
+
+    def forward(self, x):
+        for layer in self.layers[:-1]:
+            x = layer(x).sigmoid()
+        return self.layers[-1](x)
+
+
+class QuietSigmoidMLP(nn.Module):
+    def __init__(self, depth=20, width=64):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(width, width) for _ in range(depth)])  # noqa: GL101, GL401, GL501
+
+    def forward(self, x):
+        for layer in self.layers[:-1]:
+            x = layer(x).sigmoid()  # gradlint: ignore[saturating-activation-chain]
+        return self.layers[-1](x)
+'''
+
+AGREE_TESTS = '''\
+from models import QuietSigmoidMLP, SigmoidMLP
+
+
+def test_the_configuration_applies(gradlint):
+    gradlint.assert_healthy(SigmoidMLP(), (16, 64))
+
+
+def test_inline_suppressions_apply(gradlint):
+    report = gradlint.assert_healthy(QuietSigmoidMLP(), (16, 64), config=False)
+    assert sorted({f.code for f in report.suppressed}) == ["GL101", "GL201", "GL401", "GL501"]
+
+
+def test_the_fixture_carries_the_public_api(gradlint):
+    tokens = gradlint.tokens((2, 8), vocab=100)
+    assert isinstance(tokens, gradlint.Tokens) and tokens.vocab == 100
+    assert gradlint.ExitCode.NO_TARGETS == 5 and gradlint.__version__
+'''
+
+
+@pytest.mark.slow
+def test_the_fixture_reads_the_configuration_and_comments_as_the_command_line_does(pytester: pytest.Pytester):
+    pytester.makepyfile(models=AGREE_MODELS, test_agree=AGREE_TESTS)
+    pytester.makefile(".toml", pyproject='[tool.gradlint]\nignore = ["GL1", "GL2", "GL4", "GL5"]\n')
+    pytester.syspathinsert()
+    # The command line passes both models: the configuration ignores what SigmoidMLP has...
+    cli = subprocess.run([sys.executable, "-m", "gradlint", "check", "models.py", "--no-cache"],
+                         cwd=pytester.path, capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    # ...and so does pytest, in a process of its own as a user runs it.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+    # Opting out of both: the configuration and the comments no longer apply.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--gradlint-isolated", "--gradlint-ignore-noqa")
+    result.assert_outcomes(passed=1, failed=2)
+    out = result.stdout.str()
+    assert "FAILED test_agree.py::test_the_configuration_applies" in out
+    assert "FAILED test_agree.py::test_inline_suppressions_apply" in out
+    assert "SigmoidMLP is not healthy: verdict vanishing" in out
+
+
+def test_check_reads_the_nearest_configuration_unless_told_not_to(tmp_path, monkeypatch):
+    (tmp_path / "pyproject.toml").write_text('[tool.gradlint]\nignore = ["GL101"]\nfail-on = "warning"\n')
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    report = gradlint.check(SigmoidMLP(), (16, 64))
+    assert report.fail_on == "warning" and "GL101" not in {f.code for f in report.findings}
+    isolated = gradlint.check(SigmoidMLP(), (16, 64), config=False)
+    assert isolated.fail_on == "error" and "GL101" in {f.code for f in isolated.findings}
+    gradlint.assert_healthy(SigmoidMLP(), (16, 64), ignore=("GL2", "GL4", "GL5"))   # the verdict is accepted
+    with pytest.raises(AssertionError, match="verdict vanishing"):
+        gradlint.assert_healthy(SigmoidMLP(), (16, 64), ignore=("GL2", "GL4", "GL5"), config=False)

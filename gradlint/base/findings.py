@@ -29,6 +29,9 @@ class ExitCode(enum.IntEnum):
     CLEAN = 0
     FINDINGS = 1
     COULD_NOT_ANALYZE = 2
+    # The run analyzed no target at all (pytest's "no tests ran" is 5 too): never a silent green.
+    # `gradlint check --allow-no-targets` accepts it, e.g. for a commit that stages only helpers.
+    NO_TARGETS = 5
     INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
 
 

@@ -1,10 +1,52 @@
 """The graph's op kinds, and the sets of them every stage agrees on.
 
-A node's ``kind`` names its transfer rule in the engine's registry; the sets below are the
-one table the summary, the rules, the report's per-layer lists and the charts read.
+A node's ``kind`` names its transfer rule in the engine's registry: capture writes kinds from
+``KINDS`` only, and the engine registers a rule for each (``transfers.register`` refuses any
+other). The sets below are the one table the summary, the rules, the report's per-layer lists
+and the charts read.
 """
 
 from __future__ import annotations
+
+#: Every kind a graph node can have, and what it stands for.
+KINDS = {
+    "input": "a graph input (floats or token ids)",
+    "const": "a buffer or a tensor the forward creates (masks, position ids): no gradient",
+    "param": "a parameter used as a plain operand (LayerScale, a CLS token, a position table)",
+    "getitem": "one output of a multi-output op",
+    "identity": "views, reshapes, permutes, casts: statistics unchanged",
+    "select": "slicing and indexing: a subset of the elements",
+    "split": "split and chunk into pieces",
+    "cat": "concatenation",
+    "expand": "broadcast copies",
+    "datamove": "masking, padding, upsampling: the main operand's statistics carry over",
+    "block": "detach, argmax, comparisons, integer casts: no gradient flows back",
+    "grad_region": "a no_grad (or enable_grad) region captured as one op",
+    "unknown": "an op without a transfer rule",
+    "linear": "nn.Linear, F.linear, addmm, matmul with a weight",
+    "conv": "convolutions and transposed convolutions",
+    "embedding": "an embedding lookup",
+    "act": "an element-wise activation of the catalogue",
+    "elementwise": "element-wise maths evaluated on the Gaussian grid",
+    "act_module": "a parameter-free element-wise module, run on the Gaussian grid",
+    "dropout": "dropout in train mode",
+    "add": "sums and differences",
+    "mul": "products, and scaling by constants or parameters",
+    "layer_norm": "LayerNorm",
+    "rms_norm": "RMSNorm",
+    "group_norm": "GroupNorm and InstanceNorm",
+    "batch_norm": "BatchNorm",
+    "reduce": "mean, sum or max over dims",
+    "max_pool": "max pooling",
+    "avg_pool": "average pooling",
+    "softmax": "softmax and log-softmax",
+    "attention": "scaled dot-product attention (fused, or recognized in primitives)",
+    "matmul": "a product of two activations outside an attention pattern",
+    "topk": "topk and sort",
+    "router": "mixture-of-experts routing weights",
+    "moe_linear": "expert layers run as one grouped matmul",
+    "rnn": "nn.RNN, nn.LSTM, nn.GRU",
+}
 
 #: Kinds that only move, select or reduce data: the summary counts their gain as neutral.
 BENIGN_KINDS = frozenset({"identity", "select", "split", "getitem", "expand", "datamove", "dropout", "avg_pool",

@@ -248,6 +248,8 @@ class Report:
         params: Per parameter tensor.
         layers: Per layer output.
         findings: What the rules found (after suppressions).
+        suppressed: The findings that inline comments (``# noqa: GL101``, ``# gradlint: ignore``)
+            silenced; a silenced GL101, GL102 or GL701 also accepts its verdict.
         recurrent: Per recurrent layer, the per-time-step input gradients.
         probe: After a probe, how it ran and how far prediction and measurement are apart.
         predicted_summary: After a probe, the predicted verdict (``summary`` is the measured one).
@@ -276,6 +278,7 @@ class Report:
     predicted_summary: Summary | None = None
     traceback: str | None = None
     arguments: tuple[Argument, ...] = ()
+    suppressed: tuple[Finding, ...] = ()
 
     @property
     def name(self) -> str:
@@ -323,6 +326,7 @@ class Report:
                  "lag_grad_rms": [_num(x) for x in r.lag_grad_rms],
                  "lag_grad_rms_bound": [_num(x) for x in r.lag_grad_rms_bound]} for r in self.recurrent],
             "findings": [f.to_dict() for f in self.findings],
+            "suppressed": [f.to_dict() for f in self.suppressed],
             "probe": None if self.probe is None else {
                 **self.probe.to_dict(),
                 "lag_grad_rms": {m: [_num(x) for x in lag] for m, lag in self.probe.lag_grad_rms},
@@ -333,6 +337,39 @@ class Report:
         from gradlint.output.text import format_text
 
         return format_text([self], color=False)
+
+    def __repr__(self) -> str:
+        """A few lines, not every field: the verdict, the findings' codes, what was analyzed."""
+        if self.status != "ok":
+            return f"<Report {self.target}: could not analyze: {(self.error or '').splitlines()[0][:120]}>"
+        s = self.summary
+        verdict = f"{s.verdict} ({s.attenuation_decades:+.1f} decades)" if s is not None else "no verdict"
+        counts: dict[str, int] = {}
+        for f in self.findings:
+            counts[f.severity] = counts.get(f.severity, 0) + 1
+        found = ", ".join(f"{n} {sev}{'s' if n != 1 and sev != 'info' else ''}" for sev, n in sorted(
+            counts.items(), key=lambda kv: -Severity(kv[0]).rank)) or "no findings"
+        codes = " ".join(dict.fromkeys(f.code for f in self.findings))
+        probe = "" if self.probe is None else f", probed on {self.probe.device}"
+        return (f"<Report {self.target}: {verdict}; {found}{': ' + codes if codes else ''}\n"
+                f"  {len(self.params)} parameter tensors, {len(self.layers)} layers, analysis {self.analysis}{probe}>")
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the verdict, the findings with their fixes, the per-layer chart."""
+        from gradlint.output.html import report_html
+
+        return report_html(self)
+
+    def plot(self) -> Any:
+        """The per-layer gradient chart as a matplotlib ``Figure`` (predicted; measured too after
+        a probe). Needs matplotlib (``pip install "torch-gradlint[plot]"``).
+
+        Raises:
+            PlotError: Without matplotlib, or when gradlint could not analyze the target.
+        """
+        from gradlint.output.plot import figure
+
+        return figure(self, asked_by="Report.plot()")
 
 
 def error_report(target: str, err: BaseException, path: str | None = None, line: int | None = None) -> Report:

@@ -4,23 +4,17 @@ that only tracing cannot follow (the fallback graph)."""
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 from gradlint.base.errors import ForwardError, InputError
 from gradlint.base.targets import Tokens
-from gradlint.capture.inputs import ExampleInputs, _dtype_name, _guess, _image_size
+from gradlint.capture.infer import meta_only, suggest_input
+from gradlint.capture.inputs import ExampleInputs, _dtype_name
 from gradlint.capture.meta import meta_copy, quiet
 from gradlint.load import format_user_traceback, innermost_user_frame
 
 if TYPE_CHECKING:
     from torch import nn
-
-# What only a forward on meta tensors raises: values read into Python (`.item()`, `if x.sum() > 0`)
-# and ops without a meta kernel. Real tensors might pass, so only tracing is known to fail.
-_META_ONLY = re.compile(r"\bmeta\b|data.dependent", re.IGNORECASE)
-
-
 
 _SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
 
@@ -28,7 +22,7 @@ _SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 _SOURCES = {"decorator": "declared by @gradlint.target", "argument": "given to gradlint.check",
             "example_input_array": "from example_input_array", "cli": "from --input-shape",
-            "inferred": "inferred from the first layer"}
+            "inferred": "inferred by gradlint"}
 
 
 
@@ -138,7 +132,8 @@ def forward_error(model: nn.Module, inputs: ExampleInputs | None) -> Exception |
     finally:
         for handle in handles:
             handle.remove()
-    if isinstance(failure, NotImplementedError) or _META_ONLY.search(f"{type(failure).__name__}: {failure}"):
+    if meta_only(failure):
+        # Real tensors might pass, so only tracing is known to fail.
         return None
     path, line = innermost_user_frame(failure) or (None, None)
     said = inputs.note if inputs.source == "config" else _SOURCES.get(inputs.source or "", "")
@@ -148,9 +143,9 @@ def forward_error(model: nn.Module, inputs: ExampleInputs | None) -> Exception |
         layer = running[-1][0]
         name = next((n for n, m in copy.named_modules() if m is layer), "") or "the model"
         takes, got = misfit
-        guess = _guess(layer, inputs.batch_size or 8, _image_size(model)) if first_leaf[:1] == [layer] else None
+        guess = suggest_input(layer, inputs.batch_size or 8, model) if first_leaf[:1] == [layer] else None
         if guess is not None:
-            suggestion = _suggestion(guess.value, inputs.source)
+            suggestion = _suggestion(guess, inputs.source)
             hint = f"{name} is the first layer forward calls; declare inputs it takes, e.g. {suggestion}"
         else:
             hint = (f"{name} gets its input from the layers before it: if the model was written for inputs of "
@@ -159,7 +154,12 @@ def forward_error(model: nn.Module, inputs: ExampleInputs | None) -> Exception |
                                     path=path, line=line, hint=hint)
     else:
         text = next((ln.strip() for ln in str(failure).strip().splitlines() if ln.strip()), "")[:300]
+        hint = "fix the forward, or declare the inputs it expects with @gradlint.target(inputs=...)"
+        if inputs.source == "inferred":
+            hint = ("gradlint inferred these inputs, and the forward raised on every candidate it tried; declare the "
+                    "inputs it expects with @gradlint.target(inputs=...) or `inputs` in the target's [tool.gradlint] "
+                    "entry")
         err = ForwardError(f"forward raised {type(failure).__name__} on {given}: {text}", path=path, line=line,
-                           hint="fix the forward, or declare the inputs it expects with @gradlint.target(inputs=...)")
+                           hint=hint)
     err.traceback_text = format_user_traceback(failure)
     return err

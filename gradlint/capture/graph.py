@@ -28,7 +28,7 @@ class Node:
 
     Attributes:
         name: Unique name (the fx node's name where there is one).
-        kind: Transfer-registry key: ``linear``, ``relu``, ``add``, ``attention``, ...
+        kind: One of ``gradlint.base.kinds.KINDS``: ``linear``, ``act``, ``add``, ``attention``, ...
         op: The original op, for messages (``aten.linear.default``, ``nn.Linear``).
         inputs: Names of the nodes whose values this op consumes (``None`` for an absent
             optional tensor). Parameters are not inputs; they are in ``params``.

@@ -144,12 +144,18 @@ def collect(model: nn.Module, recorded: dict[str, tuple[float, float]] | None = 
                     # float32 accumulation: exact enough for a mean square, and no float64 copy
                     # of a large tensor (this loop reads every weight once).
                     d = p.detach()
-                    d = d if d.dtype == torch.float32 else d.float()
-                    ms = float(torch.linalg.vector_norm(d)) ** 2 / n
-                    mean = float(d.sum()) / n
+                    if d.is_complex():  # |w|^2 and the real part's mean; a cast would drop the imaginary part
+                        d = d if d.dtype == torch.complex64 else d.to(torch.complex64)
+                        ms = float(torch.linalg.vector_norm(d)) ** 2 / n
+                        mean = float(d.real.sum()) / n
+                    else:
+                        d = d if d.dtype == torch.float32 else d.float()
+                        ms = float(torch.linalg.vector_norm(d)) ** 2 / n
+                        mean = float(d.sum()) / n
                     if not (math.isfinite(ms) and math.isfinite(mean)):
                         if bool(torch.isfinite(p.detach()).all()):  # large but finite: float32 overflowed
-                            d = p.detach().double()
+                            d = p.detach()
+                            d = (d.abs() if d.is_complex() else d).double()
                             ms, mean = float(d.pow(2).mean()), float(d.mean())
             src = "tensor"
             if not (math.isfinite(ms) and math.isfinite(mean)):

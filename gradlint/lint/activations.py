@@ -8,9 +8,6 @@ from dataclasses import dataclass, field
 
 from gradlint.engine import gaussian
 
-# The keyword arguments of an ``act`` node that transfers.Activation passes to gaussian.moments.
-PARAM_KWARGS = ("negative_slope", "alpha", "min_val", "max_val", "beta", "threshold")
-
 
 @dataclass(frozen=True)
 class Phi:
@@ -46,33 +43,28 @@ _USER_CODE_ERRORS = (Exception,)
 
 
 def phi_of(node, param_stats: Mapping | None = None) -> Phi | None:
-    """The function of an ``act``, ``act_module`` or ``elementwise`` node, or None when it has
-    none to evaluate (a module or op that is not callable). ``param_stats`` (a
+    """The function of an ``act``, ``act_module`` or ``elementwise`` node, as the engine's
+    activation catalogue reads it (``gaussian.node_activation`` / ``node_function``), or None
+    when it has none to evaluate (a module or op that is not callable). ``param_stats`` (a
     propagation's) gives a PReLU its slopes' mean; 0.25, PyTorch's init, without."""
     if node.kind == "act":
-        fn = node.attrs.get("fn")
-        params = {k: v for k, v in node.attrs.items() if k in PARAM_KWARGS}
-        if fn == "prelu":
+        slope = None
+        if node.attrs.get("fn") == "prelu":
             w = (param_stats or {}).get(node.params.get("weight", ""))
-            fn, params = "leaky_relu", {"negative_slope": w.mean if w is not None else 0.25}
-        return Phi(fn, params, lambda mu, v: gaussian.moments(fn, mu, v, **params), _CATALOGUE_ERRORS)
-    f, key = _callable_of(node)
+            slope = w.mean if w is not None else None
+        try:
+            act = gaussian.node_activation(node, slope)
+        except _CATALOGUE_ERRORS:  # parameters the catalogue refuses: the node cannot be judged
+            return Phi(node.attrs.get("fn"), {}, _unknown, _CATALOGUE_ERRORS)
+        return Phi(act.name, act.params, lambda mu, v: gaussian.moments(act.name, mu, v, **act.params),
+                   _CATALOGUE_ERRORS)
+    if node.kind not in ("act_module", "elementwise"):
+        return None
+    f, key = gaussian.node_function(node)
     if f is None:
         return None
     return Phi(None, {}, lambda mu, v: gaussian.expect_fn(f, mu, v, key=key), _USER_CODE_ERRORS)
 
 
-def _callable_of(node) -> tuple[Callable | None, object]:
-    """The element-wise function of an act_module / elementwise node, with the engine's cache key."""
-    if node.kind == "act_module":
-        mod = node.attrs.get("module")
-        return (mod, ("module", id(mod))) if callable(mod) else (None, None)
-    if node.kind != "elementwise":
-        return None, None
-    target = node.attrs.get("target")
-    if not callable(target):
-        return None, None
-    extra = node.attrs.get("extra", {}) or {}
-    scalars = {k: v for k, v in extra.items() if isinstance(v, (int, float, bool)) or v is None}
-    key = (str(target), repr(sorted(extra.items(), key=str)))
-    return (lambda z: target(z, **scalars)), key
+def _unknown(mu: float, v: float) -> gaussian.Moments:
+    raise ValueError("the activation's parameters are not the catalogue's")

@@ -53,6 +53,9 @@ class Rule:
     severity: ClassVar[Severity] = Severity.WARNING
     category: ClassVar[str] = "other"
     options: ClassVar[dict[str, Any]] = {}
+    # An opt-in rule runs only when asked for: named by its exact code or name in ``select``
+    # (a prefix such as ``GL9`` does not), or requested by its own switch.
+    opt_in: ClassVar[bool] = False
     good: ClassVar[tuple[Case, ...]] = ()
     bad: ClassVar[tuple[Case, ...]] = ()
 

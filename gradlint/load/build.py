@@ -26,16 +26,21 @@ def _check_call(target: Target, kwargs: dict[str, Any]) -> None:
         return
     where = {"path": str(target.path), "line": target.line}
     what = f"{target.name}'s constructor" if target.kind == "class" else f"the factory {target.name}"
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        # First: a misspelt argument is also the cause of the "missing" one it was meant to be.
+        unknown = [k for k in kwargs if k not in params or params[k].kind is params[k].POSITIONAL_ONLY]
+        if unknown:
+            import difflib
+
+            close = [f"{m[0]!r} for {k!r}" for k in unknown if (m := difflib.get_close_matches(k, list(params), n=1))]
+            raise LoadError(f"{what} takes no argument {', '.join(unknown)}", **where,
+                            hint=(f"did you mean {', '.join(close)}? " if close else "")
+                            + f"it takes: {', '.join(params) or 'no arguments'}")
     missing = [p.name for p in params.values() if p.default is p.empty and p.name not in kwargs
                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if missing:
         raise LoadError(f"{what} needs arguments: {', '.join(missing)}", **where,
                         hint=kwargs_hint(target.path, target.name, missing))
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        unknown = [k for k in kwargs if k not in params or params[k].kind is params[k].POSITIONAL_ONLY]
-        if unknown:
-            raise LoadError(f"{what} takes no argument {', '.join(unknown)}", **where,
-                            hint=f"it takes: {', '.join(params) or 'no arguments'}")
 
 
 def instantiate(target: Target, kwargs: dict[str, Any] | None = None) -> Any:

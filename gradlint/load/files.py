@@ -3,8 +3,10 @@ file's project and packages begin, and which files are libraries' rather than th
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,8 +14,9 @@ from pathlib import Path
 from gradlint.base.errors import LoadError
 
 __all__ = [
-    "PROJECT_MARKERS", "SKIP_DIRS", "absolute_import_roots", "find_project_root", "import_roots", "is_library_file",
-    "iter_python_files", "may_define_model", "package_parts", "parse_target_arg", "repository_root", "same_file",
+    "PROJECT_MARKERS", "SKIP_DIRS", "NotReadable", "absolute_import_roots", "find_project_root", "import_roots",
+    "is_library_file", "iter_python_files", "may_define_model", "package_parts", "parse_target_arg", "read_source",
+    "repository_root", "same_file", "source_problem", "unreadable_reason",
 ]
 
 PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
@@ -58,7 +61,9 @@ def iter_python_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Lists the Python files named by the given paths.
 
     Files are taken as given; directories are searched recursively for ``*.py`` in sorted order,
-    skipping hidden directories, ``__pycache__``, virtual environments and build output.
+    skipping hidden directories, ``__pycache__``, virtual environments and build output. Links
+    to directories are not followed; links named ``*.py`` are listed, those that lead nowhere
+    (dangling, or in a loop) too, so that ``unreadable_reason`` can say what is wrong with them.
 
     Args:
         paths: Files and directories.
@@ -70,7 +75,7 @@ def iter_python_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
         LoadError: For a path that does not exist.
     """
     out: list[Path] = []
-    seen: set[Path] = set()
+    seen: set[str] = set()
     for given in map(Path, paths):
         if given.is_dir():
             found = []
@@ -78,15 +83,115 @@ def iter_python_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
                 dirnames[:] = [d for d in dirnames if not _skip_dir(Path(dirpath, d))]
                 found += [Path(dirpath, f) for f in filenames if f.endswith(".py")]
             files = sorted(found, key=lambda f: f.relative_to(given).parts)
-        elif given.exists():
+        elif os.path.lexists(given):
             files = [given]
         else:
             raise LoadError("no such file or directory", path=str(given))
         for file in files:
-            if (key := file.resolve()) not in seen:
+            # realpath, not Path.resolve(): it never raises, not even on a symlink loop.
+            if (key := os.path.realpath(file)) not in seen:
                 seen.add(key)
                 out.append(file)
     return out
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"))
+
+
+def _chain(path: Path, limit: int = 8) -> str:
+    """Where a symbolic link leads, link by link: ``x.py -> y.py -> x.py``."""
+    steps, here, seen = [str(path)], path, {os.path.normpath(path)}
+    for _ in range(limit):
+        try:
+            target = os.readlink(here)
+        except OSError:
+            break
+        steps.append(target)
+        here = here.parent / target
+        if os.path.normpath(here) in seen:
+            break
+        seen.add(os.path.normpath(here))
+    return " -> ".join(steps)
+
+
+def unreadable_reason(path: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """What keeps ``path`` from being read as a Python source file, without opening it.
+
+    Only ``stat`` calls, which never block: a FIFO named ``model.py`` would block whoever
+    opens it until a writer comes.
+
+    Args:
+        path: A file named on the command line or found by a directory walk.
+
+    Returns:
+        None for a regular file (or a link to one), and for a path that does not exist at all
+        (opening it says so); else what it is, in a few words, and what to do about it: a
+        symbolic link that leads nowhere or loops, a FIFO, a socket, a device, a directory.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if not os.path.islink(path):
+            return None
+        if exc.errno == errno.ELOOP:
+            return (f"it is a symbolic link in a loop ({_chain(path)})",
+                    "point the link at a real file, or remove it")
+        return (f"it is a symbolic link to {os.readlink(path)}, which does not exist",
+                "point the link at a real file, or remove it")
+    if stat.S_ISREG(st.st_mode):
+        return None
+    kind = next((what for test, what in _KINDS if test(st.st_mode)), "not a regular file")
+    return (f"it is {kind}, not a regular file",
+            "gradlint imports regular files only: name the file itself, not a pipe, socket or device")
+
+
+def source_problem(path: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """What keeps a file named on the command line from being imported, without opening it:
+    ``unreadable_reason``, or a name that ends in neither ``.py`` nor ``.ipynb``.
+
+    Returns:
+        None when gradlint can import it (or it does not exist: importing says so); else what
+        is wrong, and what to do about it.
+    """
+    problem = unreadable_reason(path)
+    if problem is None and os.path.lexists(path) and Path(path).suffix not in (".py", ".ipynb"):
+        return (f"it is not a Python file: gradlint imports .py files and notebooks, and {Path(path).name} has "
+                + (f"the suffix {Path(path).suffix}" if Path(path).suffix else "no suffix"),
+                "name a .py file, file.py::Name or a directory; a script without the .py suffix can be checked "
+                "through a link to it named *.py")
+    return problem
+
+
+class NotReadable(OSError):
+    """A path that is no regular file; ``reason`` and ``hint`` say what it is instead."""
+
+    def __init__(self, reason: str, hint: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.hint = hint
+
+
+def read_source(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a regular file, never blocking on anything else.
+
+    The file is opened without blocking and checked on the open descriptor, so a FIFO (or a
+    device) put in its place after any earlier check is refused, not waited on.
+
+    Raises:
+        NotReadable: For a FIFO, a socket, a device, a directory or a link leading nowhere.
+        OSError: When the file cannot be read.
+    """
+    problem = unreadable_reason(path)  # stat first: opening a device can do more than block
+    if problem is not None:
+        raise NotReadable(*problem)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped in since the stat
+            raise NotReadable("it is not a regular file", "gradlint reads regular files only")
+        return f.read()
 
 
 def find_project_root(path: str | os.PathLike[str]) -> Path:
@@ -146,7 +251,7 @@ def may_define_model(path: str | os.PathLike[str]) -> bool:
         False only when the file was read and mentions none of those words.
     """
     try:
-        data = Path(path).read_bytes()
+        data = read_source(path)
     except OSError:
         return True  # importing it says what is wrong
     return _MODEL_WORDS.search(data) is not None

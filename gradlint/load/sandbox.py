@@ -28,7 +28,16 @@ from typing import Any
 
 from gradlint.base.errors import GradlintError, LoadError
 from gradlint.base.paths import shown_path
-from gradlint.load.files import find_project_root, import_roots, is_library_file, package_parts, same_file
+from gradlint.load.files import (
+    find_project_root,
+    import_roots,
+    is_library_file,
+    package_parts,
+    read_source,
+    same_file,
+    source_problem,
+)
+from gradlint.load.notebooks import NotebookLoader, is_notebook
 from gradlint.load.tracebacks import format_user_traceback, innermost_line, user_error
 
 __all__ = ["forget_user_modules", "import_file", "user_code"]
@@ -39,9 +48,10 @@ __all__ = ["forget_user_modules", "import_file", "user_code"]
 _USER_MODULES: dict[str, tuple[types.ModuleType, str | None]] = {}
 # Resolved file -> the sys.path entries its code needs, for code that imports lazily.
 _ROOTS: dict[str, tuple[str, ...]] = {}
-# Resolved file -> the default dtype its import left set: its models are built under it, as they
-# would be in the user's own process, while everything else the import changed is undone.
-_DTYPES: dict[str, Any] = {}
+# Resolved file -> what its import left set that its models see, as they would in the user's own
+# process: the default dtype and the working directory (a script that chdirs to its run directory
+# at import writes there from its constructors). The rest of what the import changed is undone.
+_LEFT: dict[str, dict[str, Any]] = {}
 
 
 def _is_user_file(origin: str | None, roots: list[str]) -> bool:
@@ -96,6 +106,7 @@ def forget_user_modules() -> None:
             del sys.modules[name]
     _USER_MODULES.clear()
     _ROOTS.clear()
+    _LEFT.clear()
 
 
 @dataclass(frozen=True)
@@ -147,15 +158,16 @@ class _GlobalState:
 
 
 @contextmanager
-def _sandbox(roots: Iterable[str], argv: list[str] | None = None, dtype: Any = None,
+def _sandbox(roots: Iterable[str], argv: list[str] | None = None, dtype: Any = None, cwd: str | None = None,
              left: dict[str, Any] | None = None) -> Iterator[list[str]]:
     """Runs user code with ``roots`` first on sys.path and no bytecode written.
 
     What the code prints goes to stderr, so it cannot corrupt a report on stdout (``--format
-    json``). The working directory, warning filters and torch's global settings (default dtype
-    and device, grad mode, deterministic algorithms, thread count, anomaly mode) are restored
-    on exit; ``dtype`` is set as the default dtype for the duration, and ``left["dtype"]`` gets
-    the default dtype the code left behind.
+    json``). The working directory, sys.argv, warning filters and torch's global settings
+    (default dtype and device, grad mode, deterministic algorithms, thread count, anomaly mode)
+    are restored on exit; ``argv``, ``dtype`` and ``cwd`` are set for the duration, and
+    ``left`` gets the default dtype (``"dtype"``) and working directory (``"cwd"``) the code
+    left behind.
 
     Yields a list that, on exit, holds the sys.path entries the user's code added itself.
     """
@@ -168,11 +180,16 @@ def _sandbox(roots: Iterable[str], argv: list[str] | None = None, dtype: Any = N
     sys.dont_write_bytecode = True
     if argv is not None:
         # Module-level argparse then parses nothing, instead of gradlint's own flags.
-        sys.argv = argv
+        sys.argv = list(argv)
     added: list[str] = []
     stashed = _stash_shadowed(roots)
     try:
         with warnings.catch_warnings(), redirect_stdout(sys.stderr), redirect_stderr(sys.stderr):
+            if cwd is not None:
+                try:
+                    os.chdir(cwd)
+                except OSError:  # removed since: the code runs where gradlint does, as before
+                    pass
             if dtype is not None:
                 import torch
 
@@ -183,6 +200,10 @@ def _sandbox(roots: Iterable[str], argv: list[str] | None = None, dtype: Any = N
             import torch
 
             left["dtype"] = torch.get_default_dtype()
+            try:
+                left["cwd"] = os.getcwd()
+            except OSError:  # the code removed the directory it was in
+                left["cwd"] = None
         saved_state.restore()
         added.extend(p for p in sys.path if p not in saved_path and p not in roots)
         sys.path[:] = saved_path
@@ -225,24 +246,30 @@ def _stash_shadowed(roots: list[str]) -> dict[str, types.ModuleType]:
 
 
 @contextmanager
-def user_code(path: str | os.PathLike[str]) -> Iterator[None]:
+def user_code(path: str | os.PathLike[str], cwd: bool = True) -> Iterator[None]:
     """Runs code of an imported user file the way it ran at import.
 
     Puts the file's import roots back on sys.path (for imports done lazily inside constructors
-    or ``forward``), sets the default dtype its import left (``torch.set_default_dtype`` at
-    module level still decides how its models are built), keeps Python from writing bytecode
-    into the user's tree, and sends what the code prints to stderr.
+    or ``forward``), gives the code the ``sys.argv`` it had at import (``[file]``) and the
+    default dtype its import left (``torch.set_default_dtype`` at module level still decides
+    how its models are built), keeps Python from writing bytecode into the user's tree, and
+    sends what the code prints to stderr.
 
     Args:
         path: The user's file, as given to ``import_file``.
+        cwd: Also run in the working directory the file's import left: a training script that
+            changes to its run directory at import writes there from its constructors, as when
+            run on its own. Only around the user's own calls (a constructor): gradlint's own
+            work around them names the user's files relative to where it runs.
 
     Yields:
-        Nothing; restores sys.path, the bytecode flag, the working directory and torch's global
-        settings on exit.
+        Nothing; restores sys.path, sys.argv, the bytecode flag, the working directory and
+        torch's global settings on exit.
     """
-    file = str(Path(path).resolve())
+    file = os.path.realpath(path)
     roots = _ROOTS.get(file) or tuple(dict.fromkeys([str(Path(file).parent), str(find_project_root(file))]))
-    with _sandbox(roots, dtype=_DTYPES.get(file)):
+    left = _LEFT.get(file, {})
+    with _sandbox(roots, argv=[file], dtype=left.get("dtype"), cwd=left.get("cwd") if cwd else None):
         yield
 
 
@@ -255,7 +282,9 @@ def _digest(path: Path) -> str:
 
 
 def _exec_module(name: str, file: Path, search: list[str] | None = None) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(name, file, submodule_search_locations=search)
+    # A notebook's code cells run through a loader of their own (gradlint.load.notebooks).
+    loader = NotebookLoader(file) if is_notebook(file) else None
+    spec = importlib.util.spec_from_file_location(name, file, loader=loader, submodule_search_locations=search)
     if spec is None or spec.loader is None:
         raise LoadError("cannot be imported as Python source", path=str(file))
     module = importlib.util.module_from_spec(spec)
@@ -310,9 +339,10 @@ def _check_encoding(file: Path, shown: str) -> None:
     comments through), so the file is checked the way the interpreter reads a script.
     """
     try:
-        data = file.read_bytes()
+        data = read_source(file)  # never blocks, whatever was put in the file's place since
     except OSError as exc:
-        raise LoadError(f"cannot be read: {exc.strerror or exc}", path=shown) from exc
+        raise LoadError(f"cannot be read: {exc.strerror or exc}", path=shown,
+                        hint=getattr(exc, "hint", None) or "check the file's permissions") from exc
     head = data.split(b"\n", 2)[:2]
     cookie = next(((i + 1, m.group(1).decode("ascii", "replace")) for i, line in enumerate(head)
                    if (m := _CODING.match(line))), None)
@@ -383,9 +413,12 @@ def import_file(path: str | os.PathLike[str], project_root: str | os.PathLike[st
             ``@gradlint.target``), with the file and line filled in.
     """
     shown = str(path)
-    file = Path(path).resolve()
+    problem = source_problem(path)
+    if problem is not None:  # a FIFO, a link leading nowhere, a directory, notes.txt
+        raise LoadError(problem[0], path=shown, hint=problem[1])
+    file = Path(os.path.realpath(path))
     if not file.is_file():
-        raise LoadError("is a directory, not a Python file" if file.is_dir() else "no such file", path=shown)
+        raise LoadError("no such file", path=shown, hint="check the path")
     _check_encoding(file, shown)
     parts, package_root = package_parts(file)
     roots = [str(r) for r in import_roots(file, Path(project_root).resolve() if project_root is not None else None)]
@@ -420,6 +453,6 @@ def import_file(path: str | os.PathLike[str], project_root: str | os.PathLike[st
         raise user_error(LoadError, f"{type(exc).__name__} while importing the file: {exc}", exc, shown,
                          innermost_line(exc, file), hint) from exc
     _ROOTS[str(file)] = tuple(dict.fromkeys([*roots, *added]))
-    _DTYPES[str(file)] = left.get("dtype")
+    _LEFT[str(file)] = left
     return module
 

@@ -21,6 +21,7 @@ from typing import Any
 from gradlint.base.errors import GradlintError
 from gradlint.base.paths import repo_root, root_relative_or_absolute
 from gradlint.base.report import Report
+from gradlint.load.files import read_source
 from gradlint.output.fingerprint import BASELINE_VERSION, fingerprints, mask
 
 
@@ -54,23 +55,39 @@ def write(path: str | os.PathLike[str], reports: Iterable[Report], root: Path) -
 
 
 def load(path: str | os.PathLike[str]) -> Counter[str]:
-    """The fingerprints recorded in ``path``, with their counts."""
+    """The fingerprints recorded in ``path``, with their counts.
+
+    The document is checked entry by entry: a fingerprint is a string, a count a whole number
+    of at least 1. Anything else is refused, with where it is wrong, in one line.
+
+    Raises:
+        BaselineError: For a file that cannot be read, is not JSON (nested too deeply, say),
+            or is not a gradlint baseline.
+    """
+    redo = "fix it, or delete it and rerun with --baseline to record a new one"
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        doc = json.loads(read_source(path).decode("utf-8"))  # a FIFO is refused, never waited on
+    except RecursionError:
+        raise BaselineError(f"cannot read the baseline: its JSON is nested too deeply; {redo}",
+                            path=str(path)) from None
     except (OSError, ValueError) as e:
         raise BaselineError(f"cannot read the baseline: {e}", path=str(path)) from None
     if not isinstance(doc, dict) or doc.get("version") != BASELINE_VERSION or \
             not isinstance(doc.get("fingerprints"), list):
-        raise BaselineError(f"not a gradlint baseline of version {BASELINE_VERSION}", path=str(path),
-                            hint="delete it, or rerun with --update-baseline, to record a new one")
+        raise BaselineError(f"not a gradlint baseline of version {BASELINE_VERSION}; {redo}", path=str(path))
     counts: Counter[str] = Counter()
-    for e in doc["fingerprints"]:
-        if isinstance(e, str):  # a hand-written list of bare fingerprints
+    for i, e in enumerate(doc["fingerprints"], 1):
+        if isinstance(e, str) and e:  # a hand-written list of bare fingerprints
             counts[e] += 1
-        elif isinstance(e, dict) and isinstance(e.get("fingerprint"), str):
-            counts[e["fingerprint"]] += int(e.get("count", 1))
-        else:
-            raise BaselineError(f"malformed baseline entry {e!r}", path=str(path))
+            continue
+        if not (isinstance(e, dict) and isinstance(e.get("fingerprint"), str) and e["fingerprint"]):
+            raise BaselineError(f"entry {i} of \"fingerprints\" is not a fingerprint string nor an object with one "
+                                f"(a {type(e).__name__}); {redo}", path=str(path))
+        count = e.get("count", 1)
+        if type(count) is not int or count < 1:
+            raise BaselineError(f"entry {i} of \"fingerprints\" has count {json.dumps(count)[:40]}, not a whole "
+                                f"number of at least 1; {redo}", path=str(path))
+        counts[e["fingerprint"]] += count
     return counts
 
 

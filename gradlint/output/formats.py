@@ -22,6 +22,7 @@ from gradlint.base.findings import Finding
 from gradlint.base.paths import repo_root, root_relative, root_relative_or_absolute
 from gradlint.base.report import Report
 from gradlint.output.fingerprint import fingerprints
+from gradlint.output.tally import Tally
 from gradlint.output.text import format_text, summary_counts
 
 FORMATS = ("text", "json", "sarif", "github")
@@ -40,7 +41,7 @@ _GITHUB_LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
 # -- dispatch -------------------------------------------------------------------------------
 
 def render(fmt: str, reports: Iterable[Report], notes: Iterable[str] = (), *, color: bool = False,
-           root: Path | None = None, profile: bool = False) -> str:
+           root: Path | None = None, profile: bool = False, quiet: bool = False) -> str:
     """The whole report for a run, in ``fmt`` (one of ``FORMATS``), without a final newline.
 
     Args:
@@ -51,10 +52,11 @@ def render(fmt: str, reports: Iterable[Report], notes: Iterable[str] = (), *, co
         color: ANSI colors, for text only.
         root: Repository root paths are made relative to (default: ``repo_root()``).
         profile: For text, a bar chart of the gradient profile under each target.
+        quiet: For text, the finding lines and the targets that could not be analyzed only.
     """
     reports, notes = list(reports), list(notes)
     if fmt == "text":
-        return format_text(reports, color=color, profile=profile) if reports else ""
+        return format_text(reports, color=color, profile=profile, quiet=quiet) if reports else ""
     root = root or repo_root()
     if fmt == "json":
         return json.dumps(json_doc(reports, notes, root), indent=2)
@@ -65,15 +67,20 @@ def render(fmt: str, reports: Iterable[Report], notes: Iterable[str] = (), *, co
     raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
-def use_color(fmt: str, to_file: bool, isatty: bool, env: dict[str, str] | None = None) -> bool:
+def use_color(fmt: str, to_file: bool, isatty: bool, env: dict[str, str] | None = None, choice: str = "auto") -> bool:
     """Whether text output gets ANSI colors.
 
-    Never for other formats or for a file. ``NO_COLOR`` (non-empty, per no-color.org) turns
-    them off and wins over ``FORCE_COLOR`` (non-empty, not ``0``), which turns them on where
-    the terminal cannot be detected, e.g. in CI logs.
+    Never for other formats. ``choice`` is ``--color``: ``always`` and ``never`` decide alone;
+    ``auto`` gives colors on a terminal, never in a file. There ``NO_COLOR`` (non-empty, per
+    no-color.org) turns them off and wins over ``FORCE_COLOR`` (non-empty, not ``0``), which
+    turns them on where the terminal cannot be detected, e.g. in CI logs.
     """
+    if fmt != "text" or choice == "never":
+        return False
+    if choice == "always":
+        return True
     env = os.environ if env is None else env
-    if fmt != "text" or to_file or env.get("NO_COLOR"):
+    if to_file or env.get("NO_COLOR"):
         return False
     if env.get("FORCE_COLOR", "") not in ("", "0"):
         return True
@@ -92,7 +99,9 @@ def json_doc(reports: list[Report], notes: list[str], root: Path) -> dict[str, A
         for fd, fp in zip(d["findings"], fingerprints(r, root)):
             fd["fingerprint"] = fp
         targets.append(d)
-    return {"version": __version__, "targets": targets, "notes": notes, "summary": summary_counts(reports)}
+    tally = Tally.of(reports, notes)
+    summary = {**summary_counts(reports), "analyzed": tally.analyzed, "skipped": tally.skipped}
+    return {"version": __version__, "targets": targets, "notes": notes, "summary": summary}
 
 
 # -- sarif ------------------------------------------------------------------------------------

@@ -172,13 +172,18 @@ def _log(x: float) -> str:
     return f"{math.log10(x):.2f}" if x and x > 0 else "-inf"
 
 
-def format_text(reports: Iterable[Report], color: bool = False, profile: bool = False) -> str:
-    """ruff-style finding lines, then one summary per target (with ``profile``, its bar chart)."""
+def format_text(reports: Iterable[Report], color: bool = False, profile: bool = False, quiet: bool = False) -> str:
+    """ruff-style finding lines, then one summary per target (with ``profile``, its bar chart).
+
+    ``quiet``: the finding lines and the targets that could not be analyzed, nothing else.
+    """
     reports = list(reports)
     out = []
     for r in reports:
         for f in r.findings:
             out.append(format_finding(f, color))
+    if quiet:
+        return "\n".join(out + [format_error(r, color) for r in reports if r.status != "ok"])
     if out:
         out.append("")
     for r in reports:
@@ -273,7 +278,9 @@ def failing(report: Report, ignore: Iterable[str] = (), fail_on: str | None = No
     refuted = [f for f in due if f.confirmed is False]
     verdict = report.summary.verdict if report.summary is not None else None
     rule = VERDICT_RULES.get(verdict or "")
-    bad_verdict = verdict if rule and not matches(rule[0], rule[1], ignore) else None
+    # A verdict is accepted as its rule is: ignored, or its finding silenced by an inline comment.
+    accepted = rule and (matches(rule[0], rule[1], ignore) or any(f.code == rule[0] for f in report.suppressed))
+    bad_verdict = verdict if rule and not accepted else None
     return failing_, bad_verdict, refuted
 
 

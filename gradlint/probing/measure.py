@@ -165,8 +165,8 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
         torch.manual_seed(seed0 + i)
         a, kw = inputs.materialize("cpu", gen)
         cast = lambda t: t.to(device=device, dtype=_run_dtype(t.dtype, dtype)) if isinstance(t, torch.Tensor) else t
-        a = tuple(cast(t) for t in a)
-        kw = {k: cast(v) for k, v in kw.items()}
+        # Nested inputs too: an LSTM's (h, c) state.
+        a, kw = torch.utils._pytree.tree_map(cast, (tuple(a), dict(kw)))
         for t in state.values():
             if t.grad is not None:
                 t.grad = None

@@ -8,7 +8,10 @@ worker and never imports torch. The key of a file (``path``, or ``path::Name``) 
   package root or the project root, as ``gradlint.load.import_file`` puts them on sys.path.
   Installed packages are not read: the modification times of the site-packages directories
   stand for them (installing, upgrading or removing a package changes them);
-- the path as given, the resolved file and the current directory, which the reports quote;
+- the resolved file. Not the path as given nor the current directory: an entry is stored with
+  the path its reports quote and the configuration file as the run named them, and a hit from
+  another directory (or under another spelling of the path) rewrites those to the ones of the
+  run that reads it (``_relocate``);
 - gradlint's version and the size and modification time of each of its own source files;
   torch's ``version.py``; the Python interpreter;
 - the settings that change a file's reports: input shapes, select, ignore, threshold,
@@ -62,6 +65,7 @@ from typing import Any
 from gradlint import load
 from gradlint._version import __version__
 from gradlint.base.report import Report
+from gradlint.load.files import read_source
 from gradlint.run import wire
 
 __all__ = ["Cache", "FORMAT", "MAX_AGE", "MAX_BYTES", "PRUNE_EVERY", "default_dir", "local_imports", "prune"]
@@ -159,13 +163,15 @@ class Cache:
         self.settings = settings
         config = settings.config
         # Every setting but the configuration, which counts only through its rule options and
-        # all-targets (its severities and per-file ignores apply after the cache).
-        self._base = _digest(_environment(), os.getcwd(), [
+        # warn-unused-ignores and all-targets (its severities and per-file ignores apply after the cache).
+        self._base = _digest(_environment(), [
             *(getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "config"),
             sorted((k, sorted(dict(v).items())) for k, v in config.rule_options.items()) if config else None,
-            config.all_targets if config else False])
+            config.warn_unused_ignores if config else None, config.all_targets if config else False])
         self._files: dict[Path, tuple[str, list[tuple[int, str | None, tuple[str, ...]]]] | None] = {}
         self._resolved: dict[Any, list[Path]] = {}
+        # key -> how this run names the file and the configuration file, which reports quote.
+        self._views: dict[str, tuple[str, str]] = {}
         self._sources: dict[Path, Any] = {}
         self.written = 0
 
@@ -173,7 +179,7 @@ class Cache:
 
     def key(self, path: Any, name: str | None) -> str | None:
         """The key of checking ``path`` (``::name``), or None when the file cannot be read."""
-        file = Path(path).resolve()
+        file = Path(os.path.realpath(path))  # never raises, not even on a symlink loop
         own = self._read(file)
         if own is None:
             return None
@@ -184,15 +190,20 @@ class Cache:
                 for f in dict.fromkeys([*local_imports(file, self._read, self._resolved),
                                         *value_sources(file, self._sources)])]
         config = self.settings.config
-        specs = [(s.ref, s.name, s.inputs, dict(s.kwargs or {}), s.label, s.origin)
+        shown_config = _shown_config(config)
+        # Origins hold the configuration file as named from here; its resolved form is the same from anywhere.
+        specs = [(s.ref, s.name, s.inputs, dict(s.kwargs or {}), s.label,
+                  _anywhere(s.origin, shown_config, config.file if config is not None else None))
                  for s in config.targets_in(file)] if config is not None else []
-        return _digest(self._base, str(path), name, str(file), own[0], deps, specs)
+        key = _digest(self._base, name, str(file), own[0], deps, specs)
+        self._views[key] = (str(path), shown_config)
+        return key
 
     def _read(self, file: Path) -> tuple[str, list[tuple[int, str | None, tuple[str, ...]]]] | None:
         """The file's digest and imports (level, module, names), read once per run."""
         if file not in self._files:
             try:
-                data = file.read_bytes()
+                data = read_source(file)  # never blocks: a FIFO is refused, not waited on
             except OSError:
                 self._files[file] = None
                 return None
@@ -227,6 +238,9 @@ class Cache:
         if not (isinstance(stored, dict) and stored.get("key") == key and isinstance(stored.get("events"), list)):
             return None
         events = stored["events"]
+        view = stored.get("view")
+        if not (isinstance(view, tuple) and len(view) == 2 and all(isinstance(v, str) for v in view)):
+            return None
         for event in events:
             if not (isinstance(event, tuple) and len(event) == 2 and (
                     (event[0] == "report" and isinstance(event[1], Report))
@@ -234,14 +248,14 @@ class Cache:
                 return None
         if time.time() - st.st_mtime > _TOUCH_AFTER:
             _touch(entry)  # an entry's time is its last use, which pruning goes by
-        return events
+        return _relocate(events, view, self._views.get(key, view))
 
     def put(self, key: str, events: list[tuple[str, Any]]) -> None:
         """Stores ``events`` under ``key``; a cache that cannot be written is no cache."""
         entry = self._entry(key)
         try:
             entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            data = _MAGIC + wire.dumps({"key": key, "events": events})
+            data = _MAGIC + wire.dumps({"key": key, "events": events, "view": self._views.get(key, ("", ""))})
             fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as f:
@@ -285,6 +299,54 @@ class Cache:
             return prune(self.dir.parent, now=now)
         except Exception:  # noqa: BLE001 - a cache that cannot be pruned is still a cache
             return None
+
+
+def _shown_config(config: Any) -> str:
+    """The configuration file as this run names it in origins (``pyproject.toml``, ``../pyproject.toml``)."""
+    if config is None or config.file is None:
+        return ""
+    from gradlint.base.paths import shortest_path
+
+    return shortest_path(config.file)
+
+
+def _anywhere(origin: str, shown: str, file: Path | None) -> str:
+    """``origin`` (``SHOWN:LINE``) with the configuration file resolved."""
+    if file is not None and shown and origin.startswith(shown + ":"):
+        return str(Path(file).resolve()) + origin[len(shown):]
+    return origin
+
+
+def _relocate(events: list[tuple[str, Any]], stored: tuple[str, str], here: tuple[str, str]) -> list[tuple[str, Any]]:
+    """The events of an entry written by a run that named the file ``stored[0]`` and the
+    configuration ``stored[1]``, as this run, which names them ``here``, would have made them:
+    the target labels, report and finding paths, notes and configured-input origins."""
+    (old, old_cfg), (new, new_cfg) = stored, here
+    if (old, old_cfg) == (new, new_cfg):
+        return events
+
+    def path(text: str | None) -> str | None:
+        if text is None or not old:
+            return text
+        if text == old:
+            return new
+        for sep in ("::", ":"):
+            if text.startswith(old + sep):
+                return new + text[len(old):]
+        return text.replace(f'"{old}::', f'"{new}::')  # a hint's TOML path = "FILE::Name"
+
+    out: list[tuple[str, Any]] = []
+    for kind, value in events:
+        if kind == "note":
+            out.append((kind, path(value)))
+            continue
+        inputs = value.inputs
+        if old_cfg and new_cfg and old_cfg != new_cfg:
+            inputs = inputs.replace(f"declared in {old_cfg}:", f"declared in {new_cfg}:")
+        findings = tuple(dataclasses.replace(f, path=path(f.path)) if f.path == old else f for f in value.findings)
+        out.append((kind, dataclasses.replace(value, target=path(value.target), path=path(value.path),
+                                              inputs=inputs, findings=findings)))
+    return out
 
 
 def _touch(path: Path) -> None:

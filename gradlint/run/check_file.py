@@ -9,9 +9,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gradlint import load
-from gradlint.base.errors import ConfigError, GradlintError
+from gradlint.base.errors import ConfigError, GradlintError, LoadError
 from gradlint.base.report import Report, error_report
 from gradlint.run.config import Config
+from gradlint.run.threads import Watch
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class _Orphan(Exception):
     gives (no call of it anywhere, often one left in commented-out code): a note, not a report."""
 
 
-def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -> Iterator[tuple[Any, ...]]:
+def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0,
+               watch: Watch | None = None) -> Iterator[tuple[Any, ...]]:
     """Check one file, as a stream of events.
 
     Yields ``("import",)`` before importing it, ``("target", index, label, path, line, count)``
@@ -48,7 +50,15 @@ def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -
 
     Args:
         skip: Targets to leave out, from the first: the ones a dead worker finished already.
+        watch: Follows the threads the file's code starts; ``watch.note()`` afterwards says
+            whether they make its reports unfit for the cache.
     """
+    watch = watch or Watch()
+    with watch.file():
+        yield from _check_file(path, name, settings, skip, watch)
+
+
+def _check_file(path: Any, name: str | None, settings: Settings, skip: int, watch: Watch) -> Iterator[tuple[Any, ...]]:
     from gradlint.api import check
     from gradlint.capture.graph import Source
     from gradlint.capture.inputs import resolve_inputs
@@ -56,7 +66,11 @@ def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -
     config = settings.config
     yield ("import",)
     try:
-        module = load.import_file(path)
+        try:
+            module = load.import_file(path)
+        except GradlintError as e:
+            _with_hint(e, path, None)
+            raise
         found = load.discover(module, path, name, all_targets=config is not None and config.all_targets)
         if config is not None:
             found, failed = _with_config_targets(module, path, name, found, config)
@@ -66,6 +80,11 @@ def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -
     except GradlintError as e:
         yield ("report", error_report(f"{path}" + (f"::{name}" if name else ""), e, str(path)))
         return
+    if name is None:
+        found, notes = _without_stand_ins(found, path)
+        if not skip:
+            for note in notes:
+                yield ("note", note)
     if not found.targets:
         # Skipped classes matter only when nothing else was found: otherwise they are the
         # building blocks of the targets.
@@ -95,10 +114,15 @@ def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -
             continue
         label = f"{path}::{target.display_name}"
         yield ("target", index, label, str(path), target.line, len(found.targets))
+        watch.check(checking=True)
         arguments: tuple[Any, ...] = ()
         try:
-            with load.user_code(path):
+            # The constructor runs where the file's import left the working directory (instantiate
+            # says so); gradlint's own work around it (reading the repository for its values),
+            # where gradlint runs.
+            with load.user_code(path, cwd=False):
                 model, arguments = _build(target, module, path, repo, config, others=len(found.targets) > 1)
+                _refuse_script_module(model, target)
                 if name is None and target.options is None and next(model.parameters(), None) is None:
                     # A parameter-free module found by discovery (an activation, a wrapper) has no
                     # gradient to predict; one named or decorated is still checked.
@@ -111,7 +135,9 @@ def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -
                 src = Source(str(path), target.line or 1)
                 kwargs = dict(select=list(settings.select) or None, ignore=list(settings.ignore) or None,
                               threshold=settings.threshold, fail_on=settings.fail_on, name=label, target_source=src,
-                              rule_options=config.rule_options if config is not None else None)
+                              rule_options=config.rule_options if config is not None else None,
+                              # The run's configuration is merged already: check() reads no file of its own.
+                              config=False, warn_unused_ignores=config is not None and config.warn_unused_ignores)
                 if settings.probe:
                     from gradlint.probing.probe import probe as run_probe
                     report = run_probe(model, ex, device=settings.device, seeds=settings.seeds, **kwargs)
@@ -119,16 +145,23 @@ def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0) -
                     report = check(model, ex, **kwargs)
         except _Orphan as e:
             yield ("note", f"{e}")
+            watch.check(checking=False)
             continue
         except _NoParameters:
             yield ("note", f"{path}:{target.line or 1}: skipped {target.name}: it has no parameters, so there is no "
                            f"gradient to predict (name it, {path}::{target.name}, to check it anyway)")
+            watch.check(checking=False)
             continue
         except SystemExit as e:  # in-process, it would end the whole run
             report = error_report(label, GradlintError(
-                f"the model called sys.exit({e.code!r}) while being checked", path=str(path), line=target.line))
-        except Exception as e:  # noqa: BLE001 - the user's forward or an op gradlint cannot run; GradlintError too
-            report = error_report(label, e, str(path), target.line)
+                f"the model called sys.exit({e.code!r}) while being checked", path=str(path), line=target.line,
+                hint='code that runs when a model is built or called must not exit; keep script code under '
+                     '`if __name__ == "__main__":`'))
+        except GradlintError as e:
+            report = error_report(label, _with_hint(e, path, target.line), str(path), target.line)
+        except Exception as e:  # noqa: BLE001 - an op gradlint cannot run, or a bug of gradlint's own
+            report = error_report(label, _unexpected(e, path, target.line), str(path), target.line)
+        watch.check(checking=False)
         yield ("report", replace(report, arguments=arguments) if arguments else report)
 
 
@@ -159,6 +192,107 @@ def _build(target: load.Target, module: Any, path: Any, repo: Any, config: Confi
                                        "configured" if origin else "declared") for k, v in given.items())
     extra = {k: v for k, v in resolution.kwargs.items() if k not in given}
     return load.instantiate(target, kwargs={**extra, **given}), stated + resolution.arguments
+
+
+# --- what a target's report says when it could not be analyzed ------------------------------------
+
+# What to do when a check runs out of memory; the worker's report of an OOM kill says it too.
+MEMORY_ADVICE = ('build the model on the meta device (`with torch.device("meta"): model = Net()`, which gradlint '
+                 "analyzes without allocating weights), check one file at a time (--jobs 1), or use smaller inputs "
+                 "(--batch-size, --input-shape)")
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from, says that memory ran out."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+                "can't allocate memory" in text or "out of memory" in text.lower()
+                or "DefaultCPUAllocator" in text)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _with_hint(err: GradlintError, path: Any, line: int | None) -> GradlintError:
+    """``err`` naming the user's file (and line, where known), with what to do when memory ran out."""
+    if not err.path:
+        err.path, err.line = str(path), err.line or line
+    if err.hint is None and _out_of_memory(err.__cause__ or err.__context__):
+        err.hint = MEMORY_ADVICE
+    return err
+
+
+def _unexpected(exc: Exception, path: Any, line: int | None) -> GradlintError:
+    """An exception that escaped gradlint's own handling, as an error at the target's line
+    that keeps gradlint's whole traceback for a bug report."""
+    import traceback
+
+    if _out_of_memory(exc):
+        hint = MEMORY_ADVICE
+    else:
+        hint = ("gradlint failed on this model in a way it does not handle yet; the traceback below is "
+                "gradlint's own: please report it, with the model if you can")
+    err = GradlintError(f"{type(exc).__name__}: {exc}", path=str(path), line=line, hint=hint)
+    err.traceback_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return err
+
+
+def _refuse_script_module(model: Any, target: load.Target) -> None:
+    import torch
+
+    if isinstance(model, torch.jit.ScriptModule):
+        original = getattr(model, "original_name", None) or "the module"
+        how = "torch.jit.trace" if isinstance(model, torch.jit.TopLevelTracedModule) else "torch.jit.script"
+        raise LoadError(f"{target.name} is a TorchScript module ({how} of {original}); gradlint analyzes the Python "
+                        "nn.Module, whose forward it can trace", path=str(target.path), line=target.line,
+                        hint=f"check the module before scripting it: name its class or a factory that builds it, "
+                             f"e.g. {target.path}::{original}")
+
+
+def _without_stand_ins(found: load.Discovery, path: Any) -> tuple[load.Discovery, list[str]]:
+    """The targets less those that another target of the file stands in for, with a note each.
+
+    A module-level instance on the meta device stands in for its class: building the class
+    would allocate the real weights the file avoided (a large model checked twice, the second
+    time in full). A TorchScript instance cannot be analyzed, and its class, a target too,
+    stands in for it. Decorated and configured targets are always kept.
+    """
+    instances = [t for t in found.targets if t.kind == "instance"]
+    drop: dict[int, str] = {}
+    for inst in instances:
+        cls = type(inst.obj)
+        if _on_meta(inst.obj):
+            for t in found.targets:
+                if t.kind == "class" and t.obj is cls and t.options is None:
+                    drop[id(t)] = (f"{path}:{t.line or 1}: skipped {t.name}: the file builds it on the meta device as "
+                                   f"{inst.name} (line {inst.line}), which is checked instead, without allocating "
+                                   f"weights (name it, {path}::{t.name}, to build it with real weights)")
+        script_of = _script_original(inst.obj)
+        if script_of is not None and inst.options is None:
+            cls_target = next((t for t in found.targets if t.kind == "class" and t.name == script_of), None)
+            if cls_target is not None:
+                drop[id(inst)] = (f"{path}:{inst.line or 1}: skipped {inst.name}: it is a TorchScript module, which "
+                                  f"gradlint cannot analyze; its class {script_of} is checked")
+    if not drop:
+        return found, []
+    kept = tuple(t for t in found.targets if id(t) not in drop)
+    return replace(found, targets=kept), list(drop.values())
+
+
+def _on_meta(module: Any) -> bool:
+    try:
+        return any(p.is_meta for p in module.parameters())
+    except Exception:  # noqa: BLE001 - an exotic module: not a stand-in
+        return False
+
+
+def _script_original(module: Any) -> str | None:
+    import torch
+
+    return getattr(module, "original_name", None) if isinstance(module, torch.jit.ScriptModule) else None
 
 
 def _with_config_targets(module: Any, path: Any, name: str | None, found: load.Discovery,

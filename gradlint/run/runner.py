@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from gradlint import load
-from gradlint.base.errors import GradlintError
+from gradlint.base.errors import GradlintError, LoadError
 from gradlint.base.paths import shown_path
 from gradlint.base.report import Report, error_report
+from gradlint.load.files import source_problem, unreadable_reason
 from gradlint.run.check_file import Settings, check_file
 from gradlint.run.config import Config
+from gradlint.run.threads import Watch
 
 # Seconds a target (or a file's import) may run in a worker before it is killed.
 DEFAULT_TIMEOUT = Config.timeout
@@ -82,12 +84,19 @@ def run_paths(paths: list[str], *, cli_shapes: list[tuple[int, ...]] | None = No
             continue
         if path.is_dir():
             walked = [f for f in load.iter_python_files([path]) if config is None or config.wants(f)]
+            # A FIFO, a device or a link leading nowhere is no source file: never opened, said in a
+            # note. (A dangling link named *.py is often an editor's lock file, `.#model.py`.)
+            skipped = {f: problem for f in walked if (problem := unreadable_reason(f)) is not None}
+            notes.extend(f"{f}: skipped: {reason}" for f, (reason, _) in skipped.items())
+            walked = [f for f in walked if f not in skipped]
             # Reading a file is cheap, importing it is not: thousands of files without a model cost nothing.
             kept = [f for f in walked if load.may_define_model(f)]
             jobs.extend((f, None) for f in kept)
             if walked and not kept:
                 notes.append(f"{path}: no targets: none of its {len(walked)} Python files mentions torch, nn, "
                              "Module, Model or gradlint, so none was imported (name a file to import it anyway)")
+        elif (problem := source_problem(path)) is not None:
+            reports.append(error_report(arg, LoadError(problem[0], path=str(path), hint=problem[1])))
         elif not path.exists():
             reports.append(error_report(arg, GradlintError(f"no such file or directory: {path}", path=str(path))))
         elif config is not None and config.force_exclude and config.excluded(path):
@@ -95,7 +104,7 @@ def run_paths(paths: list[str], *, cli_shapes: list[tuple[int, ...]] | None = No
         else:
             jobs.append((path, name))
     if not paths and config is not None:
-        jobs = _configured_jobs(config)
+        jobs = _configured_jobs(config, notes)
     settings = Settings(tuple(cli_shapes) if cli_shapes else None, tuple(select), tuple(ignore), threshold, fail_on,
                         probe, device, seeds, batch_size, config)
 
@@ -128,9 +137,13 @@ def run_paths(paths: list[str], *, cli_shapes: list[tuple[int, ...]] | None = No
             except KeyboardInterrupt:
                 interrupted = True
         else:
+            watch = Watch()
             for i, (path, name) in zip(todo, bar):
-                events = [e for e in check_file(path, name, settings) if e[0] in ("report", "note")]
-                finished(i, events, all(e[1].status == "ok" for e in events if e[0] == "report"))
+                events = [e for e in check_file(path, name, settings, watch=watch) if e[0] in ("report", "note")]
+                threads = watch.note(path, fresh_worker=False)
+                if threads is not None:  # a report made beside the user's threads is never cached
+                    events.append(("note", threads[0]))
+                finished(i, events, threads is None and all(e[1].status == "ok" for e in events if e[0] == "report"))
     if cache is not None and not interrupted:
         cache.prune_if_due()  # at most once a day, by a run that added entries
     for events in outcomes:
@@ -155,19 +168,25 @@ def _advancer(bar: Iterable) -> Callable[[], None]:
     return lambda: next(it, None)
 
 
-def _configured_jobs(config: Config) -> list[tuple[Any, str | None]]:
+def _configured_jobs(config: Config, notes: list[str]) -> list[tuple[Any, str | None]]:
     """What ``gradlint check`` with no paths checks: the ``include`` walk of the configuration's
-    directory, and the configured targets whose files that walk does not cover."""
+    directory, and the configured targets whose files that walk does not cover. Files the walk
+    skips (a FIFO, a link leading nowhere) get a note."""
     def shown(file: Path) -> Path:
         return Path(shown_path(str(file)))
 
     jobs: list[tuple[Any, str | None]] = []
     if config.include:
-        jobs += [(shown(f), None) for f in load.iter_python_files([config.root])
-                 if config.wants(f) and load.may_define_model(f)]
-    walked = {f.resolve() for f, _ in jobs}
+        for f in load.iter_python_files([config.root]):
+            if not config.wants(f):
+                continue
+            if (problem := unreadable_reason(f)) is not None:
+                notes.append(f"{shown(f)}: skipped: {problem[0]}")
+            elif load.may_define_model(f):
+                jobs.append((shown(f), None))
+    walked = {os.path.realpath(f) for f, _ in jobs}
     for spec in config.targets:
-        if spec.file.resolve() not in walked and (shown(spec.file), spec.name) not in jobs:
+        if os.path.realpath(spec.file) not in walked and (shown(spec.file), spec.name) not in jobs:
             jobs.append((shown(spec.file), spec.name))
     return jobs
 

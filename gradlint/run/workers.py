@@ -38,6 +38,7 @@ from typing import Any
 from gradlint.base.errors import GradlintError
 from gradlint.base.report import error_report
 from gradlint.run import wire
+from gradlint.run.check_file import MEMORY_ADVICE
 
 _HEADER = struct.Struct(">Q")
 # Seconds a worker gets to write its traceback (faulthandler) after a timeout, before the kill.
@@ -112,6 +113,8 @@ class _Worker:
         self.exited_at: float | None = None
         self.main_thread: int | None = None
         self.run_id: object = None
+        self.peak: int | None = None  # bytes, once it has ended
+        self.retire = False  # threads of the user's code still run in it: no further file
         self.reset()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -150,19 +153,46 @@ class _Worker:
         except (OSError, ValueError):  # it died; its reader says so
             return False
 
-    def kill(self) -> int:
+    def poll(self) -> int | None:
+        """The worker's exit code once it has ended, else None. Reaps it with ``wait4`` where
+        there is one, for the peak memory the kernel kept (``peak``): Popen's own wait would
+        lose it."""
+        return self._reap(block=False)
+
+    def _reap(self, block: bool) -> int | None:
+        if self.proc.returncode is not None:
+            return self.proc.returncode
+        if not hasattr(os, "wait4"):
+            return self.proc.wait() if block else self.proc.poll()
         try:
-            self.proc.kill()
-        except OSError:
-            pass
+            pid, status, usage = os.wait4(self.proc.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: Popen knows its code
+            return self.proc.wait() if block else self.proc.poll()
+        if pid == 0:
+            return None
+        # ru_maxrss: kilobytes on Linux, bytes on macOS.
+        self.peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        return self.proc.returncode
+
+    def kill(self) -> int:
+        if self.proc.returncode is None:
+            try:
+                # Not Popen.kill(): it polls first, which would reap the process without its peak.
+                os.kill(self.proc.pid, signal.SIGKILL) if hasattr(signal, "SIGKILL") else self.proc.kill()
+            except OSError:
+                pass
         return self.wait()
 
     def wait(self) -> int:
-        try:
-            code = self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
+        deadline = time.monotonic() + 10
+        code = self.poll()
+        while code is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+            code = self.poll()
+        if code is None:
+            self.kill()
+            code = self._reap(block=True)
         try:
             self.proc.stdin.close()
         except OSError:
@@ -191,7 +221,7 @@ class _Worker:
 
 def prestart() -> None:
     """Starts a worker now, for a run to come, unless one is idle already."""
-    if not any(w.proc.poll() is None for w in _IDLE):
+    if not any(w.poll() is None for w in _IDLE):
         _IDLE.append(_Worker())
 
 
@@ -216,6 +246,14 @@ def _death(code: int) -> str:
         except (ValueError, AttributeError):
             return f"signal {-code}"
     return f"exit code {code}"
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit in ("bytes", "KB") else f"{n:.1f} {unit}".replace(".0 ", " ")
+        n /= 1024
+    return f"{n:.1f} TB"
 
 
 _FRAME = re.compile(r'^\s*File "(.*)", line (\d+) in (.*)$')
@@ -350,6 +388,11 @@ def run(jobs: list[tuple[int, Any, str | None]], settings: Any, *, workers: int,
                                   signal.SIGILL):
             hint = ("native code crashed (an extension module, or torch itself), where Python cannot catch it; "
                     "the other targets were still checked")
+        elif code == -getattr(signal, "SIGKILL", -9):
+            # gradlint kills its workers only on a timeout, which says so; the kernel's OOM killer
+            # (or a container's memory limit) is what sends SIGKILL otherwise.
+            peak = f"; its memory peaked at {_size(worker.peak)}" if worker.peak else ""
+            hint = f"probably out of memory: the kernel's OOM killer ends a process with SIGKILL{peak}; {MEMORY_ADVICE}"
         elif code >= 0:
             hint = ("the code ended the process itself (os._exit(), or an interpreter abort); code that runs at "
                     "import or in forward must not")
@@ -376,7 +419,7 @@ def run(jobs: list[tuple[int, Any, str | None]], settings: Any, *, workers: int,
                     assign(worker)
             while pending and len(active) < workers:
                 worker = _IDLE.pop() if _IDLE else _Worker()
-                if worker.proc.poll() is not None:
+                if worker.poll() is not None:
                     worker.discard()
                     continue
                 active.append(worker)
@@ -393,11 +436,16 @@ def run(jobs: list[tuple[int, Any, str | None]], settings: Any, *, workers: int,
                 worker, message = None, None
             if worker is not None and worker in active:
                 _handle(worker, message, events, clean, done, died)
+                if worker.retire and worker.job is None:
+                    # The user's threads still run in it: the next file gets a fresh process.
+                    active.remove(worker)
+                    worker.kill()
+                    worker.discard()
             now = time.monotonic()
             for worker in list(active):
                 if worker.job is not None and worker.phase and timeout and now - worker.since > timeout:
                     timed_out(worker)
-                elif worker.proc.poll() is not None:
+                elif worker.poll() is not None:
                     # A process it started may hold its output open, so no end of stream comes;
                     # the grace period lets the stream's last messages arrive first.
                     worker.exited_at = worker.exited_at or now
@@ -408,7 +456,7 @@ def run(jobs: list[tuple[int, Any, str | None]], settings: Any, *, workers: int,
             worker.kill()
             worker.discard()
         raise
-    _IDLE.extend(w for w in active if w.proc.poll() is None)
+    _IDLE.extend(w for w in active if w.poll() is None)
 
 
 def _handle(worker: _Worker, message: Any, events: dict, clean: dict, done: Callable[[int], None],
@@ -444,6 +492,10 @@ def _handle(worker: _Worker, message: Any, events: dict, clean: dict, done: Call
         events[index].append((kind, message[2]))
         if kind == "report" and message[2].status != "ok":
             clean[index] = False
+    elif kind == "threads":  # the user's threads ran beside its checks: nothing of it is cached
+        events[index].append(("note", message[2]))
+        clean[index] = False
+        worker.retire = worker.retire or bool(message[3])
     elif kind == "done":
         worker.reset()
         done(index)
@@ -500,6 +552,10 @@ def main() -> None:
     _send(replies, ("ready", threading.get_ident()))
     import torch
 
+    from gradlint.run.threads import Watch
+
+    watch = Watch()  # the threads running now are the worker's own
+    handlers = _signal_handlers()
     default_threads = torch.get_num_threads()
     settings = None
     runs = 0
@@ -522,7 +578,7 @@ def main() -> None:
         _seed()
         try:
             os.chdir(cwd)
-            for event in check_file(path, name, settings, skip):
+            for event in check_file(path, name, settings, skip, watch):
                 if event[0] == "target":
                     label = event[2]
                 try:
@@ -531,11 +587,42 @@ def main() -> None:
                     _send(replies, ("report", index, error_report(label, e, path)))
         except BaseException as e:  # noqa: BLE001 - gradlint's own bug, or a user's KeyboardInterrupt
             _send(replies, ("report", index, error_report(label, e, path)))
+        _restore_signals(handlers)
+        threads = watch.note(path, fresh_worker=True)
+        if threads is not None:
+            _send(replies, ("threads", index, *threads))
         try:
             sys.stdout.flush()  # the file's prints, before the next file's
         except (OSError, ValueError):
             pass
         _send(replies, ("done", index))
+
+
+def _signal_handlers() -> dict[int, Any]:
+    """The worker's own Python-level signal handlers, for ``_restore_signals``."""
+    handlers = {}
+    for sig in signal.valid_signals() if hasattr(signal, "valid_signals") else ():
+        try:
+            handler = signal.getsignal(sig)
+        except (ValueError, OSError):
+            continue
+        if handler is not None:  # None: installed from C (faulthandler's), left to it
+            handlers[sig] = handler
+    return handlers
+
+
+def _restore_signals(handlers: dict[int, Any]) -> None:
+    """Undoes what a file did to signals: an alarm it set would end the worker while it checks
+    the next file (SIGALRM's default action), and a handler it installed would run there."""
+    for timer in ("ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF"):
+        if hasattr(signal, timer):
+            signal.setitimer(getattr(signal, timer), 0)
+    for sig, handler in handlers.items():
+        try:
+            if signal.getsignal(sig) is not handler:
+                signal.signal(sig, handler)
+        except (ValueError, OSError):
+            pass
 
 
 def _seed() -> None:
@@ -562,4 +649,4 @@ def _warm_up() -> None:
     from gradlint.api import check
 
     with torch.random.fork_rng(devices=[]):  # the user's models draw the weights they would have
-        check(torch.nn.Linear(2, 2), (1, 2))
+        check(torch.nn.Linear(2, 2), (1, 2), config=False)  # no project file: the run passes its own

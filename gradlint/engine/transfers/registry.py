@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gradlint.base.kinds import KINDS
 from gradlint.capture.graph import Node
 from gradlint.engine.context import Context
 from gradlint.engine.state import Bwd, Fwd
@@ -39,10 +40,13 @@ class Transfer:
 
 
 def register(*kinds: str) -> Callable[[type], type]:
-    """Register a transfer class under graph node kinds; a duplicate kind is an error."""
+    """Register a transfer class under graph node kinds (``base.kinds.KINDS``); a duplicate or
+    an unknown kind is an error."""
     def deco(cls: type) -> type:
         inst = cls()
         for k in kinds:
+            if k not in KINDS:
+                raise ValueError(f"{k!r} is not a graph kind: add it to gradlint.base.kinds.KINDS")
             if k in TRANSFERS:
                 raise ValueError(f"transfer for {k!r} registered twice")
             TRANSFERS[k] = inst

@@ -19,8 +19,8 @@ callers use.
 """
 
 from gradlint.run.config.model import COMMAND_LINE, DEFAULT, SEVERITIES, Config, TargetSpec
-from gradlint.run.config.resolve import CLI_OPTIONS, describe, find, from_command_line, load, merge
+from gradlint.run.config.resolve import CLI_OPTIONS, describe, find, from_command_line, load, merge, project_config
 from gradlint.run.config.toml_lines import key_lines
 
 __all__ = ["CLI_OPTIONS", "COMMAND_LINE", "DEFAULT", "SEVERITIES", "Config", "TargetSpec", "describe", "find",
-           "from_command_line", "key_lines", "load", "merge"]
+           "from_command_line", "key_lines", "load", "merge", "project_config"]

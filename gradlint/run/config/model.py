@@ -77,6 +77,7 @@ class Config:
         include: Globs a directory walk keeps (empty: every ``*.py``).
         exclude: Globs a directory walk drops.
         force_exclude: Whether ``exclude`` drops files named explicitly too.
+        warn_unused_ignores: Whether a suppression comment that silenced nothing is finding GL904.
         per_file_ignores: ``(glob, rules)`` pairs: findings in matching files that those rules
             (codes, prefixes or names) do not report.
         targets: Models to check, with their inputs and constructor arguments.
@@ -104,6 +105,7 @@ class Config:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     force_exclude: bool = False
+    warn_unused_ignores: bool = False
     per_file_ignores: tuple[tuple[str, tuple[str, ...]], ...] = ()
     targets: tuple[TargetSpec, ...] = ()
     all_targets: bool = False

@@ -8,6 +8,7 @@ gradlint runs.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -22,12 +23,13 @@ from gradlint.run.config.model import COMMAND_LINE, DEFAULT, Config
 from gradlint.run.config.toml_text import HAS_PARSER, parse_toml, to_toml, toml_key, toml_type
 from gradlint.run.config.validate import KEYS, Source, from_table
 
-__all__ = ["CLI_OPTIONS", "describe", "find", "from_command_line", "load", "merge"]
+__all__ = ["CLI_OPTIONS", "describe", "find", "from_command_line", "load", "merge", "project_config"]
 
 # Click parameter name of each `gradlint check` option -> the configuration key it overrides.
 CLI_OPTIONS = {"select": "select", "ignore": "ignore", "fail_on": "fail-on", "threshold": "threshold",
                "input_shapes": "input-shape", "probe": "probe", "device": "device", "seeds": "seeds",
-               "jobs": "jobs", "timeout": "timeout", "force_exclude": "force-exclude", "all_targets": "all-targets"}
+               "jobs": "jobs", "timeout": "timeout", "force_exclude": "force-exclude",
+               "warn_unused_ignores": "warn-unused-ignores", "all_targets": "all-targets"}
 
 
 def _read_text(file: Path) -> str:
@@ -110,6 +112,41 @@ def load(path: str | os.PathLike[str] | None = None, *, start: str | os.PathLike
         raise ConfigError(f"tool.gradlint is {toml_type(table)}; it must be a table", path=source.shown,
                           line=source.line(()))
     return from_table(source, table, file)
+
+
+def project_config(config: Any = None) -> Config | None:
+    """The configuration ``gradlint.check`` and the pytest plugin use.
+
+    Args:
+        config: None or True: the nearest ``pyproject.toml`` with a ``[tool.gradlint]`` table at
+            or above the working directory (the defaults when there is none); a path: that file;
+            a ``Config``: itself; False: none.
+
+    Returns:
+        The configuration, or None for ``config=False``. A file is read again only when it changed.
+
+    Raises:
+        ConfigError: As ``load`` does.
+    """
+    if config is False:
+        return None
+    if isinstance(config, Config):
+        return config
+    file = find() if config is None or config is True else Path(os.path.abspath(config))
+    if file is None:
+        return Config(root=Path(os.path.realpath(os.getcwd())))
+    try:
+        st = file.stat()
+        stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        stamp = None
+    # The origins name the file as seen from the working directory.
+    return _cached_load(str(file), stamp, os.getcwd())
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_load(file: str, stamp: tuple[int, int] | None, cwd: str) -> Config:
+    return load(file)
 
 
 def _toml_arrays(value: Any) -> Any:
