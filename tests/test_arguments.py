@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gradlint.load import Repository, discover, find_arguments, import_file, user_code
+from gradlint.load import Repository, discover, find_arguments, forget_user_modules, import_file, user_code
 from gradlint.run.check_file import Settings, check_file
 from gradlint.run.config import Config
 
@@ -604,3 +604,61 @@ def test_nested_table_builds_the_config_class(tmp_path, annotation):
     (report,) = [e[1] for e in events if e[0] == "report"]
     assert report.status == "ok", report.error
     assert report.params[0].shape == (5, 5)
+
+
+def test_a_base_class_the_package_builds_itself_is_a_model_and_so_is_what_a_builder_function_makes(tmp_path):
+    # improved-diffusion's unet.py: UNetModel and its subclass SuperResModel, both made by
+    # script_util.py's create_model(...) functions, which need arguments and so are no models.
+    root = repo(tmp_path, {"pkg/__init__.py": "", "pkg/net.py": """\
+        import torch.nn as nn
+
+
+        class Base(nn.Module):
+            def __init__(self, width):
+                super().__init__()
+                self.fc = nn.Linear(width, width)
+
+            def forward(self, x):
+                return self.fc(x)
+
+
+        class Double(Base):
+            def __init__(self, width=4):
+                super().__init__(width * 2)
+
+
+        class Head(nn.Module):
+            def __init__(self, n):
+                super().__init__()
+                self.fc = nn.Linear(n, n)
+
+            def forward(self, x):
+                return self.fc(x)
+        """, "pkg/util.py": """\
+        from .net import Base, Head
+
+
+        def create_model(width):
+            return Base(width)
+
+
+        def create_head(n):
+            return Head(n)
+
+
+        def defaults():
+            return create_model(6), create_head(3)
+        """})
+    path = root / "pkg" / "net.py"
+    found_ = discover(import_file(path), path)
+    assert [t.name for t in found_.targets] == ["Base", "Double", "Head"]
+    assert found_.blocks == ()
+    res = resolve(root, "Base", model="pkg/net.py")
+    assert res.kwargs == {"width": 6} and found(res)["width"][2] == f"util.py:{line_of(root / 'pkg/util.py', 'Base(')}"
+    # Only a class the package builds (util.py calls Base) stops being the base class of its subclass.
+    (root / "pkg" / "util.py").write_text("from .net import Double\n\n\ndef create_model():\n    return Double()\n")
+    forget_user_modules()
+    found_ = discover(import_file(path), path)
+    assert [t.name for t in found_.targets] == ["Head"]
+    assert {b.name: b.reason for b in found_.blocks} == {
+        "Base": "the base class of Double", "Double": "a building block of pkg/util.py::create_model"}

@@ -177,18 +177,37 @@ def building_blocks(candidates: Iterable[tuple[str, Any]], needs_arguments: Iter
 _MAX_PACKAGE_FILES = 300
 
 
-def package_users(path: Path, names: Iterable[str]) -> dict[str, str]:
-    """Which of ``names`` (defined in ``path``) the other modules of its package build: name ->
-    ``a building block of other.py::User``. Read from their source: a module that imports the name
-    from ``path``'s module and refers to it inside a class or function. The package is the
-    outermost one holding ``path``, or ``path``'s own directory outside a package."""
+def package_users(path: Path, names: Iterable[str]) -> tuple[dict[str, str], set[str]]:
+    """Which of ``names`` (defined in ``path``) the other modules of its package build, read from
+    their source, and which they call directly.
+
+    Returns:
+        name -> ``a building block of other.py::User``, for a module that imports the name from
+        ``path``'s module and refers to it inside a class, or inside a function that needs no
+        arguments (a factory). A function that needs arguments (``create_model(image_size,
+        ...)``) is no model: it is where the repository builds the class, a call site its values
+        are read from. And the names called anywhere in those modules (``UNetModel(...)``):
+        classes the repository builds itself. The package is the outermost one holding
+        ``path``, or ``path``'s own directory outside a package.
+    """
+    return _package_scan(path, tuple(sorted(set(names))))
+
+
+def _needs_arguments(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    args = node.args
+    positional = [*args.posonlyargs, *args.args]
+    return len(positional) > len(args.defaults) or any(d is None for d in args.kw_defaults)
+
+
+def _package_scan(path: Path, names: tuple[str, ...]) -> tuple[dict[str, str], set[str]]:
     from gradlint.load.files import SKIP_DIRS, package_parts
 
-    names = set(names)
+    wanted = set(names)
     parts, package_root = package_parts(path)
     top = package_root / parts[0] if parts else path.parent
     files = sorted(top.rglob("*.py")) if parts else sorted(top.glob("*.py"))
-    out: dict[str, str] = {}
+    users: dict[str, str] = {}
+    called: set[str] = set()
     for other in files[:_MAX_PACKAGE_FILES]:
         if other == path or any(p.startswith(".") or p in SKIP_DIRS for p in other.relative_to(top).parts[:-1]):
             continue
@@ -196,7 +215,7 @@ def package_users(path: Path, names: Iterable[str]) -> dict[str, str]:
             text = other.read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
-        if path.stem not in text or not any(name in text for name in names):
+        if path.stem not in text or not any(name in text for name in wanted):
             continue
         try:
             tree = ast.parse(text)
@@ -206,14 +225,18 @@ def package_users(path: Path, names: Iterable[str]) -> dict[str, str]:
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module is not None \
                     and node.module.rpartition(".")[2] == path.stem:
-                bound.update({(a.asname or a.name): a.name for a in node.names if a.name in names})
+                bound.update({(a.asname or a.name): a.name for a in node.names if a.name in wanted})
         if not bound:
             continue
+        called |= {bound[n.func.id] for n in ast.walk(tree)
+                   if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in bound}
         for top_node in tree.body:
+            if isinstance(top_node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _needs_arguments(top_node):
+                continue
             if not isinstance(top_node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for node in ast.walk(top_node):
                 if isinstance(node, ast.Name) and node.id in bound:
                     rel = other.relative_to(top.parent if parts else top).as_posix()
-                    out.setdefault(bound[node.id], f"a building block of {rel}::{top_node.name}")
-    return out
+                    users.setdefault(bound[node.id], f"a building block of {rel}::{top_node.name}")
+    return users, called

@@ -261,9 +261,14 @@ def discover(module: types.ModuleType, path: str | os.PathLike[str], name: str |
     users = building_blocks([(t.name, t.obj) for t in targets if t.kind != "instance"]
                             + [(attr, obj) for attr, obj, _ in candidates],
                             [attr for attr, obj, _ in candidates if _required_args(obj)])
+    # A base class that the package also builds itself (UNetModel beside its subclass
+    # SuperResModel, both made in script_util.py) is a model of its own.
+    built_by, called = package_users(path.resolve(), [a for a, _, _ in candidates])
+    for attr in [a for a, why in users.items() if why.startswith("the base class of ") and a in called]:
+        del users[attr]
     # What other modules of the package build is theirs, except a file's last classes: the file
     # named is then checked for its own model (mamba.py's Mamba, which lm.py's LM wraps).
-    inside = {attr: why for attr, why in package_users(path.resolve(), [a for a, _, _ in candidates]).items()
+    inside = {attr: why for attr, why in built_by.items()
               if attr not in users}
     own = [a for a, _, kind in candidates if a not in users and a not in inside and kind == "class"]
     if not own and not any(t.kind != "instance" for t in targets):
