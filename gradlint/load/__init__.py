@@ -14,7 +14,7 @@ from gradlint.load.arguments import (
     given_argument,
     missing_arguments,
 )
-from gradlint.load.build import instantiate
+from gradlint.load.build import check_unknown, instantiate
 from gradlint.load.callsites import Repository
 from gradlint.load.discovery import Discovery, Skipped, Target, discover
 from gradlint.load.files import (
@@ -32,6 +32,7 @@ from gradlint.load.tracebacks import format_user_traceback, innermost_line, inne
 __all__ = [
     "SKIP_DIRS", "Discovery", "Repository", "Resolution", "Skipped", "Target", "config_tables", "discover",
     "find_arguments", "given_argument", "missing_arguments", "find_project_root", "forget_user_modules",
-    "format_user_traceback", "import_file", "import_roots", "innermost_line", "innermost_user_frame", "instantiate",
+    "check_unknown", "format_user_traceback", "import_file", "import_roots", "innermost_line",
+    "innermost_user_frame", "instantiate",
     "iter_python_files", "may_define_model", "package_parts", "parse_target_arg", "user_code",
 ]

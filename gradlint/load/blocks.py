@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from gradlint.load.files import read_source
+
 __all__ = ["building_blocks", "factory_kind", "package_users"]
 
 
@@ -49,7 +51,7 @@ def _own_nodes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.AST]:
 def _top_level(filename: str, mtime: float) -> dict[str, ast.AST]:
     """The top-level classes and functions of a file, parsed once."""
     try:
-        tree = ast.parse(Path(filename).read_bytes())
+        tree = ast.parse(read_source(filename))
     except (OSError, SyntaxError, ValueError):
         return {}
     return {n.name: n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))}
@@ -212,7 +214,7 @@ def _package_scan(path: Path, names: tuple[str, ...]) -> tuple[dict[str, str], s
         if other == path or any(p.startswith(".") or p in SKIP_DIRS for p in other.relative_to(top).parts[:-1]):
             continue
         try:
-            text = other.read_text(encoding="utf-8", errors="replace")
+            text = read_source(other).decode("utf-8", errors="replace")
         except OSError:
             continue
         if path.stem not in text or not any(name in text for name in wanted):

@@ -23,7 +23,14 @@ from typing import Any
 
 from gradlint.base.paths import shown_path
 from gradlint.load.evaluate import Interpreter, Scope, bind_arguments
-from gradlint.load.files import SKIP_DIRS, import_roots, is_library_file, package_parts, repository_root
+from gradlint.load.files import (
+    SKIP_DIRS,
+    import_roots,
+    is_library_file,
+    package_parts,
+    read_source,
+    repository_root,
+)
 from gradlint.load.values import NOTHING, Assumed, Deferred, External, Found, Func, Ref, Script, Unknown, short_text
 
 __all__ = ["CallSite", "Repository", "TIERS", "value_sources"]
@@ -123,7 +130,7 @@ class Repository:
     def read(self, path: Path) -> bytes | None:
         if path not in self._bytes:
             try:
-                data = path.read_bytes()
+                data = read_source(path)  # never blocks: a FIFO is no script
                 self._bytes[path] = data if len(data) <= _MAX_BYTES else None
             except OSError:
                 self._bytes[path] = None
@@ -577,7 +584,7 @@ def value_sources(file: Path, memo: dict[Path, Any] | None = None) -> list[Path]
         index = []
         for path in repository.files():
             try:
-                data = path.read_bytes() if path.name.endswith(".py") else b""
+                data = read_source(path) if path.name.endswith(".py") else b""
             except OSError:
                 continue
             names = {part.decode() for m in _IMPORTED.finditer(data) for group in m.groups() if group

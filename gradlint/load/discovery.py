@@ -275,8 +275,9 @@ def discover(module: types.ModuleType, path: str | os.PathLike[str], name: str |
         inside = {a: why for a, why in inside.items() if dict((c[0], c[2]) for c in candidates)[a] == "factory"}
     users.update(inside)
     for t in targets:  # model = Net(2, 16) at module level: the instance is that class's model
+        # (one on the meta device stands in for its class with a note: gradlint.run.check_file)
         if t.kind == "instance" and type(t.obj).__module__ == here and type(t.obj).__name__ in dict(
-                (c[0], c) for c in candidates):
+                (c[0], c) for c in candidates) and not any(p.is_meta for p in t.obj.parameters()):
             users.setdefault(type(t.obj).__name__, f"the class of the instance {t.name}")
     blocks: list[Skipped] = []
     for attr, obj, kind in candidates:

@@ -323,7 +323,7 @@ def absolute_import_roots(file: Path, roots: Iterable[Path] = ()) -> list[Path]:
         The ancestors, nearest first.
     """
     try:
-        data = file.read_bytes()
+        data = read_source(file)
     except OSError:
         return []
     roots = list(roots)

@@ -175,6 +175,7 @@ def _build(target: load.Target, module: Any, path: Any, repo: Any, config: Confi
     given = dict(target.options.kwargs or {}) if target.options is not None else {}
     origin = next((s.origin for s in config.targets_in(path) if s.matches(target) and s.kwargs), None) \
         if config is not None else None
+    load.check_unknown(target, given)
     given = load.config_tables(target.obj, given, module, repo)
     needed = [p for p in target.needs if p not in given]
     if not needed and target.options is not None:
