@@ -111,9 +111,9 @@ class UnusedParameters(Rule):
         for name, st in stats.items():
             if not st.requires_grad:
                 continue
-            value = prop.params.get(name)
-            if value is None:
-                if any(prop.params.get(t) is not None for t in st.tied) or st.module in fused_modules:
+            value = prop.params.get(name)  # 0.0: provably no gradient; None: unknown
+            if not paths.uses.get(name) and value in (0.0, None):
+                if any(paths.uses.get(t) for t in st.tied) or st.module in fused_modules:
                     continue
                 if paths.reaches_output(name):
                     continue  # read by an op through its attributes, which the engine does not follow

@@ -68,7 +68,10 @@ def test_detach_blocks_the_earliest_weights():
     assert report.summary.verdict == "blocked"
 
 
-def test_unused_parameter_has_no_prediction():
+def test_unused_parameter_is_predicted_zero():
+    """A parameter no op reads provably gets no gradient: 0.0, the engine's "none" (None is
+    "unknown")."""
+
     class Unused(nn.Module):
         def __init__(self):
             super().__init__()
@@ -80,16 +83,18 @@ def test_unused_parameter_has_no_prediction():
 
     report = gradlint.check(Unused(), (4, 16))
     grads = {p.name: p.predicted_grad_rms for p in report.params}
-    assert grads["spare.weight"] is None and grads["used.weight"] > 0
+    assert grads["spare.weight"] == 0.0 and grads["used.weight"] > 0
 
 
-def test_unknown_op_passes_through_with_a_trace_finding():
+def test_unknown_op_makes_the_gradients_behind_it_unknown():
+    """No rule for bessel_j0: the layer before it (its gradient goes through the op) and the
+    layer after it (its input statistics come from the op) are unknown, not zero, not guessed."""
     from gradlint.rules.unknown_op import _Bessel
 
     report = gradlint.check(_Bessel(), (8, 32))
     assert report.analysis == "export"
     assert any(f.code == "GL902" and "bessel" in f.message for f in report.findings)
-    assert all(p.predicted_grad_rms and p.predicted_grad_rms > 0 for p in report.params)
+    assert all(p.predicted_grad_rms is None for p in report.params)
 
 
 def test_an_unknown_op_repeated_in_every_layer_is_one_finding():

@@ -49,13 +49,19 @@ KINDS = {
     "rnn_cell": "nn.RNNCell, nn.LSTMCell, nn.GRUCell called once",
     "rnn_loop": "a cell called once per step by a Python loop over time, fused",
     "scan": "a diagonal linear recurrence s = a*s + b written as a loop (a selective scan), fused",
+    "linear_w": "a Linear whose weight is computed in forward (weight_norm, a reshaped parameter)",
+    "conv_w": "a convolution whose weight is computed in forward",
+    "weight_norm": "weight normalization g·v/||v||",
+    "write": "a write into a tensor: an in-place op on a view, index_put, scatter",
+    "extremum": "element-wise maximum or minimum of two tensors",
 }
 
 #: Kinds that only move, select or reduce data: the summary counts their gain as neutral.
 BENIGN_KINDS = frozenset({"identity", "select", "split", "getitem", "expand", "datamove", "dropout", "avg_pool",
                           "max_pool", "reduce", "cat", "const"})
 #: Layer kinds that hold weights.
-WEIGHTED_KINDS = frozenset({"linear", "conv", "embedding", "rnn", "rnn_cell", "rnn_loop", "attention", "moe_linear"})
+WEIGHTED_KINDS = frozenset({"linear", "conv", "linear_w", "conv_w", "embedding", "rnn", "rnn_cell", "rnn_loop",
+                            "attention", "moe_linear"})
 #: Layer kinds that normalize.
 NORM_KINDS = frozenset({"layer_norm", "rms_norm", "group_norm", "batch_norm"})
 #: Activations: functional (``act``) and parameter-free activation modules (``act_module``).

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from gradlint.capture import writes
 from gradlint.capture.graph import Graph, Node, Source
 
 aten = torch.ops.aten
@@ -37,7 +38,7 @@ RESHAPES = {
     "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "contiguous", "clone",
     "unsqueeze", "squeeze", "flatten", "unflatten", "alias", "_to_copy", "to", "type_as",
     "lift_fresh_copy", "view_as", "movedim", "swapaxes", "numpy_T", "mT", "dropout_identity",
-    "copy", "fill_diagonal_",
+    "fill_diagonal_",
 }
 # Ops through which no gradient flows.
 BLOCKERS = {
@@ -50,6 +51,7 @@ BLOCKERS = {
     "heaviside": "heaviside", "isnan": "isnan", "isinf": "isinf", "isfinite": "isfinite",
     # Index arithmetic of mixture-of-experts dispatch: integer results, zero derivative.
     "floor_divide": "floor_divide", "histc": "histc", "bincount": "bincount", "argsort": "sort indices",
+    "one_hot": "one_hot",  # integer ids in, integer codes out
 }
 # Ops that make tensors from nothing (shapes and constants only).
 CREATORS = {
@@ -161,6 +163,8 @@ class Converter:
     def ref(self, a: Any) -> str | None:
         if isinstance(a, fx.Node):
             return self.alias.get(a.name, a.name)
+        if isinstance(a, str):
+            return a  # a node a normalizer added without an fx node of its own
         return None
 
     def param_of(self, a: Any) -> str | None:
@@ -170,23 +174,27 @@ class Converter:
             if a.op == "placeholder" and a.name in self.params:
                 return self.params[a.name]
             if a.op == "call_function" and op_name(a.target) in {"_to_copy", "to", "t", "alias", "view",
-                                                                  "contiguous", "clone", "type_as"}:
+                                                                  "contiguous", "clone", "type_as", "squeeze",
+                                                                  "unsqueeze", "reshape", "_unsafe_view"}:
                 a = a.args[0]
                 seen += 1
                 continue
             return None
         return None
 
-    def add(self, fxn: fx.Node, kind: str, inputs=(), params=None, attrs=None) -> None:
+    def add(self, fxn: fx.Node, kind: str, inputs=(), params=None, attrs=None, name: str | None = None,
+            like: fx.Node | None = None) -> None:
+        """Add a node for ``fxn`` (named ``name`` instead, with ``like``'s shape, for a node that
+        has no fx node of its own)."""
         stack = fxn.meta.get("nn_module_stack") or {}
         module, module_type = ("", "")
         if stack:
             path, typ = list(stack.values())[-1]
             module = path
             module_type = typ.rsplit(".", 1)[-1] if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
-        val = fxn.meta.get("val")
+        val = (like if like is not None else fxn).meta.get("val")
         self.nodes.append(Node(
-            name=fxn.name, kind=kind, op=str(fxn.target), inputs=tuple(self.ref(i) for i in inputs),
+            name=name or fxn.name, kind=kind, op=str(fxn.target), inputs=tuple(self.ref(i) for i in inputs),
             params=params or {}, attrs=attrs or {}, shape=_shape(val), dtype=_dtype(val),
             module=module, module_type=module_type, call_site=call_site(fxn.meta.get("stack_trace"))))
 
@@ -248,6 +256,13 @@ class Converter:
             self.add(fxn, "grad_region", fxn.args[5:] if len(fxn.args) > 5 else fxn.args, attrs={"enabled": True})
             return
         b = bind(fxn)
+        if writes.mutates_self(target) and isinstance(b.get("self"), fx.Node):
+            self.inplace(fxn, b, name)
+        else:
+            self.dispatch(fxn, b, name)
+
+    def dispatch(self, fxn: fx.Node, b: dict, name: str) -> None:
+        target = fxn.target
         fn = NORMALIZERS.get(name)
         if fn is not None:
             fn(self, fxn, b)
@@ -266,6 +281,33 @@ class Converter:
         else:
             tensors = [a for a in torch.utils._pytree.tree_leaves((fxn.args, fxn.kwargs)) if isinstance(a, fx.Node)]
             self.add(fxn, "unknown", tensors, attrs={"target": name})
+
+    def inplace(self, fxn: fx.Node, b: dict, name: str) -> None:
+        """An op that writes into its first argument: later reads of that tensor, and of the
+        tensor it is a view of, see the written value (``writes``)."""
+        dst = b["self"]
+        if name == "copy":
+            new = b.get("src")
+        elif name in ("fill", "zero"):
+            value = b.get("value", 0.0)
+            self.add(fxn, "const", attrs={"op": name, "value": value if isinstance(value, (int, float)) else None})
+            new = fxn
+        else:
+            self.dispatch(fxn, b, name)  # the out-of-place op computes the new value
+            new = fxn
+        if not isinstance(new, fx.Node):
+            return
+        base = writes.base_of(dst, op_name)
+        self.alias[dst.name] = self.ref(new)
+        if new is not fxn:
+            self.alias[fxn.name] = self.ref(new)
+        if base is dst or not isinstance(base, fx.Node):
+            return
+        write = f"{fxn.name}_into_{base.name}"
+        self.add(fxn, "write", [base, new], name=write, like=base,
+                 attrs={"op": name, "region": writes.share(writes.numel(dst), writes.numel(base)),
+                        "accumulate": False, "used": 1.0, "region_key": writes.region_key(dst, base, op_name)})
+        self.alias[base.name] = write
 
     def activation(self, fxn, b, fn_name):
         attrs: dict[str, Any] = {"fn": fn_name}
@@ -320,25 +362,32 @@ def normalizer(*names: str):
     return deco
 
 
+def _weighted(c: Converter, fxn, kind: str, x: Any, weight: Any, bias: Any, attrs: dict) -> None:
+    """A Linear or convolution. Its weight and bias are parameters, or tensors computed in
+    forward (weight_norm, spectral norm, a scaled parameter): those are operands (kind
+    ``linear_w``/``conv_w``) whose gradient flows back through the ops that made them."""
+    w, bp = c.param_of(weight), c.param_of(bias)
+    if w is not None and (bp is not None or not isinstance(bias, fx.Node)):
+        c.add(fxn, kind, [x], {"weight": w} | ({"bias": bp} if bp else {}), attrs)
+        return
+    computed_bias = isinstance(bias, fx.Node) and bp is None
+    c.add(fxn, kind + "_w", [x, weight] + ([bias] if computed_bias else []), {"bias": bp} if bp else {},
+          attrs | {"bias_operand": computed_bias})
+
+
 @normalizer("linear")
 def _linear(c: Converter, fxn, b):
-    w, bias = c.param_of(b["weight"]), c.param_of(b.get("bias"))
-    if w is None:
-        c.add(fxn, "matmul", [b["input"], b["weight"]], attrs={"transpose_b": True, "bias": b.get("bias")})
-        return
-    params = {"weight": w} | ({"bias": bias} if bias else {})
-    c.add(fxn, "linear", [b["input"]], params, {"layout": "out_in"})
+    _weighted(c, fxn, "linear", b["input"], b["weight"], b.get("bias"), {"layout": "out_in"})
 
 
 @normalizer("addmm")
 def _addmm(c: Converter, fxn, b):
     # HF's Conv1D: addmm(bias, x, W) with W stored as (in, out).
-    w, bias = c.param_of(b["mat2"]), c.param_of(b["self"])
-    if w is None:
-        c.add(fxn, "matmul", [b["mat1"], b["mat2"]], attrs={})
+    mat2 = b["mat2"]
+    if c.param_of(mat2) is None and c.param_of(b["self"]) is None:
+        c.add(fxn, "matmul", [b["mat1"], mat2], attrs={})  # a product of two activations (plus a term)
         return
-    params = {"weight": w} | ({"bias": bias} if bias else {})
-    c.add(fxn, "linear", [b["mat1"]], params, {"layout": "in_out"})
+    _weighted(c, fxn, "linear", b["mat1"], mat2, b["self"], {"layout": "in_out"})
 
 
 @normalizer("mm", "matmul", "bmm")
@@ -367,28 +416,17 @@ def _einsum(c: Converter, fxn, b):
 def _conv(c: Converter, fxn, b):
     name = op_name(fxn.target)
     transposed = bool(b.get("transposed", False)) or name.startswith("conv_transpose")
-    w, bias = c.param_of(b["weight"]) or _reshaped_param(c, b["weight"]), c.param_of(b.get("bias"))
     x = b["input"]
     wshape = _shape(b["weight"].meta.get("val"))
     attrs = {"stride": _ints(b.get("stride")), "padding": b.get("padding"), "dilation": _ints(b.get("dilation")),
              "groups": int(b.get("groups") or 1), "transposed": transposed, "weight_shape": wshape,
              "output_padding": _ints(b.get("output_padding"))}
-    if w is None:
-        c.add(fxn, "unknown", [x, b["weight"]], attrs={"target": name})
-        return
-    c.add(fxn, "conv", [x], {"weight": w} | ({"bias": bias} if bias else {}), attrs)
+    _weighted(c, fxn, "conv", x, b["weight"], b.get("bias"), attrs)
 
 
-def _reshaped_param(c: Converter, a: Any) -> str | None:
-    """A parameter reshaped on its way to a convolution, ``weight.squeeze(1).unsqueeze(1)``
-    (Hugging Face's causal depthwise conv of Mamba): the same values in the shape the
-    convolution reads, which ``weight_shape`` records."""
-    for _ in range(6):
-        if not isinstance(a, fx.Node) or a.op != "call_function" or op_name(a.target) not in (
-                "squeeze", "unsqueeze", "view", "reshape", "_to_copy", "to", "contiguous", "clone"):
-            return c.param_of(a)
-        a = a.args[0]
-    return None
+@normalizer("_weight_norm")
+def _weight_norm(c: Converter, fxn, b):
+    c.add(fxn, "weight_norm", [b["v"], b["g"]], attrs={"dim": int(b.get("dim") or 0)})
 
 
 @normalizer("embedding")
@@ -449,12 +487,15 @@ def _binary(kind):
         alpha = b.get("alpha", 1)
         if kind == "sub":
             alpha = -(alpha if alpha is not None else 1)
+        if kind == "rsub":
+            # rsub(self, other, alpha) = other - alpha * self: the scalar (or tensor) comes first.
+            a, o, alpha = o, a, -(alpha if alpha is not None else 1)
         tensors = [t for t in (a, o) if isinstance(t, fx.Node)]
         attrs = {"op": kind, "alpha": 1 if alpha is None else alpha}
         if not isinstance(a, fx.Node):
-            attrs["scalar"], attrs["scalar_first"] = a, True
+            attrs["scalar"], attrs["scalar_first"] = a, True  # c + alpha * x
         elif not isinstance(o, fx.Node):
-            attrs["scalar"] = o
+            attrs["scalar"] = o  # x + alpha * c
         # Division is the "mul" rule's (op "div"): a scale by 1/c, which fusion and the rules
         # read as one; a kind of its own had no transfer rule and passed x / c through unscaled.
         c.add(fxn, {"add": "add", "sub": "add", "rsub": "add", "div": "mul"}.get(kind, kind), tensors, attrs=attrs)
@@ -468,6 +509,30 @@ normalizer("mul")(_binary("mul"))
 normalizer("div")(_binary("div"))
 
 
+@normalizer("addcmul", "addcdiv")
+def _addc(c, fxn, b):
+    """addcmul(x, t1, t2, value) = x + value·t1·t2 (addcdiv: t1/t2): a product node, then a sum."""
+    t1, t2 = b.get("tensor1"), b.get("tensor2")
+    op = "div" if op_name(fxn.target) == "addcdiv" else "mul"
+    prod = f"{fxn.name}_{op}"
+    c.add(fxn, "mul", [t for t in (t1, t2) if isinstance(t, fx.Node)], attrs={"op": op}, name=prod)
+    value = b.get("value", 1)
+    c.add(fxn, "add", [b["self"], prod], attrs={"op": "add", "alpha": 1 if value is None else value})
+
+
+@normalizer("lerp")
+def _lerp(c, fxn, b):
+    """lerp(x, end, w) = (1 - w)·x + w·end for a number w; a tensor w has no rule."""
+    x, end, w = b.get("self"), b.get("end"), b.get("weight")
+    if isinstance(w, fx.Node) or not isinstance(x, fx.Node) or not isinstance(end, fx.Node):
+        tensors = [t for t in (x, end, w) if isinstance(t, fx.Node)]
+        c.add(fxn, "unknown", tensors, attrs={"target": "lerp"})
+        return
+    kept = f"{fxn.name}_kept"
+    c.add(fxn, "mul", [x], attrs={"op": "mul", "scalar": 1.0 - float(w)}, name=kept)
+    c.add(fxn, "add", [kept, end], attrs={"op": "add", "alpha": float(w)})
+
+
 @normalizer("neg")
 def _neg(c, fxn, b):
     c.add(fxn, "mul", [b["self"]], attrs={"op": "mul", "scalar": -1.0})
@@ -479,10 +544,20 @@ def _reduce(c, fxn, b):
     dims = b.get("dim")
     name = op_name(fxn.target)
     if name in ("max", "min") and isinstance(b.get("other"), fx.Node):
-        c.add(fxn, "unknown", [x, b["other"]], attrs={"target": name})
+        c.add(fxn, "extremum", [x, b["other"]], attrs={"op": name})
         return
     c.add(fxn, "reduce", [x], attrs={"op": name, "dims": None if dims is None else _ints(dims),
                                       "keepdim": bool(b.get("keepdim") or False)})
+
+
+@normalizer("maximum", "minimum", "fmax", "fmin")
+def _extremum(c, fxn, b):
+    """Element-wise max/min of two tensors (torch.maximum; RWKV's running maximum)."""
+    x, other = b.get("self"), b.get("other")
+    if not isinstance(other, fx.Node):
+        c.add(fxn, "unknown", [x], attrs={"target": op_name(fxn.target)})
+        return
+    c.add(fxn, "extremum", [x, other], attrs={"op": "max" if op_name(fxn.target) in ("maximum", "fmax") else "min"})
 
 
 @normalizer("softmax", "_softmax", "log_softmax", "_log_softmax", "_safe_softmax")
@@ -537,11 +612,50 @@ def _expand(c, fxn, b):
     c.add(fxn, "expand", [b.get("self", b.get("input"))], attrs={"op": op_name(fxn.target)})
 
 
-@normalizer("masked_fill", "where", "triu", "tril", "index_put", "scatter", "masked_scatter", "index_fill",
-            "slice_scatter", "select_scatter", "scatter_add", "pad", "constant_pad_nd", "zero", "fill",
+@normalizer("zero", "fill")
+def _fill(c, fxn, b):
+    value = b.get("value", 0.0)
+    c.add(fxn, "const", attrs={"op": op_name(fxn.target), "value": value if isinstance(value, (int, float)) else None})
+
+
+@normalizer("copy")
+def _copy(c, fxn, b):
+    # copy(self, src) (functionalized copy_): src's values in self's shape.
+    c.add(fxn, "expand", [b["src"]], attrs={"op": "copy"})
+
+
+@normalizer("index_put", "index_copy", "index_add", "scatter", "scatter_add", "slice_scatter", "select_scatter",
+            "masked_scatter")
+def _scatter(c, fxn, b):
+    """Out-of-place writes: the base with a region replaced by (or added to) the values."""
+    name = op_name(fxn.target)
+    base = b["self"]
+    values = b.get("values", b.get("src", b.get("source")))
+    if not isinstance(values, fx.Node):
+        _datamove(c, fxn, b)  # a scalar written: masking
+        return
+    index = b.get("index")
+    whole, n_values = writes.numel(base), writes.numel(values)
+    used = 1.0
+    if name in ("scatter", "scatter_add"):
+        region = writes.numel(index)
+        used = writes.share(region, n_values) or 1.0  # only index-shaped part of src is read
+    elif name == "index_put":
+        region = writes.index_region(base, list(b.get("indices") or []))
+    elif name == "masked_scatter":
+        region = None  # how many elements the mask selects is data
+    else:
+        region = n_values
+    accumulate = name in ("scatter_add", "index_add") or bool(b.get("accumulate"))
+    c.add(fxn, "write", [base, values], attrs={"op": name, "region": writes.share(region, whole),
+                                               "accumulate": accumulate, "used": used,
+                                               "copies": (region / n_values) if region and n_values else 1.0})
+
+
+@normalizer("masked_fill", "where", "triu", "tril", "index_fill", "pad", "constant_pad_nd",
             "roll", "flip", "pixel_shuffle", "pixel_unshuffle", "unfold", "im2col", "col2im",
             "upsample_nearest2d", "upsample_bilinear2d", "upsample_nearest1d", "_upsample_nearest_exact2d",
-            "upsample_linear1d", "upsample_bicubic2d", "interpolate", "copy_")
+            "upsample_linear1d", "upsample_bicubic2d", "interpolate")
 def _datamove(c, fxn, b):
     # Ops that fill, mask or rearrange: the main tensor's statistics carry over, and other
     # tensor operands (masks, fill values) take no part in the signal.

@@ -233,6 +233,8 @@ def fx_graph(model: nn.Module) -> Graph:
             scalars = [a for a in n.args if isinstance(a, (int, float))]
             if kind in ("add", "mul") and scalars:
                 attrs["scalar"] = scalars[0]
+                if n.args and isinstance(n.args[0], (int, float)):
+                    attrs["scalar_first"] = True  # c - x, c + x, c * x
             nodes.append(Node(name=n.name, kind=kind, op=str(n.target), inputs=tensors, attrs=attrs, call_site=src))
         elif n.op == "get_attr":
             if n.target in params:

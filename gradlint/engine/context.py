@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.nn as nn
 
 from gradlint.capture.graph import Graph, Node
@@ -28,6 +29,10 @@ class Context:
         memo: What a rule's forward leaves for its own backward, by node name.
         forward: The forward states computed so far, by node name (rules of fused units read
             how their operands were built).
+        unknown_grads: Parameters whose gradient is a guess: a contribution came from a
+            gradient or statistics that went through an op without a rule, or a rule's formula
+            came out negative. Their prediction is unknown (None), never zero.
+        tainted: Set by the engine while a rule's backward runs on unknown statistics.
     """
 
     def __init__(self, graph: Graph, stats: dict[str, ParamStats], model: nn.Module | None):
@@ -40,14 +45,22 @@ class Context:
         self.recurrent: list[RecurrentReport] = []
         self.memo: dict[str, Any] = {}
         self.forward: dict[str, Any] = {}
+        self.unknown_grads: dict[str, None] = {}
+        self.tainted = False
 
     def param_stats(self, name: str) -> ParamStats:
         return self.stats[name]
 
     def param_grad(self, name: str, e2: float) -> None:
-        """Add E[(dL/dθ)²] (mean over θ's elements) for one use of a parameter (W7)."""
+        """Add E[(dL/dθ)²] (mean over θ's elements) for one use of a parameter (W7).
+
+        A negative or NaN value is no claim that the gradient is zero: the rule's
+        approximation broke down (inconsistent correlations), and the prediction is unknown.
+        """
         if name in self.stats:
-            self.grads[name] = self.grads.get(name, 0.0) + max(e2, 0.0)
+            if self.tainted or not e2 >= 0.0:
+                self.unknown_grads.setdefault(name)
+            self.grads[name] = self.grads.get(name, 0.0) + (e2 if e2 >= 0.0 else 0.0)
 
     def batch_of(self, rows: int) -> int:
         """The batch size, where ``rows`` rows of a layer's input split into samples."""
@@ -65,6 +78,25 @@ class Context:
         if b.is_meta or b.numel() == 0 or b.numel() > 1_000_000:
             return None
         return int(b.unique().numel())
+
+    def table_rows(self, param: str, rows: int) -> tuple[float, float, float] | None:
+        """Statistics of the first ``rows`` rows of a 2-D parameter (a position table read by
+        constant ids): (mean square, mean, covariance of two different rows, same column,
+        means included). None on the meta device or for another shape."""
+        if self.model is None:
+            return None
+        try:
+            t = self.model.get_parameter(param)
+        except AttributeError:
+            return None
+        if t.is_meta or t.dim() != 2 or rows < 2 or t.shape[0] < rows:
+            return None
+        with torch.no_grad():
+            r = t.detach()[:rows].double()
+            n, d = r.shape
+            sq = float(r.pow(2).sum())
+            cols = float(r.sum(0).pow(2).sum())
+            return sq / (n * d), float(r.mean()), (cols - sq) / (n * (n - 1) * d)
 
     def note_unknown(self, node: Node) -> None:
         self.unknown.setdefault(node.name)

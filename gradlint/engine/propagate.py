@@ -119,7 +119,10 @@ def propagate(graph: Graph, stats: dict[str, ParamStats], model: nn.Module | Non
             fwd[node.name] = _overflow(node, ins)
             overflowed.add(node.name)
             continue
-        fwd[node.name] = rule.forward(ctx, node, ins)
+        out = rule.forward(ctx, node, ins)
+        if node.name in ctx.unknown or _guessed(ins):
+            out = _mark_unknown(out)
+        fwd[node.name] = out
 
     # Backward: g per node is a Bwd, or a list of Bwd per output slot for tuple-valued nodes.
     grads: dict[str, Any] = {}
@@ -146,7 +149,13 @@ def propagate(graph: Graph, stats: dict[str, ParamStats], model: nn.Module | Non
                 if isinstance(p, str):
                     ctx.param_grad(p, math.inf)
         else:
+            # On statistics that are a guess (an op without a rule, or fed by one), the rule's
+            # numbers are a guess too: every gradient it sends back and books is unknown.
+            ctx.tainted = _is_unknown(g) or _is_unknown(out) or _unknown_const_operand(node, ins)
             back = rule.backward(ctx, node, ins, out, g)
+            if ctx.tainted:
+                back = [b.as_unknown() if isinstance(b, Bwd) else b for b in back]
+            ctx.tainted = False
         if node.kind == "getitem":
             src = node.inputs[0]
             if isinstance(fwd.get(src), tuple) and back and back[0] is not None:
@@ -180,24 +189,82 @@ def propagate(graph: Graph, stats: dict[str, ParamStats], model: nn.Module | Non
             call_site=node.call_site, shape=f0.shape if isinstance(f0, Fwd) else (),
             q=f0.q if isinstance(f0, Fwd) else 0.0, mu=f0.mu if isinstance(f0, Fwd) else 0.0,
             s=g0.s if isinstance(g0, Bwd) else 0.0, blocked=bool(isinstance(f0, Fwd) and f0.blocked)))
-    used = _used_params(graph)
-    params: dict[str, float | None] = {}
-    for name in stats:
-        if name in ctx.grads:
-            params[name] = ctx.grads[name]
-        elif name in used:
-            params[name] = 0.0
-        else:
-            params[name] = None
-    for name, st in stats.items():
-        # A tied tensor's gradient is the sum over all its uses, whatever name the graph used.
-        if st.tied:
-            vals = [params.get(n) for n in (name, *st.tied)]
-            if any(v is not None for v in vals):
-                params[name] = sum(v for v in vals if v is not None)
+    params = _param_predictions(graph, stats, ctx, grads)
     return Propagation(graph=graph, nodes=tuple(results), params=params, param_stats=stats,
                        recurrent=tuple(ctx.recurrent), unknown_ops=tuple(ctx.unknown),
                        forward_state=fwd, backward_state=grads)
+
+
+def _param_predictions(graph: Graph, stats: dict[str, ParamStats], ctx: Context,
+                       grads: dict[str, Any]) -> dict[str, float | None]:
+    """Per parameter, E[(dL/dθ)²]: a number, 0.0 where no gradient can reach it (unused, or
+    only behind ops that block), or None where the engine cannot tell (docs/design.md §2.2).
+
+    Zero is a claim: it needs a graph that holds every use (export or fx) and no use whose
+    node received a gradient its rule did not book. A tied tensor's gradient is the sum over
+    all its uses, whatever name the graph used, and unknown when any use is.
+    """
+    exact = graph.analysis in ("export", "fx")
+    reached: set[str] = set()  # parameters read by a node that some gradient reached
+    for n in graph.nodes:
+        g = grads.get(n.name)
+        if g is not None and (not isinstance(g, list) or any(x is not None for x in g)):
+            reached.update(node_params(n))
+    used = _used_params(graph)
+    params: dict[str, float | None] = {}
+    for name in stats:
+        if name in ctx.unknown_grads:
+            params[name] = None
+        elif name in ctx.grads:
+            params[name] = ctx.grads[name]
+        elif name in reached:
+            params[name] = None  # a rule read it on a gradient path but booked nothing
+        elif name in used or exact:
+            params[name] = 0.0
+        else:
+            params[name] = None  # a fallback graph may miss functional uses
+    for name, st in stats.items():
+        if st.tied:
+            names = (name, *st.tied)
+            if any(n in ctx.unknown_grads for n in names):
+                params[name] = None
+            elif any(n in ctx.grads for n in names):
+                params[name] = sum(ctx.grads.get(n, 0.0) for n in names)
+    return params
+
+
+def _is_unknown(x: Any) -> bool:
+    """Whether a forward or backward state (or any slot of a tuple of them) is a guess."""
+    if isinstance(x, (tuple, list)):
+        return any(_is_unknown(v) for v in x)
+    return bool(getattr(x, "unknown", False))
+
+
+def _guessed(ins: list) -> bool:
+    """A float operand that carries a signal and whose statistics are a guess. Constant
+    operands (masks, position ids) are left out: the rules that read their values say so."""
+    for f in ins:
+        if isinstance(f, tuple):
+            if _guessed(list(f)):
+                return True
+        elif isinstance(f, Fwd) and f.unknown and f.dtype == "float" and not f.const:
+            return True
+    return False
+
+
+def _unknown_const_operand(node: Node, ins: list) -> bool:
+    """A weighted layer applied to a constant whose values the engine does not know: its
+    weight gradient follows from them, so it is unknown rather than zero."""
+    return bool(node_params(node)) and any(isinstance(f, Fwd) and f.const and f.unknown and f.dtype == "float"
+                                           for f in ins)
+
+
+def _mark_unknown(out: Any) -> Any:
+    if isinstance(out, tuple):
+        return tuple(_mark_unknown(f) for f in out)
+    if isinstance(out, Fwd) and not out.unknown and out.dtype == "float" and not out.const:
+        return out.with_(unknown=True)
+    return out
 
 
 def _overflowed(ins: list) -> bool:

@@ -41,6 +41,9 @@ class Fwd:
         scale: This tensor = scale * (tensor at ``origin``), where that holds exactly.
         normed: Fraction of q that comes from rows of fixed norm (a normalization output);
             feeds the kurtosis correction of LayerNorm (N1).
+        unknown: The statistics are a guess: an op without a rule (or one its rule could not
+            evaluate) made this tensor, or such a tensor fed it. Gradients computed from it are
+            unknown, never zero (docs/design.md §2.2).
     """
 
     q: float
@@ -56,6 +59,7 @@ class Fwd:
     origin: str | None = None
     scale: float = 1.0
     normed: float = 0.0
+    unknown: bool = False
 
     @property
     def v(self) -> float:
@@ -90,6 +94,8 @@ class Bwd:
             positions (pooling, attention), each position's weight-gradient term has a mean
             along the weights (Stein's lemma: E[phi'(h) x_j] = w_j E[phi''] Var x_j), and those
             means add coherently over positions. Only the producing layer's weight gradient uses it.
+        unknown: Part of this gradient went through an op the engine cannot account for: its
+            moments are a guess, and so is every parameter gradient computed from them.
     """
 
     s: float = 0.0
@@ -97,13 +103,17 @@ class Bwd:
     sw: float = 0.0
     rb: float = 0.0
     coh: float = 0.0
+    unknown: bool = False
 
     def __add__(self, other: Bwd) -> Bwd:
         return Bwd(self.s + other.s, self.r + other.r, self.sw + other.sw, self.rb + other.rb,
-                   self.coh + other.coh)
+                   self.coh + other.coh, self.unknown or other.unknown)
 
     def scaled(self, f: float) -> Bwd:
-        return Bwd(self.s * f, self.r * f, self.sw * f, self.rb * f, self.coh * f)
+        return Bwd(self.s * f, self.r * f, self.sw * f, self.rb * f, self.coh * f, self.unknown)
+
+    def as_unknown(self) -> Bwd:
+        return self if self.unknown else Bwd(self.s, self.r, self.sw, self.rb, self.coh, True)
 
 
 ZERO = Bwd()

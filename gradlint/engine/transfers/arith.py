@@ -39,11 +39,12 @@ class Add(Transfer):
         shape = out_shape(node, tensors[0])
         if len(tensors) == 1:
             x = tensors[0]
-            c = node.attrs.get("scalar")
-            if node.attrs.get("scalar_first"):  # rsub / scalar - x
-                x = x.with_(mu=-x.mu)
-            c = (float(c) * (alpha if not node.attrs.get("scalar_first") else 1.0) if isinstance(c, (int, float))
-                 else 0.0)
+            a, c = self._affine(node)
+            x = x.with_(q=a * a * x.q, mu=a * x.mu, k=a * a * x.k, kt=a * a * x.kt, scale=a * x.scale)
+            if c:
+                # A shifted tensor is a new variable: x + c is not a multiple of x, so products
+                # with x (a gate times its complement, 1 - g) must not read as x * x.
+                x = x.with_(origin=node.name, scale=1.0)
             return x.with_(q=x.q + 2 * c * x.mu + c * c, mu=x.mu + c, k=x.k + 2 * c * x.mu + c * c,
                            kt=x.kt + 2 * c * x.mu + c * c, shape=shape, roles=roles_like(shape, x))
         a, b = tensors[0], tensors[1]
@@ -64,8 +65,23 @@ class Add(Transfer):
                    kt=a.kt + alpha * alpha * b.kt + cross, shape=shape, roles=roles, dtype=a.dtype,
                    const=a.const and b.const, blocked=a.blocked and b.blocked, origin=None, normed=normed)
 
+    @staticmethod
+    def _affine(node: Node) -> tuple[float, float]:
+        """(a, c) of a one-tensor sum out = a * x + c: ``x + alpha * c`` (add, sub), or
+        ``c + alpha * x`` with the scalar first (rsub: 1 - g)."""
+        alpha = float(node.attrs.get("alpha", 1) or 1)
+        c = node.attrs.get("scalar")
+        c = float(c) if isinstance(c, (int, float)) else 0.0
+        if node.attrs.get("scalar_first"):
+            return alpha, c
+        return 1.0, alpha * c
+
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
         alpha = float(node.attrs.get("alpha", 1) or 1)
+        tensors = [f for f in ins if isinstance(f, Fwd) and not f.const]
+        if len(tensors) == 1 and len([f for f in ins if isinstance(f, Fwd)]) == 1:
+            a, _ = self._affine(node)
+            g = g.scaled(a * a)
         res: list[Bwd | None] = []
         first = True
         for f in ins:
@@ -76,6 +92,16 @@ class Add(Transfer):
             first = False
             res.append(broadcast_sum(f, out, gi.s, gi.r))
         return res
+
+
+def _inverse_moments(d: Fwd) -> tuple[float, float, float] | None:
+    """E[1/d], E[1/d²], E[1/d⁴] of a Gaussian d bounded away from zero (|μ| ≥ 4σ: a norm, an
+    eps-shifted positive value), by the second-order delta method; None otherwise."""
+    mu, v = d.mu, d.v
+    if mu == 0 or mu * mu < 16 * v:
+        return None
+    r = v / (mu * mu)
+    return (1 + r) / mu, (1 + 3 * r) / mu ** 2, (1 + 10 * r) / mu ** 4
 
 
 @register("mul")
@@ -105,7 +131,13 @@ class Mul(Transfer):
                            scale=x.scale * c)
         a, b = tensors[0], tensors[1]
         if node.attrs.get("op") == "div":
-            return a.with_(shape=shape, roles=roles_like(shape, a)) if not a.const else b.with_(shape=shape)
+            inv = _inverse_moments(b)
+            if a.const or inv is None:
+                return a.with_(shape=shape, roles=roles_like(shape, a)) if not a.const else b.with_(shape=shape)
+            m1, m2, _ = inv
+            # a / d = a * (1/d), d independent of a and bounded away from 0.
+            return a.with_(q=a.q * m2, mu=a.mu * m1, k=a.k * m1 * m1, kt=a.kt * m1 * m1, shape=shape,
+                           roles=roles_like(shape, a), origin=None, scale=1.0)
         if a.const != b.const:
             x = b if a.const else a
             return x.with_(shape=shape, roles=roles_like(shape, x))
@@ -131,7 +163,20 @@ class Mul(Transfer):
             return res
         (ia, a), (ib, b) = tensors[0], tensors[1]
         if node.attrs.get("op") == "div":
-            res[ia] = g
+            inv = _inverse_moments(b)
+            if inv is None:
+                # 1/d has no finite moments where d reaches 0: the numerator keeps today's
+                # pass-through (a known approximation, E3), the denominator's gradient is unknown.
+                res[ia] = g
+                if not b.const:
+                    res[ib] = broadcast_sum(b, out, g.s * a.q, 0.0).as_unknown()
+                return res
+            m1, m2, m4 = inv
+            if not a.const:
+                res[ia] = broadcast_sum(a, out, g.s * m2, g.r * m1 * m1)
+            if not b.const:
+                # d(a/d)/dd = -a/d²: E[(a/d²)²] = q_a·E[1/d⁴].
+                res[ib] = broadcast_sum(b, out, g.s * a.q * m4, 0.0)
             return res
         if a.const != b.const:
             res[ib if a.const else ia] = g

@@ -68,13 +68,19 @@ class Attention(Transfer):
         F = s2 - 2 * s3 + s22
         vv = max(V.q - V.kt, 0.0)
         kk = max(K.q - K.kt, 0.0)
-        s_v = g.s * s2d + g.r * (1 - s2)
-        r_v = g.s / max(t_k, 1) + g.r
+        # Each key (and value) position collects the gradient of every query: T_q/T_k of it per
+        # element, which is 1 in self-attention and T_q/T_k in cross-attention (a decoder's few
+        # queries over an encoder's many positions, 4.6).
+        t_q = Q.shape[-2] if len(Q.shape) >= 2 else t_k
+        ratio = t_q / max(t_k, 1)
+        pairs = ratio * (t_q - 1) / (t_k - 1) if t_k > 1 else ratio  # query pairs per key pair
+        s_v = ratio * g.s * s2d + pairs * g.r * (1 - s2)
+        r_v = ratio * g.s / max(t_k, 1) + pairs * g.r
         s_q = _scaled(g.s * vv * kk * sc2d, F + a)
-        s_k = _scaled(g.s * vv * Q.q * sc2d, F)
+        s_k = _scaled(ratio * g.s * vv * Q.q * sc2d, F)
         # The alignment term reaches the K and V projection weights but is not propagated (4.6).
-        sw_k = _scaled(g.s * vv * Q.q * sc2d, a)
-        sw_v = _scaled(g.s * Q.q * kk * sc2d, a)
+        sw_k = _scaled(ratio * g.s * vv * Q.q * sc2d, a)
+        sw_v = _scaled(ratio * g.s * Q.q * kk * sc2d, a)
         res: list[Bwd | None] = [Bwd(s_q, 0.0), Bwd(s_k, 0.0, sw_k), Bwd(s_v, r_v, sw_v), None]
         # Gradient at each score logit: d·s_o·(q_V - k_V)·F / T_k (the s_Q relation of 4.6
         # with the key sum taken out), summed over the bias's broadcast copies.

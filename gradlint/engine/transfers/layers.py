@@ -11,25 +11,58 @@ from gradlint.engine.transfers.registry import INIT, Transfer, register
 from gradlint.engine.transfers.roles import conv_roles, out_shape
 
 
-@register("linear")
+def _weight(ctx: Context, node: Node, ins: list[Fwd]) -> tuple[float, tuple[int, ...]]:
+    """Mean square and shape of a layer's weight: its parameter's, or those of the tensor
+    computed in forward that is the node's second operand (kinds ``linear_w``, ``conv_w``:
+    weight_norm, spectral norm, a scaled parameter)."""
+    if node.kind.endswith("_w"):
+        w = ins[1] if len(ins) > 1 else None
+        return (w.q, tuple(w.shape)) if isinstance(w, Fwd) else (0.0, ())
+    st = ctx.param_stats(node.params["weight"])
+    shape = node.attrs.get("weight_shape")
+    return st.ms, tuple(shape) if shape and math.prod(shape) == st.numel else tuple(st.shape)
+
+
+def _bias(ctx: Context, node: Node, ins: list[Fwd]) -> tuple[float, float] | None:
+    """Mean square and mean of a layer's bias (a parameter, or a computed operand), or None."""
+    if "bias" in node.params:
+        b = ctx.param_stats(node.params["bias"])
+        return b.ms, b.mean
+    if node.attrs.get("bias_operand") and len(ins) > 2 and isinstance(ins[2], Fwd):
+        return ins[2].q, ins[2].mu
+    return None
+
+
+def _book(ctx: Context, node: Node, res: list[Bwd | None], role: str, e2: float) -> None:
+    """Book a weight's or a bias's E[(dL/dθ)²]: on its parameter, or (computed in forward) as
+    the gradient of the operand it came from, which the ops that made it carry further back."""
+    if role in node.params:
+        ctx.param_grad(node.params[role], e2)
+        return
+    i = 1 if role == "weight" else 2
+    if node.kind.endswith("_w") and i < len(res) and (role == "weight" or node.attrs.get("bias_operand")):
+        res[i] = Bwd(max(e2, 0.0)) if e2 >= 0 else Bwd(0.0, unknown=True)
+
+
+@register("linear", "linear_w")
 class Linear(Transfer):
-    """nn.Linear / F.linear / HF Conv1D (L1 forward and backward, W1 weight gradients)."""
+    """nn.Linear / F.linear / HF Conv1D (L1 forward and backward, W1 weight gradients), with a
+    parameter or a computed tensor as its weight."""
 
     cause = INIT
 
-    def _dims(self, ctx: Context, node: Node):
-        w = ctx.param_stats(node.params["weight"])
-        fan_out, fan_in = w.shape[0], w.shape[-1]
+    def _dims(self, ctx: Context, node: Node, ins: list[Fwd]):
+        ms, shape = _weight(ctx, node, ins)
+        fan_out, fan_in = (shape[0], shape[-1]) if shape else (1, 1)
         if node.attrs.get("layout") == "in_out":
-            fan_in, fan_out = w.shape[0], w.shape[-1]
-        return w, fan_in, fan_out
+            fan_in, fan_out = fan_out, fan_in
+        return ms, fan_in, fan_out
 
     def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
         x = ins[0]
-        w, fan_in, _ = self._dims(ctx, node)
-        b = ctx.param_stats(node.params["bias"]) if "bias" in node.params else None
-        bq, bm = (b.ms, b.mean) if b else (0.0, 0.0)
-        g = fan_in * w.ms
+        w_ms, fan_in, _ = self._dims(ctx, node, ins)
+        bq, bm = _bias(ctx, node, ins) or (0.0, 0.0)
+        g = fan_in * w_ms
         shape = out_shape(node, x)
         roles = (x.roles[:-1] + FEAT) if len(x.roles) == len(shape) and shape else default_roles(shape)
         return Fwd(q=g * x.q + bq, mu=bm, k=g * x.k + bq, kt=g * x.kt + bq, shape=shape, roles=roles,
@@ -37,18 +70,19 @@ class Linear(Transfer):
 
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
         x = ins[0]
-        w, fan_in, fan_out = self._dims(ctx, node)
+        w_ms, fan_in, fan_out = self._dims(ctx, node, ins)
         rows = max(x.numel // fan_in, 1) if x.numel and fan_in else 1
         batch = ctx.batch_of(rows)
         pos = max(rows // batch, 1)
         rows_all = batch * pos
-        ctx.param_grad(node.params["weight"],
-                       rows_all * ((g.s + g.sw) * x.q + (pos - 1) * g.r * x.kt + (rows_all - pos) * g.rb * x.k
-                                   + (pos - 1) * g.coh * w.ms * x.v * x.v))
-        if "bias" in node.params:
-            ctx.param_grad(node.params["bias"], rows_all * (g.s + (pos - 1) * g.r + (rows_all - pos) * g.rb))
-        f = fan_out * w.ms
-        return [Bwd(f * g.s, f * g.r, 0.0, f * g.rb)]
+        res: list[Bwd | None] = [None] * len(ins)
+        _book(ctx, node, res, "weight",
+              rows_all * ((g.s + g.sw) * x.q + (pos - 1) * g.r * x.kt + (rows_all - pos) * g.rb * x.k
+                          + (pos - 1) * g.coh * w_ms * x.v * x.v))
+        _book(ctx, node, res, "bias", rows_all * (g.s + (pos - 1) * g.r + (rows_all - pos) * g.rb))
+        f = fan_out * w_ms
+        res[0] = Bwd(f * g.s, f * g.r, 0.0, f * g.rb)
+        return res
 
 
 def _conv_counts(n_in: int, n_out: int, k: int, stride: int, pad_left: int, dil: int, transposed: bool):
@@ -74,15 +108,17 @@ def _conv_counts(n_in: int, n_out: int, k: int, stride: int, pad_left: int, dil:
     return taps, total / max(n_out, 1), total / max(n_in, 1)
 
 
-@register("conv")
+@register("conv", "conv_w")
 class Conv(Transfer):
-    """nn.ConvNd and ConvTransposeNd (L2, L3 with exact border counts; W2 gradients)."""
+    """nn.ConvNd and ConvTransposeNd (L2, L3 with exact border counts; W2 gradients), with a
+    parameter or a computed tensor as its weight."""
 
     cause = INIT
 
-    def _geometry(self, ctx: Context, node: Node, x: Fwd, out: Fwd):
+    def _geometry(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd):
         a = node.attrs
-        wshape = ctx.param_stats(node.params["weight"]).shape
+        x = ins[0]
+        wshape = _weight(ctx, node, ins)[1]
         nsp = len(wshape) - 2
         ks = list(wshape[2:])
         stride = (a.get("stride") or [1]) * (nsp if len(a.get("stride") or [1]) == 1 else 1)
@@ -110,34 +146,34 @@ class Conv(Transfer):
 
     def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
         x = ins[0]
-        w = ctx.param_stats(node.params["weight"])
-        b = ctx.param_stats(node.params["bias"]) if "bias" in node.params else None
-        bq, bm = (b.ms, b.mean) if b else (0.0, 0.0)
+        w_ms = _weight(ctx, node, ins)[0]
+        bq, bm = _bias(ctx, node, ins) or (0.0, 0.0)
         shape = out_shape(node, x)
         out0 = Fwd(q=0.0, shape=shape)
-        wshape, dims = self._geometry(ctx, node, x, out0)
+        wshape, dims = self._geometry(ctx, node, ins, out0)
         fwd_fan, _ = self._fans(node, wshape, dims)
-        gq = fwd_fan * w.ms
+        gq = fwd_fan * w_ms
         return Fwd(q=gq * x.q + bq, mu=bm, k=gq * x.k + bq, kt=gq * x.kt + bq, shape=shape,
                    roles=conv_roles(len(shape)), origin=node.name, const=x.const, blocked=x.blocked)
 
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
         x = ins[0]
-        w = ctx.param_stats(node.params["weight"])
-        wshape, dims = self._geometry(ctx, node, x, out)
+        w_ms = _weight(ctx, node, ins)[0]
+        wshape, dims = self._geometry(ctx, node, ins, out)
         _, bwd_fan = self._fans(node, wshape, dims)
         batch = max(ctx.batch or (x.shape[0] if x.shape else 1), 1)
         m1 = math.prod(sum(d[0]) / len(d[0]) for d in dims)
         m2 = math.prod(sum(c * c for c in d[0]) / len(d[0]) for d in dims)
         s = g.s + g.sw
-        ctx.param_grad(node.params["weight"], batch * (m1 * (s * x.q - g.r * x.kt) + m2 * g.r * x.kt)
-                       + batch * (batch - 1) * m2 * g.rb * x.k + batch * (m2 - m1) * g.coh * w.ms * x.v * x.v)
-        if "bias" in node.params:
-            p_out = math.prod(out.shape[2:]) if len(out.shape) > 2 else 1
-            ctx.param_grad(node.params["bias"], batch * p_out * (g.s + (p_out - 1) * g.r)
-                           + batch * (batch - 1) * p_out * p_out * g.rb)
-        f = bwd_fan * w.ms
-        return [Bwd(f * g.s, f * g.r, 0.0, f * g.rb)]
+        res: list[Bwd | None] = [None] * len(ins)
+        _book(ctx, node, res, "weight", batch * (m1 * (s * x.q - g.r * x.kt) + m2 * g.r * x.kt)
+              + batch * (batch - 1) * m2 * g.rb * x.k + batch * (m2 - m1) * g.coh * w_ms * x.v * x.v)
+        p_out = math.prod(out.shape[2:]) if len(out.shape) > 2 else 1
+        _book(ctx, node, res, "bias", batch * p_out * (g.s + (p_out - 1) * g.r)
+              + batch * (batch - 1) * p_out * p_out * g.rb)
+        f = bwd_fan * w_ms
+        res[0] = Bwd(f * g.s, f * g.r, 0.0, f * g.rb)
+        return res
 
 
 @register("embedding")
@@ -154,14 +190,21 @@ class Embedding(Transfer):
         # single distinct id (all zeros) means every position reads one row.
         same_row = bool(ids.const and (ids.vocab == 1
                                        or (ids.vocab is None and ids.origin and "token_type" in ids.origin)))
+        mu = w.mean if w else 0.0
         if ids.const and not same_row:
-            k, kt = q, 0.0  # position ids: each position its own row, the same in every sample
+            # Position ids: each position its own row, the same in every sample. Rows of a
+            # fixed table (sinusoids) are far from independent: read the rows the positions use.
+            k, kt = q, mu * mu
+            n = ids.vocab or (ids.shape[-1] if ids.shape else 0)
+            rows = ctx.table_rows(node.params["weight"], n) if w else None
+            if rows is not None:
+                q, mu, kt = rows
+                k = q
         elif same_row:
             k = kt = q
         else:
             k = kt = q / max(vocab, 1)
-        return Fwd(q=q, mu=w.mean if w else 0.0, k=k, kt=kt, shape=shape, roles=default_roles(shape),
-                   origin=node.name)
+        return Fwd(q=q, mu=mu, k=k, kt=kt, shape=shape, roles=default_roles(shape), origin=node.name)
 
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
         if "weight" in node.params:

@@ -297,7 +297,9 @@ class GradRegion(Transfer):
 
 @register("unknown")
 class Unknown(Transfer):
-    """An op the engine does not know: its first tensor operand passes through unchanged."""
+    """An op the engine does not know: its first tensor operand's statistics pass through as a
+    guess, marked unknown, and every float operand gets the output's gradient, marked unknown
+    too: nothing behind the op is predicted zero, or predicted at all (docs/design.md §2.2)."""
 
     def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
         ctx.note_unknown(node)
@@ -313,5 +315,5 @@ class Unknown(Transfer):
                 if gp is not None:
                     total = total + gp
             g = total
-        first = next((i for i, f in enumerate(ins) if isinstance(f, Fwd) and f.dtype == "float"), None)
-        return [g if i == first else None for i in range(len(ins))]
+        g = g.as_unknown()
+        return [g if isinstance(f, Fwd) and f.dtype == "float" and not f.const else None for f in ins]
