@@ -20,7 +20,7 @@ from gradlint.base.findings import ExitCode
 # check's options that [tool.gradlint] can set too (gradlint.run.config.CLI_OPTIONS, kept here so
 # --help imports nothing more).
 _CONFIG_OPTIONS = ("select", "ignore", "fail_on", "threshold", "input_shapes", "probe", "device", "seeds",
-                   "jobs", "timeout", "force_exclude", "warn_unused_ignores")
+                   "jobs", "timeout", "force_exclude", "warn_unused_ignores", "all_targets")
 
 
 def _split_commas(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -75,6 +75,9 @@ def main() -> None:
               help="Read [tool.gradlint] from FILE instead of the nearest pyproject.toml that has one.")
 @click.option("--force-exclude/--no-force-exclude", default=None,
               help="Apply the configuration's exclude to files named on the command line too.")
+@click.option("--all-targets/--top-level-only", "all_targets", default=None,
+              help="Also check the building blocks of a file's models (classes or factories another one builds); "
+                   "by default only the top-level models are checked.")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help="Samples per example input, for the prediction and --probe (default: the inputs' own); "
                    "on CUDA out-of-memory --probe halves it down to 1.")
@@ -112,7 +115,8 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
           force_exclude: bool | None = None, show_profile: bool = False, jobs: int | None = None,
           timeout: float | None = None, no_cache: bool = False, cache_dir: str | None = None,
           quiet: bool = False, statistics: bool = False, exit_zero: bool = False, color_choice: str = "auto",
-          allow_no_targets: bool = False, warn_unused_ignores: bool | None = None) -> None:
+          allow_no_targets: bool = False, warn_unused_ignores: bool | None = None,
+          all_targets: bool | None = None) -> None:
     """Analyze the models in PATHS (files, directories, or file.py::Name).
 
     Options not given come from [tool.gradlint] in the nearest pyproject.toml, then the
@@ -135,7 +139,7 @@ def check(paths: tuple[str, ...], input_shapes: tuple[str, ...], fmt: str, selec
     cfg = _configure(dict(config_file=config_file, input_shapes=input_shapes, select=select, ignore=ignore,
                           threshold=threshold, fail_on=fail_on, probe=probe, device=device, seeds=seeds,
                           jobs=jobs, timeout=timeout, force_exclude=force_exclude,
-                          warn_unused_ignores=warn_unused_ignores))
+                          warn_unused_ignores=warn_unused_ignores, all_targets=all_targets))
     if not paths and not (cfg.targets or cfg.include):
         raise click.UsageError("give PATHS to check, or targets or include in [tool.gradlint]")
     from gradlint.run.cache import default_dir
@@ -314,6 +318,44 @@ def progress_bar(probe: bool, isatty: bool, env: Any) -> Any:
                                  item_show_func=lambda job: str(job[0])[-48:] if job else None)
 
     return wrap
+
+
+@main.command("init")
+@click.argument("paths", nargs=-1)
+@click.option("--write", is_flag=True,
+              help="Add the block to pyproject.toml (the one holding [tool.gradlint], else ./pyproject.toml) "
+                   "instead of printing it; what the file holds is kept.")
+@click.option("--force", is_flag=True,
+              help="With --write, when [tool.gradlint] has targets already: add the models it does not name.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The file --write adds to, and paths are relative to (default: as for check).")
+@click.option("--all-targets", is_flag=True, help="Also list the building blocks of the models.")
+def init_cmd(paths: tuple[str, ...], write: bool, force: bool, config_file: str | None, all_targets: bool) -> None:
+    """Print a [tool.gradlint] block for the models in PATHS (default: the current directory).
+
+    Every top-level model is listed with the constructor values gradlint found in the
+    repository, each with where it came from, and "<FILL IN>" where it found none.
+    """
+    from gradlint.base.errors import GradlintError
+    from gradlint.run.config import find
+    from gradlint.run.init import PLACEHOLDER, find_entries, placeholders, render
+    from gradlint.run.init import write as write_block
+
+    try:
+        target = Path(config_file) if config_file else (find() or Path("pyproject.toml"))
+        entries = find_entries(paths or (".",), all_targets=all_targets)
+        if write:
+            block = write_block(entries, target.resolve(), force=force)
+            click.echo(f"gradlint: added {block.count('[[tool.gradlint.targets]]')} targets to {target}", err=True)
+        else:
+            click.echo(render(entries, target.resolve().parent), nl=False)
+    except GradlintError as e:
+        click.echo(f"gradlint: {e}", err=True)
+        sys.exit(ExitCode.COULD_NOT_ANALYZE)
+    left = placeholders(entries)
+    if left:
+        click.echo(f"gradlint: {left} value{'s' if left > 1 else ''} marked {PLACEHOLDER} could not be found: "
+                   "give them, then run `gradlint check`", err=True)
 
 
 @main.command("rules")

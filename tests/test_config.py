@@ -347,7 +347,8 @@ def test_a_configured_target_applies_when_its_file_is_named(project):
         width = 16
         """))
     without = run("check", "models/net.py", "--config", str(project("empty.toml", "")))
-    assert without.exit_code == 5 and "skipped Net: constructor needs arguments" in without.output
+    assert without.exit_code == 2 and "Net's constructor needs depth, width, and gradlint found no value for them" \
+        in without.output
     r = run("check", "models/net.py")
     assert r.exit_code == 0, r.output
     assert "models/net.py::Net: healthy" in r.output and "declared in pyproject.toml:5" in r.output
@@ -443,3 +444,118 @@ def test_checking_rule_names_in_the_configuration_imports_no_torch(tmp_path):
     code = "import sys, gradlint.run.config as c; c.load(start=sys.argv[1]); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+# --- constructor values: nested tables, gradlint init -------------------------------------------
+
+CONFIGURED = """\
+import torch.nn as nn
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelArgs:
+    d_model: int
+    n_layer: int = 1
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs, ntoken):
+        super().__init__()
+        self.emb = nn.Embedding(ntoken, args.d_model)
+        self.layers = nn.Sequential(*[nn.Linear(args.d_model, args.d_model) for _ in range(args.n_layer)])
+
+    def forward(self, ids):
+        return self.layers(self.emb(ids))
+"""
+
+TRAIN = """\
+from model import Model, ModelArgs
+
+vocab = open("vocab.txt").read().split()
+model = Model(ModelArgs(d_model=None if False else compute()), len(vocab))
+"""
+
+
+def test_a_nested_kwargs_table_builds_the_config_class(project):
+    project("model.py", CONFIGURED)
+    project("pyproject.toml", pyproject("""\
+        [[tool.gradlint.targets]]
+        path = "model.py::Model"
+        [tool.gradlint.targets.kwargs]
+        ntoken = 50
+        [tool.gradlint.targets.kwargs.args]
+        d_model = 8
+        n_layer = 2
+        """))
+    r = run("check", "model.py", "--format", "json")
+    assert r.exit_code == 0, r.output
+    (target,) = json.loads(r.stdout)["targets"]
+    assert [p["shape"] for p in target["params"]][:2] == [[50, 8], [8, 8]]
+    project("pyproject.toml", pyproject('targets = [{ path = "model.py::Model", kwargs = { ntoken = 5, args = '
+                                        '{ d_model = 8, depth = 2 } } }]\n'))
+    r = run("check", "model.py")
+    assert r.exit_code == 2
+    assert "the table given for args does not build ModelArgs: TypeError" in r.output
+    assert "give the fields ModelArgs takes: d_model, n_layer" in r.output
+
+
+def test_init_prints_the_models_with_values_sources_and_placeholders(project):
+    project(".git/HEAD", "")
+    project("model.py", CONFIGURED)
+    project("train.py", TRAIN)
+    r = run("init", "model.py")
+    assert r.exit_code == 0, r.output
+    assert '[[tool.gradlint.targets]]\npath = "model.py::Model"  # model.py:11' in r.stdout
+    assert "ntoken = 1000  # ASSUMED: vocabulary size; train.py:4 computes it at run time (len(vocab)); " \
+           "give the real value" in r.stdout, r.stdout
+    assert "[tool.gradlint.targets.kwargs.args]  # FILL IN: train.py:4 computes it at run time" in r.stdout
+    assert 'd_model = "<FILL IN>"' in r.stdout
+    assert "1 value marked <FILL IN> could not be found" in r.stderr
+    config.load(project("printed.toml", r.stdout.replace('"<FILL IN>"', "8")))  # valid once filled in
+
+
+def test_init_write_adds_to_pyproject_and_the_second_run_is_green_in_one_edit(project):
+    project(".git/HEAD", "")
+    project("model.py", CONFIGURED)
+    project("train.py", TRAIN)
+    before = '[project]\nname = "demo"  # keep me\n\n[tool.ruff]\nline-length = 100\n'
+    path = project("pyproject.toml", before)
+    first = run("check", "model.py")
+    assert first.exit_code == 2 and "Model's constructor needs args" in first.output
+    r = run("init", "--write")
+    assert r.exit_code == 0, r.output
+    text = path.read_text()
+    assert text.startswith(before) and "[tool.gradlint]" in text
+    left = run("check", "model.py")
+    assert left.exit_code == 2 and "<FILL IN> is the placeholder gradlint init wrote" in left.output
+    path.write_text(text.replace('d_model = "<FILL IN>"', "d_model = 8"))
+    second = run("check", "model.py")
+    assert second.exit_code == 0, second.output
+    # The targets are there now: init leaves them alone, unless told.
+    again = run("init", "--write")
+    assert again.exit_code == 2 and "[tool.gradlint] has targets already" in again.output
+    assert run("init", "--write", "--force").exit_code == 0
+    assert path.read_text().count("[[tool.gradlint.targets]]") == 1
+
+
+def test_all_targets_checks_the_building_blocks_too(project):
+    project("model.py", CONFIGURED.replace("nn.Sequential(*[nn.Linear(args.d_model, args.d_model) for _ in "
+                                           "range(args.n_layer)])", "Block(args.d_model)") + textwrap.dedent("""
+
+
+        class Block(nn.Module):
+            def __init__(self, width):
+                super().__init__()
+                self.fc = nn.Linear(width, width)
+
+            def forward(self, x):
+                return self.fc(x)
+        """))
+    project("pyproject.toml", pyproject('targets = [{ path = "model.py::Model", kwargs = { ntoken = 5, args = '
+                                        '{ d_model = 8 } } }]\n'))
+    top = run("check", "model.py", "--format", "json")
+    assert [t["target"] for t in json.loads(top.stdout)["targets"]] == ["model.py::Model"]
+    every = run("check", "model.py", "--format", "json", "--all-targets")
+    assert [t["target"] for t in json.loads(every.stdout)["targets"]] == ["model.py::Model", "model.py::Block"]
+    assert run("config", "--all-targets").output.count("all-targets = true") == 1

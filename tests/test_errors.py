@@ -247,15 +247,57 @@ CASES: list[Case] = [
           "@gradlint.target",
           "gradlint: no target analyzed: 1 file without a target (utils.py) (exit code 5; --allow-no-targets "
           "accepts a run with nothing to analyze)")),
-    Case("constructor-needs-arguments", "a model whose constructor needs arguments: skipped, with how to declare them",
+    Case("constructor-needs-arguments", "a model whose constructor needs a value no code of the repository gives",
          {"model.py": NEEDS_DEPTH},
-         ("model.py",), 5,
-         ("model.py:4: skipped Net: constructor needs arguments: depth",
-          'hint: declare them with @gradlint.target(kwargs={"depth": ...}), or in pyproject.toml: [tool.gradlint] '
-          'targets = [{ path = "model.py::Net", kwargs = { depth = ... } }]',
-          "model.py: no targets: every nn.Module here was skipped",
-          "gradlint: no target analyzed: 1 file without a target (model.py); 1 target skipped (constructor needs "
-          "arguments)")),
+         ("model.py",), 2,
+         ("model.py:5: could not analyze model.py::Net: Net's constructor needs depth, and gradlint found no value "
+          "for it: no call of Net in the repository gives it",
+          'hint: give it in pyproject.toml, [tool.gradlint] targets = [{ path = "model.py::Net", kwargs = '
+          '{ depth = ... } }]; `gradlint init model.py` writes that table with every value it found')),
+    Case("constructor-value-computed-at-run-time", "a constructor value the training script computes at run time",
+         {"model.py": NEEDS_DEPTH, "train.py": src("""
+             import json
+
+             from model import Net
+
+             depth = json.load(open("config.json"))["depth"]
+             model = Net(depth, width=32)
+         """)},
+         ("model.py",), 2,
+         ("model.py:5: could not analyze model.py::Net: Net's constructor needs depth, and gradlint found no value "
+          "for it: train.py:5 computes it at run time (json.load(open('config.json'))['depth'])",
+          "`gradlint init model.py` writes that table")),
+    Case("constructor-values-found", "constructor values found in the repository: the report says where each came "
+                                     "from, and which were assumed",
+         {"model.py": src("""
+             import torch.nn as nn
+
+
+             class LM(nn.Module):
+                 def __init__(self, ntoken, width):
+                     super().__init__()
+                     self.emb = nn.Embedding(ntoken, width)
+                     self.head = nn.Linear(width, ntoken)
+
+                 def forward(self, x):
+                     return self.head(self.emb(x))
+         """), "train.py": src("""
+             import argparse
+
+             from data import Corpus
+             from model import LM
+
+             parser = argparse.ArgumentParser()
+             parser.add_argument("--width", type=int, default=32)
+             args = parser.parse_args()
+             corpus = Corpus("data/")
+             ntokens = len(corpus.dictionary)
+             model = LM(ntokens, args.width)
+         """)},
+         ("model.py",), 0,
+         ("arguments: width=32 from train.py:11",
+          "ntoken=1000 assumed (vocabulary size; train.py:10 computes it at run time (len(corpus.dictionary)))"),
+         summary="the report's arguments line: each value with the file and line it came from"),
     Case("misspelt-constructor-argument", "a configured constructor argument the class does not take: the closest "
                                           "one it does",
          {"model.py": NEEDS_DEPTH,
@@ -277,8 +319,8 @@ CASES: list[Case] = [
     Case("named-target-needs-arguments", "a model named on the command line whose constructor needs arguments",
          {"model.py": NEEDS_DEPTH},
          ("model.py::Net",), 2,
-         ("model.py:4: could not analyze model.py::Net: Net's constructor needs arguments: depth",
-          'hint: declare them with @gradlint.target(kwargs={"depth": ...})')),
+         ("model.py:5: could not analyze model.py::Net: Net's constructor needs depth, and gradlint found no value "
+          "for it",)),
     Case("constructor-raises", "a constructor that raises: the user's traceback, their frames only",
          {"model.py": src("""
              import torch.nn as nn

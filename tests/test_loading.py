@@ -24,6 +24,7 @@ from gradlint.load import (
     parse_target_arg,
     user_code,
 )
+from gradlint.load.files import absolute_import_roots
 
 FIXTURES = Path(__file__).parent / "fixtures" / "loading"
 BROKEN = {"syntax_error.py", "missing_import.py", "raises_at_import.py", "exits.py"}
@@ -204,6 +205,32 @@ def test_import_file_resets_module_level_argparse(monkeypatch):
     assert sys.argv == ["gradlint", "check", "--not-a-flag-of-theirs"]
 
 
+def test_import_file_absolute_import_of_its_own_repository(tmp_path):
+    # TCN/adding_problem/model.py in a folder without project markers: `from TCN.tcn import ...`
+    # resolves once the folder holding TCN/ is on the path.
+    write(tmp_path / "tcn" / "TCN" / "__init__.py", "")
+    write(tmp_path / "tcn" / "TCN" / "tcn.py", "LEVELS = 8\n")
+    path = write(tmp_path / "tcn" / "TCN" / "adding_problem" / "model.py", "from TCN.tcn import LEVELS\n")
+    assert import_file(path).LEVELS == 8
+    assert absolute_import_roots(path.resolve()) == [(tmp_path / "tcn").resolve()]
+
+
+def test_absolute_import_roots_never_shadow_installed_packages(tmp_path):
+    write(tmp_path / "repo" / "mine" / "__init__.py", "")
+    write(tmp_path / "repo" / "json.py", "")  # would shadow the standard library's json
+    path = write(tmp_path / "repo" / "sub" / "model.py", "import json\nfrom mine import x\n")
+    assert absolute_import_roots(path.resolve()) == []
+
+
+def test_import_file_module_named_like_its_package(tmp_path):
+    # seq2seq/models/seq2seq.py imports its own package: the package root comes first on the path.
+    write(tmp_path / "seq2seq" / "__init__.py", "")
+    write(tmp_path / "seq2seq" / "models" / "__init__.py", "")
+    write(tmp_path / "seq2seq" / "models" / "rnn.py", "HIDDEN = 4\n")
+    path = write(tmp_path / "seq2seq" / "models" / "seq2seq.py", "from seq2seq.models.rnn import HIDDEN\n")
+    assert import_file(path).HIDDEN == 4
+
+
 def test_import_file_syntax_error():
     path = FIXTURES / "syntax_error.py"
     with pytest.raises(LoadError) as info:
@@ -315,10 +342,25 @@ def test_discover_class():
     assert found.targets[0].path == FIXTURES / "tiny_mlp.py"
 
 
-def test_discover_skips_classes_needing_arguments():
+def test_discover_base_class_needing_arguments_is_a_building_block():
     found = load("needs_args.py")
     assert [t.name for t in found.targets] == ["Small"]
-    assert found.skipped == (Skipped("Base", 6, "constructor needs arguments: depth, width"),)
+    assert found.skipped == ()
+    assert found.blocks == (Skipped("Base", 6, "the base class of Small"),)
+
+
+def test_discover_class_needing_arguments_is_a_target_that_says_so(tmp_path):
+    path = write(tmp_path / "m.py", """\
+        from torch import nn
+
+
+        class Net(nn.Module):
+            def __init__(self, depth, width=8, *layers, **extra):
+                super().__init__()
+                self.fc = nn.Linear(width, width)
+        """)
+    (target,) = discover(import_file(path), path).targets
+    assert (target.name, target.kind, target.needs) == ("Net", "class", ("depth",))
 
 
 def test_discover_decorated():
@@ -333,10 +375,11 @@ def test_discover_decorated():
     assert two.options.name == "two-input" and two.display_name == "two-input"
     assert deep.options.kwargs == {"depth": 3} and deep.display_name == "Deep"
     assert deep.ref == f"{path}::Deep"
-    # Classes the decorated factories build are covered by them.
-    assert [(s.name, s.reason) for s in found.skipped] == [
-        ("TwoInput", "built by the decorated factory make_two_input"),
-        ("Masked", "built by the decorated factory make_masked"),
+    # Classes the decorated factories build are their building blocks.
+    assert found.skipped == ()
+    assert [(s.name, s.reason) for s in found.blocks] == [
+        ("TwoInput", "a building block of make_two_input"),
+        ("Masked", "a building block of make_masked"),
     ]
 
 
@@ -368,7 +411,7 @@ def test_discover_decorated_assignment(tmp_path):
         """)
     found = discover(import_file(path), path)
     assert [(t.name, t.kind, t.line) for t in found.targets] == [("make_small", "factory", 12)]
-    assert found.skipped == (Skipped("Net", 6, "constructor needs arguments: width"),)
+    assert found.blocks == (Skipped("Net", 6, "a building block of make_small"),)
     assert instantiate(found.targets[0]).fc.in_features == 3
 
 
@@ -416,7 +459,7 @@ def test_discover_unknown_name_lists_targets():
     err = info.value
     assert err.path == str(path)
     assert "'Nope'" in err.message and "Small" in err.message
-    assert "Base (constructor needs arguments: depth, width)" in err.message
+    assert "targets: Small; building blocks: Base" in err.message
 
 
 def test_discover_name_that_is_no_model():

@@ -288,6 +288,31 @@ class Agreement:
 
 
 @dataclass(frozen=True)
+class Argument:
+    """One constructor argument gradlint built a target with, and where its value came from.
+
+    Attributes:
+        name: The parameter (``config``; ``config.d_model`` for a field of a config it built).
+        value: The value, as Python writes it (shortened).
+        source: ``file:line`` where the repository spells or computes it.
+        how: ``found`` (the repository's own call or option), ``default`` (a config class's or
+            classmethod's defaults), ``assumed`` (a conventional size for a value the repository
+            computes at run time, or a default kept because the call's value is unknown), or
+            ``configured`` (the user's ``kwargs``).
+        note: More about it: how it was found, or why it was assumed.
+    """
+
+    name: str
+    value: str
+    source: str
+    how: str = "found"
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "source": self.source, "how": self.how, "note": self.note}
+
+
+@dataclass(frozen=True)
 class Report:
     """The outcome of checking one target.
 
@@ -309,6 +334,8 @@ class Report:
         fail_on: The lowest severity that makes the report not ``ok``.
         traceback: When status is ``error``: the traceback of the user's code when it raised
             (their frames only), or the whole one when gradlint itself failed; None otherwise.
+        arguments: The constructor arguments gradlint found or assumed to build the target, each
+            with where its value came from; empty when it needed none.
     """
 
     target: str
@@ -327,6 +354,7 @@ class Report:
     probe: Agreement | None = None
     predicted_summary: Summary | None = None
     traceback: str | None = None
+    arguments: tuple[Argument, ...] = ()
     suppressed: tuple[Finding, ...] = ()
 
     @property
@@ -380,6 +408,7 @@ class Report:
             "traceback": self.traceback,
             "analysis": self.analysis,
             "inputs": self.inputs,
+            "arguments": [a.to_dict() for a in self.arguments],
             "summary": self.summary.to_dict() if self.summary else None,
             "params": [p.to_dict() for p in self.params],
             "layers": [lr.to_dict() for lr in self.layers],

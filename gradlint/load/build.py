@@ -11,12 +11,33 @@ from gradlint.load.discovery import Target, kwargs_hint
 from gradlint.load.sandbox import user_code
 from gradlint.load.tracebacks import innermost_line, user_error
 
-__all__ = ["instantiate"]
+__all__ = ["check_unknown", "instantiate"]
 
 
 def _brief(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text}" if len(text) <= 60 else type(value).__name__
+
+
+def check_unknown(target: Target, kwargs: dict[str, Any]) -> None:
+    """Raises when ``kwargs`` names an argument the class or factory does not take, with the
+    closest one it does: a misspelt argument is also the cause of the "missing" one it was
+    meant to be, so this is said first."""
+    try:
+        params = inspect.signature(target.obj).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in kwargs if k not in params or params[k].kind is params[k].POSITIONAL_ONLY]
+    if unknown:
+        import difflib
+
+        what = f"{target.name}'s constructor" if target.kind == "class" else f"the factory {target.name}"
+        close = [f"{m[0]!r} for {k!r}" for k in unknown if (m := difflib.get_close_matches(k, list(params), n=1))]
+        raise LoadError(f"{what} takes no argument {', '.join(unknown)}", path=str(target.path), line=target.line,
+                        hint=(f"did you mean {', '.join(close)}? " if close else "")
+                        + f"it takes: {', '.join(params) or 'no arguments'}")
 
 
 def _check_call(target: Target, kwargs: dict[str, Any]) -> None:
@@ -26,16 +47,7 @@ def _check_call(target: Target, kwargs: dict[str, Any]) -> None:
         return
     where = {"path": str(target.path), "line": target.line}
     what = f"{target.name}'s constructor" if target.kind == "class" else f"the factory {target.name}"
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        # First: a misspelt argument is also the cause of the "missing" one it was meant to be.
-        unknown = [k for k in kwargs if k not in params or params[k].kind is params[k].POSITIONAL_ONLY]
-        if unknown:
-            import difflib
-
-            close = [f"{m[0]!r} for {k!r}" for k in unknown if (m := difflib.get_close_matches(k, list(params), n=1))]
-            raise LoadError(f"{what} takes no argument {', '.join(unknown)}", **where,
-                            hint=(f"did you mean {', '.join(close)}? " if close else "")
-                            + f"it takes: {', '.join(params) or 'no arguments'}")
+    check_unknown(target, kwargs)
     missing = [p.name for p in params.values() if p.default is p.empty and p.name not in kwargs
                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if missing:

@@ -1,6 +1,6 @@
-"""Discovering the models a user's file defines: decorated targets, ``nn.Module`` classes whose
-constructors need no arguments, and module-level ``nn.Module`` instances, and the modules found
-but not analyzed, with why."""
+"""Discovering the models a user's file defines: decorated targets, the top-level ``nn.Module``
+classes and model factories (those no other one builds), and module-level ``nn.Module``
+instances, and the modules found but not analyzed, with why."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 
 from gradlint.base.errors import LoadError
 from gradlint.base.targets import TARGET_ATTR, TargetOptions
+from gradlint.load.blocks import building_blocks, factory_kind, package_users
 
 __all__ = ["Discovery", "Skipped", "Target", "discover", "kwargs_hint"]
 
@@ -30,6 +31,8 @@ class Target:
         line: The line of its ``def``/``class``/assignment; None when unknown.
         options: What ``@gradlint.target`` recorded; None when undecorated.
         obj: The factory, class or instance itself.
+        needs: The constructor's parameters without a default: their values are looked for in
+            the repository (``gradlint.load.arguments``) unless given.
     """
 
     path: Path
@@ -38,6 +41,7 @@ class Target:
     line: int | None
     options: TargetOptions | None = None
     obj: Any = field(default=None, compare=False, hash=False, repr=False)
+    needs: tuple[str, ...] = ()
 
     @property
     def display_name(self) -> str:
@@ -73,10 +77,12 @@ class Discovery:
     Attributes:
         targets: The targets, in source order.
         skipped: Modules found but not analyzed, in source order.
+        blocks: The building blocks of the targets (checked on request only), in source order.
     """
 
     targets: tuple[Target, ...] = ()
     skipped: tuple[Skipped, ...] = ()
+    blocks: tuple[Skipped, ...] = ()
 
 
 def _bound_names(target: ast.expr) -> list[str]:
@@ -96,7 +102,6 @@ class _Source:
 
     lines: dict[str, int]
     assigned: frozenset[str]
-    calls: dict[str, frozenset[str]]
     readable: bool
 
     @classmethod
@@ -104,18 +109,14 @@ class _Source:
         try:
             tree = ast.parse(path.read_bytes(), filename=str(path))
         except (OSError, SyntaxError, ValueError):
-            return cls({}, frozenset(), {}, readable=False)
+            return cls({}, frozenset(), readable=False)
         lines: dict[str, int] = {}
         assigned: set[str] = set()
-        calls: dict[str, frozenset[str]] = {}
         pending = list(tree.body)
         while pending:
             node = pending.pop(0)
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 lines.setdefault(node.name, node.lineno)
-                if not isinstance(node, ast.ClassDef):
-                    calls[node.name] = frozenset(
-                        c.func.id for c in ast.walk(node) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name))
             elif isinstance(node, (ast.Assign, ast.AnnAssign)):
                 for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
                     for name in _bound_names(target):
@@ -124,7 +125,7 @@ class _Source:
             elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
                 # Module-level code in blocks still binds module-level names.
                 pending[:0] = [child for child in ast.iter_child_nodes(node) if isinstance(child, ast.stmt)]
-        return cls(lines, frozenset(assigned), calls, readable=True)
+        return cls(lines, frozenset(assigned), readable=True)
 
 
 def _options(obj: Any) -> TargetOptions | None:
@@ -180,32 +181,39 @@ def _explicit(module: types.ModuleType, path: Path, name: str, source: _Source,
     except AttributeError:
         listing = ", ".join(t.name for t in found.targets) or "none"
         skipped = "; skipped: " + ", ".join(f"{s.name} ({s.reason})" for s in found.skipped) if found.skipped else ""
+        if found.blocks:
+            skipped += "; building blocks: " + ", ".join(b.name for b in found.blocks)
         raise LoadError(f"no target named {name!r} in the file; targets: {listing}{skipped}", path=str(path),
                         hint=f"name one of them: {path}::NAME") from None
     if not callable(obj):
         raise LoadError(f"{name} is a {type(obj).__name__}, not a model factory, nn.Module class or nn.Module",
                         path=str(path), line=source.lines.get(name))
-    return Target(path, name, _kind(obj), _line(obj, name, source), _options(obj), obj)
+    return Target(path, name, _kind(obj), _line(obj, name, source), _options(obj), obj,
+                  _needs(obj, _options(obj)) if _kind(obj) != "instance" else ())
 
 
-def discover(module: types.ModuleType, path: str | os.PathLike[str], name: str | None = None) -> Discovery:
+def discover(module: types.ModuleType, path: str | os.PathLike[str], name: str | None = None,
+             all_targets: bool = False) -> Discovery:
     """Finds the models a file defines.
 
-    Targets are every object decorated with ``@gradlint.target``; every ``nn.Module`` subclass
-    defined in the file whose constructor needs no arguments; and every module-level
+    Targets are every object decorated with ``@gradlint.target``; the top-level models of the
+    file: the ``nn.Module`` subclasses it defines and its model factories (module-level
+    functions whose every ``return`` builds an ``nn.Module``, read from the source, never
+    called) that no other class or factory of the file builds; and every module-level
     ``nn.Module`` instance assigned in the file (one target per object, under its first name).
-    Classes and instances imported from elsewhere are not targets. Classes needing arguments,
-    abstract classes, classes a decorated factory builds, and instances without parameters are
-    listed in ``skipped``.
+    A target whose constructor needs arguments lists them in ``needs``. Classes and instances
+    imported from elsewhere are not targets. Abstract classes and instances without
+    parameters are listed in ``skipped``; building blocks in ``blocks``.
 
     Args:
         module: The module ``import_file`` returned.
         path: Its file.
         name: Select this one target (its name in the file or its decorator ``name``). An object
             named explicitly is a target even when it would otherwise be skipped.
+        all_targets: Building blocks are targets too.
 
     Returns:
-        The targets and the skipped modules; with ``name``, that target alone.
+        The targets, the skipped modules and the building blocks; with ``name``, that target alone.
 
     Raises:
         LoadError: When ``name`` names nothing in the file, or nothing that builds a model; the
@@ -227,25 +235,22 @@ def discover(module: types.ModuleType, path: str | os.PathLike[str], name: str |
             continue
         if getattr(obj, "__module__", None) == here or attr in source.assigned:
             seen.add(id(obj))
-            targets.append(Target(path, attr, _kind(obj), _line(obj, attr, source), options, obj))
-    built_by = {called: t.name for t in targets if t.kind == "factory" for called in source.calls.get(t.name, ())}
+            targets.append(Target(path, attr, _kind(obj), _line(obj, attr, source), options, obj,
+                                  _needs(obj, options)))
 
+    candidates: list[tuple[str, Any, str]] = []  # name, object, "class" or "factory"
     for attr, obj in namespace:
         if id(obj) in seen:
             continue
         if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == here:
             seen.add(id(obj))
-            line = _line(obj, attr, source)
-            required = _required_args(obj)
             if inspect.isabstract(obj):
-                skipped.append(Skipped(attr, line, "abstract class"))
-            elif required:
-                skipped.append(Skipped(attr, line, f"constructor needs arguments: {', '.join(required)}",
-                                       hint=kwargs_hint(path, attr, required)))
-            elif attr in built_by:
-                skipped.append(Skipped(attr, line, f"built by the decorated factory {built_by[attr]}"))
+                skipped.append(Skipped(attr, _line(obj, attr, source), "abstract class"))
             else:
-                targets.append(Target(path, attr, "class", line, None, obj))
+                candidates.append((attr, obj, "class"))
+        elif inspect.isfunction(obj) and obj.__module__ == here and factory_kind(obj, module) is not None:
+            seen.add(id(obj))
+            candidates.append((attr, obj, "factory"))
         elif isinstance(obj, nn.Module) and (attr in source.assigned or not source.readable):
             seen.add(id(obj))
             line = source.lines.get(attr)
@@ -253,14 +258,51 @@ def discover(module: types.ModuleType, path: str | os.PathLike[str], name: str |
                 skipped.append(Skipped(attr, line, "instance has no parameters"))
             else:
                 targets.append(Target(path, attr, "instance", line, None, obj))
+    users = building_blocks([(t.name, t.obj) for t in targets if t.kind != "instance"]
+                            + [(attr, obj) for attr, obj, _ in candidates],
+                            [attr for attr, obj, _ in candidates if _required_args(obj)])
+    # A base class that the package also builds itself (UNetModel beside its subclass
+    # SuperResModel, both made in script_util.py) is a model of its own.
+    built_by, called = package_users(path.resolve(), [a for a, _, _ in candidates])
+    for attr in [a for a, why in users.items() if why.startswith("the base class of ") and a in called]:
+        del users[attr]
+    # What other modules of the package build is theirs, except a file's last classes: the file
+    # named is then checked for its own model (mamba.py's Mamba, which lm.py's LM wraps).
+    inside = {attr: why for attr, why in built_by.items()
+              if attr not in users}
+    own = [a for a, _, kind in candidates if a not in users and a not in inside and kind == "class"]
+    if not own and not any(t.kind != "instance" for t in targets):
+        inside = {a: why for a, why in inside.items() if dict((c[0], c[2]) for c in candidates)[a] == "factory"}
+    users.update(inside)
+    for t in targets:  # model = Net(2, 16) at module level: the instance is that class's model
+        # (one on the meta device stands in for its class with a note: gradlint.run.check_file)
+        if t.kind == "instance" and type(t.obj).__module__ == here and type(t.obj).__name__ in dict(
+                (c[0], c) for c in candidates) and not any(p.is_meta for p in t.obj.parameters()):
+            users.setdefault(type(t.obj).__name__, f"the class of the instance {t.name}")
+    blocks: list[Skipped] = []
+    for attr, obj, kind in candidates:
+        line = _line(obj, attr, source)
+        if attr in users and not all_targets:
+            blocks.append(Skipped(attr, line, users[attr]))
+        else:
+            targets.append(Target(path, attr, kind, line, None, obj, tuple(_required_args(obj) or ())))
 
     def order(item: Target | Skipped) -> tuple[int, str]:
         return (item.line if item.line is not None else sys.maxsize, item.name)
 
-    found = Discovery(tuple(sorted(targets, key=order)), tuple(sorted(skipped, key=order)))
+    found = Discovery(tuple(sorted(targets, key=order)), tuple(sorted(skipped, key=order)),
+                      tuple(sorted(blocks, key=order)))
     if name is None:
         return found
     for candidate in found.targets:
         if name in (candidate.name, candidate.display_name):
             return Discovery((candidate,))
     return Discovery((_explicit(module, path, name, source, found),))
+
+
+def _needs(obj: Any, options: TargetOptions | None) -> tuple[str, ...]:
+    """The constructor's parameters without a default that the decorator does not give."""
+    if isinstance(obj, type) or inspect.isfunction(obj):
+        given = (options.kwargs or {}) if options is not None else {}
+        return tuple(p for p in _required_args(obj) or () if p not in given)
+    return ()

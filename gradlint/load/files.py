@@ -14,9 +14,9 @@ from pathlib import Path
 from gradlint.base.errors import LoadError
 
 __all__ = [
-    "PROJECT_MARKERS", "SKIP_DIRS", "NotReadable", "find_project_root", "import_roots", "is_library_file",
-    "iter_python_files", "may_define_model", "package_parts", "parse_target_arg", "read_source", "same_file",
-    "source_problem", "unreadable_reason",
+    "PROJECT_MARKERS", "SKIP_DIRS", "NotReadable", "absolute_import_roots", "find_project_root", "import_roots",
+    "is_library_file", "iter_python_files", "may_define_model", "package_parts", "parse_target_arg", "read_source",
+    "repository_root", "same_file", "source_problem", "unreadable_reason",
 ]
 
 PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
@@ -213,6 +213,27 @@ def find_project_root(path: str | os.PathLike[str]) -> Path:
     return start
 
 
+_LICENSES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENSE.rst", "LICENCE", "COPYING")
+
+
+def repository_root(path: str | os.PathLike[str]) -> Path:
+    """The root of the repository a file belongs to, for reading its other files.
+
+    The project root (``find_project_root``), unless a directory between the file and it has a
+    license file of its own: code vendored from another repository (a folder with its own
+    LICENSE) is read as that repository.
+    """
+    path = Path(path).resolve()
+    root = find_project_root(path)
+    start = path if path.is_dir() else path.parent
+    for directory in (start, *start.parents):
+        if directory == root or root not in directory.parents:
+            break
+        if any((directory / name).is_file() for name in _LICENSES):
+            return directory
+    return root
+
+
 _MODEL_WORDS = re.compile(rb"torch|\bnn\b|Module|Model|gradlint")
 
 
@@ -248,11 +269,89 @@ def package_parts(file: Path) -> tuple[list[str], Path]:
 
 
 def import_roots(file: Path, project_root: Path | None = None) -> list[Path]:
-    """The ``sys.path`` entries ``import_file`` gives a file's code: its directory, its
-    package's parent when it is in a package, and the project root."""
+    """The ``sys.path`` entries ``import_file`` gives a file's code.
+
+    In a package, the package's parent comes first: a module named like its package
+    (``seq2seq/models/seq2seq.py``, ``mlp_mixer_pytorch/mlp_mixer_pytorch.py``) must not
+    shadow the package when the file imports it. Then the file's own directory, the project
+    root, and the ancestors that make the file's own absolute imports of its repository
+    resolve (``from TCN.tcn import ...`` in ``TCN/adding_problem/model.py`` of a folder
+    without project markers; see ``absolute_import_roots``).
+    """
     parts, package_root = package_parts(file)
     root = project_root if project_root is not None else find_project_root(file)
-    return list(dict.fromkeys([file.parent, *([package_root] if parts else []), root]))
+    first = [package_root, file.parent] if parts else [file.parent]
+    return list(dict.fromkeys([*first, root, *absolute_import_roots(file, [*first, root])]))
+
+
+_TOP_IMPORT = re.compile(rb"^[ \t]*(?:from[ \t]+([A-Za-z_]\w*)[\w.]*[ \t]+import|import[ \t]+([A-Za-z_]\w*))",
+                         re.MULTILINE)
+
+
+def _installed(name: str) -> bool:
+    """Whether ``name`` is a module of the standard library or an installed package (found
+    without importing it)."""
+    import importlib.machinery
+    import sys
+
+    if name in sys.builtin_module_names or name in sys.stdlib_module_names:
+        return True
+    library = [p for p in sys.path if p and is_library_file(os.path.join(p, "x.py"))]
+    try:
+        return importlib.machinery.PathFinder.find_spec(name, library) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _provides(directory: Path, name: str) -> bool:
+    return (directory / name / "__init__.py").is_file() or (directory / f"{name}.py").is_file()
+
+
+def absolute_import_roots(file: Path, roots: Iterable[Path] = ()) -> list[Path]:
+    """Ancestors of ``file`` that its own absolute imports need on ``sys.path``.
+
+    For each top-level name the file imports absolutely (``from TCN.tcn import X``) that
+    neither ``roots`` nor the installed packages provide, the nearest ancestor directory
+    holding that package (or module) is one. An ancestor that would shadow an installed
+    package or the standard library (it holds a module of the same name) is never one.
+
+    Args:
+        file: A resolved path.
+        roots: Directories already on the path.
+
+    Returns:
+        The ancestors, nearest first.
+    """
+    try:
+        data = read_source(file)
+    except OSError:
+        return []
+    roots = list(roots)
+    names = dict.fromkeys(m.group(1) or m.group(2) for m in _TOP_IMPORT.finditer(data))
+    found: list[Path] = []
+    for name in names:
+        name = name.decode() if isinstance(name, bytes) else name
+        if any(_provides(r, name) for r in [*roots, *found]) or _installed(name):
+            continue
+        for directory in file.parent.parents:
+            if _provides(directory, name):
+                if not _shadows_installed(directory):
+                    found.append(directory)
+                break
+    return found
+
+
+def _shadows_installed(directory: Path) -> bool:
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return True
+    for entry in entries:
+        stem = entry[:-3] if entry.endswith(".py") else entry
+        if stem.isidentifier() and (entry.endswith(".py") or (directory / entry / "__init__.py").is_file()) \
+                and _installed(stem):
+            return True
+    return False
 
 
 def is_library_file(filename: str) -> bool:

@@ -58,6 +58,25 @@ def format_error(r: Report, color: bool = False) -> str:
     return "\n".join(lines)
 
 
+def format_arguments(r: Report) -> list[str]:
+    """The constructor arguments gradlint chose, one line per place they came from; each
+    assumed value on its own line, saying so and why."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for a in r.arguments:
+        key = (a.how, a.source, a.note) if a.how != "assumed" else (a.how, a.name, a.note)
+        groups.setdefault(key, []).append(f"{a.name}={a.value}")
+    out = []
+    for (how, source, note), values in groups.items():
+        joined = ", ".join(values)
+        if how == "assumed":
+            out.append(f"{joined} assumed ({note})" if note else f"{joined} assumed")
+        elif how == "default":
+            out.append(f"{joined} ({note}, {source})" if note else f"{joined} (defaults, {source})")
+        else:
+            out.append(f"{joined} from {source}" + (f" ({note})" if note else ""))
+    return [f"  {'arguments:' if i == 0 else ' ' * 10} {line}" for i, line in enumerate(out)]
+
+
 def format_summary(r: Report, color: bool = False, weakest: int = 3) -> str:
     if r.status != "ok":
         return format_error(r, color)
@@ -70,6 +89,7 @@ def format_summary(r: Report, color: bool = False, weakest: int = 3) -> str:
         lines.extend(f"  unknown: {why}" for why in s.unknown)
     if r.inputs:
         lines.append(f"  inputs: {r.inputs}")
+    lines += format_arguments(r)
     if r.probe is not None:
         lines.extend(format_probe(r))
     weights = [p for p in r.params if p.predicted_grad_rms is not None and len(p.shape) >= 2]

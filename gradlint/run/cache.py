@@ -163,15 +163,16 @@ class Cache:
         self.settings = settings
         config = settings.config
         # Every setting but the configuration, which counts only through its rule options and
-        # warn-unused-ignores (its severities and per-file ignores apply after the cache).
+        # warn-unused-ignores and all-targets (its severities and per-file ignores apply after the cache).
         self._base = _digest(_environment(), [
             *(getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "config"),
             sorted((k, sorted(dict(v).items())) for k, v in config.rule_options.items()) if config else None,
-            config.warn_unused_ignores if config else None])
+            config.warn_unused_ignores if config else None, config.all_targets if config else False])
         self._files: dict[Path, tuple[str, list[tuple[int, str | None, tuple[str, ...]]]] | None] = {}
         self._resolved: dict[Any, list[Path]] = {}
         # key -> how this run names the file and the configuration file, which reports quote.
         self._views: dict[str, tuple[str, str]] = {}
+        self._sources: dict[Path, Any] = {}
         self.written = 0
 
     # --- keys ---------------------------------------------------------------------------------
@@ -182,8 +183,12 @@ class Cache:
         own = self._read(file)
         if own is None:
             return None
+        from gradlint.load.callsites import value_sources
+
+        # The files its models' constructor values may be read from (training scripts, READMEs) count too.
         deps = [(str(f), (self._read(f) or ("unreadable",))[0])
-                for f in local_imports(file, self._read, self._resolved)]
+                for f in dict.fromkeys([*local_imports(file, self._read, self._resolved),
+                                        *value_sources(file, self._sources)])]
         config = self.settings.config
         shown_config = _shown_config(config)
         # Origins hold the configuration file as named from here; its resolved form is the same from anywhere.

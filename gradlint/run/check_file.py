@@ -35,6 +35,11 @@ class _NoParameters(Exception):
     """A target discovery found has no parameters: a note, not a report."""
 
 
+class _Orphan(Exception):
+    """A class beside the file's other models that needs arguments nothing in the repository
+    gives (no call of it anywhere, often one left in commented-out code): a note, not a report."""
+
+
 def check_file(path: Any, name: str | None, settings: Settings, skip: int = 0,
                watch: Watch | None = None) -> Iterator[tuple[Any, ...]]:
     """Check one file, as a stream of events.
@@ -66,7 +71,7 @@ def _check_file(path: Any, name: str | None, settings: Settings, skip: int, watc
         except GradlintError as e:
             _with_hint(e, path, None)
             raise
-        found = load.discover(module, path, name)
+        found = load.discover(module, path, name, all_targets=config is not None and config.all_targets)
         if config is not None:
             found, failed = _with_config_targets(module, path, name, found, config)
             if not skip:
@@ -89,17 +94,34 @@ def _check_file(path: Any, name: str | None, settings: Settings, skip: int, watc
         yield ("note", f"{path}: no targets: " + ("every nn.Module here was skipped" if found.skipped else
                        "no nn.Module subclass or instance is defined here, and nothing is marked @gradlint.target"))
         return
+    repository: list[Any] = []  # read once per file, when a target first needs it
+
+    def repo() -> Any:
+        if not repository:
+            repository.append(load.Repository(path, module))
+            for other in found.targets:  # what the user gave a model, its building blocks are read with
+                if other.options is not None and other.options.kwargs and other.kind != "instance":
+                    try:
+                        with load.user_code(path):
+                            repository[0].given[other.name] = load.config_tables(
+                                other.obj, other.options.kwargs, module, lambda: repository[0])
+                    except GradlintError:
+                        pass  # reported when that model is built
+        return repository[0]
+
     for index, target in enumerate(found.targets):
         if index < skip:
             continue
         label = f"{path}::{target.display_name}"
         yield ("target", index, label, str(path), target.line, len(found.targets))
         watch.check(checking=True)
+        arguments: tuple[Any, ...] = ()
         try:
             # The constructor runs where the file's import left the working directory (instantiate
-            # says so); gradlint's own work around it, where gradlint runs.
+            # says so); gradlint's own work around it (reading the repository for its values),
+            # where gradlint runs.
             with load.user_code(path, cwd=False):
-                model = load.instantiate(target)
+                model, arguments = _build(target, module, path, repo, config, others=len(found.targets) > 1)
                 _refuse_script_module(model, target)
                 if name is None and target.options is None and next(model.parameters(), None) is None:
                     # A parameter-free module found by discovery (an activation, a wrapper) has no
@@ -121,6 +143,10 @@ def _check_file(path: Any, name: str | None, settings: Settings, skip: int, watc
                     report = run_probe(model, ex, device=settings.device, seeds=settings.seeds, **kwargs)
                 else:
                     report = check(model, ex, **kwargs)
+        except _Orphan as e:
+            yield ("note", f"{e}")
+            watch.check(checking=False)
+            continue
         except _NoParameters:
             yield ("note", f"{path}:{target.line or 1}: skipped {target.name}: it has no parameters, so there is no "
                            f"gradient to predict (name it, {path}::{target.name}, to check it anyway)")
@@ -136,7 +162,37 @@ def _check_file(path: Any, name: str | None, settings: Settings, skip: int, watc
         except Exception as e:  # noqa: BLE001 - an op gradlint cannot run, or a bug of gradlint's own
             report = error_report(label, _unexpected(e, path, target.line), str(path), target.line)
         watch.check(checking=False)
-        yield ("report", report)
+        yield ("report", replace(report, arguments=arguments) if arguments else report)
+
+
+def _build(target: load.Target, module: Any, path: Any, repo: Any, config: Config | None,
+           others: bool = False) -> tuple[Any, tuple]:
+    """Builds a target: with the arguments it was given (a config's nested tables made into its
+    config classes), and the ones it needs found in the repository. Returns the model and, when
+    gradlint chose values, every argument with where it came from."""
+    if target.kind == "instance":
+        return load.instantiate(target), ()
+    given = dict(target.options.kwargs or {}) if target.options is not None else {}
+    origin = next((s.origin for s in config.targets_in(path) if s.matches(target) and s.kwargs), None) \
+        if config is not None else None
+    load.check_unknown(target, given)
+    given = load.config_tables(target.obj, given, module, repo)
+    needed = [p for p in target.needs if p not in given]
+    if not needed and target.options is not None:
+        return load.instantiate(target, kwargs=given), ()
+    # Undecorated and unconfigured, a model that needs no arguments is still built with the values
+    # a training script or the README gives, when they are read in full.
+    resolution = load.find_arguments(target.obj, target.name, path, repo(), given, optional=not needed)
+    if resolution.missing:
+        error = load.missing_arguments(target, resolution, module, repo())
+        if not resolution.sites and others and target.options is None:
+            raise _Orphan(f"{path}:{target.line or 1}: skipped {target.name}: {error.message}; nothing in the "
+                          f"repository builds it\n  hint: {error.hint}")
+        raise error
+    stated = tuple(load.given_argument(k, v, origin or f"{path}:{target.line or 1}",
+                                       "configured" if origin else "declared") for k, v in given.items())
+    extra = {k: v for k, v in resolution.kwargs.items() if k not in given}
+    return load.instantiate(target, kwargs={**extra, **given}), stated + resolution.arguments
 
 
 # --- what a target's report says when it could not be analyzed ------------------------------------

@@ -81,6 +81,8 @@ class Config:
         per_file_ignores: ``(glob, rules)`` pairs: findings in matching files that those rules
             (codes, prefixes or names) do not report.
         targets: Models to check, with their inputs and constructor arguments.
+        all_targets: Whether the building blocks of a file's models are checked too (by default
+            only its top-level models are).
         rule_options: Rule code -> options overriding the rule's defaults.
         severities: Rule code -> the severity its findings are reported with.
         file: The configuration file; None when there is none.
@@ -106,6 +108,7 @@ class Config:
     warn_unused_ignores: bool = False
     per_file_ignores: tuple[tuple[str, tuple[str, ...]], ...] = ()
     targets: tuple[TargetSpec, ...] = ()
+    all_targets: bool = False
     rule_options: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _EMPTY, hash=False)
     severities: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
     file: Path | None = None

@@ -29,7 +29,7 @@ __all__ = ["CLI_OPTIONS", "describe", "find", "from_command_line", "load", "merg
 CLI_OPTIONS = {"select": "select", "ignore": "ignore", "fail_on": "fail-on", "threshold": "threshold",
                "input_shapes": "input-shape", "probe": "probe", "device": "device", "seeds": "seeds",
                "jobs": "jobs", "timeout": "timeout", "force_exclude": "force-exclude",
-               "warn_unused_ignores": "warn-unused-ignores"}
+               "warn_unused_ignores": "warn-unused-ignores", "all_targets": "all-targets"}
 
 
 def _read_text(file: Path) -> str:

@@ -21,7 +21,10 @@ from gradlint.run.config.model import COMMAND_LINE, SEVERITIES, Config, TargetSp
 from gradlint.run.config.toml_lines import key_lines
 from gradlint.run.config.toml_text import to_toml, toml_key
 
-__all__ = ["KEYS", "Key", "Source", "from_table"]
+__all__ = ["KEYS", "PLACEHOLDER", "Key", "Source", "from_table"]
+
+#: What ``gradlint init`` writes for a constructor value it could not find; refused until replaced.
+PLACEHOLDER = "<FILL IN>"
 
 _TARGET_KEYS = ("path", "inputs", "kwargs", "name")
 _TOKEN_KEYS = ("shape", "vocab", "dtype")
@@ -208,6 +211,14 @@ def _inputs(source: Source, path: tuple[Any, ...], value: Any) -> Any:
     raise source.wrong(path, value, f"example inputs, such as {example}")
 
 
+def _placeholders(value: Any, path: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in _placeholders(v, path + (k,))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _placeholders(v, path + (i,))]
+    return [path] if value == PLACEHOLDER else []
+
+
 def _targets(source: Source, path: tuple[Any, ...], value: Any) -> tuple[TargetSpec, ...]:
     example = '[{ path = "models/net.py::Net", inputs = [8, 3, 32, 32], kwargs = { depth = 50 } }]'
     if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
@@ -235,6 +246,9 @@ def _targets(source: Source, path: tuple[Any, ...], value: Any) -> tuple[TargetS
         kwargs = entry.get("kwargs")
         if kwargs is not None and not isinstance(kwargs, Mapping):
             raise source.wrong(p + ("kwargs",), kwargs, "a table of keyword arguments", "{ depth = 50 }")
+        for key_path in _placeholders(kwargs or {}, p + ("kwargs",)):
+            raise source.error(key_path, f"{PLACEHOLDER} is the placeholder gradlint init wrote for a value it could "
+                                         "not find", hint="give the value the model is built with")
         label = entry.get("name")
         if label is not None and (not isinstance(label, str) or not label):
             raise source.wrong(p + ("name",), label, "a non-empty string", '"resnet50"')
@@ -300,6 +314,7 @@ KEYS: dict[str, Key] = {
     "warn-unused-ignores": Key("warn_unused_ignores", _bool),
     "per-file-ignores": Key("per_file_ignores", _per_file_ignores),
     "targets": Key("targets", _targets),
+    "all-targets": Key("all_targets", _bool),
 }
 
 
