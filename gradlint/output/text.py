@@ -28,12 +28,29 @@ def _c(text: str, what: str, color: bool) -> str:
 
 
 def format_finding(f: Finding, color: bool = False) -> str:
-    loc = f"{shown_path(f.path) if f.path else '<unknown>'}:{f.line or 1}:{f.column or 1}"
-    head = f"{_c(loc, 'bold', color)}: {f.code} [{_c(f.severity, f.severity, color)}] {f.message}"
-    if f.fix:
-        head += "\n" + "\n".join("    fix: " + line if i == 0 else "         " + line
-                                 for i, line in enumerate(f.fix.splitlines()))
+    """``file:line:col: CODE [severity] message``, its fix, and its notes as a compiler prints
+    them: ``file:line:col: note: ...``, each at its own location, a cause with its message (and
+    its fix when it is not the finding's), another fix with that fix."""
+    head = f"{_c(_where(f), 'bold', color)}: {f.code} [{_c(f.severity, f.severity, color)}] {f.message}"
+    head += _fix_lines(f.fix, "    ")
+    for n in f.notes:
+        what = {"cause": "cause", "fix": "another fix"}.get(n.role, n.role)
+        context = f", at {n.module}" if n.module else ""
+        text = n.message if n.role != "fix" or not n.fix else n.fix.splitlines()[0]
+        head += f"\n    {_c(_where(n), 'bold', color)}: {_c('note', 'info', color)}: {n.code} {what}{context}: {text}"
+        if n.role != "fix":
+            head += _fix_lines(n.fix if n.fix != f.fix else "", "        ")
+        else:
+            head += "".join(f"\n        {line}" for line in n.fix.splitlines()[1:])
     return head
+
+
+def _where(f: Any) -> str:
+    return f"{shown_path(f.path) if f.path else '<unknown>'}:{f.line or 1}:{f.column or 1}"
+
+
+def _fix_lines(fix: str, indent: str) -> str:
+    return "".join(f"\n{indent}" + ("fix: " if i == 0 else "     ") + line for i, line in enumerate(fix.splitlines()))
 
 
 def _decades(x: float) -> str:

@@ -26,14 +26,14 @@ class WireError(ValueError):
 
 @functools.cache
 def _types() -> dict[str, type]:
-    from gradlint.base.findings import Finding
+    from gradlint.base.findings import Finding, Note
     from gradlint.base.report import Agreement, LayerReport, ParamReport, RecurrentReport, Report, Summary, TrunkPoint
     from gradlint.base.targets import Tokens
     from gradlint.run.check_file import Settings
     from gradlint.run.config import Config, TargetSpec
 
     return {cls.__name__: cls for cls in (Report, ParamReport, LayerReport, RecurrentReport, Agreement, Summary,
-                                          TrunkPoint, Finding, Settings, Config, TargetSpec, Tokens)}
+                                          TrunkPoint, Finding, Note, Settings, Config, TargetSpec, Tokens)}
 
 
 _TIMES = {"@datetime": datetime.datetime, "@date": datetime.date, "@time": datetime.time}
