@@ -267,10 +267,15 @@ def failing(report: Report, ignore: Iterable[str] = (), fail_on: str | None = No
         The failing findings, the unhealthy verdict (None when healthy or ignored), and the
         findings at or above ``fail_on`` that the measurement refuted.
     """
+    from gradlint.lint.grouping import flatten, group
+
     ignore = tuple(ignore)
     level = Severity(fail_on or report.fail_on).rank
-    due = [f for f in report.findings
-           if Severity(f.severity).rank >= level and not matches(f.code, f.name, ignore)]
+    # An ignored rule's finding leaves its notes, grouped again, as the CLI's --ignore does.
+    kept = report.findings
+    if ignore and any(matches(g.code, g.name, ignore) for f in report.findings for g in (f, *f.notes)):
+        kept = group([f for f in flatten(report.findings) if not matches(f.code, f.name, ignore)], report.layers)
+    due = [f for f in kept if Severity(f.severity).rank >= level]
     failing_ = [f for f in due if f.confirmed is not False]
     refuted = [f for f in due if f.confirmed is False]
     verdict = report.summary.verdict if report.summary is not None else None
@@ -299,6 +304,11 @@ def failure_message(report: Report, findings: list[Finding], verdict: str | None
             lines.append(f"  {f.code} [{f.severity}{mark}] {loc}: {f.message}")
             for i, fix_line in enumerate(f.fix.splitlines()):
                 lines.append(("      fix: " if i == 0 else "           ") + fix_line)
+            for n in f.notes:
+                where = f" in {n.module}" if n.module else ""
+                loc = f"{shown_path(n.path)}:{n.line or 1}:{n.column or 1}{where}" if n.path else f"model{where}"
+                text = n.message if n.role != "fix" or not n.fix else n.fix
+                lines.append(f"      note: {n.code} ({n.role}) {loc}: " + "\n           ".join(text.splitlines()))
     if refuted:
         lines.append("not failing, refuted by the probe: " + ", ".join(sorted({f.code for f in refuted})))
     lines.extend(_weakest_lines(report))
