@@ -102,6 +102,9 @@ def test_report_in_jupyter_shows_verdict_findings_and_an_inline_chart():
     assert "<b>SigmoidMLP</b>" in html and ">vanishing</b>" in html
     for f in report.findings:
         assert f"<b>{f.code}</b>" in html
+        for n in f.notes:  # the other rules' findings about the same problem, as notes
+            assert f"<i>note:</i> <b>{n.code}</b> {n.role}" in html
+    assert any(f.notes for f in report.findings)
     assert "<script" not in html
     svg = html[html.index("<svg"):html.rindex("</svg>") + len("</svg>")]
     ET.fromstring(svg)   # the chart is well-formed inline SVG
