@@ -748,8 +748,8 @@ CASES: list[Case] = [
           "hint: gradlint imports regular files only"), setup=_fifo),
     Case("not-a-python-file", "a file that is not a .py file",
          {"notes.txt": "Net: a Linear layer, 8 -> 8\n"}, ("notes.txt",), 2,
-         ("notes.txt: could not analyze notes.txt: it is not a Python file: gradlint imports .py files, and notes.txt "
-          "has the suffix .txt", "hint: name a .py file, file.py::Name or a directory"),
+         ("notes.txt: could not analyze notes.txt: it is not a Python file: gradlint imports .py files and notebooks, "
+          "and notes.txt has the suffix .txt", "hint: name a .py file, file.py::Name or a directory"),
          absent=("gradlint.base", "LoadError")),
     Case("torchscript-module", "a TorchScript module named on the command line",
          {"model.py": src("""
@@ -1024,10 +1024,13 @@ without models, a skipped class) go to stderr and do not change the exit code.
 
 What the files' code changes while gradlint runs it is undone after each file and each
 model: the working directory, warning filters, and torch's default dtype and device, grad
-mode, deterministic-algorithms flag, thread count and anomaly mode. A default dtype set at
-a file's import still applies when that file's models are built, as it would in the user's
-own process. What the code prints goes to stderr, so `--format json` keeps stdout one JSON
-document.
+mode, deterministic-algorithms flag, thread count and anomaly mode; in a worker process, also
+alarms and signal handlers. A default dtype set at a file's import still applies when that
+file's models are built, and so does the working directory its import left when their
+constructors run, as in the user's own process; `sys.argv` is `[file]` for its import, its
+constructors and `forward`. Threads its code leaves running are noted, the next file is
+checked in a fresh worker process, and nothing of the file is cached. What the code prints
+goes to stderr, so `--format json` keeps stdout one JSON document.
 
 In a directory, files that mention none of `torch`, `nn`, `Module`, `Model` and `gradlint`
 are not imported: they cannot define a model except through a base class imported under
@@ -1083,6 +1086,49 @@ def _fence(text: str, lang: str = "") -> str:
     return f"{ticks}{lang}\n{text}\n{ticks}"
 
 
+def chaos_markdown() -> str:
+    """The section on tests/test_chaos.py: what its tree holds, and what it asserts."""
+    import importlib.util
+
+    # By its path: `python -m tests.test_errors --write` does not put tests/ on sys.path.
+    spec = importlib.util.spec_from_file_location("_chaos_tree", Path(__file__).with_name("test_chaos.py"))
+    test_chaos = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = test_chaos  # dataclasses look their module up
+    spec.loader.exec_module(test_chaos)
+
+    counts = test_chaos.composition()
+    rows = "".join(f"| {kind} | {n} |\n" for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"""
+<a id="chaos"></a>
+
+## All of it at once: the chaos test
+
+`tests/test_chaos.py` (slow; it runs with the suite) generates a tree of {sum(counts.values())} files and
+checks it with `gradlint check models --jobs 2 --timeout {test_chaos.TIMEOUT} --format json` in an address
+space capped at {test_chaos.LIMIT_BYTES / 2**30:g} GiB, or {test_chaos.HEADROOM_BYTES / 2**30:g} GiB above what
+importing torch maps where that is more (`setrlimit(RLIMIT_AS)`, as `ulimit -v` does): once cold,
+then {test_chaos.INTERRUPTIONS} times with SIGINT sent to the whole process group (as Ctrl-C does) at random
+moments, from an empty cache that each interrupted run leaves to the next, then once more to the
+end. The tree:
+
+| files | count |
+|---|---|
+{rows}
+It asserts, for every run: each report of a file without hostile code equals the report of a
+clean single-file run of that file; each hostile file is named with its reason (the signal, the
+exit code, the timeout, `can't allocate memory` and the memory hint, `probably out of memory`,
+the thread left running, the link that loops, the FIFO); no file is reported twice, and the
+files reported plus those the interruption note counts are all of them; no worker process
+outlives its run. After the runs: the project is byte-identical (`git status` clean in the
+tree's repository), the files that change directory wrote into their run directories only, and
+the cache holds exactly the files whose check was complete and clean, each entry equal to the
+clean run's report, none from a file the interruption cut off, from the file whose thread ran
+beside its checks, or from a file that could not be analyzed; the last run is served every
+entry the interrupted runs wrote (none is rewritten) and prints what the cold run printed. The
+test prints the counts of each run.
+"""
+
+
 def errors_markdown(outcomes: dict[str, Outcome]) -> str:
     """docs/errors.md from the table and each case's real output."""
     rows, sections = [], []
@@ -1103,7 +1149,8 @@ def errors_markdown(outcomes: dict[str, Outcome]) -> str:
         command = " ".join(["gradlint", "check", *case.args])
         sections.append(f'\n<a id="{case.id}"></a>\n\n## {case.title}\n\n' + "\n".join(files) +
                         f"\n`{command}` exits {outcome.exit_code}:\n\n{_fence(doc_output(case, outcome))}\n")
-    return HEADER + "".join(rows) + "".join(sections)
+    return HEADER + "".join(rows) + "| [all of it at once: the chaos test](#chaos) | 2 | (counts below) |\n" + \
+        "".join(sections) + chaos_markdown()
 
 
 def all_outcomes() -> tuple[dict[str, Outcome], list[str]]:
