@@ -21,7 +21,6 @@ from gradlint.capture import fusion
 from gradlint.capture import params as params_mod
 from gradlint.capture import trace as tracing
 from gradlint.capture.graph import Source
-from gradlint.capture.helper_sites import helper_sites
 from gradlint.capture.inputs import ExampleInputs, resolve_inputs
 from gradlint.engine.propagate import propagate
 from gradlint.engine.result import Result, build_summary
@@ -89,7 +88,6 @@ def analyze(model: nn.Module, inputs: ExampleInputs | None, *, threshold: float 
     prop = propagate(graph, stats, model)
     summary = build_summary(prop, threshold)
     definitions = tracing.definition_sites(model)
-    definitions.update(helper_sites(model, definitions))
     return Result(graph, prop, summary, definitions, target_source, trace_failures=tuple(failures)), failures
 
 
