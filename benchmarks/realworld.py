@@ -12,6 +12,13 @@ no offset removed. A *false zero* is a parameter predicted to get exactly no gra
 prediction at all) while the backward pass gives it one. A *fallback* is a model analyzed by
 the fx or module-order path instead of a captured graph.
 
+Per recurrence (nn.RNN / LSTM / GRU, a loop over time steps, a scan; ``report.recurrent``):
+the decay of the long-range gradient, log10 of the RMS gradient at the first step's input over
+the last step's, under a loss on the last step only; predicted, and measured as the probe
+measures it (``probing.measure`` with ``capture.loops.lag_targets``: the model's exported
+program run for real, float64, the gradient at each step's input). A recurrence the analysis
+did not find is listed with no prediction.
+
 Models: benchmarks/ecosystem/manifest.toml (the ``build`` and ``inputs`` expressions), and the
 ``EXTRA`` list below.
 
@@ -42,7 +49,7 @@ import torch
 import torch.nn as nn
 
 import gradlint
-from gradlint.api import predict
+from gradlint.api import as_example_inputs, predict
 
 HERE = Path(__file__).resolve().parent
 ECOSYSTEM = HERE / "ecosystem"
@@ -136,6 +143,63 @@ class HandRNN(nn.Module):
         return outputs
 
 
+class ModuleRNN(nn.Module):
+    """nn.RNN over the same sizes as LoopRNN: the reference the loops' decay is compared with."""
+
+    def __init__(self, inp: int = 32, hidden: int = 128):
+        super().__init__()
+        self.rnn = nn.RNN(inp, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 10)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+class CellLoop(nn.Module):
+    """nn.GRUCell / LSTMCell called per step, the state made where the input lives."""
+
+    def __init__(self, kind: str, inp: int = 32, hidden: int = 128):
+        super().__init__()
+        self.kind, self.hidden = kind, hidden
+        self.cell = (nn.GRUCell if kind == "gru" else nn.LSTMCell)(inp, hidden)
+        self.head = nn.Linear(hidden, 10)
+
+    def forward(self, x):
+        h = c = x.new_zeros(x.shape[0], self.hidden)
+        for t in range(x.shape[1]):
+            if self.kind == "lstm":
+                h, c = self.cell(x[:, t], (h, c))
+            else:
+                h = self.cell(x[:, t], h)
+        return self.head(h)
+
+
+class SelectiveScan(nn.Module):
+    """Mamba's selective scan as mamba-minimal writes it, in a loop: h = exp(Δ·A)·h + Δ·B·x,
+    A = −exp(A_log) (S4D-real init), Δ = softplus(dt_proj(x)); y = C·h + D·x per step."""
+
+    def __init__(self, d: int = 32, n: int = 8):
+        super().__init__()
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d, 1))
+        self.dt_proj = nn.Linear(d, d)
+        self.x_proj = nn.Linear(d, 2 * n, bias=False)
+        self.D = nn.Parameter(torch.ones(d))
+        self.n = n
+
+    def forward(self, x):  # x: (batch, time, d)
+        A = -torch.exp(self.A_log)
+        delta = nn.functional.softplus(self.dt_proj(x))
+        B, C = self.x_proj(x).split(self.n, dim=-1)
+        dA = torch.exp(delta.unsqueeze(-1) * A)
+        dBx = delta.unsqueeze(-1) * B.unsqueeze(2) * x.unsqueeze(-1)
+        h = x.new_zeros(x.shape[0], x.shape[2], self.n)
+        ys = []
+        for t in range(x.shape[1]):
+            h = dA[:, t] * h + dBx[:, t]
+            ys.append((h @ C[:, t].unsqueeze(-1)).squeeze(-1))
+        return torch.stack(ys, dim=1) + x * self.D
+
+
 def _extra() -> list[Model]:
     import transformers as T
 
@@ -156,6 +220,10 @@ def _extra() -> list[Model]:
         Model("highway-20", Highway, lambda: (torch.randn(32, 64),), "gate"),
         Model("loop-rnncell-64", LoopRNN, lambda: (torch.randn(8, 64, 32),), "rnn"),
         Model("hand-rnn-64", HandRNN, lambda: (torch.randn(8, 64, 32),), "rnn"),
+        Model("nn-rnn-64", ModuleRNN, lambda: (torch.randn(8, 64, 32),), "rnn"),
+        Model("loop-grucell-64", lambda: CellLoop("gru"), lambda: (torch.randn(8, 64, 32),), "rnn"),
+        Model("loop-lstmcell-64", lambda: CellLoop("lstm"), lambda: (torch.randn(8, 64, 32),), "rnn"),
+        Model("loop-scan-32", SelectiveScan, lambda: (torch.randn(4, 32, 32),), "ssm"),
     ]
 
 
@@ -206,6 +274,25 @@ def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
     return build()
 
 
+def decays(model: nn.Module, example: Any, report: Any, result: Any, seeds: int) -> list[dict]:
+    """Per recurrence of ``report``, the long-range decay predicted and measured (decades)."""
+    from gradlint.capture.loops import lag_targets
+    from gradlint.probing.measure import measure as probe_measure
+
+    if not report.recurrent:
+        return []
+    meas = probe_measure(model, as_example_inputs(model, example), seeds=seeds, loops=lag_targets(result.graph))
+    out = []
+    for r in report.recurrent:
+        lag = meas.lag_rms(r.lag_key)
+        pred = math.log10(r.lag_grad_rms[0] / r.lag_grad_rms[-1]) if r.lag_grad_rms and r.lag_grad_rms[0] > 0 \
+            and r.lag_grad_rms[-1] > 0 else None
+        got = math.log10(lag[0] / lag[-1]) if lag and lag[0] > 0 and lag[-1] > 0 else None
+        out.append({"node": r.node, "module": r.module, "form": r.form, "mode": r.mode, "steps": r.steps,
+                    "decay_pred": pred, "decay_meas": got})
+    return out
+
+
 def run(models: list[Model], seeds: int) -> list[dict]:
     rows = []
     for m in models:
@@ -241,11 +328,19 @@ def run(models: list[Model], seeds: int) -> list[dict]:
         row.update(weights=len(errs) + len(false_zeros), errors=[e for _, e in errs], false_zeros=false_zeros,
                    unmeasured=unmeasured, verdict=report.summary.verdict if report.summary else None,
                    worst=max(errs, key=lambda e: e[1])[0] if errs else "")
+        try:
+            row["recurrent"] = decays(model, example, report, result, seeds)
+        except Exception as e:  # noqa: BLE001 - the weights' row stands; the decay says why it is missing
+            row["recurrent_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
         rows.append(row)
         e = sorted(row["errors"])
         print(f"| {m.name} | {report.analysis} | {row['weights']} | {_q(e, 0.5)} | {_q(e, 0.9)} | "
               f"{len(false_zeros)} | {row['verdict']} | {row['check_s']:.2f} | {row['measure_s']:.1f} |", flush=True)
     return rows
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.2f}"
 
 
 def _q(values: list[float], q: float) -> str:
@@ -274,6 +369,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error over weight matrices: median {_q(errs, 0.5)}, 90th percentile {_q(errs, 0.9)} decades")
     print(f"false zeros: {zeros} (in {sum(bool(r['false_zeros']) for r in done)} models)")
     print(f"fallbacks: {len(fallbacks)} ({', '.join(fallbacks) or 'none'})")
+    rec = [(r["model"], d) for r in done for d in r.get("recurrent", ())]
+    if rec or any(r["family"] in ("rnn", "ssm") for r in done):
+        print("\n| model | recurrence | form | mode | steps | decay pred | decay meas | pred - meas |\n"
+              "|---|---|---|---|---|---|---|---|")
+        for name, d in rec:
+            diff = d["decay_pred"] - d["decay_meas"] if d["decay_pred"] is not None and d["decay_meas"] is not None \
+                else None
+            print(f"| {name} | {d['module'] or d['node']} | {d['form']} | {d['mode']} | {d['steps']} | "
+                  f"{_f(d['decay_pred'])} | {_f(d['decay_meas'])} | {_f(diff)} |")
+        for r in done:
+            if r["family"] in ("rnn", "ssm") and not r.get("recurrent"):
+                print(f"| {r['model']} | none found | - | - | - | - | - | "
+                      f"{r.get('recurrent_error', 'no recurrence in report.recurrent')} |")
+        within = [abs(d["decay_pred"] - d["decay_meas"]) <= 1 for _, d in rec
+                  if d["decay_pred"] is not None and d["decay_meas"] is not None]
+        print(f"recurrences: {len(rec)}, decay within 1 decade of the measured one: {sum(within)} of {len(rec)}")
     failed = [r for r in rows if "error" in r]
     if failed:
         print("not measured: " + "; ".join(f"{r['model']}: {r['error']}" for r in failed))

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from gradlint.base.findings import Severity
 from gradlint.lint.examples import RNNHead
-from gradlint.lint.recurrence import cell_name, recurrent_gain
+from gradlint.lint.recurrence import recurrence_name, recurrent_gain
 from gradlint.lint.rule import Case, Rule
 from gradlint.lint.toolkit import rounded
 
@@ -93,9 +93,8 @@ class ExplodingRecurrence(Rule):
             sev = self.escalate(judged, error_at=thr)
             lag = rec.steps - 1 - at
             rate = growth / lag if lag > 0 and math.isfinite(growth) else math.inf
-            where = rec.module or "the model"
             size = "more than 300" if not math.isfinite(growth) else f"{growth:.1f}"
-            msg = (f"{cell_name(rec.mode)} {where}: the gradient grows going back in time; at step {at} it is "
+            msg = (f"{recurrence_name(rec)}: the gradient grows going back in time; at step {at} it is "
                    f"10^{size} of the last step's over {rec.steps} steps (+{rate:.2f} decades per step)")
             evidence = {"steps": rec.steps, "growth_decades": rounded(growth), "decades_per_step": rounded(rate),
                         "step": at, "threshold": thr}
@@ -105,7 +104,7 @@ class ExplodingRecurrence(Rule):
             gain = recurrent_gain(result, rec)
             if gain is not None:
                 evidence["recurrent_gain"] = rounded(gain)
-                msg += f" (weight_hh_l0 RMS·sqrt(fan-in) = {gain:.2f})"
+                msg += f" (weight_hh RMS·sqrt(fan-in) = {gain:.2f})"
             init = ("nn.init.orthogonal_(w)" if not gated else
                     f"[nn.init.orthogonal_(c) for c in w.data.chunk({4 if rec.mode == 'lstm' else 3})]")
             fix = (f"rescale the recurrent weights to gain <= 1:\nrnn = model.get_submodule({rec.module!r})\n"

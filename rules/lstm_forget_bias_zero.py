@@ -10,7 +10,15 @@ import torch.nn as nn
 from gradlint.base.findings import Severity
 from gradlint.engine import recurrent
 from gradlint.lint.examples import RNNHead
-from gradlint.lint.recurrence import CF_MAX_STEPS, counterfactual_decay, input_q, lag_decay, lag_log10, rnn_param
+from gradlint.lint.recurrence import (
+    CF_MAX_STEPS,
+    counterfactual_decay,
+    input_q,
+    lag_decay,
+    lag_log10,
+    recurrence_name,
+    rnn_param,
+)
 from gradlint.lint.rule import Case, Rule
 from gradlint.lint.toolkit import rounded
 
@@ -130,10 +138,9 @@ class LstmForgetBiasZero(Rule):
             if not saved > 0:
                 continue
             sev = self.escalate(saved, error_at=thr)
-            where = rec.module or "the model"
             first = "below 10^-300" if not math.isfinite(total) else f"10^-{total:.1f}"
-            msg = (f"nn.LSTM {where} loses its gradient at the rate of a zero forget-gate bias: over {rec.steps} "
-                   f"steps the gradient reaching the first "
+            msg = (f"{recurrence_name(rec)} loses its gradient at the rate of a zero forget-gate bias: "
+                   f"over {rec.steps} steps the gradient reaching the first "
                    f"step is {first} of the last step's ({rate:.2f} decades lost per step); with forget-gate bias "
                    f"{fb:g} it is predicted at 10^-{fixed:.1f}, {_fmt(saved)} decades more gradient")
             has_bias = rnn_param(result, rec, "bias_ih") is not None
@@ -152,6 +159,8 @@ class LstmForgetBiasZero(Rule):
 def _bias_suffixes(result, rec) -> list[str]:
     """'_l0', '_l0_reverse', '_l1', ... for every bias_ih of the module (['_l0'] if none)."""
     prefix = f"{rec.module}.bias_ih" if rec.module else "bias_ih"
+    if getattr(rec, "form", "module") == "loop":  # nn.LSTMCell: bias_ih, bias_hh
+        return [""]
     out = [p[len(prefix):] for p in result.propagation.param_stats if p.startswith(prefix + "_l")]
     return out or ["_l0"]
 

@@ -8,12 +8,12 @@ from typing import Any
 from gradlint.base.findings import Severity
 from gradlint.lint.examples import RNNHead
 from gradlint.lint.recurrence import (
-    cell_name,
     counterfactual_decay,
     input_q,
     lag_decay,
     lag_log10,
     lstm_counterfactual_stats,
+    recurrence_name,
     recurrent_gain,
     rnn_sizes,
 )
@@ -74,9 +74,8 @@ class VanillaRnnLongSequence(Rule):
             if not total >= warn or rate <= 0:
                 continue
             sev = self.escalate(total, error_at=thr)
-            where = rec.module or "the model"
             first = f"10^-{total:.1f}" if math.isfinite(total) else "below 10^-300"
-            msg = (f"{cell_name(rec.mode)} {where} over {rec.steps} steps: the gradient reaching the first step is "
+            msg = (f"{recurrence_name(rec)} over {rec.steps} steps: the gradient reaching the first step is "
                    f"{first} of the last step's ({rate:.2f} decades lost per step)")
             evidence: dict[str, Any] = {"steps": rec.steps, "decades": rounded(total),
                                         "decades_per_step": rounded(rate), "threshold": thr}

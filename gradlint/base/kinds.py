@@ -46,13 +46,16 @@ KINDS = {
     "router": "mixture-of-experts routing weights",
     "moe_linear": "expert layers run as one grouped matmul",
     "rnn": "nn.RNN, nn.LSTM, nn.GRU",
+    "rnn_cell": "nn.RNNCell, nn.LSTMCell, nn.GRUCell called once",
+    "rnn_loop": "a cell called once per step by a Python loop over time, fused",
+    "scan": "a diagonal linear recurrence s = a*s + b written as a loop (a selective scan), fused",
 }
 
 #: Kinds that only move, select or reduce data: the summary counts their gain as neutral.
 BENIGN_KINDS = frozenset({"identity", "select", "split", "getitem", "expand", "datamove", "dropout", "avg_pool",
                           "max_pool", "reduce", "cat", "const"})
 #: Layer kinds that hold weights.
-WEIGHTED_KINDS = frozenset({"linear", "conv", "embedding", "rnn", "attention", "moe_linear"})
+WEIGHTED_KINDS = frozenset({"linear", "conv", "embedding", "rnn", "rnn_cell", "rnn_loop", "attention", "moe_linear"})
 #: Layer kinds that normalize.
 NORM_KINDS = frozenset({"layer_norm", "rms_norm", "group_norm", "batch_norm"})
 #: Activations: functional (``act``) and parameter-free activation modules (``act_module``).

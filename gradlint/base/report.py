@@ -157,6 +157,11 @@ class RecurrentReport:
             the shared weights' gradients never show.
         lag_grad_rms_bound: The same under plain mean field, the pessimistic bound
             (docs/design.md §6, R2/R3).
+        form: How the recurrence is written: ``module`` (nn.RNN / LSTM / GRU), ``loop`` (a
+            Python loop over time steps: a cell module called per step, or a step written by
+            hand) or ``scan`` (a diagonal linear recurrence s_t = a_t * s_{t-1} + b_t, a
+            selective scan). For ``loop`` and ``scan``, the input at step t is what the loop
+            reads from outside at that step, and the loss sits on the last step's state.
     """
 
     node: str
@@ -166,6 +171,13 @@ class RecurrentReport:
     input_grad_rms: tuple[float, ...]
     lag_grad_rms: tuple[float, ...]
     lag_grad_rms_bound: tuple[float, ...]
+    form: str = "module"
+
+    @property
+    def lag_key(self) -> str:
+        """What a probe's measured long-range gradients are keyed by: the module for nn.RNN /
+        LSTM / GRU, the node naming the loop for a recurrence written as a loop or a scan."""
+        return self.module if self.form == "module" else self.node
 
 
 @dataclass(frozen=True)
@@ -184,8 +196,9 @@ class Agreement:
         requested_batch_size: Samples per seed asked for (more than ``batch_size`` after an
             out-of-memory retry).
         peak_memory_bytes: On CUDA, the peak memory allocated by the measurement.
-        lag_grad_rms: Per recurrent module, the measured RMS of the input gradient at each
-            time step when only the last step's output carries the loss.
+        lag_grad_rms: Per recurrent module (and per loop or scan, by its node; see
+            ``RecurrentReport.lag_key``), the measured RMS of the input gradient at each time step when only
+            the last step's output carries the loss.
         notes: What the user should know about how the probe ran.
     """
 
@@ -292,7 +305,7 @@ class Report:
             "params": [p.to_dict() for p in self.params],
             "layers": [lr.to_dict() for lr in self.layers],
             "recurrent": [
-                {"module": r.module, "mode": r.mode, "steps": r.steps,
+                {"module": r.module, "node": r.node, "form": r.form, "mode": r.mode, "steps": r.steps,
                  "input_grad_rms": [_num(x) for x in r.input_grad_rms],
                  "lag_grad_rms": [_num(x) for x in r.lag_grad_rms],
                  "lag_grad_rms_bound": [_num(x) for x in r.lag_grad_rms_bound]} for r in self.recurrent],

@@ -192,6 +192,10 @@ class Converter:
 
     # -- conversion ----------------------------------------------------------------------
     def convert(self) -> Graph:
+        from gradlint.capture.views import functionalize
+
+        # Writes through views (`outputs[:, t] = h`) become data flow; the graph is edited in place.
+        functionalize(self.gm.graph)
         outputs: list[str] = []
         for fxn in self.gm.graph.nodes:
             if fxn.op == "placeholder":
@@ -363,7 +367,7 @@ def _einsum(c: Converter, fxn, b):
 def _conv(c: Converter, fxn, b):
     name = op_name(fxn.target)
     transposed = bool(b.get("transposed", False)) or name.startswith("conv_transpose")
-    w, bias = c.param_of(b["weight"]), c.param_of(b.get("bias"))
+    w, bias = c.param_of(b["weight"]) or _reshaped_param(c, b["weight"]), c.param_of(b.get("bias"))
     x = b["input"]
     wshape = _shape(b["weight"].meta.get("val"))
     attrs = {"stride": _ints(b.get("stride")), "padding": b.get("padding"), "dilation": _ints(b.get("dilation")),
@@ -373,6 +377,18 @@ def _conv(c: Converter, fxn, b):
         c.add(fxn, "unknown", [x, b["weight"]], attrs={"target": name})
         return
     c.add(fxn, "conv", [x], {"weight": w} | ({"bias": bias} if bias else {}), attrs)
+
+
+def _reshaped_param(c: Converter, a: Any) -> str | None:
+    """A parameter reshaped on its way to a convolution, ``weight.squeeze(1).unsqueeze(1)``
+    (Hugging Face's causal depthwise conv of Mamba): the same values in the shape the
+    convolution reads, which ``weight_shape`` records."""
+    for _ in range(6):
+        if not isinstance(a, fx.Node) or a.op != "call_function" or op_name(a.target) not in (
+                "squeeze", "unsqueeze", "view", "reshape", "_to_copy", "to", "contiguous", "clone"):
+            return c.param_of(a)
+        a = a.args[0]
+    return None
 
 
 @normalizer("embedding")

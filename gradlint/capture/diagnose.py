@@ -4,17 +4,23 @@ that only tracing cannot follow (the fallback graph)."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from gradlint.base.errors import ForwardError, InputError
 from gradlint.base.targets import Tokens
+from gradlint.capture.fake import fake_forward
 from gradlint.capture.infer import meta_only, suggest_input
 from gradlint.capture.inputs import ExampleInputs, _dtype_name
-from gradlint.capture.meta import meta_copy, quiet
+from gradlint.capture.meta import quiet
 from gradlint.load import format_user_traceback, innermost_user_frame
 
 if TYPE_CHECKING:
     from torch import nn
+
+# What only a forward on fake tensors raises besides what a meta one does (``meta_only``): a
+# value or an output shape that depends on values.
+_FAKE_ONLY = re.compile(r"data.?dependent|DynamicOutputShape", re.IGNORECASE)
 
 _SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
 
@@ -87,9 +93,9 @@ def _suggestion(guess: Any, source: str | None) -> str:
 def forward_error(model: nn.Module, inputs: ExampleInputs | None) -> Exception | None:
     """Why the model's forward fails on the example inputs, when it fails by itself.
 
-    Called once torch.export has failed. A forward of a meta-device copy tells a forward that
-    cannot run on these inputs from one that torch.export cannot trace: the first gets an
-    error, the second the fallback graph.
+    Called once capture has failed. A forward of the model on fake tensors (as capture runs it,
+    ``gradlint.capture.fake``) tells a forward that cannot run on these inputs from one that
+    only capture cannot follow: the first gets an error, the second the fallback graph.
 
     Args:
         model: The model.
@@ -100,14 +106,9 @@ def forward_error(model: nn.Module, inputs: ExampleInputs | None) -> Exception |
         it got, and inputs that would fit when it is the first layer); a ``ForwardError`` when
         the user's code raised anything else; each at the innermost line of the user's code,
         with their traceback in ``traceback_text``. None when the forward runs, or fails only
-        because its tensors have no values (meta tensors).
+        because its tensors have no values (fake or meta tensors).
     """
     if inputs is None or not inputs.found:
-        return None
-    try:
-        copy = meta_copy(model).train()
-        args, kwargs = inputs.meta()
-    except Exception:  # noqa: BLE001 - nothing to run, so nothing to diagnose
         return None
     running: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any]]] = []
     first_leaf: list[nn.Module] = []
@@ -121,18 +122,26 @@ def forward_error(model: nn.Module, inputs: ExampleInputs | None) -> Exception |
         if running and running[-1][0] is module:
             running.pop()
 
-    handles = [h for m in copy.modules() for h in (m.register_forward_pre_hook(enter, with_kwargs=True),
-                                                   m.register_forward_hook(leave, with_kwargs=True))]
+    failure: Exception | None = None
+    names: dict[int, str] = {}
     try:
-        with quiet():
-            copy(*args, **kwargs)
+        with fake_forward(model, inputs) as run:
+            names = {id(m): n for n, m in run.model.named_modules()}
+            handles = [h for m in run.model.modules() for h in (m.register_forward_pre_hook(enter, with_kwargs=True),
+                                                                m.register_forward_hook(leave, with_kwargs=True))]
+            try:
+                with quiet():
+                    run.model(*run.args, **run.kwargs)
+            except Exception as exc:  # noqa: BLE001 - the user's forward: any failure is diagnosed
+                failure = exc
+            finally:
+                for handle in handles:
+                    handle.remove()
+    except Exception:  # noqa: BLE001 - nothing to run, so nothing to diagnose
         return None
-    except Exception as exc:  # noqa: BLE001 - the user's forward: any failure is diagnosed
-        failure = exc
-    finally:
-        for handle in handles:
-            handle.remove()
-    if meta_only(failure):
+    if failure is None:
+        return None
+    if meta_only(failure) or _FAKE_ONLY.search(f"{type(failure).__name__}: {failure}"):
         # Real tensors might pass, so only tracing is known to fail.
         return None
     path, line = innermost_user_frame(failure) or (None, None)
@@ -141,7 +150,7 @@ def forward_error(model: nn.Module, inputs: ExampleInputs | None) -> Exception |
     misfit = _misfit(*running[-1]) if running else None
     if misfit is not None:
         layer = running[-1][0]
-        name = next((n for n, m in copy.named_modules() if m is layer), "") or "the model"
+        name = names.get(id(layer), "") or "the model"
         takes, got = misfit
         guess = suggest_input(layer, inputs.batch_size or 8, model) if first_leaf[:1] == [layer] else None
         if guess is not None:

@@ -2,8 +2,8 @@
 
 * ``fx``: without example inputs, ``torch.fx.symbolic_trace`` with known layer types kept as
   leaves (no shapes, so the estimates that need them are left out).
-* ``module-order``: when tracing fails, the leaf modules in the order a forward pass on the
-  meta device calls them; failing that, in registration order. A chain: residual paths and
+* ``module-order``: when tracing fails, the leaf modules in the order a forward pass on fake
+  tensors calls them; failing that, in registration order. A chain: residual paths and
   functional ops are lost.
 """
 
@@ -19,9 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gradlint.capture.aten import call_site
+from gradlint.capture.fake import fake_forward
 from gradlint.capture.graph import Graph, Node, Source
 from gradlint.capture.inputs import ExampleInputs, TensorSpec
-from gradlint.capture.meta import meta_copy
 from gradlint.engine.gaussian import ACTIVATION_PARAMS
 
 # -- layer types the fx and module-order paths understand ----------------------------------------
@@ -145,35 +145,32 @@ def _chain_graph(model: nn.Module, order: list[tuple[str, nn.Module, Any, Any]],
 
 
 def module_order_graph(model: nn.Module, inputs: ExampleInputs | None) -> Graph:
-    """Leaf modules in the order a meta-device forward calls them; else registration order."""
+    """Leaf modules in the order a forward on fake tensors calls them; else registration order."""
     leaves = [(n, m) for n, m in model.named_modules() if not list(m.children()) or isinstance(m, LEAF_TYPES)]
     leaves = [(n, m) for n, m in leaves if not any(n.startswith(o + ".") for o, _ in leaves if o and o != n)]
     order: list[tuple[str, nn.Module, Any, Any]] = []
     analysis = "module-order"
     if inputs is not None and inputs.found:
-        mm = meta_copy(model).train()
-        names = {id(m): n for n, m in mm.named_modules()}
-        handles = []
-
         def hook(mod, args, out):
-            order.append((names.get(id(mod), ""),
-                          model.get_submodule(names.get(id(mod), "")) if names.get(id(mod)) else model,
+            name = names.get(id(mod), "")
+            order.append((name, model.get_submodule(name) if name else model,
                           _shape_of(args[0]) if args else None, _shape_of(out)))
 
-        for n, m in mm.named_modules():
-            if n and (not list(m.children()) or isinstance(m, LEAF_TYPES)):
-                if not any(n.startswith(o + ".") for o, _ in leaves if o and o != n):
-                    handles.append(m.register_forward_hook(hook))
         try:
-            args, kwargs = inputs.meta()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                mm(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - the user's forward on meta: any failure means no shapes
+            with fake_forward(model, inputs) as run:
+                names = {id(m): n for n, m in run.model.named_modules()}
+                handles = [m.register_forward_hook(hook) for n, m in run.model.named_modules()
+                           if n and (not list(m.children()) or isinstance(m, LEAF_TYPES))
+                           and not any(n.startswith(o + ".") for o, _ in leaves if o and o != n)]
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        run.model(*run.args, **run.kwargs)
+                finally:
+                    for h in handles:
+                        h.remove()
+        except Exception:  # noqa: BLE001 - the user's forward on fake tensors: any failure means no shapes
             order = []
-        finally:
-            for h in handles:
-                h.remove()
     if not order:
         order = [(n, m, None, None) for n, m in leaves
                  if n and (list(m.parameters(recurse=False)) or type(m) in _ACT_MODULES)]

@@ -18,6 +18,7 @@ from typing import Any
 import torch.nn as nn
 
 from gradlint.capture.graph import Graph, Node
+from gradlint.capture.loops import fuse_loops
 from gradlint.capture.params import ParamStats
 
 _PASS = {"identity", "datamove"}
@@ -541,4 +542,5 @@ def fuse(g: Graph, model: nn.Module | None, stats: dict[str, ParamStats]) -> Gra
     fuse_rotary(g)
     fuse_attention(g, stats)
     fuse_router(g)
+    fuse_loops(g)
     return g

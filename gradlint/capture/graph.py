@@ -66,6 +66,8 @@ class Graph:
         analysis: The tracing path that produced the graph: ``export``, ``fx`` or ``module-order``.
         batch_size: Size of the batch dimension of the inputs, when known.
         notes: Things the tracer could not resolve, for ``trace`` findings.
+        loops: Loops over time steps written in Python that no fused unit covers
+            (``capture.loops.Loop``): the engine reports their long-range gradient.
     """
 
     nodes: list[Node]
@@ -73,6 +75,7 @@ class Graph:
     analysis: str
     batch_size: int | None = None
     notes: list[tuple[str, str]] = field(default_factory=list)
+    loops: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.reindex()

@@ -1,19 +1,22 @@
-"""The graph ``torch.export`` would give, written down from one meta-device forward pass.
+"""The graph ``torch.export`` would give, written down from one forward on fake tensors.
 
-``torch.export`` spends about a millisecond per op on machinery gradlint never reads: fake
-tensors, proxies, symbolic shapes, graph recompiles, full stack-trace capture. Running the
-forward of a meta-device copy under a pre-dispatch mode sees the same ATen ops export
-records (``aten.linear``, ``aten.lstm``, ``aten.scaled_dot_product_attention``: above
-autograd, so composite ops are not yet decomposed) at a quarter of the cost.
+``torch.export`` spends about a millisecond per op on machinery gradlint never reads: proxies,
+symbolic shapes, graph recompiles, full stack-trace capture. Running the forward (the user's
+model on fake tensors, ``gradlint.capture.fake``, or a meta copy of a meta-device model)
+under a pre-dispatch mode sees the same ATen ops export records (``aten.linear``,
+``aten.lstm``, ``aten.scaled_dot_product_attention``: above autograd, so composite ops are not
+yet decomposed) at a quarter of the cost.
 
 What export's passes change afterwards is redone here: no-grad regions become
 ``wrap_with_set_grad_enabled`` nodes, tied weights read through their last name, plain tensor
-attributes are lifted constants. What this path cannot reproduce exactly it refuses with
-``Unsupported``, and the caller uses ``torch.export``: an autocast block, a grad-mode change
-outside ``torch.set_grad_enabled`` (inference mode), ``.data``, a module registered under two
-names, higher-order ops, and any forward that raises. ``tests/test_recording.py`` checks that
-the two paths give equal graphs on the corpus, hard cases and a tiny Mixtral, and equal
-reports on the examples and on fuzzed models.
+attributes are lifted constants. A value the forward reads (``.item()``, ``if mask.any()``)
+is answered by ``gradlint.capture.reads``, which export cannot do. What this path cannot
+reproduce exactly it refuses with ``Unsupported``, and the caller uses ``torch.export``: an
+autocast block, a grad-mode change outside ``torch.set_grad_enabled`` (inference mode),
+``.data``, a module registered under two names, higher-order ops, a value read from the
+weights, and any forward that raises. ``tests/test_recording.py`` checks that the two paths
+give equal graphs on the corpus, hard cases and a tiny Mixtral, and equal reports on the
+examples and on fuzzed models.
 """
 
 from __future__ import annotations
@@ -24,17 +27,21 @@ import linecache
 import operator
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
 from torch.fx.experimental.proxy_tensor import ProxyTorchDispatchMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_map
 
 from gradlint.capture.aten import _GRADLINT_DIR, _TORCH_DIR
+
+if TYPE_CHECKING:
+    from gradlint.capture.reads import ValueReader
 
 _SKIPPED_DIRS = (_TORCH_DIR, _GRADLINT_DIR)
 
@@ -164,7 +171,7 @@ class _Builder:
                                          self.sig.inputs_to_lifted_tensor_constants)
         return node
 
-    def record(self, func: torch._ops.OpOverload, args: tuple, kwargs: dict, out: Any, grad: bool) -> None:
+    def record(self, func: torch._ops.OpOverload, args: tuple, kwargs: dict, out: Any, grad: bool) -> fx.Node:
         if grad != self.grad:
             raise Unsupported("grad mode changed other than through torch.set_grad_enabled (inference_mode?)")
         if func is torch.ops.aten.lift_fresh.default:
@@ -190,6 +197,7 @@ class _Builder:
                     item.meta.update({k: node.meta[k] for k in ("nn_module_stack", "stack_trace") if k in node.meta})
                     self.by_id[id(o)] = item
                     self.keep.append(o)
+        return node
 
     def finish(self, out: Any) -> _GraphHolder:
         leaves = tree_leaves(out)
@@ -282,6 +290,17 @@ def _user_frames() -> str:
                      f'    {linecache.getline(f.f_code.co_filename, f.f_lineno).strip()}' for f in picked)
 
 
+def _user_site() -> str:
+    """``file:line`` of the innermost frame of the user's code (outside torch and gradlint)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if not path.startswith(_SKIPPED_DIRS) and "<frozen" not in path:
+            return f"{path}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "an unknown line"
+
+
 class _Recorder(ProxyTorchDispatchMode):
     """A pre-dispatch mode that writes each op down and runs it on meta tensors.
 
@@ -289,12 +308,13 @@ class _Recorder(ProxyTorchDispatchMode):
     no other kind (``torch._ops._set_mode_pre_dispatch``); none of the proxy machinery runs.
     """
 
-    def __init__(self, builder: _Builder):
+    def __init__(self, builder: _Builder, reader: ValueReader | None):
         TorchDispatchMode.__init__(self, torch._C.DispatchKey.PreDispatch)
         self.pre_dispatch = True
         self._mode_key = torch._C._TorchDispatchModeKey.PROXY
         self.enter_stack = []
         self.builder = builder
+        self.reader = reader
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -306,8 +326,16 @@ class _Recorder(ProxyTorchDispatchMode):
             raise Unsupported(f"higher-order op {func}")
         # Below this mode the op only needs its meta kernel: C++, without the Python
         # dispatcher's reference implementations (five times faster).
-        with torch._C._DisablePythonDispatcher():
-            out = func(*args, **kwargs)
+        try:
+            with torch._C._DisablePythonDispatcher():
+                out = func(*args, **kwargs)
+        except (DataDependentOutputException, DynamicOutputShapeException):
+            # A value the forward reads (.item(), `if mask.any()`, x[mask]) on fake tensors.
+            if self.reader is None:
+                raise
+            out = self.reader.read(self.builder, func, args, kwargs, _user_site())
+            self.reader.bind(self.builder.record(func, args, kwargs, out, torch.is_grad_enabled()))
+            return out
         self.builder.record(func, args, kwargs, out, torch.is_grad_enabled())
         return out
 
@@ -346,8 +374,15 @@ def _input_names(model: nn.Module, args: tuple, kwargs: dict, n_leaves: list[int
     return names
 
 
-def record_program(model: nn.Module, args: tuple, kwargs: dict) -> RecordedProgram:
-    """Runs ``model`` (already on the meta device) on meta inputs and writes down its ops.
+def record_program(model: nn.Module, args: tuple, kwargs: dict, reader: ValueReader | None = None) -> RecordedProgram:
+    """Runs ``model`` (on fake or meta tensors) on such inputs and writes down its ops.
+
+    Args:
+        model: The model to run, its parameters and buffers already fake (or meta).
+        args: Positional inputs, likewise.
+        kwargs: Keyword inputs, likewise.
+        reader: Answers the values the forward reads (``gradlint.capture.reads``); None
+            refuses such a forward.
 
     Raises:
         Unsupported: When only ``torch.export`` can represent the forward (see the module doc).
@@ -382,7 +417,7 @@ def record_program(model: nn.Module, args: tuple, kwargs: dict) -> RecordedProgr
     flags = torch.compiler._is_compiling_flag, torch.compiler._is_exporting_flag
     torch.compiler._is_compiling_flag = torch.compiler._is_exporting_flag = True
     try:
-        with enable_python_dispatcher(), torch._C._EnablePreDispatch(), _Recorder(builder), _GradCalls(builder):
+        with enable_python_dispatcher(), torch._C._EnablePreDispatch(), _Recorder(builder, reader), _GradCalls(builder):
             out = model(*args, **kwargs)
     except Unsupported:
         raise

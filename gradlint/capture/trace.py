@@ -2,11 +2,13 @@
 
 Paths, best first (the report names the one used as ``analysis``):
 
-1. ``export``: ``torch.export`` of a meta-device copy of the model on meta copies of the
-   example inputs: an ATen graph with module paths and stack traces on every node. The
-   same graph is recorded directly from one meta-device forward when ``gradlint.capture.record``
-   can reproduce it (most models, at a quarter of export's cost); ``GRADLINT_CAPTURE=export``
-   turns that off.
+1. ``export``: the ATen graph ``torch.export`` gives of the user's own model run on fake
+   tensors (``gradlint.capture.fake``; a meta copy for a model that lives on the meta device),
+   with module paths and stack traces on every node. The same graph is recorded directly from
+   one forward when ``gradlint.capture.record`` can reproduce it (most models, at a quarter of
+   export's cost; it also answers the values a forward reads, ``gradlint.capture.reads``);
+   ``GRADLINT_CAPTURE=export`` turns that off. Writes through views become data flow
+   (``gradlint.capture.views``).
 2. ``fx`` and 3. ``module-order``: the fallbacks of ``gradlint.capture.fallback``.
 """
 
@@ -22,10 +24,11 @@ import torch.nn as nn
 
 from gradlint.capture.aten import Converter
 from gradlint.capture.diagnose import forward_error
+from gradlint.capture.fake import fake_forward
 from gradlint.capture.fallback import fx_graph, module_order_graph
 from gradlint.capture.graph import Graph, Source
 from gradlint.capture.inputs import ExampleInputs, TensorSpec
-from gradlint.capture.meta import meta_copy, quiet
+from gradlint.capture.meta import quiet
 
 
 def definition_sites(model: nn.Module) -> dict[str, Source]:
@@ -62,15 +65,19 @@ def _class_source(cls: type) -> tuple[str, int, list[str]] | None:
 
 
 def export_program(model: nn.Module, inputs: ExampleInputs) -> torch.export.ExportedProgram:
-    """``torch.export`` (non-strict) of a meta copy of ``model`` on meta copies of the inputs."""
-    mm = meta_copy(model).train()
-    args, kwargs = inputs.meta()
-    with quiet():
-        return torch.export.export(mm, args, kwargs, strict=False)
+    """``torch.export`` (non-strict) of ``model`` on fake parameters and inputs (a meta copy of
+    a model on the meta device); the model is left as it was."""
+    with fake_forward(model, inputs, enter=False) as run, quiet():
+        ep = torch.export.export(run.model, run.args, run.kwargs, strict=False)
+    # The program holds the tensors it was exported with: the real ones, for the probe to run it.
+    for table in (ep.state_dict, ep.constants):
+        for name, value in table.items():
+            table[name] = run.real.get(id(value), value)
+    return ep
 
 
 def recorded_program(model: nn.Module, inputs: ExampleInputs):
-    """The program ``torch.export`` would give, recorded from one meta-device forward.
+    """The program ``torch.export`` would give, recorded from one forward on fake tensors.
 
     Raises:
         recording.Unsupported: When only ``torch.export`` represents the forward faithfully.
@@ -79,14 +86,12 @@ def recorded_program(model: nn.Module, inputs: ExampleInputs):
 
     if os.environ.get("GRADLINT_CAPTURE") == "export":
         raise Unsupported("GRADLINT_CAPTURE=export")
-    mm = meta_copy(model).train()
-    args, kwargs = inputs.meta()
-    with quiet():
-        return record_program(mm, args, kwargs)
+    with fake_forward(model, inputs) as run, quiet():
+        return record_program(run.model, run.args, run.kwargs, run.reader)
 
 
 def export_graph(model: nn.Module, inputs: ExampleInputs) -> Graph:
-    """The ``torch.export`` graph of a meta copy of ``model`` on meta inputs, as a ``Graph``.
+    """The ``torch.export`` graph of ``model`` on fake tensors, as a ``Graph``.
 
     Recorded directly when ``gradlint.capture.record`` can (a quarter of export's cost, and the
     same graph); otherwise from ``torch.export`` itself.
@@ -95,8 +100,15 @@ def export_graph(model: nn.Module, inputs: ExampleInputs) -> Graph:
 
     try:
         ep = recorded_program(model, inputs)
-    except Unsupported:
-        ep = export_program(model, inputs)
+    except Unsupported as refused:
+        try:
+            ep = export_program(model, inputs)
+        except Exception as e:
+            # Why recording refused is often the cause (a value read from the weights); not
+            # when the user turned recording off.
+            if os.environ.get("GRADLINT_CAPTURE") != "export":
+                e.add_note(f"recording refused: {refused}")
+            raise
     return program_graph(ep, inputs)
 
 
@@ -128,6 +140,8 @@ def trace(model: nn.Module, inputs: ExampleInputs | None) -> tuple[Graph, list[s
         try:
             return export_graph(model, inputs), failures
         except Exception as e:  # noqa: BLE001 - any failure of export means: try the next path
+            failures += [_first_line(note) for note in getattr(e, "__notes__", ())
+                         if note.startswith("recording refused:")]
             failures.append(f"torch.export failed: {type(e).__name__}: {_first_line(e)}")
         # A fallback graph of a forward that cannot run at all would be analyzed as if it could.
         if (error := forward_error(model, inputs)) is not None:
@@ -140,7 +154,7 @@ def trace(model: nn.Module, inputs: ExampleInputs | None) -> tuple[Graph, list[s
     return module_order_graph(model, inputs), failures
 
 
-def _first_line(e: BaseException) -> str:
+def _first_line(e: BaseException | str) -> str:
     for line in str(e).strip().splitlines():
         line = line.strip()
         if len(line) > 3:

@@ -26,6 +26,8 @@ class Context:
         unknown: Nodes whose op had no rule of its own, in order.
         recurrent: Per recurrent op, the per-time-step gradients its rule recorded.
         memo: What a rule's forward leaves for its own backward, by node name.
+        forward: The forward states computed so far, by node name (rules of fused units read
+            how their operands were built).
     """
 
     def __init__(self, graph: Graph, stats: dict[str, ParamStats], model: nn.Module | None):
@@ -37,6 +39,7 @@ class Context:
         self.unknown: dict[str, None] = {}  # ordered and de-duplicated in one, in constant time
         self.recurrent: list[RecurrentReport] = []
         self.memo: dict[str, Any] = {}
+        self.forward: dict[str, Any] = {}
 
     def param_stats(self, name: str) -> ParamStats:
         return self.stats[name]

@@ -17,6 +17,7 @@ import torch.nn as nn
 from gradlint.capture.graph import Graph, Node, Source
 from gradlint.capture.params import ParamStats
 from gradlint.engine.context import Context
+from gradlint.engine.recurrent.unrolled import loop_reports
 from gradlint.engine.state import Bwd, Fwd, default_roles
 from gradlint.engine.transfers import TRANSFERS
 
@@ -106,7 +107,7 @@ def propagate(graph: Graph, stats: dict[str, ParamStats], model: nn.Module | Non
     if transfers:
         table.update(transfers)
     ctx = Context(graph, stats, model)
-    fwd: dict[str, Any] = {}
+    fwd: dict[str, Any] = ctx.forward
     overflowed: set[str] = set()
     for node in graph.nodes:
         rule = table.get(node.kind) or table["unknown"]
@@ -166,6 +167,8 @@ def propagate(graph: Graph, stats: dict[str, ParamStats], model: nn.Module | Non
             else:
                 grads[i] = b if prev is None else prev + b
 
+    # Loops written by hand stay unrolled: their long-range gradient is a sweep of its own.
+    ctx.recurrent.extend(loop_reports(graph, fwd, table, ctx))
     results = []
     for node in graph.nodes:
         f = fwd[node.name]

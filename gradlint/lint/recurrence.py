@@ -19,8 +19,23 @@ _CHUNKS = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 _CELL = {"rnn_tanh": "nn.RNN (tanh)", "rnn_relu": "nn.RNN (relu)", "lstm": "nn.LSTM", "gru": "nn.GRU"}
 
 
+_LOOP = {"rnn_tanh": "a tanh RNN step", "rnn_relu": "a ReLU RNN step", "lstm": "an LSTM cell", "gru": "a GRU cell"}
+
+
 def cell_name(mode: str) -> str:
     return _CELL.get(mode, mode or "recurrent layer")
+
+
+def recurrence_name(rec) -> str:
+    """How a finding names a recurrence: ``nn.RNN (tanh) rnn`` for a module, ``a GRU cell run
+    in a Python loop over 64 steps in cell`` for a loop, ``a diagonal scan ...`` for a scan."""
+    where = rec.module or "the model"
+    form = getattr(rec, "form", "module")
+    if form == "module":
+        return f"{cell_name(rec.mode)} {where}"
+    if form == "scan":
+        return f"a diagonal linear recurrence (scan) in {where}"
+    return f"{_LOOP.get(rec.mode, 'a recurrent step')} run in a Python loop in {where}"
 
 
 def lag_log10(rec) -> list[float]:
@@ -58,7 +73,11 @@ def rnn_param(result, rec, stem: str, layer: int = 0, reverse: bool = False):
     for name in (node.attrs.get("params") or []) if node is not None else []:
         if isinstance(name, str) and (name == local or name.endswith("." + local)) and name in ps:
             return ps[name]
-    return ps.get(f"{rec.module}.{local}" if rec.module else local)
+    found = ps.get(f"{rec.module}.{local}" if rec.module else local)
+    if found is None and getattr(rec, "form", "module") == "loop" and layer == 0 and not reverse:
+        # nn.RNNCell / LSTMCell / GRUCell: the same tensors without the layer suffix.
+        found = ps.get(f"{rec.module}.{stem}" if rec.module else stem)
+    return found
 
 
 def rnn_sizes(result, rec) -> tuple[int, int] | None:

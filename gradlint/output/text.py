@@ -99,9 +99,14 @@ def format_summary(r: Report, color: bool = False, weakest: int = 3) -> str:
     for rec in r.recurrent if r.probe is None else ():  # a probe prints them beside the measurement
         if rec.lag_grad_rms and rec.lag_grad_rms[-1] > 0 and rec.lag_grad_rms[0] > 0:
             d = math.log10(rec.lag_grad_rms[0] / rec.lag_grad_rms[-1])
-            lines.append(f"  {rec.module or rec.node} ({rec.mode}, {rec.steps} steps): "
+            lines.append(f"  {rec.module or rec.node} ({_how(rec)}, {rec.steps} steps): "
                          f"long-range gradient at step 0 is 10^{d:.1f} of the last step's")
     return "\n".join(lines)
+
+
+def _how(rec) -> str:
+    """``gru``; ``gru, a Python loop``; ``scan``: the cell, and how the recurrence is written."""
+    return rec.mode if rec.form in ("module", rec.mode) else f"{rec.mode}, a Python loop"
 
 
 def format_probe(r: Report, max_rows: int = 20) -> list[str]:
@@ -138,12 +143,12 @@ def format_probe(r: Report, max_rows: int = 20) -> list[str]:
                          "--format json lists all)")
     measured = dict(p.lag_grad_rms)
     for rec in r.recurrent:
-        lag = measured.get(rec.module)
+        lag = measured.get(rec.lag_key)
         if not lag or not rec.lag_grad_rms or lag[-1] <= 0 or rec.lag_grad_rms[-1] <= 0:
             continue
         steps = sorted({round(i * (len(lag) - 1) / 4) for i in range(5)})
         rel = lambda seq, t: _decades(math.log10(seq[t] / seq[-1])) if seq[t] > 0 else "-inf"
-        lines.append(f"  {rec.module or rec.node} ({rec.mode}, {rec.steps} steps): input gradient at step t under a "
+        lines.append(f"  {rec.module or rec.node} ({_how(rec)}, {rec.steps} steps): input gradient at step t under a "
                      "last-step loss, log10 relative to the last step:")
         lines.append("    " + f"{'step':<10}" + "".join(f"{t:>7}" for t in steps))
         lines.append("    " + f"{'predicted':<10}" + "".join(f"{rel(rec.lag_grad_rms, t):>7}" for t in steps))

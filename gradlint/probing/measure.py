@@ -33,8 +33,9 @@ class Measurement:
         param_ms: Per parameter name, per seed, mean(grad²).
         node_q: Per graph node name, mean over seeds of mean(h²).
         node_s: Per graph node name, mean over seeds of mean(δ²) (0 when no gradient).
-        lag_ms: Per recurrent module, per seed, per time step, mean(δ_x²) when only the last
-            step's output carries the loss.
+        lag_ms: Per recurrent module (by module name) and per loop over time steps (by the
+            node that names it in reports), per seed, per time step, mean(δ_x²) when only the
+            last step's output carries the loss.
         nonfinite_forward: Nodes whose value held inf/nan, in execution order.
         nonfinite_backward: Nodes whose gradient held inf/nan while their value was finite,
             in backward order (the node nearest the output first).
@@ -105,7 +106,7 @@ def _leaves(x: Any) -> list[torch.Tensor]:
 
 
 def measure(model: nn.Module, inputs: ExampleInputs, seeds: int = 3, dtype: torch.dtype | None = torch.float64,
-            device: str = "cpu", seed0: int = 0) -> Measurement:
+            device: str = "cpu", seed0: int = 0, loops: dict | None = None) -> Measurement:
     """Run the protocol on a copy of ``model`` and measure every node and parameter.
 
     Args:
@@ -116,6 +117,9 @@ def measure(model: nn.Module, inputs: ExampleInputs, seeds: int = 3, dtype: torc
             None keeps the model's own.
         device: Where to run.
         seed0: First seed.
+        loops: Loops over time steps to measure the long-range gradient of, by name: the
+            exported program's nodes holding each step's inputs, and the last step's state
+            (``capture.loops.lag_targets``).
     """
     dev = torch.device(device)
     cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
@@ -124,14 +128,14 @@ def measure(model: nn.Module, inputs: ExampleInputs, seeds: int = 3, dtype: torc
     with torch.random.fork_rng(devices=cuda):
         if cuda:
             torch.cuda.reset_peak_memory_stats(dev)
-        meas = _measure(model, inputs, seeds, dtype, device, seed0)
+        meas = _measure(model, inputs, seeds, dtype, device, seed0, loops or {})
         if cuda:
             torch.cuda.synchronize(dev)
             meas = replace(meas, peak_memory_bytes=int(torch.cuda.max_memory_allocated(dev)))
     return meas
 
 
-def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
+def _measure(model, inputs, seeds, dtype, device, seed0, loops) -> Measurement:
     ep = export_program(model, inputs)
     gm = ep.module()
     _retarget(gm, torch.device(device), dtype)
@@ -167,6 +171,11 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
         cast = lambda t: t.to(device=device, dtype=_run_dtype(t.dtype, dtype)) if isinstance(t, torch.Tensor) else t
         # Nested inputs too: an LSTM's (h, c) state.
         a, kw = torch.utils._pytree.tree_map(cast, (tuple(a), dict(kw)))
+        if loops:
+            # A loop's step inputs are slices of the model's inputs, often: they must be part of
+            # the autograd graph to have a gradient.
+            grad = lambda t: t.requires_grad_(True) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+            a, kw = torch.utils._pytree.tree_map(grad, (tuple(a), dict(kw)))
         for t in state.values():
             if t.grad is not None:
                 t.grad = None
@@ -195,6 +204,8 @@ def _measure(model, inputs, seeds, dtype, device, seed0) -> Measurement:
                     mod._parameters[attr] = val
                 else:
                     mod._buffers[attr] = val
+        for lname, seq in _loop_lag_grads(rec.values, loops, gen).items():
+            lag.setdefault(lname, []).append(seq)
         ys = [y for y in _leaves(out) if y.is_floating_point() and y.requires_grad]
         loss = sum((torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=y.dtype) * y).sum()
                    for y in ys)
@@ -321,6 +332,33 @@ def _run_dtype(own: torch.dtype, run: torch.dtype | None) -> torch.dtype:
 def _flatten_for(gm, a, kw) -> list:
     # The unlifted module's forward takes the user's (args, kwargs) flattened in order.
     return list(torch.utils._pytree.tree_leaves((a, kw)))
+
+
+def _loop_lag_grads(values: dict[str, torch.Tensor], loops: dict, gen) -> dict[str, list[float]]:
+    """Per loop: at every step, the mean over its inputs' elements of δ² when the loss is
+    g · (the last step's state), g ~ N(0, 1), read from the tensors of the real forward."""
+    res = {}
+    for name, (steps, last) in loops.items():
+        y = values.get(last)
+        xs = [[values.get(i) for i in step] for step in steps]
+        flat = [x for step in xs for x in step if x is not None]
+        if y is None or not flat:
+            continue
+        g = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y)
+        grads = torch.autograd.grad((g * y).sum(), flat, retain_graph=True, allow_unused=True)
+        by_id = {id(x): d for x, d in zip(flat, grads)}
+        seq = []
+        for step in xs:
+            num = den = 0.0
+            for x in step:
+                if x is None:
+                    continue
+                d = by_id.get(id(x))
+                num += float(d.double().pow(2).sum()) if d is not None else 0.0
+                den += x.numel()
+            seq.append(num / den if den else 0.0)
+        res[name] = seq
+    return res
 
 
 def _lag_grads(model: nn.Module, a, kw, device, dtype, gen) -> dict[str, list[float]]:

@@ -23,6 +23,7 @@ import torch.nn as nn
 from gradlint.api import as_example_inputs, predict, select_rules
 from gradlint.base.errors import ProbeError
 from gradlint.base.report import Agreement, Report, Summary
+from gradlint.capture.loops import lag_targets
 from gradlint.engine.result import cause_of
 from gradlint.engine.summary import summarize
 from gradlint.probing.measure import Measurement, measure
@@ -108,14 +109,15 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def _measure_fitting(model: nn.Module, ex, seeds: int, device: str) -> tuple[Measurement, list[str]]:
+def _measure_fitting(model: nn.Module, ex, seeds: int, device: str,
+                     loops: dict | None = None) -> tuple[Measurement, list[str]]:
     """``measure``, halving the batch on CUDA out-of-memory down to one sample."""
     size = ex.batch_size
     notes: list[str] = []
     while True:
         try:
             return measure(model, ex if size in (None, ex.batch_size) else ex.with_batch(size),
-                           seeds=seeds, device=device), notes
+                           seeds=seeds, device=device, loops=loops), notes
         except torch.OutOfMemoryError as e:
             asked = _ALLOCATE.search(str(e))
             peak = None
@@ -177,7 +179,7 @@ def probe(model: nn.Module, inputs: Any = None, *, device: str = "cpu", seeds: i
     dev = resolve_device(device)
     t0 = time.perf_counter()
     real, how = materialize(model, dev)
-    meas, notes = _measure_fitting(real, ex, seeds, dev)
+    meas, notes = _measure_fitting(real, ex, seeds, dev, lag_targets(result.graph))
     seconds = time.perf_counter() - t0
     if device == "auto":
         notes.insert(0, f"--device auto chose {dev}")
@@ -189,7 +191,8 @@ def probe(model: nn.Module, inputs: Any = None, *, device: str = "cpu", seeds: i
              for p in params if sum(d > 1 for d in p.shape) >= 2 and p.predicted_grad_rms and p.measured_grad_rms
              and math.isfinite(p.predicted_grad_rms) and math.isfinite(p.measured_grad_rms)]
     worst = max(diffs, key=lambda d: d[1]) if diffs else ("", 0.0)
-    lags = tuple((r.module, meas.lag_rms(r.module)) for r in result.propagation.recurrent if meas.lag_rms(r.module))
+    lags = tuple((r.lag_key, meas.lag_rms(r.lag_key)) for r in result.propagation.recurrent
+                 if meas.lag_rms(r.lag_key))
     agreement = Agreement(
         median_decades=statistics.median(d for _, d in diffs) if diffs else 0.0, worst_decades=worst[1],
         worst_param=worst[0], disagreeing=tuple(n for n, d in diffs if d > 1.0), device=dev, seeds=seeds,
@@ -215,7 +218,7 @@ def probe(model: nn.Module, inputs: Any = None, *, device: str = "cpu", seeds: i
         s = {n.name: meas.node_s.get(n.name, n.s) for n in result.propagation.nodes}
         rec = []
         for r in result.propagation.recurrent:
-            lag = meas.lag_rms(r.module)
+            lag = meas.lag_rms(r.lag_key)
             if lag and lag[-1] > 0:
                 rec.append((r.node, math.log10(lag[-1] / lag[0]) if lag[0] > 0 else math.inf))
         grads = {k: sum(v) / len(v) for k, v in meas.param_ms.items() if v}

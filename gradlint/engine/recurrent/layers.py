@@ -86,16 +86,45 @@ def layer_stats(module: nn.Module, layer: int = 0, reverse: bool = False) -> Rec
     if reverse and not module.bidirectional:
         raise ValueError("reverse=True needs a bidirectional module")
     sfx = f"_l{layer}" + ("_reverse" if reverse else "")
-    n = NUM_CHUNKS[kind]
     proj = getattr(module, "proj_size", 0) or 0
-    w_ih = getattr(module, "weight_ih" + sfx)
+    return tensor_stats(kind, getattr(module, "weight_ih" + sfx), getattr(module, "weight_hh" + sfx),
+                        getattr(module, "bias_ih" + sfx) if module.bias else None,
+                        getattr(module, "bias_hh" + sfx) if module.bias else None,
+                        hidden_size=module.hidden_size, weight_hr=getattr(module, "weight_hr" + sfx) if proj else None)
+
+
+def tensor_stats(kind: str, weight_ih: torch.Tensor, weight_hh: torch.Tensor, bias_ih: torch.Tensor | None,
+                 bias_hh: torch.Tensor | None, *, hidden_size: int | None = None,
+                 weight_hr: torch.Tensor | None = None) -> RecurrentLayerStats:
+    """The statistics of one layer and direction from its weight tensors: those of nn.RNN /
+    LSTM / GRU, or of nn.RNNCell / LSTMCell / GRUCell (the same layout without the ``_l0``).
+
+    Tensors on the meta device (no values) give the default init (`default_layer_stats`).
+
+    Args:
+        kind: one of KINDS.
+        weight_ih: (chunks·H, I).
+        weight_hh: (chunks·H, H or the projection size).
+        bias_ih: (chunks·H,) or None without biases.
+        bias_hh: (chunks·H,) or None.
+        hidden_size: H (default: rows of weight_ih over the chunks).
+        weight_hr: LSTM projection (P, H), or None.
+
+    Returns:
+        The statistics.
+    """
+    n = NUM_CHUNKS[kind]
+    hidden = hidden_size or weight_ih.shape[0] // n
+    proj = weight_hr.shape[0] if weight_hr is not None else 0
+    has_bias = bias_ih is not None and bias_hh is not None
+    w_ih = weight_ih
     if w_ih.is_meta:
-        return default_layer_stats(kind, w_ih.shape[1], module.hidden_size, bias=module.bias, proj_size=proj)
+        return default_layer_stats(kind, w_ih.shape[1], hidden, bias=has_bias, proj_size=proj)
     bias_mean = bias_var = (0.0,) * n
     hn_mean = hn_var = 0.0
-    if module.bias:
-        b_ih = getattr(module, "bias_ih" + sfx).detach().double().chunk(n)
-        b_hh = getattr(module, "bias_hh" + sfx).detach().double().chunk(n)
+    if has_bias:
+        b_ih = bias_ih.detach().double().chunk(n)
+        b_hh = bias_hh.detach().double().chunk(n)
         summed = [a + b for a, b in zip(b_ih, b_hh)]
         if kind == "gru":
             summed[2] = b_ih[2]
@@ -105,22 +134,22 @@ def layer_stats(module: nn.Module, layer: int = 0, reverse: bool = False) -> Rec
     stats = RecurrentLayerStats(
         kind=kind,
         input_size=w_ih.shape[1],
-        hidden_size=module.hidden_size,
+        hidden_size=hidden,
         var_ih=_chunk_mean_sq(w_ih, n),
-        var_hh=_chunk_mean_sq(getattr(module, "weight_hh" + sfx), n),
+        var_hh=_chunk_mean_sq(weight_hh, n),
         bias_mean=bias_mean,
         bias_var=bias_var,
         hn_bias_mean=hn_mean,
         hn_bias_var=hn_var,
-        has_bias=bool(module.bias),
+        has_bias=has_bias,
         proj_size=proj,
-        var_hr=_chunk_mean_sq(getattr(module, "weight_hr" + sfx), 1)[0] if proj else 0.0,
+        var_hr=_chunk_mean_sq(weight_hr, 1)[0] if weight_hr is not None else 0.0,
     )
     numbers = (*stats.var_ih, *stats.var_hh, *stats.bias_mean, *stats.bias_var, hn_mean, hn_var, stats.var_hr)
     if not all(math.isfinite(x) for x in numbers):
         # NaN/inf weights (or a mean square beyond float64): as for every other layer
         # (params.collect, GL103), the layer is analyzed at its default init.
-        return default_layer_stats(kind, w_ih.shape[1], module.hidden_size, bias=module.bias, proj_size=proj)
+        return default_layer_stats(kind, w_ih.shape[1], hidden, bias=has_bias, proj_size=proj)
     return stats
 
 

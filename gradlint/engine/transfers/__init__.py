@@ -12,14 +12,16 @@ LayerNorm, ...) and is registered under the graph node ``kind``s it handles
 * ``pooling`` -- reductions, pooling, softmax;
 * ``attention`` -- attention and products of two activations;
 * ``moe`` -- top-k selection and mixture-of-experts layers;
-* ``recurrent`` -- nn.RNN / LSTM / GRU.
+* ``recurrent`` -- nn.RNN / LSTM / GRU;
+* ``loops`` -- RNN / GRU / LSTM cells, alone and unrolled by a Python loop;
+* ``scan`` -- diagonal linear recurrences (selective scans).
 
 ``roles`` holds the shape and dim-role helpers they share.
 """
 
 # Imported for their registrations, in this order (the order of TRANSFERS).
 from gradlint.engine.transfers import structural, layers, activations, arith, norms, pooling  # noqa: F401, I001
-from gradlint.engine.transfers import attention, moe, recurrent  # noqa: F401
+from gradlint.engine.transfers import attention, moe, recurrent, loops, scan  # noqa: F401
 from gradlint.engine.transfers.registry import (ATTENTION, INIT, NORMALIZATION, RECURRENCE, RESIDUAL, SATURATION,
                                                 TRANSFERS, Transfer, register)
 

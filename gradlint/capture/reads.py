@@ -1,0 +1,227 @@
+"""Values a forward reads from its tensors while it is captured on fake tensors.
+
+Fake tensors have shapes but no values, so a forward that reads one (``.item()``, ``if
+mask.any():``, ``x[mask]``, ``nonzero``; ``nn.Transformer`` compares its mask with a causal
+one to choose a kernel) cannot go on by itself. The policy:
+
+* A value computed from the example inputs, buffers and constants only, never from a
+  parameter, is computed for real: the part of the forward recorded so far that does not
+  touch a parameter is replayed on real tensors (``_Draw``), then the op that reads. Masks,
+  position ids, padding checks and input validation are such values; replaying them costs
+  about what the forward spends on them, and no weight is read.
+* Inputs gradlint drew itself (a declared shape, not a tensor the user passed) could take
+  another branch on another draw, and the probe draws afresh. Their replay runs on
+  ``DRAWS`` independent draws; the value is accepted only when every draw gives the same
+  one, the path every such forward takes. Tensors the user passed are used as they are
+  (one draw): their own forward takes that path.
+* A value that depends on a parameter (``if self.gate(x).mean() > 0:``, routing by
+  weights), or on a tensor a parameter-dependent value was written into, is refused: only
+  real arithmetic on the weights could decide it. Capture then falls back, and the report
+  says why (``Unsupported``).
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_map
+
+from gradlint.capture.inputs import ExampleInputs, TensorSpec
+
+if TYPE_CHECKING:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+DRAWS = 8  # a branch taken by half of all draws passes all of them with probability 1/256
+
+# Ops whose output shape depends on the values of their indices or mask only, never on those of
+# the tensor they select from: ``h[:, mask]`` with ``h`` computed from the weights is decided by
+# the mask alone. The selected tensor is replaced by zeros of its shape, and the result's values
+# stay unknown (only its shape is used).
+_SHAPE_FROM_INDICES = {torch.ops.aten.index.Tensor, torch.ops.aten.masked_select.default}
+
+
+class _Unknown:
+    """A value that depends on a parameter."""
+
+    def __repr__(self) -> str:
+        return "<depends on a parameter>"
+
+
+UNKNOWN = _Unknown()
+
+
+def _storage(t: torch.Tensor) -> int | None:
+    try:
+        return t.untyped_storage()._cdata
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    fa, sa = tree_flatten(a)
+    fb, sb = tree_flatten(b)
+    if sa != sb:
+        return False
+    for x, y in zip(fa, fb):
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape
+                    and x.dtype == y.dtype and torch.equal(x, y)):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+class _Draw:
+    """The parameter-free part of the forward recorded so far, replayed on one set of real inputs."""
+
+    def __init__(self, reader: ValueReader, leaves: list[Any]):
+        self.reader = reader
+        self.leaves = leaves  # the real input leaves, in the order of the recorded user inputs
+        self.state: dict[fx.Node, Any] = {}
+        self.tainted: set[int] = set()  # storages a parameter-dependent value was written into
+        self.clones: dict[int, torch.Tensor] = {}
+
+    def catch_up(self, builder: Any) -> None:
+        for node in builder.graph.nodes:
+            if node not in self.state:
+                self.state[node] = self._eval(node, builder)
+
+    def value(self, a: Any) -> Any:
+        return self.state.get(a, UNKNOWN) if isinstance(a, fx.Node) else a
+
+    def _clone(self, t: torch.Tensor) -> torch.Tensor:
+        # The replay may run the forward's in-place ops: never on the user's tensors.
+        if id(t) not in self.clones:
+            self.clones[id(t)] = t.clone()
+        return self.clones[id(t)]
+
+    def _eval(self, node: fx.Node, builder: Any) -> Any:
+        sig = builder.sig
+        if node.op == "placeholder":
+            if node.name in sig.inputs_to_parameters:
+                return UNKNOWN
+            if node.name in sig.inputs_to_buffers:
+                real = self.reader.buffers.get(sig.inputs_to_buffers[node.name])
+                return UNKNOWN if real is None else self._clone(real)
+            if node.name in sig.inputs_to_lifted_tensor_constants:
+                val = node.meta.get("val")
+                real = self.reader.constants.get(id(val), val)
+                return UNKNOWN if isinstance(real, FakeTensor) or not isinstance(real, torch.Tensor) \
+                    else self._clone(real)
+            if node.name in sig.user_inputs:
+                leaf = self.leaves[sig.user_inputs.index(node.name)]
+                return self._clone(leaf) if isinstance(leaf, torch.Tensor) else leaf
+            return UNKNOWN
+        if node.op != "call_function":
+            return UNKNOWN
+        if node.target is operator.getitem:
+            base = self.value(node.args[0])
+            return UNKNOWN if base is UNKNOWN else base[node.args[1]]
+        if not isinstance(node.target, torch._ops.OpOverload):
+            return None  # grad-mode switches: the replay runs without autograd
+        return self.run(node.target, tree_map(self.value, node.args), tree_map(self.value, dict(node.kwargs)))
+
+    def run(self, func: torch._ops.OpOverload, args: Any, kwargs: Any) -> Any:
+        leaves = tree_leaves((args, kwargs))
+        known = not any(x is UNKNOWN or (isinstance(x, torch.Tensor) and _storage(x) in self.tainted)
+                        for x in leaves)
+        out: Any = UNKNOWN
+        if known:
+            try:
+                out = func(*args, **kwargs)
+            except Exception:  # noqa: BLE001 - an op that does not run on these tensors decides nothing
+                out = UNKNOWN
+        if out is UNKNOWN:
+            # What it writes into now depends on something unknown too.
+            bound = func._schema.arguments
+            for i, a in enumerate(bound):
+                if a.alias_info is not None and a.alias_info.is_write:
+                    target = args[i] if i < len(args) else kwargs.get(a.name)
+                    if isinstance(target, torch.Tensor):
+                        self.tainted.add(_storage(target))
+        return out
+
+
+class ValueReader:
+    """Answers the values a fake-tensor forward reads (see the module doc for the policy)."""
+
+    def __init__(self, mode: FakeTensorMode, inputs: ExampleInputs, leaves: list[Any], spec: Any,
+                 device: torch.device, buffers: dict[str, torch.Tensor], constants: dict[int, torch.Tensor]):
+        self.mode = mode
+        self.inputs = inputs
+        self.leaves = leaves  # the inputs' leaves as given: TensorSpec, real tensors, constants
+        self.spec = spec  # their tree
+        self.device = device
+        self.buffers = buffers
+        self.constants = constants
+        self._draws: list[_Draw] | None = None
+        self.pending: list[Any] | None = None
+
+    def draws(self) -> list[_Draw]:
+        if self._draws is None:
+            concrete: list[Any] | None = None
+            if self.inputs.concrete is not None:
+                flat, spec = tree_flatten(self.inputs.concrete)
+                if spec == self.spec:
+                    concrete = flat
+            given = [concrete[i] if concrete is not None and isinstance(leaf, TensorSpec)
+                     and isinstance(concrete[i], torch.Tensor) and tuple(concrete[i].shape) == leaf.shape
+                     else leaf for i, leaf in enumerate(self.leaves)]
+            drawn = any(isinstance(leaf, TensorSpec) for leaf in given)
+            self._draws = []
+            for k in range(DRAWS if drawn else 1):
+                gen = torch.Generator().manual_seed(k)
+                leaves = [leaf.materialize("cpu", gen).to(self.device) if isinstance(leaf, TensorSpec) else leaf
+                          for leaf in given]
+                self._draws.append(_Draw(self, leaves))
+        return self._draws
+
+    def read(self, builder: Any, func: torch._ops.OpOverload, args: tuple, kwargs: dict, where: str) -> Any:
+        """The op's real result, as the forward receives it (a number, or a fake tensor).
+
+        Raises:
+            Unsupported: When the value depends on a parameter, or differs between draws.
+        """
+        from gradlint.capture.record import Unsupported
+
+        nodes = tree_map(builder.arg, (args, kwargs))
+        results = []
+        shape_only = False
+        with unset_fake_temporarily(), torch._C.DisableTorchFunction(), torch.no_grad():
+            outs = []
+            for draw in self.draws():
+                draw.catch_up(builder)
+                a, kw = tree_map(draw.value, nodes)
+                if func in _SHAPE_FROM_INDICES and a[0] is UNKNOWN and isinstance(args[0], torch.Tensor):
+                    shape_only = True
+                    a = (torch.zeros(args[0].shape, dtype=args[0].dtype, device=self.device), *a[1:])
+                outs.append(draw.run(func, a, kw))
+        for out in outs:
+            if out is UNKNOWN:
+                raise Unsupported(f"the forward reads a value computed from the weights ({func.overloadpacket.__name__}"
+                                  f" at {where}); only real arithmetic on the weights decides it")
+            if shape_only:
+                out = torch.empty(out.shape, dtype=out.dtype, device=out.device)
+                if results and results[0].shape != out.shape:
+                    raise Unsupported(f"the forward selects by a mask of the inputs that differs between draws "
+                                      f"({func.overloadpacket.__name__} at {where}): its shape depends on the "
+                                      "inputs; declare the inputs as tensors to analyze the path they take")
+            elif results and not _same(results[0], out):
+                raise Unsupported(f"the forward reads a value of the inputs that differs between draws "
+                                  f"({func.overloadpacket.__name__} at {where}): it takes different paths for "
+                                  "different inputs; declare the inputs as tensors to analyze the path they take")
+            results.append(out)
+        # A selection from a tensor of unknown values has unknown values: only its shape is real.
+        self.pending = [UNKNOWN] * len(results) if shape_only else results
+        return tree_map(lambda x: self.mode.from_tensor(x) if isinstance(x, torch.Tensor) else x, results[0])
+
+    def bind(self, node: fx.Node) -> None:
+        """Gives the node just recorded for the last read its real values."""
+        for draw, value in zip(self.draws(), self.pending or ()):
+            draw.state[node] = value
+        self.pending = None
