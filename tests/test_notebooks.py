@@ -60,8 +60,8 @@ def test_check_a_notebook_points_at_cell_and_line_and_skips_magics_shell_and_tra
     # The same model, its findings silenced by a comment in the cell.
     assert "quiet.ipynb:cell" not in r.stdout and "quiet.ipynb::Deep: vanishing" in r.stdout
     assert "trained" not in r.stdout + r.stderr
-    assert r.stdout.rstrip().endswith(f"Found {len(heads)} errors, 0 warnings; 2 targets analyzed, 0 skipped, "
-                                      "0 could not analyze.")
+    assert len(heads) == 1  # one problem, one finding; the other rules' findings are its notes
+    assert r.stdout.rstrip().endswith("Found 1 error, 0 warnings; 2 targets analyzed, 0 skipped, 0 could not analyze.")
 
 
 @pytest.mark.slow
@@ -102,6 +102,9 @@ def test_report_in_jupyter_shows_verdict_findings_and_an_inline_chart():
     assert "<b>SigmoidMLP</b>" in html and ">vanishing</b>" in html
     for f in report.findings:
         assert f"<b>{f.code}</b>" in html
+        for n in f.notes:  # the other rules' findings about the same problem, as notes
+            assert f"<i>note:</i> <b>{n.code}</b> {n.role}" in html
+    assert any(f.notes for f in report.findings)
     assert "<script" not in html
     svg = html[html.index("<svg"):html.rindex("</svg>") + len("</svg>")]
     ET.fromstring(svg)   # the chart is well-formed inline SVG
