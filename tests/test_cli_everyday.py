@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SIGMOID = ROOT / "examples" / "sigmoid_mlp.py"
 
-HELPER = "import torch.nn as nn\n\n\ndef block(width):\n    return nn.Sequential(nn.Linear(width, width), nn.ReLU())\n"
+UTILS = "import torch\n\n\ndef scale(x, k):\n    return torch.as_tensor(x) * k\n"
 NEEDS_WIDTH = textwrap.dedent("""\
     import torch.nn as nn
 
@@ -162,22 +162,30 @@ def test_a_misspelt_constructor_argument_is_named_with_did_you_mean(tmp_path):
 
 
 def test_a_run_that_analyzed_nothing_exits_5_with_one_line_that_says_why(tmp_path):
-    (tmp_path / "blocks.py").write_text(HELPER)
-    (tmp_path / "net.py").write_text(NEEDS_WIDTH)
-    r = gradlint("check", "blocks.py", "net.py", cwd=tmp_path, cache=tmp_path / "cache")
+    (tmp_path / "utils.py").write_text(UTILS)
+    r = gradlint("check", "utils.py", cwd=tmp_path, cache=tmp_path / "cache")
     assert r.returncode == 5, r.stdout + r.stderr
     why = [line for line in r.stderr.splitlines() if line.startswith("gradlint: no target analyzed")]
-    assert why == ["gradlint: no target analyzed: 2 files without a target (blocks.py, net.py); 1 target skipped "
-                   "(constructor needs arguments) (exit code 5; --allow-no-targets accepts a run with nothing to "
-                   "analyze)"]
-    assert r.stdout.rstrip().splitlines()[-1] == "No findings; 0 targets analyzed, 1 skipped, 0 could not analyze."
+    assert why == ["gradlint: no target analyzed: 1 file without a target (utils.py) (exit code 5; "
+                   "--allow-no-targets accepts a run with nothing to analyze)"]
+    assert r.stdout.rstrip().splitlines()[-1] == "No findings; 0 targets analyzed, 0 skipped, 0 could not analyze."
     # JSON keeps stdout one document; the line goes to stderr there too.
-    j = gradlint("check", "blocks.py", "--format", "json", cwd=tmp_path, cache=tmp_path / "cache")
+    j = gradlint("check", "utils.py", "--format", "json", cwd=tmp_path, cache=tmp_path / "cache")
     assert j.returncode == 5 and "no target analyzed" in j.stderr
     summary = json.loads(j.stdout)["summary"]
     assert (summary["targets"], summary["analyzed"], summary["skipped"]) == (0, 0, 0)
-    ok = gradlint("check", "blocks.py", "--allow-no-targets", cwd=tmp_path, cache=tmp_path / "cache")
+    ok = gradlint("check", "utils.py", "--allow-no-targets", cwd=tmp_path, cache=tmp_path / "cache")
     assert ok.returncode == 0 and "no target analyzed" not in ok.stderr
+
+
+def test_a_model_whose_constructor_values_are_nowhere_is_an_error_not_a_silent_skip(tmp_path):
+    # Nothing in the repository says what width is: the gate fails (exit 2) and says where to give it.
+    (tmp_path / "net.py").write_text(NEEDS_WIDTH)
+    r = gradlint("check", "net.py", cwd=tmp_path, cache=tmp_path / "cache")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "net.py:5: could not analyze net.py::Net: Net's constructor needs width" in r.stdout
+    assert 'kwargs = { width = ... }' in r.stdout and "gradlint init net.py" in r.stdout
+    assert r.stdout.rstrip().splitlines()[-1] == "No findings; 0 targets analyzed, 0 skipped, 1 could not analyze."
 
 
 SUPPRESSED = textwrap.dedent('''\
