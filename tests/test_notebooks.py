@@ -118,7 +118,12 @@ def test_report_plot_returns_a_matplotlib_figure_with_one_point_per_layer():
     fig = report.plot()
     assert isinstance(fig, Figure)
     (ax,) = fig.axes
-    (predicted,) = [line for line in ax.get_lines() if line.get_label().startswith("predicted")]
+    # The chart draws what the verdict reads (output/plot.py): per layer, its gradient signal
+    # x·dL/dx in decades relative to the output, one point per Linear, named on the x axis.
+    (predicted,) = [line for line in ax.get_lines() if line.get_label().startswith("predicted: gradient signal")]
     linears = [lr for lr in report.layers if lr.kind == "linear"]
-    assert list(predicted.get_ydata()) == pytest.approx([lr.grad_rms for lr in linears])
-    assert ax.get_title() == "SigmoidMLP: vanishing"
+    assert len(linears) == 12
+    assert list(predicted.get_xdata()) == list(range(12))
+    assert list(predicted.get_ydata()) == pytest.approx([lr.signal_decades for lr in linears])
+    assert [t.get_text() for t in ax.get_xticklabels()] == [lr.module for lr in linears]
+    assert ax.get_title() == "SigmoidMLP: verdict vanishing"
