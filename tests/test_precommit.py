@@ -117,7 +117,7 @@ def test_hook_fails_a_commit_of_a_vanishing_model_and_passes_a_healthy_one(tmp_p
     result = commit(project, hook_env, "a vanishing model")
     assert result.returncode != 0, result.stdout
     assert "gradlint" in result.stdout and "Failed" in result.stdout
-    assert "models/sigmoid_mlp.py:15:1: GL101 [error] gradient vanishes" in result.stdout
+    assert "models/sigmoid_mlp.py:16:1: GL101 [error] gradient vanishes" in result.stdout
     assert git(project, "rev-list", "--all", env=hook_env).stdout == ""   # nothing was committed
 
     git(project, "rm", "-q", "--cached", "models/sigmoid_mlp.py", env=hook_env)
@@ -224,4 +224,4 @@ def test_readme_snippet_as_written_checks_the_configured_models(tmp_path, hook_r
     result = commit(project, hook_env, "a vanishing model")
     assert result.returncode != 0, result.stdout
     assert "gradlint (project)" in result.stdout and "Failed" in result.stdout
-    assert "models/sigmoid_mlp.py:15:1: GL101 [error] gradient vanishes" in result.stdout
+    assert "models/sigmoid_mlp.py:16:1: GL101 [error] gradient vanishes" in result.stdout
