@@ -92,14 +92,14 @@ def hook_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def readme_config() -> str:
-    """The .pre-commit-config.yaml snippet of the README's pre-commit section, as written."""
-    section = (ROOT / "README.md").read_text().split("### pre-commit", 1)[1].split("\n### ", 1)[0]
+    """The .pre-commit-config.yaml snippet of docs/ci.md's pre-commit section, as written."""
+    section = (ROOT / "docs" / "ci.md").read_text().split("## pre-commit", 1)[1].split("\n## ", 1)[0]
     (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", section, re.S) if "repos:" in b]
     return block
 
 
 def remote_config(hook_repo: tuple[Path, str], *hook_ids: str) -> str:
-    """The README's snippet with the hook repository's address, and the hooks ``hook_ids``."""
+    """docs/ci.md's snippet with the hook repository's address, and the hooks ``hook_ids``."""
     repo, _ = hook_repo
     config = yaml.safe_load(readme_config())
     (entry,) = config["repos"]
