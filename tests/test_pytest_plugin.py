@@ -165,8 +165,7 @@ def test_options_show_in_pytest_help(pytester: pytest.Pytester):
 
 
 def test_readme_pytest_example_runs(pytester: pytest.Pytester, torch_warm: None):
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### pytest", 1)[1]
+    section = (ROOT / "docs" / "pytest.md").read_text()
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     pytester.makepyfile(test_readme=code)
     result = pytester.runpytest_inprocess()
