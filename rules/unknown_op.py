@@ -84,5 +84,5 @@ class UnknownOp(Rule):
             where = first.module or "the model"
             at = f"in {where}" if len(nodes) == 1 else f"at {len(nodes)} places, the first in {where}"
             yield self.finding(result, f"no transfer rule for {op} {at}: the statistics after it "
-                                       "and the gradients through it are unknown", node=first.name, module=first.module, op=op,
-                               places=len(nodes), modules=list(dict.fromkeys(n.module for n in nodes)))
+                                       "and the gradients through it are unknown", node=first.name, module=first.module,
+                               op=op, places=len(nodes), modules=list(dict.fromkeys(n.module for n in nodes)))
