@@ -546,8 +546,12 @@ def _reduce(c, fxn, b):
     if name in ("max", "min") and isinstance(b.get("other"), fx.Node):
         c.add(fxn, "extremum", [x, b["other"]], attrs={"op": name})
         return
+    correction = b.get("correction")
+    if name in ("var", "std") and correction is None and b.get("unbiased") is False:
+        correction = 0
     c.add(fxn, "reduce", [x], attrs={"op": name, "dims": None if dims is None else _ints(dims),
-                                      "keepdim": bool(b.get("keepdim") or False)})
+                                      "keepdim": bool(b.get("keepdim") or False),
+                                      "correction": correction if isinstance(correction, (int, float)) else None})
 
 
 @normalizer("maximum", "minimum", "fmax", "fmin")
@@ -595,6 +599,28 @@ def _avgpool(c, fxn, b):
 def _cat(c, fxn, b):
     tensors = list(b.get("tensors") or [])
     c.add(fxn, "cat", tensors, attrs={"dim": int(b.get("dim") or 0), "stack": op_name(fxn.target) == "stack"})
+
+
+# Losses: reduction 0 none, 1 mean, 2 sum (aten's enum); the gradient's moments follow from the
+# operands' statistics (engine/transfers/losses.py, docs/design.md §4.9).
+LOSSES = {"cross_entropy_loss": "cross_entropy", "nll_loss": "nll", "nll_loss_nd": "nll", "nll_loss2d": "nll",
+          "mse_loss": "mse", "l1_loss": "l1", "smooth_l1_loss": "smooth_l1", "huber_loss": "huber",
+          "binary_cross_entropy": "bce", "binary_cross_entropy_with_logits": "bce_logits"}
+
+
+@normalizer(*LOSSES)
+def _loss(c, fxn, b):
+    x, t = b.get("self", b.get("input")), b.get("target")
+    extra = {k: b.get(k) for k in ("beta", "delta", "label_smoothing", "ignore_index")
+             if isinstance(b.get(k), (int, float))}
+    weighted = any(isinstance(b.get(k), fx.Node) for k in ("weight", "pos_weight"))
+    c.add(fxn, "loss", [x, t], attrs={"op": LOSSES[op_name(fxn.target)], "reduction": int(b.get("reduction", 1)),
+                                      "weighted": weighted, **extra})
+
+
+@normalizer("broadcast_tensors")
+def _broadcast_tensors(c, fxn, b):
+    c.add(fxn, "broadcast", list(b.get("tensors") or []))
 
 
 @normalizer("split", "split_with_sizes", "chunk", "unbind", "tensor_split", "unsafe_split", "unsafe_chunk")
