@@ -133,5 +133,7 @@ class HandNorm(nn.Module):
 def test_a_hand_written_norm_is_predicted(kind):
     t = Trials(lambda: HandNorm(kind), (8, 16, 64))
     assert not t.results[0].propagation.unknown_ops
-    for name in ("a.weight", "a.bias", "b.weight", "c.weight"):
-        t.check_param(name, 0.05)
+    # Measured: weights within 0.01 decades, the first bias +0.035 (docs/design.md §4.11).
+    for name in ("a.weight", "b.weight", "c.weight"):
+        t.check_param(name, 0.02)
+    t.check_param("a.bias", 0.05)

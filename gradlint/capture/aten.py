@@ -18,6 +18,7 @@ import torch.fx as fx
 
 from gradlint.capture import writes
 from gradlint.capture.graph import Graph, Node, Source
+from gradlint.capture.views import FUNCTIONALIZED
 
 aten = torch.ops.aten
 
@@ -301,7 +302,9 @@ class Converter:
         self.alias[dst.name] = self.ref(new)
         if new is not fxn:
             self.alias[fxn.name] = self.ref(new)
-        if base is dst or not isinstance(base, fx.Node):
+        if base is dst or not isinstance(base, fx.Node) or fxn.meta.get(FUNCTIONALIZED):
+            # A write views.functionalize rewrote: its scatter into the base is in the graph
+            # already, and a write node here would route the written value's gradient twice.
             return
         write = f"{fxn.name}_into_{base.name}"
         self.add(fxn, "write", [base, new], name=write, like=base,
