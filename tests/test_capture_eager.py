@@ -334,9 +334,6 @@ def test_convolutions_with_computed_weights_are_captured():
     checked(SpectralConv(), lambda: (torch.randn(4, 3, 12, 12),))
 
 
-@pytest.mark.xfail(strict=True, reason="a convolution whose weight is computed (not a parameter) has no transfer "
-                                       "rule: it passes its input through and its weight gets no gradient "
-                                       "(issue 14, item 2)")
 def test_convolutions_with_computed_weights_are_predicted():
     EagerTrials(SpectralConv, lambda: (torch.randn(8, 3, 12, 12),)).check_matrices(decades(0.036))
 

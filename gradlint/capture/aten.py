@@ -43,6 +43,7 @@ RESHAPES = {
 }
 # Ops through which no gradient flows.
 BLOCKERS = {
+    "_has_compatible_shallow_copy_type": "a .data assignment's type check",
     "detach": "detach()", "argmax": "argmax", "argmin": "argmin", "round": "round",
     "sign": "sign", "floor": "floor", "ceil": "ceil", "trunc": "trunc", "gt": "a comparison",
     "lt": "a comparison", "ge": "a comparison", "le": "a comparison", "eq": "a comparison",
@@ -393,6 +394,13 @@ def _addmm(c: Converter, fxn, b):
     _weighted(c, fxn, "linear", b["mat1"], mat2, b["self"], {"layout": "in_out"})
 
 
+@normalizer("mv", "dot", "vdot", "inner")
+def _vector_product(c: Converter, fxn, b):
+    """A matrix times a vector, or a dot product (spectral norm's u·Wv)."""
+    x, y = b.get("self", b.get("input")), b.get("vec", b.get("tensor", b.get("other")))
+    c.add(fxn, "matmul", [x, y], attrs={"vector": "mv" if op_name(fxn.target) == "mv" else "dot"})
+
+
 @normalizer("mm", "matmul", "bmm")
 def _mm(c: Converter, fxn, b):
     x, y = b.get("self", b.get("input")), b.get("mat2", b.get("other"))
@@ -555,6 +563,16 @@ def _reduce(c, fxn, b):
     c.add(fxn, "reduce", [x], attrs={"op": name, "dims": None if dims is None else _ints(dims),
                                       "keepdim": bool(b.get("keepdim") or False),
                                       "correction": correction if isinstance(correction, (int, float)) else None})
+
+
+@normalizer("linalg_vector_norm", "norm")
+def _vector_norm(c, fxn, b):
+    x, order, dims = b.get("self", b.get("input")), b.get("ord", b.get("p", 2)), b.get("dim")
+    if order not in (2, 2.0, None):
+        c.add(fxn, "unknown", [x], attrs={"target": op_name(fxn.target)})
+        return
+    c.add(fxn, "reduce", [x], attrs={"op": "norm", "dims": None if dims is None else _ints(dims),
+                                      "keepdim": bool(b.get("keepdim") or False)})
 
 
 @normalizer("maximum", "minimum", "fmax", "fmin")

@@ -67,6 +67,12 @@ class Reduce(Transfer):
                 m, spread = math.sqrt(v), v / (2 * (n - 1))
             return x.with_(q=m * m + spread, mu=m, k=m * m, kt=m * m, shape=shape, roles=roles, origin=node.name,
                            normed=0.0, scale=1.0)
+        if op == "norm":
+            # ‖x‖ over n entries: concentrated at √(n·q), Var ≈ (q_4 − q²)/(4q) → v/2 for
+            # Gaussian entries; rows share it to first order.
+            m2 = n * x.q
+            return x.with_(q=m2, mu=math.sqrt(m2), k=m2, kt=m2, shape=shape, roles=roles, origin=node.name,
+                           normed=0.0, scale=1.0)
         if op not in ("mean", "sum"):
             ctx.note_unknown(node)
             return x.with_(shape=shape, roles=roles)
@@ -97,6 +103,9 @@ class Reduce(Transfer):
             cen_t = max(x.kt - x.mu * x.mu, 0.0) / v if v > 0 else 0.0
             cen_b = max(x.k - x.mu * x.mu, 0.0) / v if v > 0 else 0.0
             return [Bwd(g.s * f, (g.s if np_ > 1 else g.r) * f * cen_t, 0.0, (g.s if nb > 1 else g.rb) * f * cen_b)]
+        if op == "norm":
+            # d‖x‖/dx_i = x_i/‖x‖: E = q/(n·q) = 1/n.
+            return [Bwd(g.s / n, (g.s if np_ > 1 else g.r) / n, 0.0, (g.s if nb > 1 else g.rb) / n)]
         if op not in ("mean", "sum"):
             return [g]
         f = 1.0 / (n * n) if op == "mean" else 1.0
