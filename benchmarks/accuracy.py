@@ -33,6 +33,7 @@ import gradlint
 from gradlint.api import predict
 from gradlint.engine.result import cause_of
 from gradlint.engine.summary import summarize
+from gradlint.lint.grouping import flatten
 from gradlint.probing.measure import measure
 
 
@@ -91,8 +92,9 @@ def run(entries, seeds: int, threshold: float):
             "verdict_pred": report.summary.verdict, "verdict_meas": ms.verdict,
             "att_pred": report.summary.attenuation_decades, "att_meas": ms.attenuation_decades,
             "decay_pred": rec_pred, "decay_meas": rec_meas, "check_s": t_check, "measure_s": t_meas,
-            "errors": sorted({f.code for f in report.findings if f.severity == "error"}),
-            "warnings": sorted({f.code for f in report.findings if f.severity == "warning"}),
+            # Every rule that fired, notes included (a finding's notes are the other rules' findings of its problem).
+            "errors": sorted({f.code for f in flatten(report.findings) if f.severity == "error"}),
+            "warnings": sorted({f.code for f in flatten(report.findings) if f.severity == "warning"}),
         })
         print(_row(rows[-1]), flush=True)
     return rows, all_errs

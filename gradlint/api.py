@@ -24,7 +24,7 @@ from gradlint.capture.graph import Source
 from gradlint.capture.inputs import ExampleInputs, resolve_inputs
 from gradlint.engine.propagate import propagate
 from gradlint.engine.result import Result, build_summary, unknown_gradient_nodes
-from gradlint.lint import suppress
+from gradlint.lint import grouping, suppress
 from gradlint.lint.rule import REGISTRY, Rule, load_builtin
 
 
@@ -241,14 +241,20 @@ def predict(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, se
     for rule in rules:
         findings.extend(rule.check(result))
     silenced: list[Finding] = []
-    if not ignore_noqa:
+    layers = _layers(result)
+    if ignore_noqa:
+        findings = list(grouping.group(findings, layers))
+    else:
+        # A comment silences a finding on its own line, or a grouped finding on the line it now points at.
         findings, silenced = suppress.split(findings)
+        grouped, more = grouping.settle(findings, layers, suppress.suppressed)
+        findings, silenced = list(grouped), silenced + more
         ran = {r.code: r for r in rules}
         if suppress.UNKNOWN_CODE in ran or suppress.UNUSED in ran:
             comments = suppress.on_lines(_model_lines(result))
             findings += suppress.comment_findings(comments, silenced, ran, {c: k.name for c, k in REGISTRY.items()})
     if cfg is not None:
-        findings = list(cfg.adjust(findings, target_source.path if target_source else None))
+        findings = list(cfg.adjust(findings, target_source.path if target_source else None, layers))
     findings.sort(key=lambda f: (-Severity(f.severity).rank, f.path or "", f.line or 0, f.code))
     report = make_report(name or type(model).__name__, result, ex, findings, fail_on, target_source)
     return Prediction(replace(report, suppressed=tuple(silenced)) if silenced else report, result)
@@ -264,6 +270,19 @@ def _model_lines(result: Result) -> set[tuple[str, int]]:
             if s.path and s.line and "site-packages" not in s.path and "dist-packages" not in s.path}
 
 
+def _layers(result: Result) -> tuple[LayerReport, ...]:
+    prop = result.propagation
+    profile = layer_profile(result.graph, result.summary)
+    unknown_grad = unknown_gradient_nodes(prop)
+    return tuple(
+        LayerReport(module=n.module, kind=n.kind, node=n.name,
+                    grad_rms=None if n.s is None or n.name in unknown_grad else n.grad_rms,
+                    forward_rms=None if n.q is None else math.sqrt(max(n.q, 0.0)),
+                    signal_decades=profile.get(n.name, (None, None))[0],
+                    forward_decades=profile.get(n.name, (None, None))[1])
+        for n in prop.nodes if n.kind in LAYER_KINDS)
+
+
 def make_report(target: str, result: Result, ex: ExampleInputs, findings: list[Finding], fail_on: str,
                 target_source: Source | None) -> Report:
     prop = result.propagation
@@ -273,15 +292,7 @@ def make_report(target: str, result: Result, ex: ExampleInputs, findings: list[F
                     predicted_grad_rms=predicted_rms(prop.params.get(n), n in unknown),
                     measured_grad_rms=result.measured.get(n), stats_source=st.source)
         for n, st in prop.param_stats.items())
-    profile = layer_profile(result.graph, result.summary)
-    unknown_grad = unknown_gradient_nodes(prop)
-    layers = tuple(
-        LayerReport(module=n.module, kind=n.kind, node=n.name,
-                    grad_rms=None if n.s is None or n.name in unknown_grad else n.grad_rms,
-                    forward_rms=None if n.q is None else math.sqrt(max(n.q, 0.0)),
-                    signal_decades=profile.get(n.name, (None, None))[0],
-                    forward_decades=profile.get(n.name, (None, None))[1])
-        for n in prop.nodes if n.kind in LAYER_KINDS)
+    layers = _layers(result)
     inputs = ex.describe() if ex.found else "none"
     where = {"decorator": "declared by @gradlint.target", "argument": "given to gradlint.check",
              "example_input_array": "from example_input_array",

@@ -252,7 +252,7 @@ def _reconcile_suppressions(reports: list[Any], cfg: Any, paths: tuple[str, ...]
     out = []
     for r, fs in zip(reports, kept):
         if fs != list(r.findings):
-            r = replace(r, findings=cfg.adjust(fs, r.path))
+            r = replace(r, findings=cfg.adjust(fs, r.path, r.layers))
         out.append(r)
     return out
 

@@ -33,16 +33,18 @@ class _Log(nn.Module):
 
 
 class UnknownOp(Rule):
-    """An op without a transfer rule: its input statistics were passed through unchanged.
+    """An op without a transfer rule: the statistics after it and the gradients through it are unknown.
 
     ## What it finds
     Ops in the traced graph that gradlint's engine has no rule for, or that its numeric rule
-    could not evaluate. Each is treated as the identity on the signal. An op found at several
+    could not evaluate. Its output's statistics, and every gradient that goes through it, are
+    unknown: the parameters that depend on them get no prediction (`None`, shown as unknown),
+    and a verdict that depends on them is `unknown`, which fails the gate. An op found at several
     places (once per layer) is one finding, at its first place, with the number of places.
 
     ## Why it matters
-    The predictions downstream of the op (forward) and upstream of it (gradient) are only as
-    good as that identity assumption.
+    gradlint does not guess: the predictions downstream of the op (forward) and upstream of it
+    (gradient) are left unknown rather than made from an assumption.
 
     ## Example
     `torch.special.bessel_j0(h)` in a forward.
@@ -81,6 +83,6 @@ class UnknownOp(Rule):
             first = nodes[0]
             where = first.module or "the model"
             at = f"in {where}" if len(nodes) == 1 else f"at {len(nodes)} places, the first in {where}"
-            yield self.finding(result, f"no transfer rule for {op} {at}: its input's statistics were "
-                                       "passed through unchanged", node=first.name, module=first.module, op=op,
-                               places=len(nodes), modules=list(dict.fromkeys(n.module for n in nodes)))
+            yield self.finding(result, f"no transfer rule for {op} {at}: the statistics after it "
+                                       "and the gradients through it are unknown", node=first.name, module=first.module,
+                               op=op, places=len(nodes), modules=list(dict.fromkeys(n.module for n in nodes)))

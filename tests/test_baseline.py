@@ -95,14 +95,14 @@ def test_round_trip_through_the_command_line(tmp_path, monkeypatch):
     r = cli("check", "models/m.py", "--baseline", "gradlint-baseline.json")
     assert r.exit_code == 0, r.output
     recorded = FINDING_LINE.findall(r.stdout)
-    assert recorded and f"recorded {len(recorded)} findings" in r.stderr
+    assert recorded and f"recorded {len(recorded)} finding" in r.stderr
     doc = json.loads((tmp_path / "gradlint-baseline.json").read_text())
     assert sum(e["count"] for e in doc["fingerprints"]) == len(recorded)
 
     # The same code again: everything is known.
     r = cli("check", "models/m.py", "--baseline", "gradlint-baseline.json")
     assert r.exit_code == 0, r.output
-    assert not FINDING_LINE.findall(r.stdout) and f"{len(recorded)} known findings hidden" in r.stderr
+    assert not FINDING_LINE.findall(r.stdout) and f"{len(recorded)} known finding" in r.stderr
 
     # Lines move: still known.
     model.write_text("\n\n\n" + model.read_text())
@@ -118,7 +118,7 @@ def test_round_trip_through_the_command_line(tmp_path, monkeypatch):
     assert r.exit_code == 1, r.output
     shown = FINDING_LINE.findall(r.stdout)
     assert shown and {path for path, *_ in shown} == {"models/new.py"}
-    assert f"{len(recorded)} known findings hidden" in r.stderr
+    assert f"{len(recorded)} known finding" in r.stderr
 
     # The GitHub form drops the same ones.
     r = cli("check", "models", "--baseline", "gradlint-baseline.json", "--format", "github")

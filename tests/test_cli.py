@@ -23,8 +23,10 @@ def test_finding_exits_1_with_ruff_style_line():
     r = run("check", str(EX / "sigmoid_mlp.py"))
     assert r.exit_code == 1
     first = r.output.splitlines()[0]
-    assert first.startswith(f"{EX / 'sigmoid_mlp.py'}:15:1: GL101 [error] gradient vanishes") or \
-        first.startswith("examples/sigmoid_mlp.py:15:1: GL101 [error]")
+    # At the line of the cause, self.act = nn.Sigmoid(); the other rules' findings are its notes.
+    assert first.startswith(f"{EX / 'sigmoid_mlp.py'}:16:1: GL101 [error] gradient vanishes") or \
+        first.startswith("examples/sigmoid_mlp.py:16:1: GL101 [error]")
+    assert ": note: GL201 cause, at act: " in r.output
     assert "fix:" in r.output and "SigmoidMLP: vanishing" in r.output
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SIGMOID = ROOT / "examples" / "sigmoid_mlp.py"
 
-HELPER = "import torch.nn as nn\n\n\ndef block(width):\n    return nn.Sequential(nn.Linear(width, width), nn.ReLU())\n"
+UTILS = "import torch\n\n\ndef scale(x, k):\n    return torch.as_tensor(x) * k\n"
 NEEDS_WIDTH = textwrap.dedent("""\
     import torch.nn as nn
 
@@ -55,6 +56,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root, cache
 
 
+def _codes(text: str, notes: bool = False) -> set[str]:
+    """The codes of the finding lines of a text report (with ``notes``, of their note lines)."""
+    pattern = r"^    \S+?:\d+:\d+: note: (GL\d{3}) " if notes else r"^\S+?:\d+:\d+: (GL\d{3}) \["
+    return set(re.findall(pattern, text, re.M))
+
+
 def test_text_ends_with_a_closing_line_that_counts_findings_and_targets(project):
     root, cache = project
     r = gradlint("check", "models/sigmoid_mlp.py", cwd=root, cache=cache)
@@ -62,7 +69,8 @@ def test_text_ends_with_a_closing_line_that_counts_findings_and_targets(project)
     last = r.stdout.rstrip().splitlines()[-1]
     errors = r.stdout.count("[error]")
     assert errors >= 1
-    assert last == f"Found {errors} errors, 0 warnings; 1 target analyzed, 0 skipped, 0 could not analyze."
+    found = f"Found {errors} error{'s' if errors != 1 else ''}, 0 warnings"
+    assert last == f"{found}; 1 target analyzed, 0 skipped, 0 could not analyze."
 
 
 def test_rerun_from_a_subdirectory_hits_the_cache_and_prints_paths_from_there(project):
@@ -71,7 +79,7 @@ def test_rerun_from_a_subdirectory_hits_the_cache_and_prints_paths_from_there(pr
     r = gradlint("check", "sigmoid_mlp.py", cwd=root / "models", cache=cache)
     assert r.returncode == 1, r.stderr
     assert sorted(p.name for p in cache.rglob("*.json")) == entries, "a new entry: the run missed the cache"
-    assert r.stdout.startswith("sigmoid_mlp.py:15:1: GL101 [error]")
+    assert r.stdout.startswith("sigmoid_mlp.py:16:1: GL101 [error]")
     assert "\nsigmoid_mlp.py::SigmoidMLP: vanishing" in r.stdout
     assert "models/" not in r.stdout
 
@@ -92,7 +100,7 @@ def test_statistics_counts_findings_per_rule(project):
     r = gradlint("check", "models/sigmoid_mlp.py", "--statistics", cwd=root, cache=cache)
     assert r.returncode == 1
     rows = [line.split("\t") for line in r.stdout.splitlines() if "\t" in line]
-    codes = sorted({line.split(": ", 1)[1].split(" ", 1)[0] for line in full.splitlines() if ": GL" in line})
+    codes = sorted(_codes(full))
     assert sorted(code for _, code, _ in rows) == codes
     for count, code, _ in rows:
         assert int(count) == full.count(f": {code} [")
@@ -123,11 +131,11 @@ def test_color_always_and_never(project):
 def test_select_and_ignore_take_comma_separated_rules(project):
     root, cache = project
     r = gradlint("check", "models/sigmoid_mlp.py", "--select", "GL101,GL401", cwd=root, cache=cache)
-    codes = {line.split(": ", 1)[1].split(" ", 1)[0] for line in r.stdout.splitlines() if ": GL" in line}
-    assert codes == {"GL101", "GL401"}, r.stdout + r.stderr
+    # One problem: GL401's finding is a note of GL101's.
+    assert _codes(r.stdout) == {"GL101"} and _codes(r.stdout, notes=True) == {"GL401"}, r.stdout + r.stderr
     r = gradlint("check", "models/sigmoid_mlp.py", "--ignore", "GL1, GL4,GL5", "--ignore", "GL2", cwd=root,
                  cache=cache)
-    codes = {line.split(": ", 1)[1].split(" ", 1)[0] for line in r.stdout.splitlines() if ": GL" in line}
+    codes = _codes(r.stdout) | _codes(r.stdout, notes=True)
     assert r.returncode in (0, 1) and "SigmoidMLP: vanishing" in r.stdout
     assert not any(c.startswith(("GL1", "GL2", "GL4", "GL5")) for c in codes), r.stdout + r.stderr
     bad = gradlint("check", "models/sigmoid_mlp.py", "--select", "GL101,GL1O1", cwd=root, cache=cache)
@@ -154,22 +162,30 @@ def test_a_misspelt_constructor_argument_is_named_with_did_you_mean(tmp_path):
 
 
 def test_a_run_that_analyzed_nothing_exits_5_with_one_line_that_says_why(tmp_path):
-    (tmp_path / "blocks.py").write_text(HELPER)
-    (tmp_path / "net.py").write_text(NEEDS_WIDTH)
-    r = gradlint("check", "blocks.py", "net.py", cwd=tmp_path, cache=tmp_path / "cache")
+    (tmp_path / "utils.py").write_text(UTILS)
+    r = gradlint("check", "utils.py", cwd=tmp_path, cache=tmp_path / "cache")
     assert r.returncode == 5, r.stdout + r.stderr
     why = [line for line in r.stderr.splitlines() if line.startswith("gradlint: no target analyzed")]
-    assert why == ["gradlint: no target analyzed: 2 files without a target (blocks.py, net.py); 1 target skipped "
-                   "(constructor needs arguments) (exit code 5; --allow-no-targets accepts a run with nothing to "
-                   "analyze)"]
-    assert r.stdout.rstrip().splitlines()[-1] == "No findings; 0 targets analyzed, 1 skipped, 0 could not analyze."
+    assert why == ["gradlint: no target analyzed: 1 file without a target (utils.py) (exit code 5; "
+                   "--allow-no-targets accepts a run with nothing to analyze)"]
+    assert r.stdout.rstrip().splitlines()[-1] == "No findings; 0 targets analyzed, 0 skipped, 0 could not analyze."
     # JSON keeps stdout one document; the line goes to stderr there too.
-    j = gradlint("check", "blocks.py", "--format", "json", cwd=tmp_path, cache=tmp_path / "cache")
+    j = gradlint("check", "utils.py", "--format", "json", cwd=tmp_path, cache=tmp_path / "cache")
     assert j.returncode == 5 and "no target analyzed" in j.stderr
     summary = json.loads(j.stdout)["summary"]
     assert (summary["targets"], summary["analyzed"], summary["skipped"]) == (0, 0, 0)
-    ok = gradlint("check", "blocks.py", "--allow-no-targets", cwd=tmp_path, cache=tmp_path / "cache")
+    ok = gradlint("check", "utils.py", "--allow-no-targets", cwd=tmp_path, cache=tmp_path / "cache")
     assert ok.returncode == 0 and "no target analyzed" not in ok.stderr
+
+
+def test_a_model_whose_constructor_values_are_nowhere_is_an_error_not_a_silent_skip(tmp_path):
+    # Nothing in the repository says what width is: the gate fails (exit 2) and says where to give it.
+    (tmp_path / "net.py").write_text(NEEDS_WIDTH)
+    r = gradlint("check", "net.py", cwd=tmp_path, cache=tmp_path / "cache")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "net.py:5: could not analyze net.py::Net: Net's constructor needs width" in r.stdout
+    assert 'kwargs = { width = ... }' in r.stdout and "gradlint init net.py" in r.stdout
+    assert r.stdout.rstrip().splitlines()[-1] == "No findings; 0 targets analyzed, 0 skipped, 1 could not analyze."
 
 
 SUPPRESSED = textwrap.dedent('''\

@@ -9,13 +9,15 @@ import pytest
 from gradlint.run.runner import run_paths
 
 EX = Path(__file__).resolve().parents[1] / "examples"
+# Per example: the verdict, the codes of its findings above info, and the codes of the notes
+# attached to them (one finding per problem: its causes and other fixes are notes).
 EXPECTED = {
-    "sigmoid_mlp.py": ("vanishing", {"GL101", "GL201", "GL401", "GL501"}),
-    "relu_std1_mlp.py": ("exploding", {"GL102", "GL301", "GL401"}),
-    "kaiming_mlp.py": ("healthy", set()),
-    "residual_mlp.py": ("healthy", set()),
-    "vanilla_rnn.py": ("vanishing", {"GL101", "GL601"}),
-    "small_resnet.py": ("healthy", set()),
+    "sigmoid_mlp.py": ("vanishing", {"GL101"}, {"GL201", "GL401", "GL501"}),
+    "relu_std1_mlp.py": ("exploding", {"GL102"}, {"GL301", "GL401", "GL501"}),
+    "kaiming_mlp.py": ("healthy", set(), set()),
+    "residual_mlp.py": ("healthy", set(), set()),
+    "vanilla_rnn.py": ("vanishing", {"GL101"}, {"GL601"}),
+    "small_resnet.py": ("healthy", set(), set()),
 }
 
 
@@ -27,12 +29,14 @@ def test_every_example_is_listed():
 def test_example(name):
     reports, _ = run_paths([str(EX / name)])
     (report,) = reports
-    verdict, codes = EXPECTED[name]
+    verdict, codes, notes = EXPECTED[name]
     assert report.status == "ok", report.error
     assert report.summary.verdict == verdict
     assert {f.code for f in report.findings if f.severity != "info"} == codes
+    assert {n.code for f in report.findings if f.severity != "info" for n in f.notes} == notes
     for f in report.findings:
         assert f.path == str(EX / name) and f.line  # points at the user's own file
+        assert all(n.path == str(EX / name) and n.line for n in f.notes)
 
 
 def test_gl101_fixes_for_the_sigmoid_mlp_work_when_measured():

@@ -104,6 +104,17 @@ def test_sarif_is_valid_and_has_what_code_scanning_reads(run, workspace):
         assert loc["region"]["startLine"] >= 1 and loc["region"]["startColumn"] >= 1
         assert re.fullmatch(r"[0-9a-f]{32}", res["partialFingerprints"][FINGERPRINT_KEY])
     assert len({r["partialFingerprints"][FINGERPRINT_KEY] for r in results}) == len(results)
+    # One result for the sigmoid MLP's one problem; the other rules' findings are its notes:
+    # related locations (at their own lines) and, with their rule ids, in its properties.
+    (res,) = results
+    assert res["ruleId"] == "GL101"
+    assert [n["ruleId"] for n in res["properties"]["notes"]] == ["GL201", "GL401", "GL501"]
+    assert [n["role"] for n in res["properties"]["notes"]] == ["cause", "fix", "fix"]
+    related = res["relatedLocations"]
+    assert [r["id"] for r in related] == [1, 2, 3]
+    assert [r["message"]["text"].split()[0] for r in related] == ["GL201", "GL401", "GL501"]
+    assert [r["physicalLocation"]["region"]["startLine"] for r in related] == [16, 15, 15]
+    assert res["locations"][0]["physicalLocation"]["region"]["startLine"] == 16  # the cause's line: the sigmoid
     (inv,) = run_["invocations"]
     assert inv["executionSuccessful"] is False
     (err,) = [n for n in inv["toolExecutionNotifications"] if n["level"] == "error"]
@@ -205,4 +216,10 @@ def test_github_format_from_the_command_line(workspace, monkeypatch):
     assert r.exit_code == 2
     lines = r.stdout.splitlines()
     assert lines and all(GITHUB_LINE.match(line) for line in lines)
-    assert lines[0].startswith("::error file=models/m.py,line=15,col=1,title=GL101 vanishing-gradient::")
+    # One annotation for the one problem, at the line of its cause (self.act = nn.Sigmoid()), its notes in the message.
+    assert lines[0].startswith("::error file=models/m.py,line=16,col=1,title=GL101 vanishing-gradient::")
+    assert len(lines) == 2 and lines[1].startswith("::error file=models/bad.py")
+    message = _parse_github(lines[0])[2]
+    notes = [line.split()[1] for line in message.splitlines() if line.startswith("note: ")]
+    assert notes == ["GL201", "GL401", "GL501"]
+    assert "note: GL201 saturating-activation-chain at models/m.py:16: 19 sigmoids in a row" in message

@@ -86,9 +86,11 @@ def assert_share_analyzed(outcomes: Counter, floor: float) -> None:
 # GRADLINT_FUZZ_PROBE_EXAMPLES=100 give, so a campaign holds them too. `nice .venv/bin/python -m
 # pytest -q -s -p no:cacheprovider tests/test_fuzz.py` prints each share. The rest raise
 # ForwardError or InputError by design (a spec's failing op, inputs that fit no layer), or for
-# the probe ProbeError (a model whose float64 run fails).
+# the probe ProbeError (a model whose forward fails in float64 and in its own dtype, or a model
+# with nothing to measure: no parameter, or no output that depends on one; these were counted
+# analyzed before the probe refused them, 27 of the 100, which took the share from 48% to 29%).
 CHECK_FLOOR = 0.55  # measured 61% of 100 (72% of 1,000)
-PROBE_FLOOR = 0.25  # measured 33% of 15 (46% of 100)
+PROBE_FLOOR = 0.10  # measured 13% of 15 (29% of 100)
 WITHOUT_INPUTS_FLOOR = 0.9  # measured 100% of 20 (and of 100)
 
 

@@ -60,8 +60,8 @@ def test_check_a_notebook_points_at_cell_and_line_and_skips_magics_shell_and_tra
     # The same model, its findings silenced by a comment in the cell.
     assert "quiet.ipynb:cell" not in r.stdout and "quiet.ipynb::Deep: vanishing" in r.stdout
     assert "trained" not in r.stdout + r.stderr
-    assert r.stdout.rstrip().endswith(f"Found {len(heads)} errors, 0 warnings; 2 targets analyzed, 0 skipped, "
-                                      "0 could not analyze.")
+    assert len(heads) == 1  # one problem, one finding; the other rules' findings are its notes
+    assert r.stdout.rstrip().endswith("Found 1 error, 0 warnings; 2 targets analyzed, 0 skipped, 0 could not analyze.")
 
 
 @pytest.mark.slow
@@ -102,6 +102,9 @@ def test_report_in_jupyter_shows_verdict_findings_and_an_inline_chart():
     assert "<b>SigmoidMLP</b>" in html and ">vanishing</b>" in html
     for f in report.findings:
         assert f"<b>{f.code}</b>" in html
+        for n in f.notes:  # the other rules' findings about the same problem, as notes
+            assert f"<i>note:</i> <b>{n.code}</b> {n.role}" in html
+    assert any(f.notes for f in report.findings)
     assert "<script" not in html
     svg = html[html.index("<svg"):html.rindex("</svg>") + len("</svg>")]
     ET.fromstring(svg)   # the chart is well-formed inline SVG
@@ -115,7 +118,12 @@ def test_report_plot_returns_a_matplotlib_figure_with_one_point_per_layer():
     fig = report.plot()
     assert isinstance(fig, Figure)
     (ax,) = fig.axes
-    (predicted,) = [line for line in ax.get_lines() if line.get_label().startswith("predicted")]
+    # The chart draws what the verdict reads (output/plot.py): per layer, its gradient signal
+    # x·dL/dx in decades relative to the output, one point per Linear, named on the x axis.
+    (predicted,) = [line for line in ax.get_lines() if line.get_label().startswith("predicted: gradient signal")]
     linears = [lr for lr in report.layers if lr.kind == "linear"]
-    assert list(predicted.get_ydata()) == pytest.approx([lr.grad_rms for lr in linears])
-    assert ax.get_title() == "SigmoidMLP: vanishing"
+    assert len(linears) == 12
+    assert list(predicted.get_xdata()) == list(range(12))
+    assert list(predicted.get_ydata()) == pytest.approx([lr.signal_decades for lr in linears])
+    assert [t.get_text() for t in ax.get_xticklabels()] == [lr.module for lr in linears]
+    assert ax.get_title() == "SigmoidMLP: verdict vanishing"

@@ -92,14 +92,14 @@ def hook_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def readme_config() -> str:
-    """The .pre-commit-config.yaml snippet of the README's pre-commit section, as written."""
-    section = (ROOT / "README.md").read_text().split("### pre-commit", 1)[1].split("\n### ", 1)[0]
+    """The .pre-commit-config.yaml snippet of docs/ci.md's pre-commit section, as written."""
+    section = (ROOT / "docs" / "ci.md").read_text().split("## pre-commit", 1)[1].split("\n## ", 1)[0]
     (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", section, re.S) if "repos:" in b]
     return block
 
 
 def remote_config(hook_repo: tuple[Path, str], *hook_ids: str) -> str:
-    """The README's snippet with the hook repository's address, and the hooks ``hook_ids``."""
+    """docs/ci.md's snippet with the hook repository's address, and the hooks ``hook_ids``."""
     repo, _ = hook_repo
     config = yaml.safe_load(readme_config())
     (entry,) = config["repos"]
@@ -117,7 +117,7 @@ def test_hook_fails_a_commit_of_a_vanishing_model_and_passes_a_healthy_one(tmp_p
     result = commit(project, hook_env, "a vanishing model")
     assert result.returncode != 0, result.stdout
     assert "gradlint" in result.stdout and "Failed" in result.stdout
-    assert "models/sigmoid_mlp.py:15:1: GL101 [error] gradient vanishes" in result.stdout
+    assert "models/sigmoid_mlp.py:16:1: GL101 [error] gradient vanishes" in result.stdout
     assert git(project, "rev-list", "--all", env=hook_env).stdout == ""   # nothing was committed
 
     git(project, "rm", "-q", "--cached", "models/sigmoid_mlp.py", env=hook_env)
@@ -224,4 +224,4 @@ def test_readme_snippet_as_written_checks_the_configured_models(tmp_path, hook_r
     result = commit(project, hook_env, "a vanishing model")
     assert result.returncode != 0, result.stdout
     assert "gradlint (project)" in result.stdout and "Failed" in result.stdout
-    assert "models/sigmoid_mlp.py:15:1: GL101 [error] gradient vanishes" in result.stdout
+    assert "models/sigmoid_mlp.py:16:1: GL101 [error] gradient vanishes" in result.stdout

@@ -578,7 +578,8 @@ def test_profile_marks_exactly_the_rows_the_verdict_reads(tmp_path, source, verd
     path = write_model(tmp_path, "import torch, torch.nn as nn\nimport gradlint\n" + _source_of(bn_cnn)
                        + f"@gradlint.target(inputs=(8, 3, 16, 16) if '{verdict}' == 'healthy' else (16, 64))\n"
                        f"def net():\n    {source}\n")
-    res = cli("check", str(path), "--profile")
+    # ::net: the file's factory bn_cnn is a model of its own where net does not call it.
+    res = cli("check", f"{path}::net", "--profile")
     assert f"net: {verdict}" in res.output, res.output
     rows = _rows(res.output)
     assert rows
@@ -644,9 +645,36 @@ def test_the_forget_bias_fix_applied_as_written_clears_gl101_on_a_tagger(code):
     torch.manual_seed(0)
     model = Tagger()
     report = gradlint.check(model, (16, 64, 32))
-    (f,) = [f for f in report.findings if f.code == code]
+    # One finding per problem (lint/grouping.py): GL602's fix is a note of GL101's finding here.
+    (f,) = ([f for f in report.findings if f.code == code]
+            + [n for x in report.findings for n in x.notes if n.code == code])
     _apply(f.fix, model)
     after = gradlint.probe(model, (16, 64, 32), seeds=1)
     assert after.summary.verdict == "healthy", (f.fix, after)
     assert not [x for x in after.findings if x.code in ("GL101", "GL602") and x.confirmed is not False
                 and x.severity == "error"]
+
+
+class FixedDtype(nn.Module):
+    """A forward that fixes its dtype: the weights and the input cast to bfloat16."""
+
+    def __init__(self, detach: bool = False):
+        super().__init__()
+        self.lin = nn.Linear(32, 8).to(torch.bfloat16)
+        self.detach = detach
+
+    def forward(self, x):
+        y = self.lin(x.to(torch.bfloat16))
+        return {"out": y.detach() if self.detach else y}
+
+
+def test_a_forward_that_fixes_its_dtype_is_measured_in_it_and_its_own_problem_is_the_one_reported():
+    torch.manual_seed(0)
+    report = gradlint.probe(FixedDtype(), (16, 32), seeds=1)
+    assert report.status == "ok" and report.probe is not None
+    # Its output has no gradient in its own dtype too: that is the error, not the float64 run's
+    # dtype clash it first met (which hid it when the own-dtype retry failed as well).
+    with pytest.raises(gradlint.GradlintError) as err:
+        gradlint.probe(FixedDtype(detach=True), (16, 32), seeds=1)
+    assert "returned dict with no tensor that depends on a parameter" in str(err.value), str(err.value)
+    assert "float64" not in str(err.value)

@@ -36,6 +36,32 @@ class ExitCode(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class Note:
+    """A finding of another rule attached to the finding of the problem it belongs to, as a
+    compiler attaches notes to an error (``gradlint.lint.grouping`` does the attaching).
+
+    Attributes:
+        role: ``cause`` (it contributes to the problem: the saturating activations, the init),
+            ``fix`` (another fix: the normalization or the skip connection it lacks) or
+            ``symptom`` (the vanishing or exploding gradient, under a more severe cause).
+        The others: the fields of the ``Finding`` it was, its own location included.
+    """
+
+    code: str
+    name: str
+    severity: str
+    category: str
+    role: str
+    message: str
+    fix: str = ""
+    path: str | None = None
+    line: int | None = None
+    column: int | None = None
+    module: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Finding:
     """One thing gradlint found, pointing at the user's source.
 
@@ -52,6 +78,8 @@ class Finding:
         module: Qualified name of the module concerned ('' = the model).
         evidence: The numbers behind the message (JSON-ready).
         confirmed: After a probe: whether the measurement agrees (None before).
+        notes: The findings of other rules about the same problem: its causes and its other
+            fixes, each with its own location (see ``gradlint.lint.grouping``).
     """
 
     code: str
@@ -66,6 +94,7 @@ class Finding:
     module: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
     confirmed: bool | None = None
+    notes: tuple[Note, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return _finite(asdict(self))

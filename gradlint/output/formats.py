@@ -188,6 +188,8 @@ def sarif_doc(reports: list[Report], notes: list[str], root: Path) -> dict[str, 
                 res["locations"] = [where]
             if f.confirmed is not None:
                 res["properties"]["confirmed"] = f.confirmed
+            if f.notes:
+                _sarif_notes(res, f, root)
             results.append(res)
     notifications = []
     for r in reports:
@@ -211,6 +213,34 @@ def sarif_doc(reports: list[Report], notes: list[str], root: Path) -> dict[str, 
         "results": results,
     }
     return {"$schema": SARIF_SCHEMA, "version": SARIF_VERSION, "runs": [run]}
+
+
+def _sarif_notes(res: dict[str, Any], f: Finding, root: Path) -> None:
+    """A finding's notes: each as a related location (with its rule and message) where it has
+    one, and all of them, with their rule ids, in the result's properties."""
+    related = []
+    for i, n in enumerate(f.notes, start=1):
+        where = _physical(n.path, n.line, n.column, root)
+        if where is not None:
+            where["id"] = i
+            where["message"] = {"text": f"{n.code} {n.name} ({n.role}): {n.message}"}
+            related.append(where)
+    if related:
+        res["relatedLocations"] = related
+    res["properties"]["notes"] = [{"ruleId": n.code, "name": n.name, "role": n.role, "level": _SARIF_LEVEL.get(
+        n.severity, "warning"), "message": n.message, "fix": n.fix, "module": n.module, "evidence": n.evidence}
+        for n in f.notes]
+
+
+def note_lines(f: Finding, root: Path) -> list[str]:
+    """A finding's notes as plain lines: ``note: CODE (role) at FILE:LINE: message``, for
+    outputs that carry one message per finding."""
+    out = []
+    for n in f.notes:
+        where = f" at {root_relative_or_absolute(n.path, root)}:{n.line}" if n.path and n.line else ""
+        text = n.message if n.role != "fix" or not n.fix else "another fix: " + n.fix
+        out.append(f"note: {n.code} {n.name}{where}: {text}")
+    return out
 
 
 # -- github -----------------------------------------------------------------------------------
@@ -245,7 +275,7 @@ def github_lines(reports: list[Report], root: Path) -> list[str]:
     out = []
     for r in reports:
         for f in r.findings:
-            msg = f.message + (f"\nfix: {f.fix}" if f.fix else "")
+            msg = "\n".join([f.message + (f"\nfix: {f.fix}" if f.fix else ""), *note_lines(f, root)])
             out.append(_github_command(_GITHUB_LEVEL.get(f.severity, "warning"), msg,
                                        file=root_relative_or_absolute(f.path, root) if f.path else None,
                                        line=f.line, col=f.column, title=f"{f.code} {f.name}"))

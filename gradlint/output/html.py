@@ -39,6 +39,9 @@ def report_html(report: Report, chart: bool = True) -> str:
         for f in report.findings:
             where = f"{shown_path(f.path)}:{f.line or 1}" if f.path else ""
             fix = f"<br><i>fix:</i> <code>{e(f.fix)}</code>" if f.fix else ""
+            fix += "".join(f"<br><i>note:</i> <b>{e(n.code)}</b> {e(n.role)}"
+                           f"{' at ' + e(shown_path(n.path)) + ':' + str(n.line) if n.path and n.line else ''}: "
+                           f"{e(n.message if n.role != 'fix' or not n.fix else n.fix)}" for n in f.notes)
             rows.append(f'<tr><td><b>{e(f.code)}</b></td><td style="color:{_TONE.get(f.severity, "#000")}">'
                         f"{e(f.severity)}</td><td><code>{e(where)}</code>"
                         f"{'<br>' + e(f.module) if f.module else ''}</td>"

@@ -28,13 +28,30 @@ def _c(text: str, what: str, color: bool) -> str:
 
 
 def format_finding(f: Finding, color: bool = False) -> str:
-    loc = f"{shown_path(f.path) if f.path else '<unknown>'}:{f.line or 1}:{f.column or 1}"
+    """``file:line:col: CODE [severity] message``, its fix, and its notes as a compiler prints
+    them: ``file:line:col: note: ...``, each at its own location, a cause with its message (and
+    its fix when it is not the finding's), another fix with that fix."""
     refuted = ", refuted by the probe: not failing" if f.confirmed is False else ""
-    head = f"{_c(loc, 'bold', color)}: {f.code} [{_c(f.severity, f.severity, color)}{refuted}] {f.message}"
-    if f.fix:
-        head += "\n" + "\n".join("    fix: " + line if i == 0 else "         " + line
-                                 for i, line in enumerate(f.fix.splitlines()))
+    head = f"{_c(_where(f), 'bold', color)}: {f.code} [{_c(f.severity, f.severity, color)}{refuted}] {f.message}"
+    head += _fix_lines(f.fix, "    ")
+    for n in f.notes:
+        what = {"cause": "cause", "fix": "another fix"}.get(n.role, n.role)
+        context = f", at {n.module}" if n.module else ""
+        text = n.message if n.role != "fix" or not n.fix else n.fix.splitlines()[0]
+        head += f"\n    {_c(_where(n), 'bold', color)}: {_c('note', 'info', color)}: {n.code} {what}{context}: {text}"
+        if n.role != "fix":
+            head += _fix_lines(n.fix if n.fix != f.fix else "", "        ")
+        else:
+            head += "".join(f"\n        {line}" for line in n.fix.splitlines()[1:])
     return head
+
+
+def _where(f: Any) -> str:
+    return f"{shown_path(f.path) if f.path else '<unknown>'}:{f.line or 1}:{f.column or 1}"
+
+
+def _fix_lines(fix: str, indent: str) -> str:
+    return "".join(f"\n{indent}" + ("fix: " if i == 0 else "     ") + line for i, line in enumerate(fix.splitlines()))
 
 
 def _decades(x: float) -> str:
@@ -334,10 +351,15 @@ def failing(report: Report, ignore: Iterable[str] = (), fail_on: str | None = No
         The failing findings, the unhealthy verdict (None when healthy or ignored), and the
         findings at or above ``fail_on`` that the measurement refuted.
     """
+    from gradlint.lint.grouping import flatten, group
+
     ignore = tuple(ignore)
     level = Severity(fail_on or report.fail_on).rank
-    due = [f for f in report.findings
-           if Severity(f.severity).rank >= level and not matches(f.code, f.name, ignore)]
+    # An ignored rule's finding leaves its notes, grouped again, as the CLI's --ignore does.
+    kept = report.findings
+    if ignore and any(matches(g.code, g.name, ignore) for f in report.findings for g in (f, *f.notes)):
+        kept = group([f for f in flatten(report.findings) if not matches(f.code, f.name, ignore)], report.layers)
+    due = [f for f in kept if Severity(f.severity).rank >= level]
     failing_ = [f for f in due if f.confirmed is not False]
     refuted = [f for f in due if f.confirmed is False]
     verdict = report.summary.verdict if report.summary is not None else None
@@ -366,6 +388,11 @@ def failure_message(report: Report, findings: list[Finding], verdict: str | None
             lines.append(f"  {f.code} [{f.severity}{mark}] {loc}: {f.message}")
             for i, fix_line in enumerate(f.fix.splitlines()):
                 lines.append(("      fix: " if i == 0 else "           ") + fix_line)
+            for n in f.notes:
+                where = f" in {n.module}" if n.module else ""
+                loc = f"{shown_path(n.path)}:{n.line or 1}:{n.column or 1}{where}" if n.path else f"model{where}"
+                text = n.message if n.role != "fix" or not n.fix else n.fix
+                lines.append(f"      note: {n.code} ({n.role}) {loc}: " + "\n           ".join(text.splitlines()))
     if refuted:
         lines.append("not failing, refuted by the probe: " + ", ".join(sorted({f.code for f in refuted})))
     lines.extend(_weakest_lines(report))

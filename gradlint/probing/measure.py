@@ -166,8 +166,12 @@ def measure(model: nn.Module, inputs: ExampleInputs, seeds: int = 3, dtype: torc
             # weights: measure in the model's own dtype instead, and say so.
             try:
                 own = _measure_model(model, inputs, seeds, None, device, seed0)
-            except ProbeError:
-                raise first from None
+            except ProbeError as second:
+                if second.message.startswith("the probe runs the model's forward"):
+                    raise first from None  # its forward fails in either dtype: the float64 failure, with its hint
+                # The forward ran in its own dtype: what stops the measurement there (an output with
+                # no gradient, a backward that raises) is the model's real problem, not float64.
+                raise
             dtype = None
         ran = None
         if graph:

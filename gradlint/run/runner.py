@@ -152,7 +152,8 @@ def run_paths(paths: list[str], *, cli_shapes: list[tuple[int, ...]] | None = No
     if config is not None:
         # After the rules (and a probe's own findings), so every finding is treated alike; after
         # the cache too, so severities and per-file ignores need no fresh check.
-        reports = [replace(r, findings=config.adjust(r.findings, r.path)) if r.findings else r for r in reports]
+        reports = [replace(r, findings=config.adjust(r.findings, r.path, r.layers)) if r.findings else r
+                   for r in reports]
     if interrupted:
         left = sum(o is None for o in outcomes)
         raise Interrupted(reports, [*notes, f"gradlint: interrupted; {left} of {len(jobs)} files not checked "

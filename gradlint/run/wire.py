@@ -26,7 +26,7 @@ class WireError(ValueError):
 
 @functools.cache
 def _types() -> dict[str, type]:
-    from gradlint.base.findings import Finding
+    from gradlint.base.findings import Finding, Note
     from gradlint.base.report import (
         Agreement,
         Argument,
@@ -42,7 +42,7 @@ def _types() -> dict[str, type]:
     from gradlint.run.config import Config, TargetSpec
 
     return {cls.__name__: cls for cls in (Report, Argument, ParamReport, LayerReport, RecurrentReport, Agreement,
-                                          Summary, TrunkPoint, Finding, Settings, Config, TargetSpec, Tokens)}
+                                          Summary, TrunkPoint, Finding, Note, Settings, Config, TargetSpec, Tokens)}
 
 
 _TIMES = {"@datetime": datetime.datetime, "@date": datetime.date, "@time": datetime.time}

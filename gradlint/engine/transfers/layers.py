@@ -23,6 +23,15 @@ def _weight(ctx: Context, node: Node, ins: list[Fwd]) -> tuple[float, tuple[int,
     return st.ms, tuple(shape) if shape and math.prod(shape) == st.numel else tuple(st.shape)
 
 
+def _centred(within: float, across: float) -> float:
+    """A bias gradient's mean square: ``within`` a sample plus the ``across``-sample term, which a
+    BatchNorm below makes negative (it centres the gradient over the batch). When the two cancel,
+    the gradient is zero (the loss does not see a per-channel shift before a BatchNorm), and what
+    is left is rounding, not a negative mean square."""
+    total = within + across
+    return 0.0 if total < 0.0 and -total <= 1e-9 * abs(within) else total
+
+
 def _bias(ctx: Context, node: Node, ins: list[Fwd]) -> tuple[float, float] | None:
     """Mean square and mean of a layer's bias (a parameter, or a computed operand), or None."""
     if "bias" in node.params:
@@ -79,7 +88,7 @@ class Linear(Transfer):
         _book(ctx, node, res, "weight",
               rows_all * ((g.s + g.sw) * x.q + (pos - 1) * g.r * x.kt + (rows_all - pos) * g.rb * x.k
                           + (pos - 1) * g.coh * w_ms * x.v * x.v))
-        _book(ctx, node, res, "bias", rows_all * (g.s + (pos - 1) * g.r + (rows_all - pos) * g.rb))
+        _book(ctx, node, res, "bias", _centred(rows_all * (g.s + (pos - 1) * g.r), rows_all * (rows_all - pos) * g.rb))
         f = fan_out * w_ms
         res[0] = Bwd(f * g.s, f * g.r, 0.0, f * g.rb)
         return res
@@ -169,8 +178,8 @@ class Conv(Transfer):
         _book(ctx, node, res, "weight", batch * (m1 * (s * x.q - g.r * x.kt) + m2 * g.r * x.kt)
               + batch * (batch - 1) * m2 * g.rb * x.k + batch * (m2 - m1) * g.coh * w_ms * x.v * x.v)
         p_out = math.prod(out.shape[2:]) if len(out.shape) > 2 else 1
-        _book(ctx, node, res, "bias", batch * p_out * (g.s + (p_out - 1) * g.r)
-              + batch * (batch - 1) * p_out * p_out * g.rb)
+        _book(ctx, node, res, "bias", _centred(batch * p_out * (g.s + (p_out - 1) * g.r),
+                                               batch * (batch - 1) * p_out * p_out * g.rb))
         f = bwd_fan * w_ms
         res[0] = Bwd(f * g.s, f * g.r, 0.0, f * g.rb)
         return res

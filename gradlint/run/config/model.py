@@ -4,16 +4,17 @@ with where it came from (gradlint's default, ``FILE:LINE``, or the command line)
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from gradlint.base.findings import Finding, Severity, matches
+from gradlint.base.findings import Finding, matches
 from gradlint.base.paths import root_relative_or_absolute
 from gradlint.base.report import DEFAULT_THRESHOLD
 from gradlint.base.targets import TargetOptions
+from gradlint.lint import grouping
 from gradlint.run.config.globs import glob_matches
 
 __all__ = ["COMMAND_LINE", "DEFAULT", "SEVERITIES", "Config", "TargetSpec"]
@@ -138,16 +139,21 @@ class Config:
         real = os.path.realpath(file)
         return tuple(t for t in self.targets if t.name is not None and os.path.realpath(t.file) == real)
 
-    def adjust(self, findings: Iterable[Finding], checked: str | os.PathLike[str] | None = None) -> tuple[Finding, ...]:
+    def adjust(self, findings: Iterable[Finding], checked: str | os.PathLike[str] | None = None,
+               layers: Sequence[Any] = ()) -> tuple[Finding, ...]:
         """The findings with the configured severities, less those ``per-file-ignores`` silences.
 
         A ``per-file-ignores`` glob applies to a finding when it matches the file the finding
         points at or ``checked``, the file of the target it was found in: a model's findings
-        often point into the files its layers come from.
+        often point into the files its layers come from. Both apply to a finding's notes as to
+        findings of their own (a note is another rule's finding), and the rest is grouped again
+        (``gradlint.lint.grouping``): ignoring the rule of a finding with notes leaves its notes
+        as a finding.
 
         Args:
             findings: A report's findings.
             checked: The target's file.
+            layers: The target's layers (``Report.layers``), for grouping.
 
         Returns:
             The findings, most severe first.
@@ -155,13 +161,12 @@ class Config:
         if not self.severities and not self.per_file_ignores:
             return tuple(findings)
         out = []
-        for f in findings:
+        for f in grouping.flatten(findings):
             rels = [self.relative(p) for p in (f.path, checked) if p]
             if any(matches(f.code, f.name, rules) for glob, rules in self.per_file_ignores
                    if any(glob_matches(glob, rel) for rel in rels)):
                 continue
             severity = self.severities.get(f.code)
             out.append(replace(f, severity=severity) if severity and severity != f.severity else f)
-        out.sort(key=lambda f: (-Severity(f.severity).rank, f.path or "", f.line or 0, f.code))
-        return tuple(out)
+        return grouping.group(out, layers)
 
