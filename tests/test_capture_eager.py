@@ -310,8 +310,6 @@ def test_outputs_written_into_a_preallocated_tensor_are_data_flow():
     assert all(_reaches(result.graph, out, p) for p in ("wx.weight", "wx.bias", "wh.weight"))
 
 
-@pytest.mark.xfail(strict=True, reason="select_scatter/slice_scatter pass only their base's statistics: the engine "
-                                       "has no rule for the written values yet (issue 14, item 2)")
 def test_outputs_written_into_a_preallocated_tensor_are_predicted():
     EagerTrials(Preallocated, lambda: (torch.randn(32, 5, 16),)).check_matrices(decades(0.036))
 
@@ -336,9 +334,6 @@ def test_convolutions_with_computed_weights_are_captured():
     checked(SpectralConv(), lambda: (torch.randn(4, 3, 12, 12),))
 
 
-@pytest.mark.xfail(strict=True, reason="a convolution whose weight is computed (not a parameter) has no transfer "
-                                       "rule: it passes its input through and its weight gets no gradient "
-                                       "(issue 14, item 2)")
 def test_convolutions_with_computed_weights_are_predicted():
     EagerTrials(SpectralConv, lambda: (torch.randn(8, 3, 12, 12),)).check_matrices(decades(0.036))
 

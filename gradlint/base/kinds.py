@@ -54,6 +54,8 @@ KINDS = {
     "weight_norm": "weight normalization g·v/||v||",
     "write": "a write into a tensor: an in-place op on a view, index_put, scatter",
     "extremum": "element-wise maximum or minimum of two tensors",
+    "loss": "a loss function (cross-entropy, NLL, MSE, L1, smooth L1, Huber, binary cross-entropy)",
+    "broadcast": "torch.broadcast_tensors: each operand expanded to the common shape",
 }
 
 #: Kinds that only move, select or reduce data: the summary counts their gain as neutral.

@@ -18,6 +18,7 @@ import torch.fx as fx
 
 from gradlint.capture import writes
 from gradlint.capture.graph import Graph, Node, Source
+from gradlint.capture.views import FUNCTIONALIZED
 
 aten = torch.ops.aten
 
@@ -42,6 +43,7 @@ RESHAPES = {
 }
 # Ops through which no gradient flows.
 BLOCKERS = {
+    "_has_compatible_shallow_copy_type": "a .data assignment's type check",
     "detach": "detach()", "argmax": "argmax", "argmin": "argmin", "round": "round",
     "sign": "sign", "floor": "floor", "ceil": "ceil", "trunc": "trunc", "gt": "a comparison",
     "lt": "a comparison", "ge": "a comparison", "le": "a comparison", "eq": "a comparison",
@@ -301,7 +303,9 @@ class Converter:
         self.alias[dst.name] = self.ref(new)
         if new is not fxn:
             self.alias[fxn.name] = self.ref(new)
-        if base is dst or not isinstance(base, fx.Node):
+        if base is dst or not isinstance(base, fx.Node) or fxn.meta.get(FUNCTIONALIZED):
+            # A write views.functionalize rewrote: its scatter into the base is in the graph
+            # already, and a write node here would route the written value's gradient twice.
             return
         write = f"{fxn.name}_into_{base.name}"
         self.add(fxn, "write", [base, new], name=write, like=base,
@@ -388,6 +392,13 @@ def _addmm(c: Converter, fxn, b):
         c.add(fxn, "matmul", [b["mat1"], mat2], attrs={})  # a product of two activations (plus a term)
         return
     _weighted(c, fxn, "linear", b["mat1"], mat2, b["self"], {"layout": "in_out"})
+
+
+@normalizer("mv", "dot", "vdot", "inner")
+def _vector_product(c: Converter, fxn, b):
+    """A matrix times a vector, or a dot product (spectral norm's u·Wv)."""
+    x, y = b.get("self", b.get("input")), b.get("vec", b.get("tensor", b.get("other")))
+    c.add(fxn, "matmul", [x, y], attrs={"vector": "mv" if op_name(fxn.target) == "mv" else "dot"})
 
 
 @normalizer("mm", "matmul", "bmm")
@@ -546,7 +557,21 @@ def _reduce(c, fxn, b):
     if name in ("max", "min") and isinstance(b.get("other"), fx.Node):
         c.add(fxn, "extremum", [x, b["other"]], attrs={"op": name})
         return
+    correction = b.get("correction")
+    if name in ("var", "std") and correction is None and b.get("unbiased") is False:
+        correction = 0
     c.add(fxn, "reduce", [x], attrs={"op": name, "dims": None if dims is None else _ints(dims),
+                                      "keepdim": bool(b.get("keepdim") or False),
+                                      "correction": correction if isinstance(correction, (int, float)) else None})
+
+
+@normalizer("linalg_vector_norm", "norm")
+def _vector_norm(c, fxn, b):
+    x, order, dims = b.get("self", b.get("input")), b.get("ord", b.get("p", 2)), b.get("dim")
+    if order not in (2, 2.0, None):
+        c.add(fxn, "unknown", [x], attrs={"target": op_name(fxn.target)})
+        return
+    c.add(fxn, "reduce", [x], attrs={"op": "norm", "dims": None if dims is None else _ints(dims),
                                       "keepdim": bool(b.get("keepdim") or False)})
 
 
@@ -595,6 +620,28 @@ def _avgpool(c, fxn, b):
 def _cat(c, fxn, b):
     tensors = list(b.get("tensors") or [])
     c.add(fxn, "cat", tensors, attrs={"dim": int(b.get("dim") or 0), "stack": op_name(fxn.target) == "stack"})
+
+
+# Losses: reduction 0 none, 1 mean, 2 sum (aten's enum); the gradient's moments follow from the
+# operands' statistics (engine/transfers/losses.py, docs/design.md §4.9).
+LOSSES = {"cross_entropy_loss": "cross_entropy", "nll_loss": "nll", "nll_loss_nd": "nll", "nll_loss2d": "nll",
+          "mse_loss": "mse", "l1_loss": "l1", "smooth_l1_loss": "smooth_l1", "huber_loss": "huber",
+          "binary_cross_entropy": "bce", "binary_cross_entropy_with_logits": "bce_logits"}
+
+
+@normalizer(*LOSSES)
+def _loss(c, fxn, b):
+    x, t = b.get("self", b.get("input")), b.get("target")
+    extra = {k: b.get(k) for k in ("beta", "delta", "label_smoothing", "ignore_index")
+             if isinstance(b.get(k), (int, float))}
+    weighted = any(isinstance(b.get(k), fx.Node) for k in ("weight", "pos_weight"))
+    c.add(fxn, "loss", [x, t], attrs={"op": LOSSES[op_name(fxn.target)], "reduction": int(b.get("reduction", 1)),
+                                      "weighted": weighted, **extra})
+
+
+@normalizer("broadcast_tensors")
+def _broadcast_tensors(c, fxn, b):
+    c.add(fxn, "broadcast", list(b.get("tensors") or []))
 
 
 @normalizer("split", "split_with_sizes", "chunk", "unbind", "tensor_split", "unsafe_split", "unsafe_chunk")

@@ -230,15 +230,19 @@ def _descendants(g: Graph, start: Iterable[str]) -> set[str]:
 
 
 def _state_chain(g: Graph, group: list[list[str]], members: set[str]) -> list[str]:
-    """The chain holding the state: the longest, then the one read most outside the loop, then
-    the one computed last within a step."""
+    """The chain holding the state: not a chain of writes (``out[:, t] = h`` records the states
+    into a buffer, each write taking the previous one's value), the longest, then the one read
+    most outside the loop, then the one computed last within a step."""
     pos = {n.name: i for i, n in enumerate(g.nodes)}
     outputs = set(g.outputs)
 
     def read_outside(c: list[str]) -> int:
         return sum(1 for n in c for u in g.users.get(n, ()) if u not in members) + sum(n in outputs for n in c)
 
-    return max(group, key=lambda c: (len(c), read_outside(c), pos[c[0]]))
+    def records(c: list[str]) -> bool:
+        return all(g.by_name[n].kind == "write" for n in c)
+
+    return max(group, key=lambda c: (not records(c), len(c), read_outside(c), pos[c[0]]))
 
 
 def find_loops(g: Graph) -> list[Loop]:

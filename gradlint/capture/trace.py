@@ -140,7 +140,9 @@ def trace(model: nn.Module, inputs: ExampleInputs | None) -> tuple[Graph, list[s
         try:
             return export_graph(model, inputs), failures
         except Exception as e:  # noqa: BLE001 - any failure of export means: try the next path
-            failures += [_first_line(note) for note in getattr(e, "__notes__", ())
+            # gradlint's own note, whole: cut at a length, it would end where the absolute path
+            # it quotes (shown relative later) happens to push it.
+            failures += [_first_line(note, None) for note in getattr(e, "__notes__", ())
                          if note.startswith("recording refused:")]
             failures.append(f"torch.export failed: {type(e).__name__}: {_first_line(e)}")
         # A fallback graph of a forward that cannot run at all would be analyzed as if it could.
@@ -154,9 +156,9 @@ def trace(model: nn.Module, inputs: ExampleInputs | None) -> tuple[Graph, list[s
     return module_order_graph(model, inputs), failures
 
 
-def _first_line(e: BaseException | str) -> str:
+def _first_line(e: BaseException | str, limit: int | None = 300) -> str:
     for line in str(e).strip().splitlines():
         line = line.strip()
         if len(line) > 3:
-            return line[:300]
+            return line[:limit]
     return ""

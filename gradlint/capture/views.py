@@ -26,6 +26,8 @@ import torch.fx as fx
 from torch.utils._pytree import tree_map
 
 aten = torch.ops.aten
+#: Marks a write through a view that ``functionalize`` rewrote into a scatter into its base.
+FUNCTIONALIZED = "gradlint_functionalized"
 
 # View ops whose inverse scatters the written view back into its base: view op -> scatter op,
 # with the view op's own arguments after the source.
@@ -196,6 +198,7 @@ class _Pass:
         self.version[s] += 1
         self.seen_at[node] = self.version[s]
         self.current[s] = value
+        node.meta[FUNCTIONALIZED] = True  # the converter adds no write node of its own for it
         self.seen_at[value] = self.version[s]
         self.chain[value] = []
         self.changed = True

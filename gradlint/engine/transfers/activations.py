@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from gradlint.capture.graph import Node
 from gradlint.engine import gaussian
 from gradlint.engine.context import Context
@@ -94,9 +96,39 @@ class Elementwise(Transfer):
         except Exception:  # noqa: BLE001 - the node's own function may raise anything on the grid
             m = None
         if m is None or not all(math.isfinite(v) for v in m):
+            m = _concentrated_moments(node, x)
+        if m is None:
             ctx.note_unknown(node)
-            return None
         return m
+
+
+def _concentrated_moments(node: Node, x: Fwd) -> gaussian.Moments | None:
+    """Moments of f(h) for h concentrated away from zero (|μ| ≥ 4σ: a mean of squares over a
+    feature dim, a variance plus eps), where the Gaussian grid reaches outside f's domain
+    (sqrt, rsqrt, log of a value positive by construction): the second-order delta method
+    around μ, f's derivatives by central differences. None where f is not finite on μ ± 4σ."""
+    mu, v = x.mu, x.v
+    if mu == 0 or mu * mu < 16 * v:
+        return None
+    fn, _ = gaussian.node_function(node)
+    if fn is None:
+        return None
+    sd = math.sqrt(v)
+    h = max(1e-4 * abs(mu), 1e-3 * sd)
+    pts = [mu - 2 * h, mu - h, mu, mu + h, mu + 2 * h, mu - 4 * sd, mu + 4 * sd]
+    try:
+        with torch.no_grad():
+            f2, f1, f0, g1, g2, lo, hi = (float(y) for y in fn(torch.tensor(pts, dtype=torch.float64)))
+    except Exception:  # noqa: BLE001 - the node's own function may raise anything
+        return None
+    if not all(math.isfinite(y) for y in (f2, f1, f0, g1, g2, lo, hi)):
+        return None
+    d1 = (g1 - f1) / (2 * h)
+    d2 = (g1 - 2 * f0 + f1) / (h * h)
+    d3 = (g2 - 2 * g1 + 2 * f1 - f2) / (2 * h ** 3)
+    mean = f0 + d2 * v / 2
+    second = f0 * f0 + (d1 * d1 + f0 * d2) * v
+    return gaussian.Moments(mean, max(second, 0.0), d1 * d1 + (d2 * d2 + d1 * d3) * v, d1 + d3 * v / 2)
 
 
 @register("act_module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from gradlint.capture.graph import Node
 from gradlint.engine import gaussian
 from gradlint.engine.context import Context
@@ -97,6 +99,8 @@ class MatMul(Transfer):
 
     def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
         a, b = ins[0], ins[1]
+        if node.attrs.get("vector") and isinstance(a, Fwd) and isinstance(b, Fwd):
+            return _vector_forward(ctx, node, a, b)
         d = a.shape[-1] if a.shape else 1
         shape = out_shape(node, a)
         return Fwd(q=d * a.q * b.q, mu=0.0, k=d * a.k * b.k, kt=d * a.kt * b.kt, shape=shape,
@@ -104,6 +108,57 @@ class MatMul(Transfer):
 
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
         a, b = ins[0], ins[1]
+        if node.attrs.get("vector"):
+            # mv: d(Wv)_i/dW_ij = v_j, d/dv_j = Σ_i W_ij g_i; dot: d(u·y)/dy = u.
+            rows = a.shape[0] if node.attrs["vector"] == "mv" and a.shape else 1
+            return [None if a.const or a.blocked else Bwd(g.s * b.q, 0.0),
+                    None if b.const or b.blocked else Bwd(rows * g.s * a.q, 0.0)] + [None] * (len(ins) - 2)
         n = out.shape[-1] if out.shape else 1
         m = out.shape[-2] if len(out.shape) >= 2 else 1
         return [Bwd(n * g.s * b.q, 0.0), Bwd(m * g.s * a.q, 0.0)] + [None] * (len(ins) - 2)
+
+
+def _no_grad(f: Fwd) -> bool:
+    return f.const or f.blocked
+
+
+def _iterated(f: Fwd) -> bool:
+    """A vector a power iteration sets: no gradient (under no_grad), or a 1-D parameter whose
+    ``.data`` the forward assigns (spectral norm written by hand)."""
+    return _no_grad(f) or (len(f.shape) == 1 and (f.origin or "").startswith("param:"))
+
+
+def _power_iteration(ctx: Context, node: Node, a: Fwd, b: Fwd) -> tuple[int, int, float] | None:
+    """(m, n, E[W²]) when ``node`` is spectral norm's u·(W v): u and v set by the power
+    iteration (``_iterated``), W an m×n matrix."""
+    if node.attrs.get("vector") != "dot" or not _iterated(a):
+        return None
+    mv = ctx.graph.by_name.get(node.inputs[1]) if len(node.inputs) > 1 else None
+    if mv is None or mv.kind != "matmul" or mv.attrs.get("vector") != "mv":
+        return None
+    w, v = (ctx.forward.get(i) for i in mv.inputs[:2])
+    if not isinstance(w, Fwd) or not isinstance(v, Fwd) or not _iterated(v) or len(w.shape) != 2:
+        return None
+    return w.shape[0], w.shape[1], w.q
+
+
+def _vector_forward(ctx: Context, node: Node, a: Fwd, b: Fwd) -> Fwd:
+    """W v (per element Σ_j W_ij v_j) and u·y; spectral norm's σ = u·(W v) after one power
+    iteration from a random u0 (v = W^T u0/|W^T u0|, u = W v/|W v|): σ² = |W W^T u0|²/|W^T u0|²,
+    E = s²(m + n + 1) for i.i.d. entries of variance s² (Wishart moments), taken as exact
+    (docs/design.md §4.6)."""
+    shape = out_shape(node, a)
+    spectral = _power_iteration(ctx, node, a, b)
+    if spectral is not None:
+        m, n, s2 = spectral
+        sigma2 = s2 * (m + n + 1)
+        return Fwd(q=sigma2, mu=math.sqrt(sigma2), k=sigma2, kt=sigma2, shape=shape, roles="",
+                   origin=node.name, blocked=False)
+    d = b.shape[-1] if b.shape else 1
+    if node.attrs["vector"] == "dot":
+        q = d * a.q * b.q + d * (d - 1) * a.mu * a.mu * b.mu * b.mu
+        return Fwd(q=q, mu=d * a.mu * b.mu, k=q, kt=q, shape=shape, roles="", origin=node.name,
+                   const=a.const and b.const, blocked=_no_grad(a) and _no_grad(b))
+    return Fwd(q=d * a.q * b.q, mu=d * a.mu * b.mu, k=d * a.q * b.q, kt=d * a.q * b.q, shape=shape,
+               roles=roles_like(shape, a), origin=node.name, const=a.const and b.const,
+               blocked=_no_grad(a) and _no_grad(b))

@@ -57,6 +57,22 @@ class Reduce(Transfer):
             sign = -1.0 if op in ("min", "amin") else 1.0
             return x.with_(q=x.mu * x.mu + 2 * sign * x.mu * math.sqrt(v) * e1 + v * e2,
                            mu=x.mu + sign * math.sqrt(v) * e1, shape=shape, roles=roles, origin=node.name)
+        if op in ("var", "std") and n > 1:
+            # A variance over n entries of one row is concentrated around the entries' variance:
+            # E = v, Var = 2v²/(n − 1) for Gaussian entries; its square root has E ≈ √v and
+            # Var ≈ v / (2(n − 1)). Rows share it to first order (k = kt = E²).
+            v, m = x.v, x.v
+            spread = 2 * v * v / (n - 1)
+            if op == "std":
+                m, spread = math.sqrt(v), v / (2 * (n - 1))
+            return x.with_(q=m * m + spread, mu=m, k=m * m, kt=m * m, shape=shape, roles=roles, origin=node.name,
+                           normed=0.0, scale=1.0)
+        if op == "norm":
+            # ‖x‖ over n entries: concentrated at √(n·q), Var ≈ (q_4 − q²)/(4q) → v/2 for
+            # Gaussian entries; rows share it to first order.
+            m2 = n * x.q
+            return x.with_(q=m2, mu=math.sqrt(m2), k=m2, kt=m2, shape=shape, roles=roles, origin=node.name,
+                           normed=0.0, scale=1.0)
         if op not in ("mean", "sum"):
             ctx.note_unknown(node)
             return x.with_(shape=shape, roles=roles)
@@ -78,6 +94,18 @@ class Reduce(Transfer):
         n = max(nb * np_ * nf, 1)
         if op in ("max", "amax", "min", "amin"):
             return [g.scaled(1.0 / n)]
+        if op in ("var", "std") and n > 1:
+            # d var / dx_i = 2 (x_i − x̄) / (n − c), d std / dx_i = (x_i − x̄) / ((n − c) std).
+            c = node.attrs.get("correction")
+            dof = max(n - (1.0 if c is None else float(c)), 1.0)
+            v = x.v
+            f = 4 * v / (dof * dof) if op == "var" else 1.0 / (dof * dof)
+            cen_t = max(x.kt - x.mu * x.mu, 0.0) / v if v > 0 else 0.0
+            cen_b = max(x.k - x.mu * x.mu, 0.0) / v if v > 0 else 0.0
+            return [Bwd(g.s * f, (g.s if np_ > 1 else g.r) * f * cen_t, 0.0, (g.s if nb > 1 else g.rb) * f * cen_b)]
+        if op == "norm":
+            # d‖x‖/dx_i = x_i/‖x‖: E = q/(n·q) = 1/n.
+            return [Bwd(g.s / n, (g.s if np_ > 1 else g.r) / n, 0.0, (g.s if nb > 1 else g.rb) / n)]
         if op not in ("mean", "sum"):
             return [g]
         f = 1.0 / (n * n) if op == "mean" else 1.0

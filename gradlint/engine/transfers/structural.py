@@ -6,7 +6,7 @@ from gradlint.capture.graph import Node
 from gradlint.engine.context import Context
 from gradlint.engine.state import BATCH, FEAT, POS, Bwd, Fwd, default_roles
 from gradlint.engine.transfers.registry import Transfer, register
-from gradlint.engine.transfers.roles import first_operand, out_shape, reshape_roles, roles_like
+from gradlint.engine.transfers.roles import broadcast_sum, first_operand, out_shape, reshape_roles, roles_like
 
 # -- sources ------------------------------------------------------------------------------------
 
@@ -317,3 +317,22 @@ class Unknown(Transfer):
             g = total
         g = g.as_unknown()
         return [g if isinstance(f, Fwd) and f.dtype == "float" and not f.const else None for f in ins]
+
+
+@register("broadcast")
+class Broadcast(Transfer):
+    """torch.broadcast_tensors: one output per operand, each expanded to the common shape."""
+
+    def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
+        shapes = node.shape if isinstance(node.shape, tuple) and node.shape and isinstance(node.shape[0], tuple) else ()
+        outs = []
+        for i, f in enumerate(ins):
+            if not isinstance(f, Fwd):
+                f = Fwd(q=0.0, const=True)
+            s = shapes[i] if i < len(shapes) else f.shape
+            outs.append(f.with_(shape=s, roles=roles_like(s, f)))
+        return tuple(outs)
+
+    def backward(self, ctx: Context, node: Node, ins: list[Fwd], out, g):
+        return [None if not isinstance(f, Fwd) or f.const or gi is None
+                else gi if f.numel == o.numel else broadcast_sum(f, o, gi.s, gi.r) for f, o, gi in zip(ins, out, g)]
