@@ -185,3 +185,15 @@ def test_gl601_names_the_loop():
     assert "Python loop" in f.message and "nn.RNN (tanh)" not in f.message
     assert f.evidence["lstm_forget1_decades"] < f.evidence["decades"]  # the cell's sizes were found
     assert f"cell (rnn_tanh, a Python loop, {T} steps): long-range gradient" in format_summary(report)
+
+
+def test_a_scan_whose_decay_cannot_be_evaluated_is_unknown_not_a_guess():
+    # On the meta device the parameters have no values: exp(Δ·A)'s decay cannot be computed, and
+    # op-by-op mean field over-predicts it by tens of decades (mamba-minimal: +78 against -9 measured).
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = SelectiveScan()
+    report, _ = predict(model, (torch.randn(BATCH, T, INP, device="meta"),))
+    assert report.summary.verdict == "unknown"
+    assert not any(r.form == "scan" for r in report.recurrent)
+    assert not any(f.code in ("GL101", "GL102") and f.severity == "error" for f in report.findings)

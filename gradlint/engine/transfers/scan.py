@@ -257,7 +257,11 @@ class Scan(Transfer):
         if units is not None:
             ea2 = units.ea2.expand(T, -1)
             eb2 = units.eb2.expand(T, -1)
-        else:  # every unit the average one: op-by-op mean field
+        else:
+            # Without the parameters' values (meta device) or with an op the evaluator does not
+            # know, the decay exp(Δ·A) is a guess: op-by-op mean field took Mamba's scan for +78
+            # decades of growth where it measures -9. The shapes still flow; the numbers are unknown.
+            ctx.note_unknown(node)
             ea2 = torch.tensor([[x.q] for x in a], dtype=torch.float64)
             eb2 = torch.tensor([[x.q] for x in b], dtype=torch.float64)
         q_u = torch.full_like(ea2[0], s0.q if isinstance(s0, Fwd) else 0.0)
@@ -296,9 +300,11 @@ class Scan(Transfer):
             lags[t] = float(lag.mean())
             lag = lag * ea2[t]
         rms = tuple(math.sqrt(max(v, 0.0)) for v in lags)
-        ctx.recurrent.append(RecurrentReport(node=node.name, module=node.module, mode="scan", steps=T,
-                                             input_grad_rms=tuple(math.sqrt(max(float(v), 0.0)) for v in Ss.mean(1)),
-                                             lag_grad_rms=rms, lag_grad_rms_bound=rms, form="scan"))
+        if units is not None:  # a guessed decay is no report (the verdict is unknown instead)
+            ctx.recurrent.append(RecurrentReport(
+                node=node.name, module=node.module, mode="scan", steps=T,
+                input_grad_rms=tuple(math.sqrt(max(float(v), 0.0)) for v in Ss.mean(1)),
+                lag_grad_rms=rms, lag_grad_rms_bound=rms, form="scan"))
         back: list[Bwd | None] = [Bwd(s_init)] + [None] * (len(ins) - 1)
         if units is None:
             for t in range(T):
