@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Iterable
 from dataclasses import replace
@@ -14,7 +13,6 @@ import torch.nn as nn
 from gradlint.base.errors import ForwardError, InputError
 from gradlint.base.findings import Finding, Severity, matches
 from gradlint.base.kinds import LAYER_KINDS, PROFILE_KINDS
-from gradlint.base.paths import shown_path
 from gradlint.base.report import DEFAULT_THRESHOLD, LayerReport, ParamReport, Report
 from gradlint.base.targets import TargetOptions
 from gradlint.capture import fusion
@@ -26,6 +24,7 @@ from gradlint.engine.propagate import propagate
 from gradlint.engine.result import Result, build_summary, unknown_gradient_nodes
 from gradlint.lint import grouping, suppress
 from gradlint.lint.rule import REGISTRY, Rule, load_builtin
+from gradlint.load.tracebacks import forward_site
 
 
 class Prediction(NamedTuple):
@@ -152,13 +151,7 @@ def layer_profile(graph, summary) -> dict[str, tuple[float, float]]:
 
 def _no_output(model: nn.Module) -> ForwardError:
     # Nested outputs are fine (every tensor in them is an output); with none, nothing carries a gradient.
-    path = line = None
-    try:
-        lines, line = inspect.getsourcelines(type(model).forward)
-        path = shown_path(inspect.getsourcefile(type(model).forward))
-        line += next((i for i, text in enumerate(lines) if text.lstrip().startswith("def ")), 0)
-    except (OSError, TypeError):
-        pass
+    path, line = forward_site(model)
     return ForwardError(f"{type(model).__name__}.forward returns no tensor: no gradient can flow back from its output",
                         path=path, line=line, hint="return the tensor (or the tuple, list or dict of tensors) the "
                                                    "loss is computed from")

@@ -5,6 +5,7 @@ the innermost line of the user's file."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import traceback
 
@@ -12,7 +13,7 @@ from gradlint.base.errors import GradlintError
 from gradlint.base.paths import shown_path
 from gradlint.load.files import is_library_file, same_file
 
-__all__ = ["format_user_traceback", "innermost_line", "innermost_user_frame", "user_error"]
+__all__ = ["format_user_traceback", "forward_site", "innermost_line", "innermost_user_frame", "user_error"]
 
 _GRADLINT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the gradlint package
 _IMPORTLIB_DIR = os.path.dirname(os.path.abspath(importlib.__file__))
@@ -106,3 +107,15 @@ def user_error(cls: type[GradlintError], message: str, exc: BaseException, path:
     err = cls(message, path=path, line=line, hint=hint)
     err.traceback_text = format_user_traceback(exc)
     return err
+
+
+def forward_site(model: object) -> tuple[str | None, int | None]:
+    """Where ``type(model).forward`` is defined: its file as shown and its ``def`` line, or
+    (None, None) for a forward without Python source."""
+    forward = type(model).forward
+    try:
+        lines, line = inspect.getsourcelines(forward)
+        path = shown_path(inspect.getsourcefile(forward))
+    except (OSError, TypeError):
+        return None, None
+    return path, line + next((i for i, text in enumerate(lines) if text.lstrip().startswith("def ")), 0)

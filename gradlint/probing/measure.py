@@ -29,6 +29,7 @@ from gradlint.base.errors import ProbeError
 from gradlint.capture.inputs import ExampleInputs
 from gradlint.capture.outputs import output_tensors
 from gradlint.capture.trace import export_program
+from gradlint.load.tracebacks import forward_site
 
 
 @dataclass(frozen=True)
@@ -363,17 +364,7 @@ def _measure_model(model: nn.Module, inputs: ExampleInputs, seeds: int, dtype: t
 def _no_gradient_output(model: nn.Module, out: Any) -> ProbeError:
     """The model's output holds no tensor a gradient can flow back from (a Python float from
     ``.item()``, detached or integer tensors): there is nothing to measure."""
-    import inspect
-
-    from gradlint.base.paths import shown_path
-
-    path = line = None
-    try:
-        lines, line = inspect.getsourcelines(type(model).forward)
-        path = shown_path(inspect.getsourcefile(type(model).forward))
-        line += next((i for i, text in enumerate(lines) if text.lstrip().startswith("def ")), 0)
-    except (OSError, TypeError):
-        pass
+    path, line = forward_site(model)
     got = type(out).__name__
     return ProbeError(f"{type(model).__name__}.forward returned {got} with no tensor that depends on a parameter: no "
                       "gradient can flow back from it, so there is nothing to train", path=path, line=line,
