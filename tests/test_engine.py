@@ -183,3 +183,21 @@ def test_legacy_weight_norm_is_analyzable():
     assert set(grads) == {"0.weight_g", "0.weight_v", "0.bias", "2.weight", "2.bias"}
     assert all(0 < grads[n] < math.inf for n in ("0.weight_v", "0.weight_g", "2.weight"))
     assert report.summary.verdict != "unknown"
+
+
+def test_a_verdict_never_rests_on_statistics_downstream_of_an_op_without_a_rule():
+    """Forward statistics after an op with no rule are a guess: a signal that 'explodes' after
+    it is no finding (HF RWKV's time mixing gave exploding -15.4 and a GL102 error this way)."""
+
+    class Blowup(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(32, 32), nn.Linear(32, 32)
+
+        def forward(self, x):
+            # bessel_j0 has no rule; the 1e8 after it would read as 8 decades of forward growth.
+            return self.b(torch.special.bessel_j0(self.a(x)) * 1e8)
+
+    report = gradlint.check(Blowup(), (8, 32))
+    assert report.summary.verdict == "unknown"
+    assert not any(f.code == "GL102" for f in report.findings)

@@ -151,7 +151,7 @@ def propagate(graph: Graph, stats: dict[str, ParamStats], model: nn.Module | Non
         else:
             # On statistics that are a guess (an op without a rule, or fed by one), the rule's
             # numbers are a guess too: every gradient it sends back and books is unknown.
-            ctx.tainted = _is_unknown(g) or _is_unknown(out) or _unknown_const_operand(node, ins)
+            ctx.tainted = is_unknown(g) or is_unknown(out) or _unknown_const_operand(node, ins)
             back = rule.backward(ctx, node, ins, out, g)
             if ctx.tainted:
                 back = [b.as_unknown() if isinstance(b, Bwd) else b for b in back]
@@ -233,10 +233,10 @@ def _param_predictions(graph: Graph, stats: dict[str, ParamStats], ctx: Context,
     return params
 
 
-def _is_unknown(x: Any) -> bool:
+def is_unknown(x: Any) -> bool:
     """Whether a forward or backward state (or any slot of a tuple of them) is a guess."""
     if isinstance(x, (tuple, list)):
-        return any(_is_unknown(v) for v in x)
+        return any(is_unknown(v) for v in x)
     return bool(getattr(x, "unknown", False))
 
 

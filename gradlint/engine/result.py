@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from gradlint.base.report import Summary
 from gradlint.capture.graph import Graph, Source
-from gradlint.engine.propagate import Propagation, node_params
+from gradlint.engine.propagate import Propagation, is_unknown, node_params
 from gradlint.engine.summary import summarize
 from gradlint.engine.transfers import TRANSFERS
 
@@ -175,8 +175,11 @@ def unknown_reasons(prop: Propagation, trace_failures: tuple[str, ...] = ()) -> 
 def build_summary(prop: Propagation, threshold: float, trace_failures: tuple[str, ...] = ()) -> Summary:
     """Summarize a propagation with ``summarize``, from its per-node moments."""
     g = prop.graph
-    q = {n.name: n.q for n in prop.nodes}
-    s = {n.name: n.s for n in prop.nodes}
+    # Statistics downstream of an op without a rule (forward) or upstream of it (backward) are
+    # guesses: the verdict reads them as unknown, so no verdict rests on them.
+    fwd, bwd = prop.forward_state, prop.backward_state
+    q = {n.name: None if is_unknown(fwd.get(n.name)) else n.q for n in prop.nodes}
+    s = {n.name: None if is_unknown(bwd.get(n.name)) else n.s for n in prop.nodes}
     numel = {n.name: math.prod(n.shape) if n.shape else 1 for n in prop.nodes}
     causes = {n.name: cause_of(n) for n in g.nodes}
     rec = [(r.node, _lag_loss(r)) for r in prop.recurrent]
