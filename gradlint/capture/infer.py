@@ -478,7 +478,8 @@ def _seq_len(draw: Draw) -> int | None:
 
 
 def _attempt(ctx: _Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """``"runs"``, ``"fails"``, or ``"unsure"`` (the error may come from the meta device alone)."""
+    """``"runs"``, ``"fails"``, or ``"unsure"`` (the error may come from the meta device alone);
+    ``_search`` says ``"untried"`` where there was only one candidate."""
     from gradlint.capture.meta import quiet
 
     copy = ctx.meta_copy()
@@ -522,6 +523,11 @@ def _search(ctx: _Context, sig: Signature | None, names: list[str], lists: list[
     started = time.perf_counter()
     tries = 0
     extra_first = {name: draws[0] for name, draws in extras.items()}
+    if all(len(c) == 1 for c in lists) and not extra_first \
+            and not any(c[0].value is None and c[0].said.startswith("None: nothing") for c in lists):
+        # One candidate: nothing to choose, and the capture runs this forward and reports its
+        # error anyway. A trial forward of a deep model on the meta device costs seconds.
+        return _Choice(tuple(c[0] for c in lists), {}, "untried")
     for combo in _combos([len(c) for c in lists]):
         draws = tuple(c[i] for c, i in zip(lists, combo))
         for extra in ([{}, extra_first] if extra_first else [{}]):

@@ -56,6 +56,12 @@ def _image(value: Any) -> tuple[int, int] | None:
     return None
 
 
+def _said(name: str, value: Any, where: str) -> str:
+    # Made only for a field that matches: a repr of every field would print every weight.
+    shown = tuple(value) if isinstance(value, (list, tuple)) else value
+    return f"{name}={shown!r} from {where}"
+
+
 def _fields(obj: Any) -> Iterator[tuple[str, Any]]:
     """(name, value) of an object's attributes or a dict's items, without running properties."""
     if isinstance(obj, Mapping):
@@ -122,14 +128,12 @@ class ModelSizes:
 
     def _read_fields(self, obj: Any, where: str, depth: int) -> None:
         for name, value in _fields(obj):
-            said = f"{name}={value!r} from {where}" if not isinstance(value, (list, tuple)) \
-                else f"{name}={tuple(value)!r} from {where}"
             if name in _IMAGE_NAMES and _image(value) is not None:
-                self.images.append(Size(_image(value), said))
+                self.images.append(Size(_image(value), _said(name, value, where)))
             elif name in _SEQ_NAMES and _positive_int(value) is not None:
-                self.seq_lens.append(Size(value, said))
+                self.seq_lens.append(Size(value, _said(name, value, where)))
             elif name in _CLASS_NAMES and _positive_int(value) is not None:
-                self.classes.append(Size(value, said))
+                self.classes.append(Size(value, _said(name, value, where)))
             elif depth > 0 and name in _CONFIG_NAMES and value is not None and not isinstance(value, (int, float, str)):
                 self._read_fields(value, f"{where}.{name}", depth - 1)
 
