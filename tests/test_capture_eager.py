@@ -394,6 +394,42 @@ class SelectsByMask(nn.Module):
         return self.b(self.a(x)[:, cols])
 
 
+class LayerDrop(nn.Module):
+    """CaiT's layer dropout (vit-pytorch): a random draw in forward decides which layers run."""
+
+    def __init__(self, depth: int = 6, p: float = 0.3):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(16, 16) for _ in range(depth))
+        self.p = p
+
+    def forward(self, x):
+        drop = torch.zeros(len(self.layers)).uniform_(0.0, 1.0) < self.p
+        if all(drop):
+            drop[0] = False
+        for layer, off in zip(self.layers, drop):
+            if not off:
+                x = x + layer(x)
+        return x
+
+
+def test_a_path_chosen_by_random_numbers_is_captured_as_one_step_takes_it():
+    # Random numbers are not inputs: every draw of the replay gets the same ones, so the forward
+    # takes one path (it used to be refused as "differs between draws", a module-order fallback).
+    # Layers dropped on that path are said to be unused on it, not "never used".
+    dropped = 0
+    for seed in range(4):
+        torch.manual_seed(seed)
+        report = gradlint.check(LayerDrop(), (8, 16))
+        assert report.analysis == "export"
+        unused = [f for f in report.findings if f.code == "GL702"]
+        used = {p.name for p in report.params if p.predicted_grad_rms}
+        assert len(used) + sum(f.evidence["count"] for f in unused) == 12
+        for f in unused:
+            assert "random choices took this time" in f.message and "never used" not in f.message
+        dropped += bool(unused)
+    assert dropped  # some seed dropped a layer (each keeps all six with probability 0.7^6)
+
+
 def test_a_value_of_drawn_inputs_that_every_draw_agrees_on_is_read():
     torch.manual_seed(0)
     report = gradlint.check(ChecksIds(), gradlint.tokens((8, 12), vocab=50))

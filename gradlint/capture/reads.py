@@ -13,7 +13,9 @@ one to choose a kernel) cannot go on by itself. The policy:
   another branch on another draw, and the probe draws afresh. Their replay runs on
   ``DRAWS`` independent draws; the value is accepted only when every draw gives the same
   one, the path every such forward takes. Tensors the user passed are used as they are
-  (one draw): their own forward takes that path.
+  (one draw): their own forward takes that path. Random ops (``uniform_``, ``bernoulli``,
+  dropout) draw the same numbers on every draw: a path chosen by chance (layer dropout) is
+  taken as one training step takes it, not refused as a difference between inputs.
 * A value that depends on a parameter (``if self.gate(x).mean() > 0:``, routing by
   weights), or on a tensor a parameter-dependent value was written into, is refused: only
   real arithmetic on the weights could decide it. Capture then falls back, and the report
@@ -85,6 +87,11 @@ class _Draw:
         self.state: dict[fx.Node, Any] = {}
         self.tainted: set[int] = set()  # storages a parameter-dependent value was written into
         self.clones: dict[int, torch.Tensor] = {}
+        self.random_ops = 0  # random ops replayed so far: the seed of the next one
+        self.random: set[int | None] = set()  # storages of values computed from random numbers
+
+    def from_random(self, leaves: list[Any]) -> bool:
+        return any(isinstance(x, torch.Tensor) and _storage(x) in self.random for x in leaves)
 
     def catch_up(self, builder: Any) -> None:
         for node in builder.graph.nodes:
@@ -133,9 +140,20 @@ class _Draw:
         out: Any = UNKNOWN
         if known:
             try:
-                out = func(*args, **kwargs)
+                if torch.Tag.nondeterministic_seeded in func.tags:
+                    # Random numbers are not the inputs: every draw gets the same ones, so a value
+                    # read from them (CaiT's layer dropout) is the same on every draw, the one path
+                    # a single training step takes.
+                    self.random_ops += 1
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(self.random_ops)
+                        out = func(*args, **kwargs)
+                else:
+                    out = func(*args, **kwargs)
             except Exception:  # noqa: BLE001 - an op that does not run on these tensors decides nothing
                 out = UNKNOWN
+        if out is not UNKNOWN and (torch.Tag.nondeterministic_seeded in func.tags or self.from_random(leaves)):
+            self.random.update(_storage(x) for x in tree_leaves(out) if isinstance(x, torch.Tensor))
         if out is UNKNOWN:
             # What it writes into now depends on something unknown too.
             bound = func._schema.arguments
@@ -161,6 +179,7 @@ class ValueReader:
         self.constants = constants
         self._draws: list[_Draw] | None = None
         self.pending: list[Any] | None = None
+        self.random_reads: list[str] = []  # reads of values computed from random numbers: where
 
     def draws(self) -> list[_Draw]:
         if self._draws is None:
@@ -200,6 +219,8 @@ class ValueReader:
                 if func in _SHAPE_FROM_INDICES and a[0] is UNKNOWN and isinstance(args[0], torch.Tensor):
                     shape_only = True
                     a = (torch.zeros(args[0].shape, dtype=args[0].dtype, device=self.device), *a[1:])
+                if draw is self._draws[0] and draw.from_random(tree_leaves((a, kw))):
+                    self.random_reads.append(f"{func.overloadpacket.__name__} at {where}")
                 outs.append(draw.run(func, a, kw))
         for out in outs:
             if out is UNKNOWN:

@@ -66,6 +66,7 @@ class RecordedProgram:
 
     graph_signature: Signature
     graph_module: _GraphHolder
+    random_reads: tuple[str, ...] = ()  # where the forward read values computed from random numbers
 
 
 def _storage_key(t: torch.Tensor) -> tuple | None:

@@ -87,7 +87,9 @@ def recorded_program(model: nn.Module, inputs: ExampleInputs):
     if os.environ.get("GRADLINT_CAPTURE") == "export":
         raise Unsupported("GRADLINT_CAPTURE=export")
     with fake_forward(model, inputs) as run, quiet():
-        return record_program(run.model, run.args, run.kwargs, run.reader)
+        program = record_program(run.model, run.args, run.kwargs, run.reader)
+        program.random_reads = tuple(run.reader.random_reads) if run.reader is not None else ()
+        return program
 
 
 def export_graph(model: nn.Module, inputs: ExampleInputs) -> Graph:
@@ -109,7 +111,10 @@ def export_graph(model: nn.Module, inputs: ExampleInputs) -> Graph:
             if os.environ.get("GRADLINT_CAPTURE") != "export":
                 e.add_note(f"recording refused: {refused}")
             raise
-    return program_graph(ep, inputs)
+    graph = program_graph(ep, inputs)
+    # A path chosen by random numbers (layer dropout) is one step's path: rules say so.
+    graph.notes += [("random-path", where) for where in getattr(ep, "random_reads", ())]
+    return graph
 
 
 def program_graph(ep, inputs: ExampleInputs) -> Graph:
