@@ -38,15 +38,21 @@ class Prediction(NamedTuple):
 def as_example_inputs(model: nn.Module, inputs: Any, input_shape: Any = None) -> ExampleInputs:
     if isinstance(inputs, ExampleInputs):
         return inputs
-    if isinstance(inputs, torch.Tensor) or (
-            isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs)) or (
-            isinstance(inputs, dict) and inputs and all(isinstance(t, torch.Tensor) for t in inputs.values())):
+    if isinstance(inputs, torch.Tensor) or (isinstance(inputs, (tuple, list, dict)) and _concrete(inputs)):
         return replace(resolve_inputs(model, TargetOptions(inputs=lambda: inputs)), source="argument")
     options = TargetOptions(inputs=inputs) if inputs is not None else None
     cli = [tuple(input_shape)] if input_shape is not None and isinstance(input_shape[0], int) else input_shape
     ex = resolve_inputs(model, options, cli)
     # Inputs given to check() are the caller's, not a decorator's: the report says so.
     return replace(ex, source="argument") if ex.source == "decorator" else ex
+
+
+def _concrete(inputs: Any) -> bool:
+    """Real forward arguments, not shapes: a tensor somewhere (``(ids, (h0, c0))``, or
+    ``(src, lengths, trg, 0.5)``), and nothing but tensors and plain values beside it."""
+    leaves = torch.utils._pytree.tree_leaves(inputs)
+    return any(isinstance(x, torch.Tensor) for x in leaves) and all(
+        isinstance(x, (torch.Tensor, int, float, bool, str, type(None))) for x in leaves)
 
 
 def select_rules(select: Iterable[str] | None = None, ignore: Iterable[str] | None = None,

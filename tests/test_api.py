@@ -50,6 +50,26 @@ def test_input_declarations(inputs):
     assert report.ok and report.summary.verdict == "healthy"
 
 
+class _LSTMWithState(nn.Module):
+    """forward(ids, hidden) as the PyTorch examples' word-language model: a state tuple, a flag."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.rnn, self.head = nn.Embedding(50, 16), nn.LSTM(16, 16), nn.Linear(16, 50)
+
+    def forward(self, ids, hidden, scale=1.0):
+        out, hidden = self.rnn(self.emb(ids), hidden)
+        return self.head(out) * scale, hidden
+
+
+def test_real_arguments_nested_and_beside_plain_values_are_taken_as_given():
+    ids, hidden = torch.randint(0, 50, (7, 2)), (torch.zeros(1, 2, 16), torch.zeros(1, 2, 16))
+    for inputs in [(ids, hidden), (ids, hidden, 0.5), [ids, list(hidden)]]:
+        report = gradlint.check(_LSTMWithState(), inputs)
+        assert report.analysis == "export", report.inputs
+        assert all(p.predicted_grad_rms for p in report.params)
+
+
 def test_token_inputs():
     model = nn.Sequential(nn.Embedding(100, 32), nn.Linear(32, 32))
     report = gradlint.check(model, gradlint.tokens((4, 16), vocab=100))
