@@ -207,6 +207,27 @@ class MaskedEncoder(nn.Module):
         return self.head(self.encoder(self.emb(src), src_mask))
 
 
+class View(nn.Module):
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x):
+        return x.view(self.shape)
+
+
+class ViewThenInplaceReLU(nn.Module):
+    """Beta-VAE's decoder: a view module, then nn.ReLU(True) writing into that view."""
+
+    def __init__(self):
+        super().__init__()
+        self.decoder = nn.Sequential(nn.Linear(10, 64), View((-1, 64, 1, 1)), nn.ReLU(True),
+                                     nn.ConvTranspose2d(64, 32, 4), nn.ReLU(True), nn.ConvTranspose2d(32, 3, 4, 2, 1))
+
+    def forward(self, z):
+        return self.decoder(z)
+
+
 def _tokens_and_mask():
     t, b = 12, 4
     return torch.randint(0, 100, (t, b)), nn.Transformer.generate_square_subsequent_mask(t)
@@ -217,6 +238,7 @@ CASES = {
     "lambda": (LambdaMLP, lambda: (torch.randn(8, 10, 64),)),
     "hook-weights": (HookWeights, lambda: (torch.randn(32, 64),)),
     "transformer-mask": (MaskedEncoder, _tokens_and_mask),
+    "inplace-relu-on-a-view": (ViewThenInplaceReLU, lambda: (torch.randn(32, 10),)),
 }
 
 

@@ -202,7 +202,8 @@ def _eval_with_grad(fn: Callable, h: torch.Tensor) -> tuple[torch.Tensor, torch.
     """fn(h) and its elementwise derivative by autograd (fn must act elementwise)."""
     x = h.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        y = fn(x)
+        # A copy that is not a leaf: an in-place activation (nn.ReLU(inplace=True)) may write it.
+        y = fn(x.clone())
         if not isinstance(y, torch.Tensor):
             y = torch.as_tensor(y, dtype=x.dtype)
         if y.requires_grad:
