@@ -70,7 +70,7 @@ class Propagation:
         params: Per parameter name, E[(dL/dθ)²] (None: no gradient path reaches it).
         param_stats: The statistics the prediction used for each parameter.
         recurrent: Per recurrent op, the per-time-step gradients.
-        unknown_ops: Nodes whose op had no transfer rule (passed through).
+        unknown_ops: Nodes whose op had no transfer rule (what depends on them is unknown).
         forward_state: Full forward state per node (for rules that need k, kt, roles).
     """
 
