@@ -67,10 +67,10 @@ class Propagation:
     Attributes:
         graph: The graph the prediction ran over.
         nodes: Per node, in graph order.
-        params: Per parameter name, E[(dL/dθ)²] (None: no gradient path reaches it).
+        params: Per parameter name, E[(dL/dθ)²] (0.0: provably none reaches it; None: unknown).
         param_stats: The statistics the prediction used for each parameter.
         recurrent: Per recurrent op, the per-time-step gradients.
-        unknown_ops: Nodes whose op had no transfer rule (passed through).
+        unknown_ops: Nodes whose op had no transfer rule (what depends on them is unknown).
         forward_state: Full forward state per node (for rules that need k, kt, roles).
     """
 
