@@ -15,7 +15,7 @@ from gradlint.base.findings import Finding, Severity, matches
 from gradlint.base.kinds import LAYER_KINDS, PROFILE_KINDS
 from gradlint.base.report import DEFAULT_THRESHOLD, LayerReport, ParamReport, Report
 from gradlint.base.targets import TargetOptions
-from gradlint.capture import fusion
+from gradlint.capture import fusion, own_backward
 from gradlint.capture import params as params_mod
 from gradlint.capture import trace as tracing
 from gradlint.capture.graph import Source
@@ -81,8 +81,11 @@ def select_rules(select: Iterable[str] | None = None, ignore: Iterable[str] | No
 
 
 def analyze(model: nn.Module, inputs: ExampleInputs | None, *, threshold: float = DEFAULT_THRESHOLD,
-            target_source: Source | None = None) -> tuple[Result, list[str]]:
-    """Trace, propagate and summarize; no rules. Returns the result and tracing failures."""
+            target_source: Source | None = None, trust_custom_backward: bool = False) -> tuple[Result, list[str]]:
+    """Trace, propagate and summarize; no rules. Returns the result and tracing failures.
+
+    ``trust_custom_backward`` takes custom autograd Functions' backward to be their forward's
+    derivative (the verdict is then not unknown for them; hooks still make it unknown)."""
     from gradlint.capture.initscan import recorded_init
 
     stats = params_mod.collect(model, recorded_init(model))
@@ -91,25 +94,49 @@ def analyze(model: nn.Module, inputs: ExampleInputs | None, *, threshold: float 
         raise _no_output(model)
     fusion.fuse(graph, model, stats)
     prop = propagate(graph, stats, model)
-    summary = build_summary(prop, threshold, tuple(failures))
+    hooks = backward_hooks(model, graph, prop.params)
+    custom = tuple(e for e in graph.own_backward if not (trust_custom_backward and own_backward.is_function(e)))
+    summary = build_summary(prop, threshold, tuple(failures), invisible_backward_reasons(hooks, custom))
     definitions = tracing.definition_sites(model)
     return Result(graph, prop, summary, definitions, target_source, trace_failures=tuple(failures),
-                  backward_hooks=backward_hooks(model)), failures
+                  backward_hooks=hooks, custom_backward=custom), failures
 
 
-def backward_hooks(model: nn.Module) -> tuple[str, ...]:
-    """Where ``model`` holds backward hooks: on modules (``register_full_backward_hook`` and its
-    pre-hook and legacy forms) and on parameters (``register_hook``). The graph does not show
-    what they do to the gradient; GL905 says so, and a probe measures it."""
+def backward_hooks(model: nn.Module, graph=None, param_grads: dict[str, float | None] | None = None
+                   ) -> tuple[str, ...]:
+    """Where ``model`` holds backward hooks on a gradient path: on modules
+    (``register_full_backward_hook`` and its pre-hook and legacy forms) that its forward calls,
+    and on parameters (``register_hook``) that get a gradient. The graph does not show what they
+    do to the gradient; GL905 says so, and a probe measures it. Without ``graph``, every hook."""
+    called = None if graph is None else {n.module for n in graph.nodes if n.module}
     out = []
     for name, m in model.named_modules():
         kinds = [k for k, hooks in (("backward hook", m._backward_hooks), ("backward pre-hook", m._backward_pre_hooks))
                  if hooks]
+        if kinds and name and called is not None and not any(c == name or c.startswith(name + ".") for c in called):
+            continue  # never called by forward: its hook never runs
         out += [f"{name or 'the model'}: {k}" for k in kinds]
     for name, p in model.named_parameters():
-        if getattr(p, "_backward_hooks", None):
+        if getattr(p, "_backward_hooks", None) and p.requires_grad and (
+                param_grads is None or param_grads.get(name, 0.0) != 0.0):
             out.append(f"{name}: tensor hook")
     return tuple(out)
+
+
+def invisible_backward_reasons(hooks: tuple[str, ...], custom: tuple[str, ...]) -> tuple[str, ...]:
+    """Why a verdict resting on the graph's derivatives is unknown when the model's own backward
+    can differ from them (never a silent green): one line, for ``Summary.unknown``."""
+    if not hooks and not custom:
+        return ()
+    items = [h.replace(": ", " has a ", 1) for h in hooks] + list(custom)
+    shown = "; ".join(items[:4]) + (f"; and {len(items) - 4} more" if len(items) > 4 else "")
+    why = ("the static prediction takes every op's backward to be the derivative of its forward, so what they do "
+           "to the gradient is unknown")
+    if any(own_backward.is_function(e) for e in custom):
+        why += (" (a custom autograd.Function counts even when it only computes that derivative more efficiently, "
+                "such as a parallel scan; trust it with trust-custom-backward = true)")
+    return (f"the model's own backward may differ from its graph: {shown}; {why}; gradlint check --probe measures "
+            "the model's own backward",)
 
 
 def predicted_rms(e2: float | None, unknown: bool) -> float | None:
@@ -167,7 +194,8 @@ def check(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, sele
           ignore: Iterable[str] | None = None, threshold: float | None = None, fail_on: str | None = None,
           rule_options: dict[str, dict[str, Any]] | None = None, name: str | None = None,
           target_source: Source | None = None, config: Any = None, ignore_noqa: bool = False,
-          warn_unused_ignores: bool | None = None) -> Report:
+          warn_unused_ignores: bool | None = None,
+          trust_custom_backward: bool | None = None) -> Report:
     """Predict every parameter's gradient at initialization and run the rules. No backward pass.
 
     Args:
@@ -195,6 +223,9 @@ def check(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, sele
             would silence (ruff's ``--ignore-noqa``).
         warn_unused_ignores: Report suppression comments that silence nothing (GL904; default:
             the configuration's ``warn-unused-ignores``, else off).
+        trust_custom_backward: Take the backward of every custom ``torch.autograd.Function`` to
+            be its forward's derivative (default: the configuration's ``trust-custom-backward``,
+            else off: a model with one on a gradient path is ``unknown`` until probed).
 
     Returns:
         The ``Report``.
@@ -204,14 +235,16 @@ def check(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, sele
     """
     return predict(model, inputs, input_shape=input_shape, select=select, ignore=ignore, threshold=threshold,
                    fail_on=fail_on, rule_options=rule_options, name=name, target_source=target_source,
-                   config=config, ignore_noqa=ignore_noqa, warn_unused_ignores=warn_unused_ignores).report
+                   config=config, ignore_noqa=ignore_noqa, warn_unused_ignores=warn_unused_ignores,
+                   trust_custom_backward=trust_custom_backward).report
 
 
 def predict(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, select: Iterable[str] | None = None,
             ignore: Iterable[str] | None = None, threshold: float | None = None, fail_on: str | None = None,
             rule_options: dict[str, dict[str, Any]] | None = None, name: str | None = None,
             target_source: Source | None = None, config: Any = None, ignore_noqa: bool = False,
-            warn_unused_ignores: bool | None = None) -> Prediction:
+            warn_unused_ignores: bool | None = None,
+            trust_custom_backward: bool | None = None) -> Prediction:
     """``check``, with the live result beside the report: the graph and the engine's statistics,
     which the probe and tests read. See ``check`` for the arguments."""
     from gradlint.run.config import project_config
@@ -225,6 +258,7 @@ def predict(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, se
         rule_options = {**{k: dict(v) for k, v in cfg.rule_options.items()}, **(rule_options or {})} or None
         input_shape = input_shape if input_shape is not None else ([list(s) for s in cfg.input_shape] or None)
         warn_unused_ignores = cfg.warn_unused_ignores if warn_unused_ignores is None else warn_unused_ignores
+        trust_custom_backward = cfg.trust_custom_backward if trust_custom_backward is None else trust_custom_backward
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     fail_on = fail_on or "error"
     if not isinstance(model, nn.Module):
@@ -234,7 +268,8 @@ def predict(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, se
     if not (isinstance(threshold, (int, float)) and threshold > 0):
         raise InputError(f"threshold={threshold!r} must be a positive number of decades")
     ex = as_example_inputs(model, inputs, input_shape)
-    result, failures = analyze(model, ex, threshold=threshold, target_source=target_source)
+    result, failures = analyze(model, ex, threshold=threshold, target_source=target_source,
+                               trust_custom_backward=bool(trust_custom_backward))
     findings: list[Finding] = []
     rules = select_rules(select, ignore, rule_options, requested=("GL904",) if warn_unused_ignores else ())
     for rule in rules:

@@ -57,9 +57,11 @@ class ExplodingRecurrence(Rule):
     steps: the first step's gradient is 10^4.4 of the last step's.
 
     ## Fix
-    `nn.init.orthogonal_(rnn.weight_hh_l0)` (gain 1, or below 1 for a tanh RNN over long
-    sequences), and clip gradients in the training loop:
-    `torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)`.
+    `nn.init.orthogonal_(rnn.weight_hh_l0)` (gain 1), and clip gradients in the training
+    loop: `torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)`. The gradient
+    then no longer grows; a tanh RNN at gain 1 loses it slowly instead (tanh' < 1), which
+    GL601 reports over longer sequences (12 steps at width 32: a warning), and whose fix,
+    an LSTM, applies.
 
     ## Known limits
     For gated cells (LSTM, GRU) the weight-reuse estimate R4 over-predicts growth (by up to
@@ -113,5 +115,8 @@ class ExplodingRecurrence(Rule):
                    "max_norm=1.0)")
             if rec.mode == "rnn_relu":
                 fix += "\nor use nn.RNN(..., nonlinearity=\"tanh\"), nn.LSTM or nn.GRU"
+            elif rec.mode == "rnn_tanh":
+                fix += ("\n(at gain 1 a tanh RNN's gradient fades over long sequences instead, GL601: nn.LSTM keeps "
+                        "it)")
             yield self.finding(result, msg, fix=fix, module=rec.module, node=rec.node, severity=sev, **evidence)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn as nn
 
 from gradlint.base.findings import Severity
@@ -22,35 +23,65 @@ def _hooked() -> nn.Module:
     return model
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward, gradient times 1e-6 backward: the graph records only the forward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 1e-6
+
+
+class _FunctionNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Sequential(nn.Linear(32, 32), nn.Tanh()), nn.Linear(32, 32)
+
+    def forward(self, x):
+        return self.b(_ScaleGrad.apply(self.a(x)))
+
+
 class InvisibleBackward(Rule):
     """The model's own backward does something its captured graph does not show.
 
     ## What it finds
-    Backward hooks on modules (`register_full_backward_hook`, its pre-hook and legacy forms)
-    or on parameters (`register_hook`), which the static prediction cannot see (info); and,
-    after `--probe`, every parameter whose gradient from the model's own `loss.backward()`
-    departs from the gradient the captured graph gives on the same draw (warning): a hook, a
-    custom `torch.autograd.Function` whose backward is not the derivative of its forward, an
-    in-place update the capture does not reproduce.
+    On a gradient path: backward hooks on modules (`register_full_backward_hook`, its pre-hook
+    and legacy forms) or on parameters (`register_hook`), hooks a forward registers on its
+    intermediate tensors, and custom `torch.autograd.Function`s (info). The static prediction
+    takes every op's backward to be the derivative of its forward, so it cannot see what these
+    do: the verdict is `unknown` (exit 2) until `--probe` measures the model's own backward.
+    After `--probe`: every parameter whose gradient from the model's own `loss.backward()`
+    departs from the gradient the captured graph gives on the same draw (warning), whatever
+    the cause (a hook, a Function whose backward is not its forward's derivative, an in-place
+    update the capture does not reproduce); the measured verdict then counts them.
 
     ## Why it matters
     The static prediction follows the graph's derivatives. A hook that rescales or clips the
     gradient, or a custom backward (straight-through estimators, gradient reversal, gradient
     scaling), changes what the layers before it learn, and the prediction does not know it.
-    The probe measures the model's own backward, so its measured verdict includes them.
+    A Function that only computes its forward's derivative more efficiently (a parallel scan,
+    a fused kernel) looks the same from outside. The probe measures the model's own backward,
+    so its measured verdict includes them.
 
     ## Example
     `block.register_full_backward_hook(lambda m, gi, go: (gi[0] * 1e-6,))`: every layer before
     the block gets a millionth of the gradient the graph predicts.
 
     ## Fix
-    Nothing to change when the hook or Function is meant: rely on `gradlint check --probe`
-    for this model, whose measured verdict counts it. When it is not meant, remove it.
+    Run `gradlint check --probe` for this model: its measured verdict counts the hook or
+    Function. When a hook or Function is not meant, remove it. When every custom Function of
+    the model computes its forward's exact derivative, `trust-custom-backward = true` in
+    `[tool.gradlint]` (or `trust_custom_backward=True`) lets the static verdict stand for them.
 
     ## Known limits
-    Statically, only hooks are seen, not what they do (a logging hook changes nothing), and a
-    custom autograd Function is seen only by the probe; tensor hooks registered on
-    activations inside `forward` are seen only by the probe too.
+    Statically, hooks and Functions are seen, not what they do: a logging hook changes
+    nothing and still makes the verdict unknown. Functions that torch defines (reentrant
+    checkpointing) are trusted. Functions and forward-registered hooks are found from the
+    capture's forward on fake tensors, so a forward that registers a hook only on real data
+    is not seen.
     """
 
     code = "GL905"
@@ -58,7 +89,7 @@ class InvisibleBackward(Rule):
     severity = Severity.INFO
     category = "trace"
     good = (Case(_mlp, (8, 32)),)
-    bad = (Case(_hooked, (8, 32), at="1", severity="info"),)
+    bad = (Case(_hooked, (8, 32), at="1", severity="info"), Case(_FunctionNet, (8, 32), severity="info"))
 
     def check(self, result):
         if result.departures:
@@ -78,6 +109,15 @@ class InvisibleBackward(Rule):
                 "this model; otherwise remove the hook or Function", module=module, severity=Severity.WARNING,
                 departures={n: (v if math.isfinite(v) else None) for n, v in result.departures[:50]})
             return
+        for entry in result.custom_backward:
+            what = "its backward" if entry.startswith("custom") else "what it does to the gradient"
+            yield self.finding(
+                result, f"a {entry} sits on a gradient path: the static prediction takes every op's backward to be "
+                f"the derivative of its forward and cannot check {what}, so the verdict is unknown until "
+                "gradlint check --probe measures the model's own backward",
+                fix="run gradlint check --probe; if every custom Function computes its forward's exact derivative "
+                    "(an efficient implementation), set trust-custom-backward = true in [tool.gradlint]"
+                    if entry.startswith("custom") else "run gradlint check --probe", custom=entry)
         modules: dict[str, list[str]] = {}
         for entry in result.backward_hooks:
             where, _, kind = entry.rpartition(": ")
@@ -87,6 +127,6 @@ class InvisibleBackward(Rule):
             module = stats[where].module if where in stats else ("" if where == "the model" else where)
             yield self.finding(
                 result, f"{where} has a {' and a '.join(kinds)}: the static prediction follows the graph's "
-                "derivatives and cannot see what it does to the gradient",
-                fix="nothing to change if it only watches the gradient; if it changes it, gradlint check --probe "
-                    "measures the model's own backward, hook included", module=module, hooks=kinds)
+                "derivatives and cannot see what it does to the gradient, so the verdict is unknown until "
+                "gradlint check --probe measures the model's own backward, hook included",
+                fix="run gradlint check --probe; remove the hook if it is not meant", module=module, hooks=kinds)

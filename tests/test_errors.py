@@ -517,6 +517,41 @@ CASES: list[Case] = [
           "model.py::Net: unknown (attenuation +0.0 decades, analysis: export)",
           "unknown: the gradient of fc.weight and 1 more is unknown: upstream of special_bessel_j0 (in the model), "
           "which has no transfer rule")),
+    Case("custom-backward", "a custom torch.autograd.Function on the gradient's path: an info finding (GL905), and "
+         "an unknown verdict that fails the gate until --probe measures the model's own backward, since the static "
+         "numbers assume every backward is its forward's derivative",
+         {"model.py": src("""
+             import torch
+             import torch.nn as nn
+
+
+             class FusedTanh(torch.autograd.Function):
+                 # tanh with a hand-written backward: the exact derivative, from the saved output.
+                 @staticmethod
+                 def forward(ctx, x):
+                     y = torch.tanh(x)
+                     ctx.save_for_backward(y)
+                     return y
+
+                 @staticmethod
+                 def backward(ctx, g):
+                     (y,) = ctx.saved_tensors
+                     return g * (1 - y * y)
+
+
+             class Net(nn.Module):
+                 def __init__(self):
+                     super().__init__()
+                     self.fc = nn.Linear(8, 8)
+
+                 def forward(self, x):
+                     return FusedTanh.apply(self.fc(x))
+         """)},
+         ("model.py", "--input-shape", "4,8"), 2,
+         ("GL905 [info] a custom autograd.Function FusedTanh (model.py:5) sits on a gradient path",
+          "model.py::Net: unknown (attenuation",
+          "unknown: the model's own backward may differ from its graph: custom autograd.Function FusedTanh",
+          "such as a parallel scan; trust it with trust-custom-backward = true")),
     Case("nested-outputs", "nested outputs with non-tensor values in them: every tensor is an output",
          {"model.py": src("""
              import torch.nn as nn
@@ -1078,9 +1113,13 @@ A verdict is `unknown` when gradlint would otherwise call the model healthy but 
 numbers it rests on are unknown: a module-order fallback analysis (it cannot see functional
 ops and residual paths, so it cannot prove a gradient reaches a weight), an op with no
 transfer rule on the gradient's path (the gradient of every parameter upstream of it is
-unknown), or a model with no parameters to predict (a dynamically quantized model keeps its
-weights packed outside `nn.Parameter`). The report's `unknown:` line says which, and
-`--format json` lists them under `summary.unknown`. `report.ok` is False and
+unknown), a backward hook or a custom `torch.autograd.Function` on a gradient path (the
+static numbers assume every op's backward is the derivative of its forward, which holds for a
+Function that only computes that derivative efficiently, a parallel scan, but cannot be told
+from one that scales or replaces the gradient; `trust-custom-backward = true` trusts the
+Functions, docs/configuration.md), or a model with no parameters to predict (a dynamically
+quantized model keeps its weights packed outside `nn.Parameter`). The report's `unknown:` line
+says which, and `--format json` lists them under `summary.unknown`. `report.ok` is False and
 `gradlint.assert_healthy` fails alike; a vanishing, exploding or blocked verdict keeps its own
 exit code 1. After `--probe` the measured verdict decides, and it has its own finding (GL101,
 GL102 or GL701), so the CLI's exit code, `report.ok` and `assert_healthy` agree. Unknown

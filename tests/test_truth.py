@@ -242,7 +242,10 @@ def test_the_measured_verdict_sets_the_exit_code_alike_in_cli_api_and_plugin(tmp
                        + "\n@gradlint.target(inputs=(16, 32))\ndef net():\n    torch.manual_seed(0)\n"
                        "    return CustomFunctionNet()\n")
     static = cli("check", str(path))
-    assert static.exit_code == ExitCode.CLEAN, static.output  # the graph hides the Function's backward
+    # The graph hides the Function's backward: statically the verdict is unknown, never a silent green.
+    assert static.exit_code == ExitCode.COULD_NOT_ANALYZE, static.output
+    assert "unknown: the model's own backward may differ from its graph: custom autograd.Function Scale" \
+        in static.output and "GL905" in static.output
     probed = cli("check", str(path), "--probe", "--seeds", "1")
     assert probed.exit_code == ExitCode.FINDINGS, probed.output
     assert "measured verdict vanishing" in probed.output and "GL905" in probed.output
@@ -394,7 +397,7 @@ def test_the_probe_on_cuda_runs_the_models_own_backward_too(build):
 def test_a_backward_that_scales_the_gradient_down_measures_vanishing(build, decades):
     torch.manual_seed(0)
     report = gradlint.probe(build(), (16, 32), seeds=1)
-    assert report.predicted_summary.verdict == "healthy"  # the graph cannot see it
+    assert report.predicted_summary.verdict == "unknown"  # the graph cannot see it, and says so
     assert report.summary.verdict == "vanishing"
     assert report.summary.attenuation_decades == pytest.approx(decades, abs=0.1)
     assert report.exit_code == ExitCode.FINDINGS
@@ -405,7 +408,110 @@ def test_a_backward_that_scales_the_gradient_down_measures_vanishing(build, deca
 def test_static_check_names_backward_hooks_it_cannot_see():
     report = gradlint.check(HookNet(), (16, 32))
     (f,) = [f for f in report.findings if f.code == "GL905"]
-    assert f.severity == "info" and f.module == "b" and "backward hook" in f.message
+    assert f.severity == "info" and f.module == "b" and "backward hook" in f.message and "--probe" in f.message
+
+
+class TensorHookNet(nn.Module):
+    """The forward registers a hook on an intermediate tensor that scales its gradient by 1e-6."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = tanh_stack(), tanh_stack()
+
+    def forward(self, x):
+        h = self.a(x)
+        if h.requires_grad:
+            h.register_hook(lambda g: g * 1e-6)
+        return self.b(h)
+
+
+class Double(torch.autograd.Function):
+    """A custom Function whose backward is its forward's exact derivative."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2.0
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2.0
+
+
+class ExactFunctionNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = tanh_stack(), tanh_stack()
+
+    def forward(self, x):
+        return self.b(Double.apply(self.a(x)) * 0.5)
+
+
+class IdleHookNet(nn.Module):
+    """A backward hook on a module the forward never calls, and one on a frozen parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.spare = tanh_stack(), nn.Linear(32, 32)
+        self.spare.register_full_backward_hook(lambda m, gi, go: (gi[0] * 0.0,))
+        self.frozen = nn.Linear(32, 32)
+        self.frozen.weight.register_hook(lambda g: g * 0.0)
+        self.frozen.requires_grad_(False)  # after: a hook cannot be registered on a frozen tensor
+
+    def forward(self, x):
+        return self.a(self.frozen(x))
+
+
+@pytest.mark.parametrize("build, what", [(HookNet, "b has a backward hook"),
+                                         (ParamHookNet, "a.0.weight has a tensor hook"),
+                                         (TensorHookNet, "tensor hook registered in forward"),
+                                         (CustomFunctionNet, "custom autograd.Function Scale"),
+                                         (ExactFunctionNet, "custom autograd.Function Double")],
+                         ids=["module-hook", "param-hook", "tensor-hook-in-forward", "function", "exact-function"])
+def test_a_backward_the_graph_cannot_show_is_never_a_silent_green(build, what):
+    torch.manual_seed(0)
+    model = build()
+    static = gradlint.check(model, (16, 32))
+    assert static.summary.verdict == "unknown" and not static.ok, static
+    assert static.exit_code == ExitCode.COULD_NOT_ANALYZE
+    (why,) = [u for u in static.summary.unknown if "own backward" in u]
+    assert what in why and "--probe" in why
+    assert ("parallel scan" in why) == ("Function" in what)  # Functions that only compute the derivative count too
+    assert any(f.code == "GL905" and "--probe" in f.message for f in static.findings)
+    with pytest.raises(AssertionError, match="unknown"):
+        gradlint.assert_healthy(model, (16, 32))
+    # With --probe the measured verdict decides: the ones that scale the gradient by 1e-6 vanish,
+    # the parameter hook's x100 on the first weight explodes, the exact Function is healthy.
+    probed = gradlint.probe(model, (16, 32), seeds=1)
+    expected = hand_measured(model, (16, 32))
+    for p in probed.params:
+        assert p.measured_grad_rms == pytest.approx(expected[p.name], rel=1e-9), p.name
+    assert probed.predicted_summary.verdict == "unknown"
+    assert probed.summary.verdict == ("vanishing" if build in (HookNet, TensorHookNet, CustomFunctionNet) else
+                                      "exploding" if build is ParamHookNet else "healthy"), probed
+    assert probed.ok == (probed.summary.verdict == "healthy")
+
+
+def test_trust_custom_backward_lets_the_static_verdict_stand_for_functions_only(tmp_path):
+    torch.manual_seed(0)
+    model = ExactFunctionNet()
+    trusted = gradlint.check(model, (16, 32), trust_custom_backward=True, config=False)
+    assert trusted.summary.verdict == "healthy" and trusted.ok and not [f for f in trusted.findings
+                                                                        if f.code == "GL905"]
+    # The measurement agrees with the trusted prediction: the Function's backward is the derivative.
+    probed = gradlint.probe(model, (16, 32), seeds=1, trust_custom_backward=True, config=False)
+    assert probed.summary.verdict == "healthy" and not probed.probe.departures
+    # From [tool.gradlint], and never for hooks.
+    (tmp_path / "pyproject.toml").write_text("[tool.gradlint]\ntrust-custom-backward = true\n")
+    assert gradlint.check(model, (16, 32), config=tmp_path / "pyproject.toml").summary.verdict == "healthy"
+    assert gradlint.check(HookNet(), (16, 32), config=tmp_path / "pyproject.toml").summary.verdict == "unknown"
+    assert gradlint.check(TensorHookNet(), (16, 32), trust_custom_backward=True).summary.verdict == "unknown"
+
+
+def test_hooks_off_every_gradient_path_leave_the_verdict_alone():
+    torch.manual_seed(0)
+    report = gradlint.check(IdleHookNet(), (16, 32))
+    assert not report.summary.unknown and report.summary.verdict != "unknown", report
+    assert not [f for f in report.findings if f.code == "GL905"]
 
 
 def test_sparse_embeddings_and_complex_parameters_are_measured():

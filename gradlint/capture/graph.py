@@ -68,6 +68,8 @@ class Graph:
         notes: Things the tracer could not resolve, for ``trace`` findings.
         loops: Loops over time steps written in Python that no fused unit covers
             (``capture.loops.Loop``): the engine reports their long-range gradient.
+        own_backward: Custom autograd Functions and forward-registered tensor hooks on the
+            gradient paths, whose backward the graph does not show (``capture.own_backward``).
     """
 
     nodes: list[Node]
@@ -76,6 +78,7 @@ class Graph:
     batch_size: int | None = None
     notes: list[tuple[str, str]] = field(default_factory=list)
     loops: list[Any] = field(default_factory=list)
+    own_backward: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.reindex()

@@ -67,6 +67,7 @@ class RecordedProgram:
     graph_signature: Signature
     graph_module: _GraphHolder
     random_reads: tuple[str, ...] = ()  # where the forward read values computed from random numbers
+    own_backward: tuple[str, ...] = ()  # what the graph cannot show (``capture.own_backward.found``)
 
 
 def _storage_key(t: torch.Tensor) -> tuple | None:
@@ -414,7 +415,10 @@ def record_program(model: nn.Module, args: tuple, kwargs: dict, reader: ValueRea
     """
     from torch._dispatch.python import enable_python_dispatcher
 
+    from gradlint.capture.own_backward import HookCalls, found
+
     builder = _Builder(model)
+    calls = HookCalls()
     leaves_per_input = [tree_flatten(a)[0] for a in (*args, *kwargs.values())]
     if any(not isinstance(x, (torch.Tensor, int, float, bool, str)) for ls in leaves_per_input for x in ls):
         raise Unsupported("an input that is not a tensor or a plain constant")
@@ -442,7 +446,8 @@ def record_program(model: nn.Module, args: tuple, kwargs: dict, reader: ValueRea
     flags = torch.compiler._is_compiling_flag, torch.compiler._is_exporting_flag
     torch.compiler._is_compiling_flag = torch.compiler._is_exporting_flag = True
     try:
-        with enable_python_dispatcher(), torch._C._EnablePreDispatch(), _Recorder(builder, reader), _GradCalls(builder):
+        with enable_python_dispatcher(), torch._C._EnablePreDispatch(), _Recorder(builder, reader), \
+                _GradCalls(builder), calls:
             out = model(*args, **kwargs)
     except Unsupported:
         raise
@@ -452,4 +457,4 @@ def record_program(model: nn.Module, args: tuple, kwargs: dict, reader: ValueRea
         torch.compiler._is_compiling_flag, torch.compiler._is_exporting_flag = flags
         pre.remove()
         post.remove()
-    return RecordedProgram(builder.sig, builder.finish(out))
+    return RecordedProgram(builder.sig, builder.finish(out), found(out, calls.hooks))

@@ -102,7 +102,9 @@ def export_graph(model: nn.Module, inputs: ExampleInputs) -> Graph:
 
     try:
         ep = recorded_program(model, inputs)
+        own = ep.own_backward
     except Unsupported as refused:
+        own = None
         try:
             ep = export_program(model, inputs)
         except Exception as e:
@@ -114,6 +116,9 @@ def export_graph(model: nn.Module, inputs: ExampleInputs) -> Graph:
     graph = program_graph(ep, inputs)
     # A path chosen by random numbers (layer dropout) is one step's path: rules say so.
     graph.notes += [("random-path", where) for where in getattr(ep, "random_reads", ())]
+    # Export inlines a custom autograd.Function's forward and keeps no trace of it: one more
+    # fake forward finds it (only on this path; recording finds it from its own forward).
+    graph.own_backward = own if own is not None else own_backward(model, inputs)
     return graph
 
 
@@ -158,7 +163,27 @@ def trace(model: nn.Module, inputs: ExampleInputs | None) -> tuple[Graph, list[s
             return fx_graph(model), failures
         except Exception as e:  # noqa: BLE001 - symbolic tracing runs user code: try the next path
             failures.append(f"torch.fx.symbolic_trace failed: {type(e).__name__}: {_first_line(e)}")
-    return module_order_graph(model, inputs), failures
+    graph = module_order_graph(model, inputs)
+    graph.own_backward = own_backward(model, inputs)
+    return graph, failures
+
+
+def own_backward(model: nn.Module, inputs: ExampleInputs | None) -> tuple[str, ...]:
+    """``capture.own_backward.found`` from a fake forward of its own, for captures that did not
+    record one (``torch.export``, the module-order fallback); empty when there are no inputs or
+    that forward fails (the capture reports the forward's failure itself)."""
+    from gradlint.capture.own_backward import HookCalls, found
+
+    if inputs is None or not inputs.found:
+        return ()
+    try:
+        with fake_forward(model, inputs) as run, quiet(), torch.enable_grad():
+            calls = HookCalls()
+            with calls:
+                out = run.model(*run.args, **run.kwargs)
+            return found(out, calls.hooks)
+    except Exception:  # noqa: BLE001 - the user's forward; its failures are reported by the capture
+        return ()
 
 
 def _first_line(e: BaseException | str, limit: int | None = 300) -> str:

@@ -38,8 +38,12 @@ class Result:
             value (or, when every value was finite, whose gradient) held inf/nan.
         departures: After a probe, ``(parameter, log10 model / graph)`` where the model's own
             backward departs from its captured graph's (``Agreement.departures``).
-        backward_hooks: Where the model holds backward hooks, which can change the gradient
-            in ways the graph does not show (``module: kind`` or ``parameter: kind``).
+        backward_hooks: Where the model holds backward hooks on a gradient path, which can
+            change the gradient in ways the graph does not show (``module: kind`` or
+            ``parameter: kind``).
+        custom_backward: Custom autograd Functions and forward-registered tensor hooks on the
+            gradient paths (``Graph.own_backward``, less the Functions trusted by
+            ``trust-custom-backward``).
     """
 
     graph: Graph
@@ -52,6 +56,7 @@ class Result:
     nonfinite: tuple[str, str] | None = None
     departures: tuple[tuple[str, float], ...] = ()
     backward_hooks: tuple[str, ...] = ()
+    custom_backward: tuple[str, ...] = ()
 
     def locate(self, node: str | None = None, module: str = "") -> tuple[str | None, int | None]:
         """The user's source line for a node or a module: its definition, else its call."""
@@ -172,8 +177,10 @@ def unknown_reasons(prop: Propagation, trace_failures: tuple[str, ...] = ()) -> 
     return reasons
 
 
-def build_summary(prop: Propagation, threshold: float, trace_failures: tuple[str, ...] = ()) -> Summary:
-    """Summarize a propagation with ``summarize``, from its per-node moments."""
+def build_summary(prop: Propagation, threshold: float, trace_failures: tuple[str, ...] = (),
+                  unknown: tuple[str, ...] = ()) -> Summary:
+    """Summarize a propagation with ``summarize``, from its per-node moments; ``unknown``: the
+    caller's reasons why the verdict cannot rest on them, besides the propagation's own."""
     g = prop.graph
     # Statistics downstream of an op without a rule (forward) or upstream of it (backward) are
     # guesses: the verdict reads them as unknown, so no verdict rests on them.
@@ -184,7 +191,7 @@ def build_summary(prop: Propagation, threshold: float, trace_failures: tuple[str
     causes = {n.name: cause_of(n) for n in g.nodes}
     rec = [(r.node, _lag_loss(r)) for r in prop.recurrent]
     return summarize(g, q, s, numel, causes, rec, prop.params, threshold, g.batch_size,
-                     unknown=unknown_reasons(prop, trace_failures))
+                     unknown=[*unknown_reasons(prop, trace_failures), *unknown])
 
 
 def _lag_loss(r) -> float:

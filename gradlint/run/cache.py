@@ -163,11 +163,13 @@ class Cache:
         self.settings = settings
         config = settings.config
         # Every setting but the configuration, which counts only through its rule options and
-        # warn-unused-ignores and all-targets (its severities and per-file ignores apply after the cache).
+        # warn-unused-ignores, all-targets and trust-custom-backward (its severities and per-file ignores
+        # apply after the cache).
         self._base = _digest(_environment(), [
             *(getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "config"),
             sorted((k, sorted(dict(v).items())) for k, v in config.rule_options.items()) if config else None,
-            config.warn_unused_ignores if config else None, config.all_targets if config else False])
+            config.warn_unused_ignores if config else None, config.all_targets if config else False,
+            config.trust_custom_backward if config else False])
         self._files: dict[Path, tuple[str, list[tuple[int, str | None, tuple[str, ...]]]] | None] = {}
         self._resolved: dict[Any, list[Path]] = {}
         # key -> how this run names the file and the configuration file, which reports quote.

@@ -137,7 +137,8 @@ def _check_file(path: Any, name: str | None, settings: Settings, skip: int, watc
                               threshold=settings.threshold, fail_on=settings.fail_on, name=label, target_source=src,
                               rule_options=config.rule_options if config is not None else None,
                               # The run's configuration is merged already: check() reads no file of its own.
-                              config=False, warn_unused_ignores=config is not None and config.warn_unused_ignores)
+                              config=False, warn_unused_ignores=config is not None and config.warn_unused_ignores,
+                              trust_custom_backward=config is not None and config.trust_custom_backward)
                 if settings.probe:
                     from gradlint.probing.probe import probe as run_probe
                     report = run_probe(model, ex, device=settings.device, seeds=settings.seeds, **kwargs)

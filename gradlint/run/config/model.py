@@ -79,6 +79,8 @@ class Config:
         exclude: Globs a directory walk drops.
         force_exclude: Whether ``exclude`` drops files named explicitly too.
         warn_unused_ignores: Whether a suppression comment that silenced nothing is finding GL904.
+        trust_custom_backward: Whether custom autograd Functions' backward is taken to be their
+            forward's derivative (otherwise a model with one is ``unknown`` until probed).
         per_file_ignores: ``(glob, rules)`` pairs: findings in matching files that those rules
             (codes, prefixes or names) do not report.
         targets: Models to check, with their inputs and constructor arguments.
@@ -107,6 +109,7 @@ class Config:
     exclude: tuple[str, ...] = ()
     force_exclude: bool = False
     warn_unused_ignores: bool = False
+    trust_custom_backward: bool = False
     per_file_ignores: tuple[tuple[str, tuple[str, ...]], ...] = ()
     targets: tuple[TargetSpec, ...] = ()
     all_targets: bool = False

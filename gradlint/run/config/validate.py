@@ -312,6 +312,7 @@ KEYS: dict[str, Key] = {
     "exclude": Key("exclude", _globs),
     "force-exclude": Key("force_exclude", _bool),
     "warn-unused-ignores": Key("warn_unused_ignores", _bool),
+    "trust-custom-backward": Key("trust_custom_backward", _bool),
     "per-file-ignores": Key("per_file_ignores", _per_file_ignores),
     "targets": Key("targets", _targets),
     "all-targets": Key("all_targets", _bool),
