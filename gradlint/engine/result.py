@@ -40,6 +40,8 @@ class Result:
             backward departs from its captured graph's (``Agreement.departures``).
         backward_hooks: Where the model holds backward hooks, which can change the gradient
             in ways the graph does not show (``module: kind`` or ``parameter: kind``).
+        sites: Per module and parameter, the user's lines that built or initialized it,
+            innermost first, when gradlint built the model (``gradlint.capture.sites``).
     """
 
     graph: Graph
@@ -52,6 +54,7 @@ class Result:
     nonfinite: tuple[str, str] | None = None
     departures: tuple[tuple[str, float], ...] = ()
     backward_hooks: tuple[str, ...] = ()
+    sites: dict[str, tuple[Source, ...]] = field(default_factory=dict)
 
     def locate(self, node: str | None = None, module: str = "") -> tuple[str | None, int | None]:
         """The user's source line for a node or a module: its definition, else its call."""
