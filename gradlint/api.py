@@ -20,9 +20,11 @@ from gradlint.capture import params as params_mod
 from gradlint.capture import trace as tracing
 from gradlint.capture.graph import Source
 from gradlint.capture.inputs import ExampleInputs, resolve_inputs
+from gradlint.capture.sites import sites_of
 from gradlint.engine.propagate import propagate
 from gradlint.engine.result import Result, build_summary, unknown_gradient_nodes
 from gradlint.lint import grouping, suppress
+from gradlint.lint.relocate import relocate
 from gradlint.lint.rule import REGISTRY, Rule, load_builtin
 from gradlint.load.tracebacks import forward_site
 
@@ -99,7 +101,7 @@ def analyze(model: nn.Module, inputs: ExampleInputs | None, *, threshold: float 
     summary = build_summary(prop, threshold, tuple(failures), invisible_backward_reasons(hooks, custom))
     definitions = tracing.definition_sites(model)
     return Result(graph, prop, summary, definitions, target_source, trace_failures=tuple(failures),
-                  backward_hooks=hooks, custom_backward=custom), failures
+                  backward_hooks=hooks, custom_backward=custom, sites=sites_of(model)), failures
 
 
 def backward_hooks(model: nn.Module, graph=None, param_grads: dict[str, float | None] | None = None
@@ -274,6 +276,8 @@ def predict(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, se
     rules = select_rules(select, ignore, rule_options, requested=("GL904",) if warn_unused_ignores else ())
     for rule in rules:
         findings.extend(rule.check(result))
+    # Into the helper that holds the cause, before comments and grouping read the lines.
+    findings = relocate(findings, result.sites)
     silenced: list[Finding] = []
     layers = _layers(result)
     if ignore_noqa:
@@ -297,7 +301,8 @@ def predict(model: nn.Module, inputs: Any = None, *, input_shape: Any = None, se
 def _model_lines(result: Result) -> set[tuple[str, int]]:
     """The lines a model's findings can point at: where its modules are defined, where its ops
     are called, and the target itself; in the user's files, not in installed packages."""
-    sources = [*result.definitions.values(), *(n.call_site for n in result.graph.nodes if n.call_site is not None)]
+    sources = [*result.definitions.values(), *(n.call_site for n in result.graph.nodes if n.call_site is not None),
+               *(s for chain in result.sites.values() for s in chain)]
     if result.target_source is not None:
         sources.append(result.target_source)
     return {(s.path, s.line) for s in sources

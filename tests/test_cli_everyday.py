@@ -195,7 +195,7 @@ SUPPRESSED = textwrap.dedent('''\
 
 
     def stack(width, depth):
-        return nn.ModuleList([nn.Linear(width, width) for _ in range(depth)])  # gradlint: ignore[GL101]
+        return nn.ModuleList([nn.Linear(width, width) for _ in range(depth)])  # gradlint: ignore[GL102]
 
 
     @gradlint.target(inputs=(16, 64))
@@ -240,12 +240,12 @@ def test_suppression_comments_that_do_nothing_are_reported(tmp_path):
     assert "'# gradlint: ignore[GL1O1]' names no rule: GL1O1 is not a gradlint rule code or name" in r.stdout
     assert "fix: did you mean GL101?" in r.stdout and "GL610 is not a gradlint rule" in r.stdout
     assert "E501" not in r.stdout.replace("# noqa: E501, GL610", "")
-    # Unused ones on request: the helper's comment silences nothing (the findings point at the
-    # constructor's line), though it sits on a line both targets use.
+    # Unused ones on request: the helper's comment silences nothing (no gradient explodes), though
+    # it sits on a line both targets' findings point into.
     r = gradlint("check", "models.py", "--warn-unused-ignores", cwd=tmp_path, cache=cache)
     assert r.returncode == 0
     assert f"models.py:7:{at[7]}: GL904" in findings_of(r.stdout)
-    assert "'# gradlint: ignore[GL101]': GL101 silenced nothing on this line" in r.stdout
+    assert "'# gradlint: ignore[GL102]': GL102 silenced nothing on this line" in r.stdout
     assert "models.py:14:1" not in r.stdout and "models.py:18:1" not in r.stdout   # used by Sigmoid
     assert r.stdout.rstrip().endswith("Found 0 errors, 3 warnings; 2 targets analyzed, 0 skipped, 0 could not "
                                       "analyze.")

@@ -229,3 +229,54 @@ def test_group_is_idempotent_and_flatten_gives_back_every_finding():
     assert group(once, layers) == once
     assert sorted(f.code for f in flatten(once)) == ["GL101", "GL201", "GL401", "GL702"]
     assert [(f.code, f.line) for f in once] == [("GL101", 16), ("GL702", 17)]  # at the cause's line
+
+
+# -- a cause inside a helper ------------------------------------------------------------------
+
+# The brief's helper: each layer made and initialized far too large in a function __init__ calls.
+HELPER = BAD_INIT.replace("std=0.01", "std=1.0")
+HELPER_LINES = HELPER.splitlines()
+INIT_LINE = HELPER_LINES.index("    nn.init.normal_(layer.weight, std=1.0)") + 1
+LINEAR_LINE = HELPER_LINES.index("    layer = nn.Linear(width, width)") + 1
+CALL_LINE = next(i for i, s in enumerate(HELPER_LINES, 1) if "make_layer(width) for" in s)
+
+
+@pytest.mark.slow
+def test_a_cause_in_a_helper_points_at_the_init_call_with_the_constructor_line_as_context(work):
+    (work / "helper.py").write_text(HELPER)
+    r = gradlint("check", "helper.py", "--format", "json", cwd=work)
+    assert r.returncode == 1, r.stderr
+    (f,) = json.loads(r.stdout)["targets"][0]["findings"]
+
+    def via(x):
+        return [(Path(p).name, line) for p, line in x["via"]]
+
+    # The symptom leads, at its cause's line: the init call inside make_layer, called from __init__.
+    assert (f["code"], f["line"], via(f)) == ("GL102", INIT_LINE, [("helper.py", CALL_LINE)])
+    notes = {n["code"]: n for n in f["notes"]}
+    assert (notes["GL301"]["line"], via(notes["GL301"])) == (INIT_LINE, [("helper.py", CALL_LINE)])
+    # A fix about the layer itself points at the nn.Linear the helper makes.
+    assert (notes["GL401"]["line"], via(notes["GL401"])) == (LINEAR_LINE, [("helper.py", CALL_LINE)])
+    text = gradlint("check", "helper.py", cwd=work).stdout
+    assert f"helper.py:{INIT_LINE}:1: GL102 [error]" in text and f"\n    called from helper.py:{CALL_LINE}\n" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["init call", "constructor call"])
+def test_a_noqa_on_the_helper_line_or_on_the_line_calling_it_silences(work, where):
+    lines = list(HELPER_LINES)
+    if where == "init call":  # the line GL301 points at now
+        lines[INIT_LINE - 1] += "  # noqa: GL301"
+    else:  # the line every finding pointed at before they moved into the helper
+        lines[CALL_LINE - 1] += "  # noqa: GL102, GL301"
+    (work / "helper_noqa.py").write_text("\n".join(lines) + "\n")
+    r = gradlint("check", "helper_noqa.py", "--format", "json", "--warn-unused-ignores", cwd=work)
+    findings = json.loads(r.stdout)["targets"][0]["findings"]
+    assert "GL904" not in [f["code"] for f in findings]  # the comment is used
+    (f,) = findings
+    if where == "init call":
+        # GL301 is gone; GL102, without a cause, is at its own place: the layers the helper makes.
+        assert (f["code"], f["line"], [n["code"] for n in f["notes"]]) == ("GL102", LINEAR_LINE, ["GL401"])
+    else:
+        # Both silenced through the line that called the helper; the normalization fix is left.
+        assert (f["code"], f["line"], f["notes"]) == ("GL401", LINEAR_LINE, [])

@@ -59,6 +59,7 @@ class Note:
     column: int | None = None
     module: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
+    via: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class Finding:
         confirmed: After a probe: whether the measurement agrees (None before).
         notes: The findings of other rules about the same problem: its causes and its other
             fixes, each with its own location (see ``gradlint.lint.grouping``).
+        via: When the line is inside a helper the model's constructor called, the lines that
+            called it, innermost first, as ``(path, line)``; a suppression comment on any of
+            them applies too.
     """
 
     code: str
@@ -95,6 +99,7 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     confirmed: bool | None = None
     notes: tuple[Note, ...] = ()
+    via: tuple[tuple[str, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return _finite(asdict(self))

@@ -44,6 +44,8 @@ class Result:
         custom_backward: Custom autograd Functions and forward-registered tensor hooks on the
             gradient paths (``Graph.own_backward``, less the Functions trusted by
             ``trust-custom-backward``).
+        sites: Per module and parameter, the user's lines that built or initialized it,
+            innermost first, when gradlint built the model (``gradlint.capture.sites``).
     """
 
     graph: Graph
@@ -57,6 +59,7 @@ class Result:
     departures: tuple[tuple[str, float], ...] = ()
     backward_hooks: tuple[str, ...] = ()
     custom_backward: tuple[str, ...] = ()
+    sites: dict[str, tuple[Source, ...]] = field(default_factory=dict)
 
     def locate(self, node: str | None = None, module: str = "") -> tuple[str | None, int | None]:
         """The user's source line for a node or a module: its definition, else its call."""

@@ -145,7 +145,7 @@ def _merge(members: list[Finding]) -> Finding:
     notes = tuple(Note(role=ROLES[f.code][0], **{k: getattr(f, k) for k in _NOTE_FIELDS}) for f in rest)
     lead = next((n for n in notes if n.role == CAUSE and n.path and n.line), None)
     if ROLES[head.code][0] == SYMPTOM and lead is not None:
-        head = replace(head, path=lead.path, line=lead.line, column=lead.column)
+        head = replace(head, path=lead.path, line=lead.line, column=lead.column, via=lead.via)
     return replace(head, notes=notes)
 
 

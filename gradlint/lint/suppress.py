@@ -136,11 +136,18 @@ def _parse(path: str, line: int, column: int, comment: str) -> list[Suppression]
     return found
 
 
-def silencing(finding: Finding) -> Suppression | None:
-    """The comment on the finding's line that silences it, if any."""
+def lines_of(finding: Finding) -> list[tuple[str, int]]:
+    """The lines a comment may silence a finding on: the one it points at, and those that called
+    it there (a helper's init call, and the constructor line that called the helper)."""
     if not finding.path or not finding.line:
-        return None
-    return next((s for s in suppressions(finding.path).get(finding.line, ()) if s.silences(finding)), None)
+        return []
+    return [(finding.path, finding.line), *((p, line) for p, line in finding.via if p and line)]
+
+
+def silencing(finding: Finding) -> Suppression | None:
+    """The comment on the finding's line, or on a line that called it there, that silences it."""
+    return next((s for path, line in lines_of(finding) for s in suppressions(path).get(line, ())
+                 if s.silences(finding)), None)
 
 
 def suppressed(finding: Finding) -> bool:
@@ -191,8 +198,8 @@ def unused(comments: Iterable[Suppression], silenced: Iterable[Finding]) -> list
     has, or ``["*"]`` for a bare comment that silenced nothing."""
     used: dict[tuple[str, int], list[Finding]] = {}
     for f in silenced:
-        if f.path and f.line:
-            used.setdefault((os.path.realpath(f.path), f.line), []).append(f)
+        for path, line in lines_of(f):
+            used.setdefault((os.path.realpath(path), line), []).append(f)
     out = []
     for s in comments:
         here = used.get((os.path.realpath(s.path), s.line), [])
@@ -280,9 +287,8 @@ def drop_used_elsewhere(findings: list[list[Finding]], silenced: Iterable[Findin
         findings: Per report, its findings.
         silenced: Every finding a comment silenced in the run.
     """
-    used = {(os.path.realpath(f.path), f.line, f.code.upper()) for f in silenced if f.path and f.line}
-    used |= {(p, line, f.name.upper()) for f in silenced if f.path and f.line
-             for p, line in [(os.path.realpath(f.path), f.line)]}
+    used = {(os.path.realpath(p), line, key) for f in silenced for p, line in lines_of(f)
+            for key in (f.code.upper(), f.name.upper())}
     seen: set[tuple[str | None, int | None, str, str]] = set()
     out = []
     for fs in findings:

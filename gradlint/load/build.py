@@ -78,9 +78,11 @@ def instantiate(target: Target, kwargs: dict[str, Any] | None = None) -> Any:
                             path=str(target.path), line=target.line)
         return target.obj
     merged = {**((target.options.kwargs or {}) if target.options is not None else {}), **(kwargs or {})}
+    from gradlint.capture import sites
+
     _check_call(target, merged)
     try:
-        with user_code(target.path):
+        with user_code(target.path), sites.recording() as recorded:
             built = target.obj(**merged)
     except (Exception, SystemExit) as exc:
         raise user_error(LoadError, f"building {target.name} raised {type(exc).__name__}: {exc}", exc,
@@ -90,4 +92,5 @@ def instantiate(target: Target, kwargs: dict[str, Any] | None = None) -> Any:
                 else "return the nn.Module the factory builds")
         raise LoadError(f"the factory {target.name} returned {_brief(built)}, not an nn.Module",
                         path=str(target.path), line=target.line, hint=hint)
+    sites.attach(built, recorded)
     return built

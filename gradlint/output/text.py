@@ -33,17 +33,23 @@ def format_finding(f: Finding, color: bool = False) -> str:
     its fix when it is not the finding's), another fix with that fix."""
     refuted = ", refuted by the probe: not failing" if f.confirmed is False else ""
     head = f"{_c(_where(f), 'bold', color)}: {f.code} [{_c(f.severity, f.severity, color)}{refuted}] {f.message}"
-    head += _fix_lines(f.fix, "    ")
+    head += _via(f, "    ") + _fix_lines(f.fix, "    ")
     for n in f.notes:
         what = {"cause": "cause", "fix": "another fix"}.get(n.role, n.role)
         context = f", at {n.module}" if n.module else ""
         text = n.message if n.role != "fix" or not n.fix else n.fix.splitlines()[0]
         head += f"\n    {_c(_where(n), 'bold', color)}: {_c('note', 'info', color)}: {n.code} {what}{context}: {text}"
+        head += _via(n, "        ")
         if n.role != "fix":
             head += _fix_lines(n.fix if n.fix != f.fix else "", "        ")
         else:
             head += "".join(f"\n        {line}" for line in n.fix.splitlines()[1:])
     return head
+
+
+def _via(f: Any, indent: str) -> str:
+    # The lines that called the helper the finding points into: the model's own constructor line last.
+    return "".join(f"\n{indent}called from {shown_path(p)}:{line}" for p, line in f.via)
 
 
 def _where(f: Any) -> str:

@@ -1,0 +1,57 @@
+"""Findings that point at a constructor line calling a helper move into the helper: to the line of
+the init call or the module construction that is the cause, with the lines that called it as
+``via`` (the model's own constructor line last). Suppression comments on any of those lines
+apply (``gradlint.lint.suppress.lines_of``), so a ``# noqa`` written on the constructor line
+before the finding moved keeps working.
+
+The chains come from ``gradlint.capture.sites``, recorded while the model was built; a finding
+whose line is not on its subject's chain stays where its rule put it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
+
+from gradlint.base.findings import Finding
+from gradlint.capture.graph import Source
+
+__all__ = ["relocate"]
+
+# Rules about a parameter's init: their cause is the init call, not the layer's construction.
+_INIT_CATEGORIES = ("init",)
+
+
+def relocate(findings: Iterable[Finding], sites: Mapping[str, tuple[Source, ...]]) -> list[Finding]:
+    """``findings``, each moved to the innermost line of its subject's site chain when the line it
+    points at is further out on that chain."""
+    return [_moved(f, sites) for f in findings] if sites else list(findings)
+
+
+def _moved(f: Finding, sites: Mapping[str, tuple[Source, ...]]) -> Finding:
+    if not f.path or not f.line or f.via:
+        return f
+    here = os.path.realpath(f.path)
+    for chain in _chains(f, sites):
+        at = next((i for i, s in enumerate(chain) if s.line == f.line and os.path.realpath(s.path) == here), 0)
+        if at > 0:
+            # The file the finding named keeps its spelling (relative, as the run names files).
+            def spelt(path: str) -> str:
+                return f.path if os.path.realpath(path) == here else path
+
+            inner = chain[0]
+            return replace(f, path=spelt(inner.path), line=inner.line,
+                           via=tuple((spelt(s.path), s.line) for s in chain[1:at + 1]))
+    return f
+
+
+def _chains(f: Finding, sites: Mapping[str, tuple[Source, ...]]) -> Iterator[tuple[Source, ...]]:
+    if not f.module:
+        return
+    if f.category in _INIT_CATEGORIES:
+        for name in (f"{f.module}.weight", f"{f.module}.weight_ih_l0", f"{f.module}.in_proj_weight"):
+            if name in sites:
+                yield sites[name]
+    if f.module in sites:
+        yield sites[f.module]
