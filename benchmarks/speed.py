@@ -24,7 +24,11 @@ Sections (run all, or pick with ``--only``):
   sums of the medians). Files: ``examples/`` and three of ``benchmarks/ecosystem/`` that
   gradlint analyzes with no configuration, each run from a copy of its folder outside this repository.
 
-Run: ``python benchmarks/speed.py [--only realistic meta7b corpus floor] [--repeat 3] [--rounds 7]``.
+* ``threads``: ``check`` of the PyTorch examples' word-language model (2-layer LSTM, 200 wide,
+  35 tokens) with its analysis on one torch thread, as gradlint runs it, against the same on all
+  of torch's threads; interleaved ``--repeat`` times in one process, and the load average.
+
+Run: ``python benchmarks/speed.py [--only realistic meta7b corpus floor threads] [--repeat 3] [--rounds 7]``.
 """
 
 from __future__ import annotations
@@ -294,6 +298,33 @@ def floor(rounds: int, baseline: str | None = None, check: str | None = None, on
     shutil.rmtree(scratch, ignore_errors=True)
 
 
+def threads(repeat: int) -> None:
+    import contextlib
+
+    import gradlint.api as api
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "ecosystem/pytorch-examples/word_language_model"))
+    import model as wlm
+
+    torch.manual_seed(0)
+    net = wlm.RNNModel("LSTM", 33278, 200, 200, 2, 0.2, False)
+    one = api._one_thread
+    times: dict[str, list[float]] = {"one thread": [], f"{torch.get_num_threads()} threads": []}
+    api.check(net)  # warm-up: imports and caches
+    for _ in range(repeat):
+        for label in times:
+            api._one_thread = one if label == "one thread" else contextlib.nullcontext
+            start = time.perf_counter()
+            api.check(net)
+            times[label].append(time.perf_counter() - start)
+    api._one_thread = one
+    print("| analysis on | check s (median) | runs |")
+    print("|---|---|---|")
+    for label, ts in times.items():
+        print(f"| {label} | {statistics.median(ts):.2f} | {', '.join(f'{t:.2f}' for t in ts)} |")
+    print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", default=["realistic", "meta7b", "corpus", "floor"])
@@ -318,6 +349,8 @@ def main(argv=None) -> int:
         print()
     if "floor" in args.only:
         floor(args.rounds, args.baseline, args.check, args.files)
+    if "threads" in args.only:
+        threads(args.repeat)
     return 0
 
 
