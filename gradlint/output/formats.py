@@ -220,8 +220,8 @@ def _sarif_related(res: dict[str, Any], f: Finding, root: Path) -> None:
     """A finding's related locations: first the lines that called the helper it points into
     ("called from here", innermost first, as its message links them), then its notes, each
     with its rule and message, then the lines that called a note's helper (those the finding's
-    own do not repeat). The calling lines
-    are in the result's properties too (``via``), and the notes with their rule ids (``notes``)."""
+    own do not repeat). The calling lines are in the result's properties too (``via``), and the
+    notes with their rule ids (``notes``)."""
     related: list[dict[str, Any]] = []
 
     def add(path: str | None, line: int | None, column: int | None, message: str) -> None:
