@@ -3,8 +3,12 @@ it is not.
 
 A block is known by its file and its first line (``Block.key``); a block nobody registered
 fails ``test_every_block_is_run_or_allowed``, so a new example cannot go untested. Commands run
-with the real CLI in a subprocess, in a scratch copy of the files they name (``examples/``, and
-for the ``model.py``, ``models/`` and ``notebook.ipynb`` of the README, the small files below).
+with the real CLI, in a scratch copy of the files they name (``examples/``, and for the
+``model.py``, ``models/`` and ``notebook.ipynb`` of the README, the small files below): one
+after another in one Python process of their own (``Driver``), as a test suite invoking the
+command line runs them, so that its worker processes, and torch in them, start once for all the
+blocks; the blocks about the process itself (the quick start, a worker that crashes) each run
+``python -m gradlint`` as a user does.
 Output blocks are compared with what the command prints: line for line where the doc shows the
 whole output, in order with gaps where it shows an excerpt (``...`` or a cut). Python blocks are
 executed, with the model they talk about. One warm-up run fills a cache private to this module,
@@ -22,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,14 +194,86 @@ def env(cache: Path) -> dict[str, str]:
 
 
 CACHE: Path | None = None
+TIMEOUT = 300  # seconds for one command
+
+
+def argv_of(command: str) -> list[str]:
+    argv = shlex.split(command, comments=True)
+    assert argv[0] == "gradlint", command
+    return argv[1:]
+
+
+def gradlint_process(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    """One documented command line, `gradlint ...` with its comment, run as a user runs it: a
+    fresh ``python -m gradlint`` process."""
+    return subprocess.run([sys.executable, "-m", "gradlint", *argv_of(command)], cwd=cwd, env=env(CACHE),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+
+
+# The driver: reads one JSON request a line ({"argv", "cwd"}), runs `gradlint ARGV` in CWD through
+# click's test runner (stdout and stderr captured apart, the exit code as the process's would be)
+# and answers on a descriptor of its own, so that nothing the checked code or torch writes to
+# file descriptor 1 can corrupt an answer: fd 1 goes to the driver's log with fd 2.
+DRIVER = """\
+import json, os, sys, traceback
+del sys.path[0]  # not the directory a command runs in: a user's file must not shadow a module
+answers = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+from click.testing import CliRunner
+from gradlint.cli import main
+for request in sys.stdin:
+    request = json.loads(request)
+    os.chdir(request["cwd"])
+    r = CliRunner().invoke(main, request["argv"], prog_name="gradlint")
+    stderr = r.stderr
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*r.exc_info))  # as an uncaught exception prints it
+    answers.write(json.dumps({"returncode": r.exit_code, "stdout": r.stdout, "stderr": stderr}) + "\\n")
+    answers.flush()
+"""
+
+
+class Driver:
+    """One Python process that runs the documented commands one after another."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        with open(log, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-c", DRIVER], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=err, env=env(CACHE), text=True)
+
+    def run(self, command: str, cwd: Path) -> subprocess.CompletedProcess:
+        import select
+
+        argv = argv_of(command)
+        self.proc.stdin.write(json.dumps({"argv": argv, "cwd": str(cwd)}) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], TIMEOUT)
+        answer = self.proc.stdout.readline() if ready else ""
+        if not answer:
+            self.close()
+            pytest.fail(f"the driver gave no answer to {command!r} in {TIMEOUT} s; its log:\n"
+                        + self.log.read_text()[-4000:])
+        got = json.loads(answer)
+        return subprocess.CompletedProcess(["gradlint", *argv], got["returncode"], got["stdout"], got["stderr"])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+DRIVER_NOW: Driver | None = None
 
 
 def gradlint(command: str, cwd: Path) -> subprocess.CompletedProcess:
-    """One documented command line, `gradlint ...` with its comment, run as a user runs it."""
-    argv = shlex.split(command, comments=True)
-    assert argv[0] == "gradlint", command
-    return subprocess.run([sys.executable, "-m", "gradlint", *argv[1:]], cwd=cwd, env=env(CACHE),
-                          capture_output=True, text=True, timeout=300)
+    """One documented command line, `gradlint ...` with its comment, run by the driver."""
+    assert DRIVER_NOW is not None, "the ws fixture starts the driver"
+    return DRIVER_NOW.run(command, cwd)
 
 
 def commands(block: Block) -> list[str]:
@@ -215,12 +291,13 @@ def notebook(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> Path:
+def ws(tmp_path_factory) -> Iterator[Path]:
     """The README's and docs' files, and one warm-up run that fills the cache for the commands
     that only change how the reports print."""
-    global CACHE
+    global CACHE, DRIVER_NOW
     base = tmp_path_factory.mktemp("docs")
     CACHE = base / "cache"
+    DRIVER_NOW = Driver(base / "driver.log")
     ws = base / "repo"
     ws.mkdir()
     (ws / ".git").mkdir()  # the repository root, so paths print relative to it
@@ -233,7 +310,9 @@ def ws(tmp_path_factory) -> Path:
     notebook(ws / "notebook.ipynb")
     r = gradlint("gradlint check model.py models/ notebook.ipynb examples/", ws)
     assert r.returncode == 1, r.stdout + r.stderr
-    return ws
+    yield ws
+    DRIVER_NOW.close()
+    DRIVER_NOW = None
 
 
 # -- comparing output -------------------------------------------------------------------------
@@ -275,7 +354,7 @@ def readme_quick_start_output(b: Block, ws: Path) -> None:
                                                       "-q torch==2.13.0 -e . "))
     cmd = block(install).text.split("&&")[-1].strip().removeprefix(".venv/bin/")
     assert cmd == "gradlint check examples/sigmoid_mlp.py"
-    r = gradlint(cmd, ws)
+    r = gradlint_process(cmd, ws)  # the first command a user runs: as a process of its own
     assert r.returncode == 1, r.stderr
     assert_same(b.text, r.stdout)
 
@@ -330,7 +409,9 @@ def readme_layout(b: Block, ws: Path) -> None:
             named.add(("gradlint/" if indent == 2 else "") + name)
     for name in named:
         assert (ROOT / name.rstrip("/")).exists(), name
-    package = {f"gradlint/{p.name}/" for p in (ROOT / "gradlint").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    # A link is no folder of the package (a checkout may link gradlint/rules to rules/ to run its own rules).
+    package = {f"gradlint/{p.name}/" for p in (ROOT / "gradlint").iterdir()
+               if p.is_dir() and not p.is_symlink() and p.name != "__pycache__"}
     assert package <= named, package - named
 
 
@@ -364,6 +445,52 @@ def cli_init(b: Block, ws: Path) -> None:
     assert text.startswith('[project]\nname = "demo"\n') and "models/lm.py::LM" in text
     r = gradlint(written, project)
     assert r.returncode == 2, "a second --write is refused"
+
+
+# docs/cli.md's helper that builds and initializes each layer, in a file of its own.
+LAYERS = textwrap.dedent("""\
+    import torch.nn as nn
+
+
+    def make_layer(width):
+        layer = nn.Linear(width, width)
+        nn.init.normal_(layer.weight, std=1.0)
+        return layer
+    """)
+DEEP = textwrap.dedent("""\
+    import torch.nn as nn
+    from layers import make_layer
+
+    import gradlint
+
+
+    @gradlint.target(inputs=(64, 128))
+    class Deep(nn.Module):
+        def __init__(self, depth=10, width=128):
+            super().__init__()
+            self.layers = nn.ModuleList([make_layer(width) for _ in range(depth)])
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = self.act(layer(x))
+            return x
+    """)
+
+
+@runs("docs/cli.md: layers.py:6:1: GL102 [error] forward signal explodes: at layers.9 it is 10^8.1 of its scale at "
+      "the last normalization or input (9 layers' init scale add 8.1 decades)")
+def cli_helper(b: Block, ws: Path) -> None:
+    helper = ws.parent / "helper"
+    helper.mkdir()
+    (helper / "layers.py").write_text(LAYERS)
+    (helper / "deep.py").write_text(DEEP)
+    # The lines the page names: the init call and the Linear in layers.py, the call in Deep.__init__.
+    assert LAYERS.splitlines()[5].strip().startswith("nn.init.normal_") and "nn.Linear" in LAYERS.splitlines()[4]
+    assert "make_layer(width)" in DEEP.splitlines()[10]
+    r = gradlint("gradlint check deep.py", helper)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert_excerpt(b.text, r.stdout)
 
 
 @runs("docs/cli.md: import torch.nn as nn")
@@ -530,7 +657,7 @@ def workers_crash(b: Block, ws: Path) -> None:
     crash = ws.parent / "crash"
     crash.mkdir()
     (crash / "c_segv.py").write_text("import ctypes\n\nimport torch.nn as nn\nctypes.string_at(0)\n")
-    r = gradlint("gradlint check c_segv.py", crash)
+    r = gradlint_process("gradlint check c_segv.py", crash)  # what the process prints when its worker dies
     assert r.returncode == 2
     ctypes_line = re.compile(r'File "ctypes/__init__.py", line \d+ in string_at')
     shown = ctypes_line.sub("CTYPES", b.text)

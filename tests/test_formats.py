@@ -223,3 +223,105 @@ def test_github_format_from_the_command_line(workspace, monkeypatch):
     notes = [line.split()[1] for line in message.splitlines() if line.startswith("note: ")]
     assert notes == ["GL201", "GL401", "GL501"]
     assert "note: GL201 saturating-activation-chain at models/m.py:16: 19 sigmoids in a row" in message
+
+
+# -- a finding inside a helper ------------------------------------------------------------------
+
+LAYERS = """\
+import torch.nn as nn
+
+
+def make_layer(width):
+    layer = nn.Linear(width, width)
+    nn.init.normal_(layer.weight, std=1.0)
+    return layer
+"""
+DEEP = """\
+import torch.nn as nn
+from layers import make_layer
+
+import gradlint
+
+
+@gradlint.target(inputs=(64, 128))
+class Deep(nn.Module):
+    def __init__(self, depth=10, width=128):
+        super().__init__()
+        self.layers = nn.ModuleList([make_layer(width) for _ in range(depth)])
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = self.act(layer(x))
+        return x
+"""
+INIT_CALL, LINEAR, CALLER = 6, 5, 11  # layers.py's nn.init.normal_ and nn.Linear, deep.py's make_layer call
+
+
+@pytest.fixture(scope="module")
+def helper_run(workspace):
+    """The too-large init made in a helper another file defines: the finding points into the helper."""
+    (workspace / "helper").mkdir()
+    (workspace / "helper" / "layers.py").write_text(LAYERS)
+    (workspace / "helper" / "deep.py").write_text(DEEP)
+    reports, notes = run_paths([str(workspace / "helper" / "deep.py")])
+    (f,) = reports[0].findings
+    assert (f.code, Path(f.path).name, f.line) == ("GL102", "layers.py", INIT_CALL)
+    assert [(Path(p).name, line) for p, line in f.via] == [("deep.py", CALLER)]
+    return reports, notes
+
+
+def test_sarif_links_the_calling_line_as_a_related_location(helper_run, workspace):
+    reports, notes = helper_run
+    doc = sarif_doc(reports, notes, workspace.resolve())
+    jsonschema.Draft4Validator(json.loads(SCHEMA.read_text())).validate(doc)
+    (res,) = doc["runs"][0]["results"]
+
+    def where(loc):
+        phys = loc["physicalLocation"]
+        return phys["artifactLocation"]["uri"], phys["region"]["startLine"]
+
+    assert where(res["locations"][0]) == ("helper/layers.py", INIT_CALL)
+    related = res["relatedLocations"]
+    assert [r["id"] for r in related] == list(range(1, len(related) + 1))
+    # The calling line first, linked from the message as code scanning shows links; then the notes.
+    assert (where(related[0]), related[0]["message"]["text"]) == (("helper/deep.py", CALLER), "called from here")
+    assert f"\ncalled from [helper/deep.py:{CALLER}](1)\n" in res["message"]["text"]
+    assert [(r["message"]["text"].split()[0], where(r)) for r in related[1:]] == [
+        ("GL301", ("helper/layers.py", INIT_CALL)), ("GL401", ("helper/layers.py", LINEAR))]
+    # The notes' own calling line is the finding's: shown once, and said in their properties.
+    assert res["properties"]["via"] == [{"path": "helper/deep.py", "line": CALLER}]
+    assert [n["via"] for n in res["properties"]["notes"]] == [[{"path": "helper/deep.py", "line": CALLER}]] * 2
+
+
+def test_sarif_keeps_a_notes_own_calling_line_and_stays_valid(tmp_path):
+    from gradlint.base.findings import Note
+
+    note = Note(code="GL301", name="init-scale-mismatch", severity="error", category="init", role="cause",
+                message="too large", path=str(tmp_path / "lib.py"), line=3, via=((str(tmp_path / "b.py"), 7),))
+    f = Finding(code="GL102", name="exploding-gradient", severity="error", category="exploding", message="grows",
+                path=str(tmp_path / "lib.py"), line=9, via=((str(tmp_path / "a.py"), 4), (str(tmp_path / "m.py"), 2)),
+                notes=(note,))
+    doc = sarif_doc([Report(target="m.py::M", findings=(f,))], [], tmp_path)
+    jsonschema.Draft4Validator(json.loads(SCHEMA.read_text())).validate(doc)
+    (res,) = doc["runs"][0]["results"]
+    got = [(r["id"], r["physicalLocation"]["artifactLocation"]["uri"], r["message"]["text"])
+           for r in res["relatedLocations"]]
+    assert got == [(1, "a.py", "called from here"), (2, "m.py", "called from here"),
+                   (3, "lib.py", "GL301 init-scale-mismatch (cause): too large"),
+                   (4, "b.py", "GL301 init-scale-mismatch: called from here")]
+    assert res["message"]["text"] == "grows\ncalled from [a.py:4](1)\ncalled from [m.py:2](2)"
+
+
+def test_github_annotation_says_where_the_helper_was_called_from(helper_run, workspace):
+    reports, _ = helper_run
+    (line,) = github_lines(reports, workspace.resolve())
+    level, props, msg = _parse_github(line)
+    assert (level, props["file"], props["line"]) == ("error", "helper/layers.py", str(INIT_CALL))
+    lines = msg.splitlines()
+    # As the text output: the message, the calling line, the fix; each note with its own calling line.
+    assert lines[1] == f"called from helper/deep.py:{CALLER}" and lines[2].startswith("fix: ")
+    notes = [s for s in lines if s.startswith("note: ")]
+    assert [s.split(": ", 2)[1] for s in notes] == [
+        f"GL301 init-scale-mismatch at helper/layers.py:{INIT_CALL}, called from helper/deep.py:{CALLER}",
+        f"GL401 missing-normalization at helper/layers.py:{LINEAR}, called from helper/deep.py:{CALLER}"]

@@ -257,8 +257,32 @@ def test_a_cause_in_a_helper_points_at_the_init_call_with_the_constructor_line_a
     assert (notes["GL301"]["line"], via(notes["GL301"])) == (INIT_LINE, [("helper.py", CALL_LINE)])
     # A fix about the layer itself points at the nn.Linear the helper makes.
     assert (notes["GL401"]["line"], via(notes["GL401"])) == (LINEAR_LINE, [("helper.py", CALL_LINE)])
+    # The calling line names its file as `path` names it, in the finding and in each note.
+    assert {p for x in (f, *f["notes"]) for p, _ in x["via"]} == {f["path"]}
     text = gradlint("check", "helper.py", cwd=work).stdout
     assert f"helper.py:{INIT_LINE}:1: GL102 [error]" in text and f"\n    called from helper.py:{CALL_LINE}\n" in text
+
+
+@pytest.mark.parametrize("spelling", ["relative", "absolute"])
+def test_a_helper_in_another_file_and_its_caller_are_spelt_as_the_finding_spells_its_file(
+        tmp_path, monkeypatch, spelling):
+    from gradlint.capture.graph import Source
+    from gradlint.lint.relocate import relocate
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lib").mkdir()
+    helpers, model = tmp_path / "lib" / "helpers.py", tmp_path / "model.py"
+    helpers.write_text("\n" * 9)
+    model.write_text("\n" * 19)
+    # As sites records them: frames' file names, the innermost (the init call in the helper) first.
+    sites = {"layers.0.weight": (Source(str(helpers), 5), Source(str(model), 16))}
+    path = "model.py" if spelling == "relative" else str(model)
+    f = _finding("GL301", "error", module="layers.0", path=path, line=16)
+    (moved,) = relocate([f], sites)
+    if spelling == "relative":
+        assert (moved.path, moved.line, moved.via) == ("lib/helpers.py", 5, (("model.py", 16),))
+    else:
+        assert (moved.path, moved.line, moved.via) == (str(helpers), 5, ((str(model), 16),))
 
 
 @pytest.mark.slow

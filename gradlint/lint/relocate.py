@@ -11,10 +11,11 @@ whose line is not on its subject's chain stays where its rule put it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 
 from gradlint.base.findings import Finding
+from gradlint.base.paths import shown_path
 from gradlint.capture.graph import Source
 
 __all__ = ["relocate"]
@@ -36,14 +37,22 @@ def _moved(f: Finding, sites: Mapping[str, tuple[Source, ...]]) -> Finding:
     for chain in _chains(f, sites):
         at = next((i for i, s in enumerate(chain) if s.line == f.line and os.path.realpath(s.path) == here), 0)
         if at > 0:
-            # The file the finding named keeps its spelling (relative, as the run names files).
-            def spelt(path: str) -> str:
-                return f.path if os.path.realpath(path) == here else path
-
             inner = chain[0]
+            spelt = _speller(f.path, here)
             return replace(f, path=spelt(inner.path), line=inner.line,
                            via=tuple((spelt(s.path), s.line) for s in chain[1:at + 1]))
     return f
+
+
+def _speller(given: str, here: str) -> Callable[[str], str]:
+    """How the moved finding spells each file of its chain: the finding's own file as the finding
+    named it, every other file in the same form (absolute, or relative to the working directory
+    where the finding's path is relative), so ``path`` and ``via`` read alike in every output."""
+    def spelt(path: str) -> str:
+        if os.path.realpath(path) == here:
+            return given
+        return os.path.abspath(path) if os.path.isabs(given) else shown_path(os.path.abspath(path))
+    return spelt
 
 
 def _chains(f: Finding, sites: Mapping[str, tuple[Source, ...]]) -> Iterator[tuple[Source, ...]]:

@@ -170,7 +170,9 @@ def sarif_doc(reports: list[Report], notes: list[str], root: Path) -> dict[str, 
     results = []
     for r in reports:
         for f, fp in zip(r.findings, fingerprints(r, root)):
-            text = f.message + (f"\nfix: {f.fix}" if f.fix else "")
+            # The calling lines link to their related locations (ids 1..), as code scanning shows them.
+            called = "".join(f"\ncalled from [{_shown(p, root)}:{line}]({i})" for i, (p, line) in enumerate(f.via, 1))
+            text = f.message + called + (f"\nfix: {f.fix}" if f.fix else "")
             res: dict[str, Any] = {
                 "ruleId": f.code,
                 "ruleIndex": index[f.code],
@@ -188,8 +190,7 @@ def sarif_doc(reports: list[Report], notes: list[str], root: Path) -> dict[str, 
                 res["locations"] = [where]
             if f.confirmed is not None:
                 res["properties"]["confirmed"] = f.confirmed
-            if f.notes:
-                _sarif_notes(res, f, root)
+            _sarif_related(res, f, root)
             results.append(res)
     notifications = []
     for r in reports:
@@ -215,21 +216,45 @@ def sarif_doc(reports: list[Report], notes: list[str], root: Path) -> dict[str, 
     return {"$schema": SARIF_SCHEMA, "version": SARIF_VERSION, "runs": [run]}
 
 
-def _sarif_notes(res: dict[str, Any], f: Finding, root: Path) -> None:
-    """A finding's notes: each as a related location (with its rule and message) where it has
-    one, and all of them, with their rule ids, in the result's properties."""
-    related = []
-    for i, n in enumerate(f.notes, start=1):
-        where = _physical(n.path, n.line, n.column, root)
+def _sarif_related(res: dict[str, Any], f: Finding, root: Path) -> None:
+    """A finding's related locations: first the lines that called the helper it points into
+    ("called from here", innermost first, as its message links them), then its notes, each
+    with its rule and message, then the lines that called a note's helper (those the finding's
+    own do not repeat). The calling lines are in the result's properties too (``via``), and the
+    notes with their rule ids (``notes``)."""
+    related: list[dict[str, Any]] = []
+
+    def add(path: str | None, line: int | None, column: int | None, message: str) -> None:
+        where = _physical(path, line, column, root)
         if where is not None:
-            where["id"] = i
-            where["message"] = {"text": f"{n.code} {n.name} ({n.role}): {n.message}"}
+            where["id"] = len(related) + 1
+            where["message"] = {"text": message}
             related.append(where)
+
+    for p, line in f.via:
+        add(p, line, None, "called from here")
+    for n in f.notes:
+        add(n.path, n.line, n.column, f"{n.code} {n.name} ({n.role}): {n.message}")
+    shown = set(f.via)
+    for n in f.notes:  # a note's calling line once, where the finding's own does not show it already
+        for p, line in n.via:
+            if (p, line) not in shown:
+                shown.add((p, line))
+                add(p, line, None, f"{n.code} {n.name}: called from here")
     if related:
         res["relatedLocations"] = related
-    res["properties"]["notes"] = [{"ruleId": n.code, "name": n.name, "role": n.role, "level": _SARIF_LEVEL.get(
-        n.severity, "warning"), "message": n.message, "fix": n.fix, "module": n.module, "evidence": n.evidence}
-        for n in f.notes]
+    if f.via:
+        res["properties"]["via"] = [{"path": _shown(p, root), "line": line} for p, line in f.via]
+    if f.notes:
+        res["properties"]["notes"] = [{
+            "ruleId": n.code, "name": n.name, "role": n.role, "level": _SARIF_LEVEL.get(n.severity, "warning"),
+            "message": n.message, "fix": n.fix, "module": n.module, "evidence": n.evidence,
+            **({"via": [{"path": _shown(p, root), "line": line} for p, line in n.via]} if n.via else {})}
+            for n in f.notes]
+
+
+def _shown(path: str, root: Path) -> str:
+    return root_relative_or_absolute(path, root)
 
 
 def note_lines(f: Finding, root: Path) -> list[str]:
@@ -237,10 +262,17 @@ def note_lines(f: Finding, root: Path) -> list[str]:
     outputs that carry one message per finding."""
     out = []
     for n in f.notes:
-        where = f" at {root_relative_or_absolute(n.path, root)}:{n.line}" if n.path and n.line else ""
+        where = f" at {_shown(n.path, root)}:{n.line}" if n.path and n.line else ""
+        where += "".join(f", called from {_shown(p, root)}:{line}" for p, line in n.via)
         text = n.message if n.role != "fix" or not n.fix else "another fix: " + n.fix
         out.append(f"note: {n.code} {n.name}{where}: {text}")
     return out
+
+
+def called_from_lines(f: Finding, root: Path) -> list[str]:
+    """``called from FILE:LINE`` for each line that called the helper a finding points into,
+    innermost first, as the text output prints them."""
+    return [f"called from {_shown(p, root)}:{line}" for p, line in f.via]
 
 
 # -- github -----------------------------------------------------------------------------------
@@ -275,7 +307,8 @@ def github_lines(reports: list[Report], root: Path) -> list[str]:
     out = []
     for r in reports:
         for f in r.findings:
-            msg = "\n".join([f.message + (f"\nfix: {f.fix}" if f.fix else ""), *note_lines(f, root)])
+            msg = "\n".join([f.message, *called_from_lines(f, root), *([f"fix: {f.fix}"] if f.fix else []),
+                             *note_lines(f, root)])
             out.append(_github_command(_GITHUB_LEVEL.get(f.severity, "warning"), msg,
                                        file=root_relative_or_absolute(f.path, root) if f.path else None,
                                        line=f.line, col=f.column, title=f"{f.code} {f.name}"))
