@@ -92,7 +92,7 @@ class Elementwise(Transfer):
         """Grid moments, or None where the op is undefined on part of the Gaussian's support
         (rsqrt, log of a value that is positive only by construction): then pass through."""
         try:
-            m = None if _tail_ruled(node, x) else gaussian.node_moments(node, x.mu, x.v)
+            m = gaussian.node_moments(node, x.mu, x.v)
         except Exception:  # noqa: BLE001 - the node's own function may raise anything on the grid
             m = None
         if m is None or not all(math.isfinite(v) for v in m):
@@ -100,30 +100,6 @@ class Elementwise(Transfer):
         if m is None:
             ctx.note_unknown(node)
         return m
-
-
-TAIL = 3.0  # standard deviations: how far out a sum of a few terms still looks Gaussian
-
-
-def _tail_ruled(node: Node, x: Fwd) -> bool:
-    """Whether most of E[f(h)²] comes from beyond TAIL standard deviations of the Gaussian h.
-
-    Such a moment is a claim about the far tail, where h (a product of a few factors, one of
-    them a parameter's fixed values: Mamba's Δ·A with A = −1..−16) is not Gaussian: exp of a
-    Gaussian with σ = 5.6 has E[e^{2h}] ruled by h at μ + 2σ² (11σ out), 10^21 where the
-    values are at most 0.5. Then the moments are unknown, not a guess (docs/design.md §5.3).
-    """
-    fn, _ = gaussian.node_function(node)
-    if fn is None or x.v <= 0 or not math.isfinite(x.v):
-        return False
-    z = torch.linspace(-12.0, 12.0, 4801, dtype=torch.float64)
-    with torch.no_grad():
-        y = fn(x.mu + math.sqrt(x.v) * z)
-    if not isinstance(y, torch.Tensor) or y.shape != z.shape:
-        return False
-    f2 = torch.nan_to_num(y.double() ** 2, nan=0.0, posinf=0.0) * torch.exp(-0.5 * z * z)
-    total = float(f2.sum())
-    return total > 0 and float(f2[z.abs() > TAIL].sum()) > 0.5 * total
 
 
 def _concentrated_moments(node: Node, x: Fwd) -> gaussian.Moments | None:
