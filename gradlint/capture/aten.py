@@ -651,7 +651,9 @@ def _split(c, fxn, b):
 
 @normalizer("select", "slice", "index_select", "narrow", "index", "diagonal", "gather", "take", "masked_select")
 def _select(c, fxn, b):
-    c.add(fxn, "select", [b.get("self", b.get("input"))], attrs={"op": op_name(fxn.target)})
+    op = op_name(fxn.target)
+    c.add(fxn, "select", [b.get("self", b.get("input"))],
+          attrs={"op": op, "where": writes.selection_key(c.ref, op, b)})
 
 
 @normalizer("expand", "expand_as", "repeat", "repeat_interleave", "broadcast_to", "tile")

@@ -91,8 +91,10 @@ def _labels(g: Graph) -> dict[str, tuple]:
             continue
         operands = tuple(g.by_name[i].attrs.get("param") if i in g.by_name and g.by_name[i].kind == "param" else None
                          for i in n.inputs)
+        # Which elements a selection reads changes from step to step (x[:, t]): no part of the label.
+        attrs = {k: v for k, v in n.attrs.items() if k != "where"}
         out[n.name] = (n.kind, n.op, _hashable(n.shape), n.dtype, tuple(sorted(n.params.items())), operands,
-                       _hashable(n.attrs))
+                       _hashable(attrs))
     return out
 
 

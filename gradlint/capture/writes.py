@@ -89,3 +89,17 @@ def index_region(self_node: Any, indices: list) -> int | None:
         return int(math.prod(torch.broadcast_shapes(*shapes)) * math.prod(int(d) for d in rest)) if shapes else None
     except (RuntimeError, TypeError):
         return None
+
+
+def selection_key(ref, op: str, bound: dict) -> str:
+    """Which elements a selection reads, as a key: the op and its arguments besides the tensor
+    (index tensors by node, through ``ref``). Two reads of one tensor are the same elements only
+    when their keys match: x[..., 0] and x[..., 1] are two variables, not x twice (a Blelloch
+    scan's A[2i+1] * A[2i])."""
+    def arg(v):
+        if isinstance(v, (list, tuple)):
+            return [arg(x) for x in v]
+        name = ref(v)
+        return v if name is None or isinstance(v, str) else name
+    rest = {k: arg(v) for k, v in bound.items() if k not in ("self", "input")}
+    return f"{op}{sorted(rest.items(), key=lambda kv: kv[0])}"

@@ -116,7 +116,8 @@ def propagate(graph: Graph, stats: dict[str, ParamStats], model: nn.Module | Non
             fwd[node.name] = Fwd(q=0.0, shape=node.shape if isinstance(node.shape, tuple) else (), const=True)
             continue
         if node.kind not in ("input", "const", "param") and node.dtype not in ("int", "bool") and _overflowed(ins):
-            fwd[node.name] = _overflow(node, ins)
+            # Statistics that are a guess overflowing are still a guess, not a measured overflow.
+            fwd[node.name] = _mark_unknown(_overflow(node, ins)) if _guessed(ins) else _overflow(node, ins)
             overflowed.add(node.name)
             continue
         out = rule.forward(ctx, node, ins)
@@ -143,11 +144,14 @@ def propagate(graph: Graph, stats: dict[str, ParamStats], model: nn.Module | Non
         ins = [fwd.get(i) if i is not None else None for i in node.inputs]
         if node.name in overflowed:
             # A loss computed from overflowed values is inf or NaN, and so is every gradient.
-            back = [Bwd(math.inf, 0.0) if isinstance(f, tuple) or (isinstance(f, Fwd) and f.dtype == "float"
-                                                                   and not f.const) else None for f in ins]
+            guess = is_unknown(out)
+            back = [Bwd(math.inf, 0.0, unknown=guess) if isinstance(f, tuple) or (isinstance(f, Fwd) and
+                    f.dtype == "float" and not f.const) else None for f in ins]
+            ctx.tainted = guess
             for p in [*node.params.values(), *(node.attrs.get("params") or ())]:
                 if isinstance(p, str):
                     ctx.param_grad(p, math.inf)
+            ctx.tainted = False
         else:
             # On statistics that are a guess (an op without a rule, or fed by one), the rule's
             # numbers are a guess too: every gradient it sends back and books is unknown.

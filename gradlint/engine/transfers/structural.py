@@ -136,7 +136,11 @@ class Select(Transfer):
     def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
         x = ins[0]
         shape = out_shape(node, x)
-        return x.with_(shape=shape, roles=roles_like(shape, x))
+        # Another selection of x reads other elements: the same variable only where the same
+        # elements are read (capture.writes.selection_key), else x[0] * x[1] would be taken for x².
+        where = node.attrs.get("where")
+        origin = x.origin if x.origin is None or where is None else f"{x.origin}{where}"
+        return x.with_(shape=shape, roles=roles_like(shape, x), origin=origin)
 
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
         x = ins[0]
@@ -154,7 +158,10 @@ class Split(Transfer):
     def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
         x = ins[0]
         shapes = node.shape if isinstance(node.shape, tuple) and node.shape and isinstance(node.shape[0], tuple) else ()
-        return tuple(x.with_(shape=s, roles=roles_like(s, x)) for s in shapes) or (x,)
+        # The pieces are different elements of x: each its own variable (a * b of x's two
+        # halves is no square).
+        return tuple(x.with_(shape=s, roles=roles_like(s, x), origin=None if x.origin is None else f"{x.origin}:{i}")
+                     for i, s in enumerate(shapes)) or (x,)
 
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
         # g arrives as a tuple (one Bwd per piece); each piece is its share of the input.

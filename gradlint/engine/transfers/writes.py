@@ -22,6 +22,32 @@ def _mix(parts: list[tuple[float, Fwd]]) -> dict[str, float]:
     return {a: sum(w * getattr(f, a) for w, f in parts) / total for a in _FIELDS}
 
 
+def _root(g, name: str | None) -> tuple[str | None, tuple]:
+    """Through reshapes and selections: the tensor a value reads, and which elements."""
+    path: list = []
+    n = g.by_name.get(name) if name else None
+    while n is not None and n.kind in ("identity", "select") and n.inputs and n.inputs[0] is not None:
+        if n.kind == "select":
+            path.append(n.attrs.get("where", n.name))
+        n = g.by_name.get(n.inputs[0])
+    return (n.name if n is not None else None), tuple(path)
+
+
+def _cumulative_product(g, node: Node) -> bool:
+    """Whether the values written are a product of two other elements of the tensor written
+    into (``A[2i+1] *= A[2i]``: the decays of a scan combined in place, Blelloch or Hillis–Steele).
+    Over the levels of such a scan mean field would average (E_u[a²])^k where the truth is
+    E_u[Π a²] per unit of the state, ruled by the slowly decaying units (docs/design.md §6, R5):
+    a decay whose mean field comes out above 1 compounds to +7 decades or an overflow. Op by op,
+    that is unknown."""
+    vals = g.by_name.get(node.inputs[1]) if len(node.inputs) > 1 else None
+    if vals is None or vals.kind != "mul" or len(vals.inputs) != 2 or vals.attrs.get("op") not in (None, "mul"):
+        return False
+    base, _ = _root(g, node.inputs[0])
+    (ra, pa), (rb, pb) = _root(g, vals.inputs[0]), _root(g, vals.inputs[1])
+    return base is not None and ra == rb == base and pa != pb
+
+
 @register("write")
 class Write(Transfer):
     """Writes (E8). Forward: the output is a mixture, element by element, of what is left of the
@@ -47,6 +73,8 @@ class Write(Transfer):
         base, vals = ins[0], ins[1]
         if not isinstance(vals, Fwd):
             return base
+        if _cumulative_product(ctx.graph, node):
+            ctx.note_unknown(node)
         f = self._share(ctx, node, base, vals)
         shape = out_shape(node, base)
         roles = base.roles if len(base.roles) == len(shape) else ""
