@@ -7,8 +7,8 @@ import math
 from gradlint.capture.graph import Node
 from gradlint.engine.context import Context
 from gradlint.engine.state import BATCH, FEAT, POS, Bwd, Fwd, default_roles
-from gradlint.engine.transfers import resample
 from gradlint.engine.transfers.registry import Transfer, register
+from gradlint.engine.transfers.resample import plane_moments
 from gradlint.engine.transfers.roles import broadcast_sum, first_operand, out_shape, reshape_roles, roles_like
 
 # -- sources ------------------------------------------------------------------------------------
@@ -255,7 +255,7 @@ class DataMove(Transfer):
         x = ins[0]
         rest = [None] * (len(ins) - 1)
         op = node.attrs.get("op", "")
-        plane = resample.plane_moments(x.shape, out.shape, op, bool(node.attrs.get("align_corners")),
+        plane = plane_moments(x.shape, out.shape, op, bool(node.attrs.get("align_corners")),
                                        node.attrs.get("scales")) if isinstance(x, Fwd) else None
         if plane is not None:
             return [_resampled(x.shape, out.shape, *plane, g)] + rest
