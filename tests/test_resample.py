@@ -113,3 +113,22 @@ def test_batch_norm_after_a_padded_conv_on_a_small_map():
     t = Trials(PoolBN, (4, 3, 4, 4), seeds=10)
     t.check_param("a.weight", decades(0.1))
     t.check_param("b.weight", decades(0.1))
+
+
+class WholeMapAvgPool(nn.Module):
+    """GoogLeNet's head (pytorch-cifar): AvgPool2d(8, stride=1) over an 8×8 map, one window."""
+
+    def __init__(self, c: int = 64):
+        super().__init__()
+        self.a, self.head = nn.Conv2d(3, c, 3, padding=1), nn.Linear(c, 10)
+        self.pool = nn.AvgPool2d(8, stride=1)
+
+    def forward(self, x):
+        return self.head(self.pool(torch.relu(self.a(x))).flatten(1))
+
+
+def test_average_pool_over_the_whole_map_at_stride_one():
+    # Each element is in one window, not kernel/stride² = 64 of them: before, a.weight was
+    # predicted 0.81 decades high (s_in 64× too large; 6 seeds).
+    t = Trials(WholeMapAvgPool, (8, 3, 8, 8))
+    t.check_param("a.weight", decades(0.1))

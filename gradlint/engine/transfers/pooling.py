@@ -204,6 +204,11 @@ class AvgPool(Transfer):
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
         x = ins[0]
         n, nw = self._n(node, x, out)
+        if x.numel and out.numel:
+            # Windows covering an element, on average: n per output over the input's elements.
+            # n / Π stride counts an interior element of a large map; a window as large as the
+            # map (AvgPool2d(8) at stride 1 on 8×8, GoogLeNet's head) has one output, not n.
+            nw = n * out.numel / x.numel
         s = g.s * nw / (n * n)
         return [Bwd(s, g.s / (n * n) + g.r * nw / (n * n), 0.0, g.rb * nw / (n * n))]
 
