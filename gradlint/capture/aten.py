@@ -714,7 +714,10 @@ def _datamove(c, fxn, b):
         main = b.get("self") if isinstance(b.get("self"), fx.Node) else b.get("other")
     tensors = [main] + [a for a in torch.utils._pytree.tree_leaves((fxn.args, fxn.kwargs))
                         if isinstance(a, fx.Node) and a is not main]
-    c.add(fxn, "datamove", tensors, attrs={"op": name})
+    attrs = {"op": name}
+    if name.startswith("upsample"):  # the interpolation's coordinate map (engine.transfers.resample)
+        attrs |= {"align_corners": bool(b.get("align_corners")), "scales": tuple(b.get("scale_factors") or ())}
+    c.add(fxn, "datamove", tensors, attrs=attrs)
 
 
 @normalizer("topk", "sort")

@@ -36,7 +36,7 @@ from gradlint.engine.gaussian.bivariate import cross
 from gradlint.engine.gaussian.expectations import expect, expect_fn, gate_moments, moments, tanh_moments
 from gradlint.engine.gaussian.nodes import node_activation, node_function, node_moments
 from gradlint.engine.gaussian.normal import normal_cdf, normal_pdf
-from gradlint.engine.gaussian.order_stats import max_normal_moments, topk_normal_moments
+from gradlint.engine.gaussian.order_stats import max_normal_moments, max_relu_moments, topk_normal_moments
 from gradlint.engine.gaussian.results import (
                                               Cross,
                                               GateMoments,
@@ -65,6 +65,7 @@ __all__ = [
     "expect_fn",
     "gate_moments",
     "max_normal_moments",
+    "max_relu_moments",
     "moments",
     "node_activation",
     "node_function",

@@ -99,3 +99,26 @@ def _topk_cached(n: int, k: int) -> TopkMoments:
 
 def _normal_quantile(p: float) -> float:
     return math.sqrt(2.0) * float(torch.special.erfinv(torch.tensor(2.0 * p - 1.0, dtype=DTYPE)))
+
+
+@functools.lru_cache(maxsize=1024)
+def max_relu_moments(n: int, mu: float, sigma: float) -> tuple[float, float, float]:
+    """relu of the max of n i.i.d. N(mu, sigma²), the output of a ReLU then a max pool
+    (max and ReLU commute): (E[relu(M)], E[relu(M)²], P(M > 0)), docs/design.md §4.3 (P3).
+
+    The density n phi(z) Phi(z)^(n-1) of the standard max is integrated by the trapezoid rule
+    from the ReLU's kink z0 = -mu/sigma, where the integrand is smooth; P(M > 0) is exact."""
+    n = positive_int("n", n)
+    if not sigma > 0:
+        m = max(mu, 0.0)
+        return m, m * m, 1.0 if mu > 0 else 0.0
+    z0 = max(-mu / sigma, -10.0)
+    p_open = -math.expm1(n * float(torch.special.log_ndtr(torch.tensor(z0, dtype=DTYPE))))
+    if z0 >= 10.0:
+        return 0.0, 0.0, p_open
+    z = torch.linspace(z0, 10.0, _TOPK_POINTS, dtype=DTYPE)
+    dens = n * torch.exp(-0.5 * z * z + (n - 1) * torch.special.log_ndtr(z)) / math.sqrt(2 * math.pi)
+    h = mu + sigma * z
+    w = torch.full_like(z, (10.0 - z0) / (_TOPK_POINTS - 1))
+    w[0] = w[-1] = w[1] / 2
+    return torch.dot(w, dens * h).item(), torch.dot(w, dens * h * h).item(), p_open

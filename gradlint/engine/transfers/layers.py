@@ -117,6 +117,24 @@ def _conv_counts(n_in: int, n_out: int, k: int, stride: int, pad_left: int, dil:
     return taps, total / max(n_out, 1), total / max(n_in, 1)
 
 
+def _shared_taps(node: Node, dims) -> float:
+    """Two output positions share a weight's product only through the taps that read real
+    input at both (E[W_t W_t'] = 0 for t ≠ t'): at a padded border fewer taps are shared than
+    each position reads, so their covariance is this fraction of the variance (L2). On a 4×4
+    map a 3×3 padded conv keeps 32%; the per-channel offset a mean input makes then varies
+    over positions, which a train-mode BatchNorm's batch variance sees."""
+    if node.attrs.get("transposed", False):
+        return 1.0
+    if any(d[1] <= 0 for d in dims):
+        return 1.0
+    pos = round(math.prod(sum(d[0]) / d[1] for d in dims))  # output positions: taps read / taps per position
+    both = math.prod(sum(c * c for c in d[0]) for d in dims)  # ordered pairs, equal ones included
+    each = math.prod(sum(d[0]) for d in dims)
+    if pos < 2 or each <= 0:
+        return 1.0
+    return ((both - each) / (pos * (pos - 1))) / (each / pos)
+
+
 @register("conv", "conv_w")
 class Conv(Transfer):
     """nn.ConvNd and ConvTransposeNd (L2, L3 with exact border counts; W2 gradients), with a
@@ -162,7 +180,7 @@ class Conv(Transfer):
         wshape, dims = self._geometry(ctx, node, ins, out0)
         fwd_fan, _ = self._fans(node, wshape, dims)
         gq = fwd_fan * w_ms
-        return Fwd(q=gq * x.q + bq, mu=bm, k=gq * x.k + bq, kt=gq * x.kt + bq, shape=shape,
+        return Fwd(q=gq * x.q + bq, mu=bm, k=gq * x.k + bq, kt=gq * _shared_taps(node, dims) * x.kt + bq, shape=shape,
                    roles=conv_roles(len(shape)), origin=node.name, const=x.const, blocked=x.blocked)
 
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):

@@ -120,6 +120,18 @@ class GroupNorm(_RowNorm):
             ctx.param_grad(node.params["bias"], n_stat * g.s)
 
 
+def _group_cov(x: Fwd, n_b: int) -> float:
+    """The covariance of two different members of a BatchNorm's statistics group (batch ×
+    positions, N4), which the batch mean takes away. Of the N − 1 others, P − 1 share the
+    sample (kt), B − 1 the position (k), the rest neither; those keep what both kinds of pair
+    share, min(k, kt) (a padded conv's per-channel offset differs over positions: kt < k)."""
+    pos = max(math.prod(x.shape[2:]), 1) if len(x.shape) > 2 else 1
+    b = max(n_b // pos, 1)
+    if n_b < 2:
+        return x.k
+    return ((pos - 1) * x.kt + (b - 1) * x.k + (b - 1) * (pos - 1) * min(x.k, x.kt)) / (n_b - 1)
+
+
 @register("batch_norm")
 class BatchNorm(Transfer):
     """BatchNorm (N4): in train mode divides by the batch variance q - k, which is what makes
@@ -140,11 +152,12 @@ class BatchNorm(Transfer):
         if not node.attrs.get("training", True):
             return x.with_(q=g2 * x.q / (1 + eps) + b2, k=g2 * x.k / (1 + eps) + b2, kt=g2 * x.kt / (1 + eps) + b2,
                            origin=node.name, roles=conv_roles(len(x.shape)) if len(x.shape) > 2 else x.roles)
-        vb = max(x.q - x.k, 0.0)
+        cov = _group_cov(x, n_b)  # the batch mean takes it away: BN divides by q - cov
+        vb = max(x.q - cov, 0.0)
         ve = vb + eps
         share = vb / ve if ve > 0 else 0.0
         k = b2 - g2 * share / max(n_b - 1, 1)
-        kt = g2 * (x.kt - x.k) / ve + b2 if ve > 0 else b2
+        kt = g2 * (x.kt - cov) / ve + b2 if ve > 0 else b2
         roles = conv_roles(len(x.shape)) if len(x.shape) > 2 else (BATCH + FEAT if len(x.shape) == 2 else x.roles)
         return x.with_(q=g2 * share + b2, mu=bm, k=k, kt=kt, origin=node.name, normed=0.0, roles=roles, scale=1.0)
 
@@ -157,7 +170,7 @@ class BatchNorm(Transfer):
             f = g2 / (1 + eps)
             xhat2 = x.q / (1 + eps)
         else:
-            vb = max(x.q - x.k, 0.0)
+            vb = max(x.q - _group_cov(x, n_b), 0.0)
             f = g2 / (vb + eps) * ((n_b - 2) / (n_b - 3) if n_b > 3 else 1.0)
             xhat2 = vb / (vb + eps)
         if "weight" in node.params:

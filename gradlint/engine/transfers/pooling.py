@@ -116,7 +116,7 @@ class Reduce(Transfer):
 
 @register("max_pool")
 class MaxPool(Transfer):
-    """Max pooling over windows of n i.i.d. entries (P3); gradient routed to one input each."""
+    """Max pooling over windows of n entries (P3); gradient routed to one input each."""
 
     def _n(self, node: Node, x, out):
         ks = node.attrs.get("kernel_size") or []
@@ -125,20 +125,56 @@ class MaxPool(Transfer):
             return max(int(round(math.prod(x.shape[-nsp:]) / max(math.prod(out.shape[-nsp:]), 1))), 1)
         return max(math.prod(ks), 1) if ks else 1
 
+    @staticmethod
+    def _relu_input(ctx: Context, node: Node) -> Fwd | None:
+        """The pre-activation when the pooled tensor is a ReLU's output. Max and ReLU commute,
+        so the pool sees relu(max of Gaussian entries): the window's max is positive almost
+        surely, not half the time (P3)."""
+        src = node.inputs[0] if node.inputs else None
+        prod = ctx.graph[src] if src is not None and src in ctx.forward else None
+        if prod is None or prod.kind != "act" or prod.attrs.get("fn") != "relu" or not prod.inputs:
+            return None
+        pre = ctx.forward.get(prod.inputs[0])
+        return pre if isinstance(pre, Fwd) and pre.v > 0 else None
+
     def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
         x = ins[0]
         shape = out_shape(node, x)
-        tmp = Fwd(q=0.0, shape=shape)
-        n = self._n(node, x, tmp)
-        e1, e2 = gaussian.max_normal_moments(n)
-        v, mu = x.v, x.mu
-        return x.with_(q=mu * mu + 2 * mu * math.sqrt(v) * e1 + v * e2, mu=mu + math.sqrt(v) * e1, shape=shape,
-                       origin=node.name, roles=x.roles if len(x.roles) == len(shape) else conv_roles(len(shape)))
+        n = self._n(node, x, Fwd(q=0.0, shape=shape))
+        pre = self._relu_input(ctx, node)
+        if pre is not None:
+            mu, q, _ = gaussian.max_relu_moments(n, pre.mu, math.sqrt(pre.v))
+        else:
+            e1, e2 = gaussian.max_normal_moments(n)
+            v, mu = x.v, x.mu
+            q, mu = mu * mu + 2 * mu * math.sqrt(v) * e1 + v * e2, mu + math.sqrt(v) * e1
+        # Windows in two samples (or two windows of one sample) keep the entries' centred
+        # correlation; the common part becomes the max's mean.
+        v_out = max(q - mu * mu, 0.0)
+        k, kt = (mu * mu + _centred(c, x) * v_out for c in (x.k, x.kt))
+        return x.with_(q=q, mu=mu, k=k, kt=kt, shape=shape, origin=node.name,
+                       roles=x.roles if len(x.roles) == len(shape) else conv_roles(len(shape)))
 
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
         x = ins[0]
         frac = out.numel / x.numel if x.numel else 1.0
-        return [Bwd(g.s * frac, g.r * frac, 0.0, g.rb * frac)]
+        # Each output sends its δ to one entry of its window, so the summed gradient is the same
+        # on both sides: s_in = frac·s, and pairs of entries share r with probability frac².
+        f = 1.0
+        pre = self._relu_input(ctx, node)
+        if pre is not None:
+            # The ReLU below passes a δ where its input is positive: E[φ'²] for any δ, P(max > 0)
+            # for the one this pool routes to the window's largest entry.
+            _, _, p_open = gaussian.max_relu_moments(self._n(node, x, out), pre.mu, math.sqrt(pre.v))
+            p_relu = gaussian.moments("relu", pre.mu, pre.v).dphi2
+            f = p_open / p_relu if p_relu > 0 else 1.0
+        return [Bwd(g.s * frac * f, g.r * frac * frac * f, 0.0, g.rb * frac * frac * f)]
+
+
+def _centred(c: float, x: Fwd) -> float:
+    """The centred correlation of a covariance c of x's entries, within [-1, 1]."""
+    v = x.v
+    return min(max((c - x.mu * x.mu) / v, -1.0), 1.0) if v > 0 else 0.0
 
 
 @register("avg_pool")
@@ -168,6 +204,11 @@ class AvgPool(Transfer):
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
         x = ins[0]
         n, nw = self._n(node, x, out)
+        if x.numel and out.numel:
+            # Windows covering an element, on average: n per output over the input's elements.
+            # n / Π stride counts an interior element of a large map; a window as large as the
+            # map (AvgPool2d(8) at stride 1 on 8×8, GoogLeNet's head) has one output, not n.
+            nw = n * out.numel / x.numel
         s = g.s * nw / (n * n)
         return [Bwd(s, g.s / (n * n) + g.r * nw / (n * n), 0.0, g.rb * nw / (n * n))]
 

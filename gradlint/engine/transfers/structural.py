@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 from gradlint.capture.graph import Node
 from gradlint.engine.context import Context
 from gradlint.engine.state import BATCH, FEAT, POS, Bwd, Fwd, default_roles
 from gradlint.engine.transfers.registry import Transfer, register
+from gradlint.engine.transfers.resample import plane_moments
 from gradlint.engine.transfers.roles import broadcast_sum, first_operand, out_shape, reshape_roles, roles_like
 
 # -- sources ------------------------------------------------------------------------------------
@@ -257,11 +260,29 @@ class DataMove(Transfer):
 
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
         x = ins[0]
+        rest = [None] * (len(ins) - 1)
+        op = node.attrs.get("op", "")
+        plane = plane_moments(x.shape, out.shape, op, bool(node.attrs.get("align_corners")),
+                                       node.attrs.get("scales")) if isinstance(x, Fwd) else None
+        if plane is not None:
+            return [_resampled(x.shape, out.shape, *plane, g)] + rest
+        if op in ("pad", "constant_pad_nd"):
+            # Each input element is one output element; the padding's gradient goes nowhere.
+            return [g] + rest
         n = out.numel / x.numel if x.numel and out.numel else 1.0
         if n > 1.0:
             s = n * g.s + n * (n - 1) * g.r
             return [Bwd(s, s)] + [None] * (len(ins) - 1)
         return [g.scaled(n)] + [None] * (len(ins) - 1)
+
+
+def _resampled(shape_in: tuple[int, ...], shape_out: tuple[int, ...], c: float, a: float, g: Bwd) -> Bwd:
+    """The gradient below an interpolation (resample, P4): per element from the map's columns;
+    the position correlation from the plane's summed gradient, which the map preserves."""
+    p_in, p_out = math.prod(shape_in[2:]), math.prod(shape_out[2:])
+    s = c * g.s + (a - c) * g.r
+    r = (p_out * g.s + p_out * (p_out - 1) * g.r - p_in * s) / (p_in * (p_in - 1)) if p_in > 1 else 0.0
+    return Bwd(s, r, 0.0, g.rb * a, 0.0, g.unknown)
 
 
 # -- gradient blockers -------------------------------------------------------------------------
