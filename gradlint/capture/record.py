@@ -25,6 +25,7 @@ import contextlib
 import inspect
 import linecache
 import operator
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -174,7 +175,7 @@ class _Builder:
         return node
 
     def record(self, func: torch._ops.OpOverload, args: tuple, kwargs: dict, out: Any, grad: bool) -> fx.Node:
-        if grad != self.grad:
+        if grad != self.grad and not _in_custom_function():
             raise Unsupported("grad mode changed other than through torch.set_grad_enabled (inference_mode?)")
         if func is torch.ops.aten.lift_fresh.default:
             func = torch.ops.aten.lift_fresh_copy.default  # as proxy tracing writes a torch.tensor() literal
@@ -366,6 +367,24 @@ class _Recorder(ProxyTorchDispatchMode):
         return out
 
 
+_FUNCTION_PY = os.path.join("torch", "autograd", "function.py")
+
+
+def _in_custom_function() -> bool:
+    """Whether the forward of a custom ``torch.autograd.Function`` is running (``Function.apply``
+    is on the stack). Autograd runs it without grad, and its own backward stands for the ops it
+    records: they are recorded as differentiable, the derivative of that forward, which is what
+    the static prediction assumes of every op (its verdict is unknown until trusted or probed:
+    ``capture.own_backward``). A checkpointing Function's ``torch.no_grad()`` inside its forward
+    (guided diffusion's attention blocks) then does not read as a blocked path."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == "apply" and frame.f_code.co_filename.endswith(_FUNCTION_PY):
+            return True
+        frame = frame.f_back
+    return False
+
+
 class _GradCalls(TorchFunctionMode):
     """Sees the calls export keeps that reach no dispatcher: grad-mode switches and autocast."""
 
@@ -374,7 +393,7 @@ class _GradCalls(TorchFunctionMode):
         self.builder = builder
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is torch._C._set_grad_enabled:
+        if func is torch._C._set_grad_enabled and not _in_custom_function():
             self.builder.mark_grad(bool(args[0]))
         elif func is torch.amp._enter_autocast and self.builder.grad == self.builder.ambient:
             # Export wraps an autocast block in a higher-order op of its own; inside a grad
