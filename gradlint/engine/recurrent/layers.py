@@ -131,6 +131,9 @@ def tensor_stats(kind: str, weight_ih: torch.Tensor, weight_hh: torch.Tensor, bi
             hn_mean, hn_var = float(b_hh[2].mean()), float(b_hh[2].var(unbiased=False))
         bias_mean = tuple(float(c.mean()) for c in summed)
         bias_var = tuple(float(c.var(unbiased=False)) for c in summed)
+    # nn.RNN's long-range decay depends on W_hh's own spectrum at finite H (R1w, §6); the
+    # gated cells' R4 works from statistics alone.
+    keep_w = kind in ("rnn_tanh", "rnn_relu") and not weight_hh.is_meta and bool(torch.isfinite(weight_hh).all())
     stats = RecurrentLayerStats(
         kind=kind,
         input_size=w_ih.shape[1],
@@ -144,6 +147,7 @@ def tensor_stats(kind: str, weight_ih: torch.Tensor, weight_hh: torch.Tensor, bi
         has_bias=has_bias,
         proj_size=proj,
         var_hr=_chunk_mean_sq(weight_hr, 1)[0] if weight_hr is not None else 0.0,
+        weight_hh=weight_hh.detach().to(torch.float64).clone() if keep_w else None,
     )
     numbers = (*stats.var_ih, *stats.var_hh, *stats.bias_mean, *stats.bias_var, hn_mean, hn_var, stats.var_hr)
     if not all(math.isfinite(x) for x in numbers):

@@ -52,16 +52,13 @@ def predict(
         k_x: optional (T, T) input covariance across steps (see `forward`).
 
     Returns:
-        The layer prediction (estimate = R4, bound = plain mean field).
+        The layer prediction (estimate = R4 or R1w, bound = plain mean field).
     """
     if seq_len is None and isinstance(q_x, (int, float)) and not isinstance(s_out, (int, float)):
         seq_len = len(s_out)
     fwd = forward(stats, q_x, seq_len, q_h0=q_h0, q_c0=q_c0, k_x=k_x)
     bound = backward(stats, fwd, s_out, batch_size, s_hn=s_hn, s_cn=s_cn, reuse=False)
-    if stats.kind in ("lstm", "gru"):
-        est = backward(stats, fwd, s_out, batch_size, s_hn=s_hn, s_cn=s_cn, reuse=True)
-    else:
-        est = bound
+    est = backward(stats, fwd, s_out, batch_size, s_hn=s_hn, s_cn=s_cn, reuse=True)
     return LayerPrediction(stats=stats, forward=fwd, estimate=est, bound=bound)
 
 

@@ -13,6 +13,9 @@ import torch
 
 KINDS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 DENSE_MAX_STEPS = 1024
+# R1w propagates an H×H δ covariance through the layer's own W_hh: 2·T·H³ flops. Beyond this
+# budget (H = 128 up to 4096 steps, H = 512 up to 64) nn.RNN falls back to R1.
+REUSE_MAX_FLOPS = 2 ** 34
 NUM_CHUNKS = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 CHUNK_NAMES = {"rnn_tanh": ("h",), "rnn_relu": ("h",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 
@@ -40,6 +43,8 @@ class RecurrentLayerStats:
         proj_size: LSTM projection size P (0: none). With P > 0, h = W_hr (o ⊙ tanh c) and
             weight_hh has P columns.
         var_hr: mean of squares of weight_hr (LSTM with proj_size > 0).
+        weight_hh: the values of weight_hh (float64), kept for nn.RNN only, when they are
+            known and the exact-in-W backward (R1w, §6) fits `REUSE_MAX_FLOPS`; None: R1.
     """
 
     kind: str
@@ -54,6 +59,7 @@ class RecurrentLayerStats:
     has_bias: bool = True
     proj_size: int = 0
     var_hr: float = 0.0
+    weight_hh: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -66,6 +72,9 @@ class RecurrentLayerStats:
             object.__setattr__(self, name, tuple(float(x) for x in value))
         if self.input_size <= 0 or self.hidden_size <= 0:
             raise ValueError(f"input_size={self.input_size!r} and hidden_size={self.hidden_size!r} must be positive")
+        if self.weight_hh is not None and (self.kind not in ("rnn_tanh", "rnn_relu")
+                                           or tuple(self.weight_hh.shape) != (self.hidden_size,) * 2):
+            raise ValueError("weight_hh values are kept only for nn.RNN, as an (H, H) matrix")
         if self.proj_size and self.kind != "lstm":
             raise ValueError(f"proj_size={self.proj_size!r} is only supported for kind='lstm'")
 
@@ -138,7 +147,7 @@ class RecurrentBackward:
     take 0.5·log10 for the log10 RMS the engine reports.
 
     Attributes:
-        method: 'mean_field' (R1–R3, pessimistic bound for gated cells) or 'reuse' (R4).
+        method: 'mean_field' (R1–R3, the pessimistic bound) or 'reuse' (R4, or R1w for nn.RNN).
         s_h: per step, s at the layer output h_t (loss term plus what flows back from t+1).
         s_c: LSTM, per step, s at c_t including the path through h_t (empty otherwise).
         s_x: per step, s at the input x_t.

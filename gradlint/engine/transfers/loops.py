@@ -155,7 +155,7 @@ class CellLoop(Transfer):
         _book(ctx, node, est)
         last = [0.0] * (T - 1) + [1.0]
         lag = recurrent.backward(st, fwd, last, batch, reuse=True)
-        bound = recurrent.backward(st, fwd, last, batch, reuse=False) if st.kind in ("lstm", "gru") else lag
+        bound = recurrent.backward(st, fwd, last, batch, reuse=False)
         ctx.recurrent.append(RecurrentReport(
             node=node.name, module=node.module, mode=st.kind, steps=T,
             input_grad_rms=tuple(math.sqrt(max(v, 0.0)) for v in est.s_x),
