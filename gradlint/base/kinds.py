@@ -37,6 +37,7 @@ KINDS = {
     "group_norm": "GroupNorm and InstanceNorm",
     "batch_norm": "BatchNorm",
     "reduce": "mean, sum or max over dims",
+    "cumulative": "a running sum along one dim (cumsum)",
     "max_pool": "max pooling",
     "avg_pool": "average pooling",
     "softmax": "softmax and log-softmax",
@@ -60,7 +61,7 @@ KINDS = {
 
 #: Kinds that only move, select or reduce data: the summary counts their gain as neutral.
 BENIGN_KINDS = frozenset({"identity", "select", "split", "getitem", "expand", "datamove", "dropout", "avg_pool",
-                          "max_pool", "reduce", "cat", "const"})
+                          "max_pool", "reduce", "cumulative", "cat", "const"})
 #: Layer kinds that hold weights.
 WEIGHTED_KINDS = frozenset({"linear", "conv", "linear_w", "conv_w", "embedding", "rnn", "rnn_cell", "rnn_loop",
                             "attention", "moe_linear"})

@@ -549,11 +549,14 @@ def _neg(c, fxn, b):
     c.add(fxn, "mul", [b["self"]], attrs={"op": "mul", "scalar": -1.0})
 
 
-@normalizer("mean", "sum", "amax", "max", "min", "amin", "var", "std", "logsumexp", "prod")
+@normalizer("mean", "sum", "amax", "max", "min", "amin", "var", "std", "logsumexp", "prod", "cumsum")
 def _reduce(c, fxn, b):
     x = b.get("self", b.get("input"))
     dims = b.get("dim")
     name = op_name(fxn.target)
+    if name == "cumsum":  # a running sum along one dim (docs/design.md §4.3: P4); cumprod stays unknown
+        c.add(fxn, "cumulative", [x], attrs={"op": name, "dim": int(dims)})
+        return
     if name in ("max", "min") and isinstance(b.get("other"), fx.Node):
         c.add(fxn, "extremum", [x, b["other"]], attrs={"op": name})
         return

@@ -10,6 +10,7 @@ LayerNorm, ...) and is registered under the graph node ``kind``s it handles
 * ``arith`` -- dropout, sums, products;
 * ``norms`` -- LayerNorm, RMSNorm, GroupNorm, BatchNorm;
 * ``pooling`` -- reductions, pooling, softmax;
+* ``cumulative`` -- running sums along one dim (cumsum);
 * ``attention`` -- attention and products of two activations;
 * ``moe`` -- top-k selection and mixture-of-experts layers;
 * ``recurrent`` -- nn.RNN / LSTM / GRU;
@@ -23,7 +24,7 @@ LayerNorm, ...) and is registered under the graph node ``kind``s it handles
 """
 
 # Imported for their registrations, in this order (the order of TRANSFERS).
-from gradlint.engine.transfers import structural, layers, activations, arith, norms, pooling  # noqa: F401, I001
+from gradlint.engine.transfers import structural, layers, activations, arith, norms, pooling, cumulative  # noqa: F401, I001
 from gradlint.engine.transfers import attention, extremum, moe, recurrent, loops, scan, reparam, writes  # noqa: F401
 from gradlint.engine.transfers import losses  # noqa: F401
 from gradlint.engine.transfers.registry import (ATTENTION, INIT, NORMALIZATION, RECURRENCE, RESIDUAL, SATURATION,

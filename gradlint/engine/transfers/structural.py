@@ -294,6 +294,14 @@ class Block(Transfer):
     def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
         x = first_operand(ins, node)
         dtype = node.dtype if node.dtype in ("float", "int", "bool") else x.dtype
+        ids = ins[0] if ins else None
+        if node.attrs.get("reason") == "one_hot" and isinstance(ids, Fwd) and len(x.shape) == len(ids.shape) + 1:
+            # One 1 among V codes, ids uniform (docs/design.md §1): a product with it (a copy
+            # head's c @ one_hot(idx)) hands its operand the gradient of one code per id.
+            v = max(x.shape[-1], 1)
+            roles = ids.roles + FEAT if len(ids.roles) == len(ids.shape) else default_roles(x.shape)
+            return x.with_(q=1.0 / v, mu=1.0 / v, k=1.0 / v ** 2, kt=1.0 / v ** 2, roles=roles, vocab=None,
+                           blocked=True, dtype=dtype)
         return x.with_(blocked=True, dtype=dtype)
 
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
