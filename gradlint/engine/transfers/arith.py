@@ -133,6 +133,10 @@ class Mul(Transfer):
         if node.attrs.get("op") == "div":
             inv = _inverse_moments(b)
             if a.const or inv is None:
+                if inv is None and not b.const:
+                    # 1/d has no finite moments where d reaches 0: what follows reads the
+                    # numerator's statistics, a guess (RWKV-v1's wkv / cumsum(exp k): 1.5 decades).
+                    ctx.note_unknown(node)
                 return a.with_(shape=shape, roles=roles_like(shape, a)) if not a.const else b.with_(shape=shape)
             m1, m2, _ = inv
             # a / d = a * (1/d), d independent of a and bounded away from 0.
