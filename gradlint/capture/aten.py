@@ -702,7 +702,9 @@ def _scatter(c, fxn, b):
 
 
 @normalizer("masked_fill", "where", "triu", "tril", "index_fill", "pad", "constant_pad_nd",
-            "roll", "flip", "pixel_shuffle", "pixel_unshuffle", "unfold", "im2col", "col2im",
+            "reflection_pad1d", "reflection_pad2d", "reflection_pad3d", "replication_pad1d",
+            "replication_pad2d", "replication_pad3d", "_pad_circular", "roll",
+            "flip", "pixel_shuffle", "pixel_unshuffle", "unfold", "im2col", "col2im",
             "upsample_nearest2d", "upsample_bilinear2d", "upsample_nearest1d", "_upsample_nearest_exact2d",
             "upsample_linear1d", "upsample_bicubic2d", "interpolate")
 def _datamove(c, fxn, b):
@@ -717,7 +719,16 @@ def _datamove(c, fxn, b):
     attrs = {"op": name}
     if name.startswith("upsample"):  # the interpolation's coordinate map (engine.transfers.resample)
         attrs |= {"align_corners": bool(b.get("align_corners")), "scales": tuple(b.get("scale_factors") or ())}
+    if "pad" in name:  # which input element each padded position copies (engine.transfers.resample)
+        attrs |= {"mode": _pad_mode(name, b), "pad": _ints(b.get("pad", b.get("padding")))}
     c.add(fxn, "datamove", tensors, attrs=attrs)
+
+
+def _pad_mode(name: str, b) -> str:
+    for mode in ("reflect", "replicate", "circular"):
+        if name.startswith(mode[:6]) or name.startswith("_pad_" + mode):
+            return mode
+    return str(b.get("mode") or "constant") if name == "pad" else "constant"
 
 
 @normalizer("topk", "sort")
