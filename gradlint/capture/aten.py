@@ -704,8 +704,9 @@ def _scatter(c, fxn, b):
                                                "copies": (region / n_values) if region and n_values else 1.0})
 
 
-@normalizer("masked_fill", "where", "triu", "tril", "index_fill", "pad", "constant_pad_nd",
-            "roll", "flip", "pixel_shuffle", "pixel_unshuffle", "unfold", "im2col", "col2im",
+@normalizer("masked_fill", "where", "triu", "tril", "index_fill", "pad", "constant_pad_nd", "reflection_pad1d",
+            "reflection_pad2d", "reflection_pad3d", "replication_pad1d", "replication_pad2d", "replication_pad3d",
+            "_pad_circular", "roll", "flip", "pixel_shuffle", "pixel_unshuffle", "unfold", "im2col", "col2im",
             "upsample_nearest2d", "upsample_bilinear2d", "upsample_nearest1d", "_upsample_nearest_exact2d",
             "upsample_linear1d", "upsample_bicubic2d", "interpolate")
 def _datamove(c, fxn, b):
@@ -720,6 +721,9 @@ def _datamove(c, fxn, b):
     attrs = {"op": name}
     if name.startswith("upsample"):  # the interpolation's coordinate map (engine.transfers.resample)
         attrs |= {"align_corners": bool(b.get("align_corners")), "scales": tuple(b.get("scale_factors") or ())}
+    if "pad" in name:  # which input element each padded position copies (engine.transfers.resample)
+        mode = next((m for m in ("reflect", "replicate", "circular") if m[:6] in name), b.get("mode") or "constant")
+        attrs |= {"mode": str(mode), "pad": _ints(b.get("pad", b.get("padding")))}
     c.add(fxn, "datamove", tensors, attrs=attrs)
 
 

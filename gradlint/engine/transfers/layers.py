@@ -23,13 +23,15 @@ def _weight(ctx: Context, node: Node, ins: list[Fwd]) -> tuple[float, tuple[int,
     return st.ms, tuple(shape) if shape and math.prod(shape) == st.numel else tuple(st.shape)
 
 
-def _centred(within: float, across: float) -> float:
-    """A bias gradient's mean square: ``within`` a sample plus the ``across``-sample term, which a
-    BatchNorm below makes negative (it centres the gradient over the batch). When the two cancel,
-    the gradient is zero (the loss does not see a per-channel shift before a BatchNorm), and what
-    is left is rounding, not a negative mean square."""
-    total = within + across
-    return 0.0 if total < 0.0 and -total <= 1e-9 * abs(within) else total
+def _centred(*terms: float) -> float:
+    """A bias gradient's mean square, the sum of its per-element, same-sample (r) and
+    cross-sample (rb) terms. A norm below that removes the mean over every dim the bias is
+    broadcast over (train-mode BatchNorm, InstanceNorm: docs/design.md §4.4) makes them cancel:
+    the loss does not see a per-channel shift there, the gradient is exactly zero, and what is
+    left of the sum is rounding (relative 1e-16), reported as the provable zero 0.0. A sum that
+    large a share of its terms is a real gradient."""
+    total = sum(terms)
+    return 0.0 if abs(total) <= 1e-9 * sum(abs(t) for t in terms) else total
 
 
 def _bias(ctx: Context, node: Node, ins: list[Fwd]) -> tuple[float, float] | None:
@@ -88,7 +90,8 @@ class Linear(Transfer):
         _book(ctx, node, res, "weight",
               rows_all * ((g.s + g.sw) * x.q + (pos - 1) * g.r * x.kt + (rows_all - pos) * g.rb * x.k
                           + (pos - 1) * g.coh * w_ms * x.v * x.v))
-        _book(ctx, node, res, "bias", _centred(rows_all * (g.s + (pos - 1) * g.r), rows_all * (rows_all - pos) * g.rb))
+        _book(ctx, node, res, "bias", _centred(rows_all * g.s, rows_all * (pos - 1) * g.r,
+                                               rows_all * (rows_all - pos) * g.rb))
         f = fan_out * w_ms
         res[0] = Bwd(f * g.s, f * g.r, 0.0, f * g.rb)
         return res
@@ -196,7 +199,7 @@ class Conv(Transfer):
         _book(ctx, node, res, "weight", batch * (m1 * (s * x.q - g.r * x.kt) + m2 * g.r * x.kt)
               + batch * (batch - 1) * m2 * g.rb * x.k + batch * (m2 - m1) * g.coh * w_ms * x.v * x.v)
         p_out = math.prod(out.shape[2:]) if len(out.shape) > 2 else 1
-        _book(ctx, node, res, "bias", _centred(batch * p_out * (g.s + (p_out - 1) * g.r),
+        _book(ctx, node, res, "bias", _centred(batch * p_out * g.s, batch * p_out * (p_out - 1) * g.r,
                                                batch * (batch - 1) * p_out * p_out * g.rb))
         f = bwd_fan * w_ms
         res[0] = Bwd(f * g.s, f * g.r, 0.0, f * g.rb)

@@ -101,14 +101,17 @@ class GroupNorm(_RowNorm):
         return max(x.shape[1] // max(node.attrs.get("groups", 1), 1), 1) * max(math.prod(x.shape[2:]), 1)
 
     def centre(self, node: Node, x, b: Bwd) -> Bwd:
-        # GroupNorm's backward removes the mean of the gradient over each group of C/G
-        # channels x all positions of one sample: the positions' shared component shrinks.
+        # The gradient's mean over each statistics group (C/G channels x all positions of one
+        # sample) is removed (N3): per element the mean part of r, per channel the share 1/cg of
+        # its summed gradient. With one channel per group (InstanceNorm) the sum over a
+        # channel's positions is exactly zero, so r = -s/(P-1): a bias added before the norm gets
+        # no gradient (a provable zero, layers._bias_ms), as before a train-mode BatchNorm (N4).
         if len(x.shape) < 3:
             return b
         cg = max(x.shape[1] // max(node.attrs.get("groups", 1), 1), 1)
         pos = max(math.prod(x.shape[2:]), 1)
-        r = b.r * (1 - 1 / cg) - (b.s + (pos - 1) * b.r) / (cg * pos) / max(1, 1)
-        return Bwd(b.s, r, 0.0, b.rb)
+        return _centred_positions(b, cg, pos, self.rho(cg * pos, x.normed))
+
 
     def param_grads(self, ctx: Context, node: Node, x, g, rows, xhat2):
         if len(x.shape) < 2:
@@ -118,6 +121,25 @@ class GroupNorm(_RowNorm):
             ctx.param_grad(node.params["weight"], n_stat * g.s * xhat2)
         if "bias" in node.params:
             ctx.param_grad(node.params["bias"], n_stat * g.s)
+
+
+def _centred_positions(b: Bwd, cg: int, pos: int, rho: float) -> Bwd:
+    """The gradient below a norm whose statistics group is ``cg`` channels x ``pos`` positions
+    of one sample (N3). ``b`` is the gradient above scaled by the norm's factor: s by f·rho,
+    where rho = (d-2)/d·(1+κ) counts the mean and x̂ projections of an uncorrelated gradient,
+    r and rb by f. Positions that share their gradient (r) lose that shared part with the
+    mean, and with x̂ too when the group is one channel (x̂ then sums to zero over the
+    positions): s' = f(1+κ)(P-2)/P·(s - r), exact for InstanceNorm. The summed gradient of one
+    channel keeps 1 - 1/cg of its square, none of it for cg = 1; r follows from that sum."""
+    if pos < 2:
+        return b
+    d = cg * pos
+    k1 = rho * d / (d - 2) if d > 3 else 1.0  # 1 + κ
+    sp = b.s * d / (d - 2) if d > 3 else b.s  # f(1+κ)·s before the projections
+    rp = k1 * b.r
+    s = max(b.s - ((pos - 1) - (1 if cg == 1 else 0)) * rp / d, 0.0)
+    total = (1 - 1 / cg) * (sp + (pos - 1) * rp)  # E[(Σ_p δ'_p)²] / P for one channel
+    return Bwd(s, (total - s) / (pos - 1), 0.0, b.rb, 0.0, b.unknown)
 
 
 def _group_cov(x: Fwd, n_b: int) -> float:

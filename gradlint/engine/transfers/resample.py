@@ -102,3 +102,39 @@ def plane_moments(shape_in: tuple[int, ...], shape_out: tuple[int, ...], op: str
         cd, ad = axis_moments(n_in, n_out, mode, align_corners, scale)
         c, a = c * cd, a * ad
     return c, a
+
+
+def _pad_source(j: int, n: int, left: int, mode: str) -> int:
+    """The input index a padded output index ``j`` copies (PyTorch's reflect: the border is
+    the mirror, not repeated; replicate: the border is repeated; circular: wraps around)."""
+    i = j - left
+    if mode == "replicate":
+        return min(max(i, 0), n - 1)
+    if mode == "circular":
+        return i % n
+    period = 2 * (n - 1)
+    i = abs(i) % period if period else 0
+    return period - i if i >= n else i
+
+
+def pad_moments(shape_in: tuple[int, ...], shape_out: tuple[int, ...], mode: str,
+                pad: list[int]) -> tuple[float, float] | None:
+    """(c, a) of a reflect, replicate or circular padding: each output element copies one
+    input element, so per input element c is its copy count and a the count squared (the
+    same map algebra as an interpolation; every row sums to one). ``pad`` lists (left, right)
+    from the last axis backwards, as ``F.pad`` does. None for zero/constant padding or
+    shapes that do not fit."""
+    if (mode not in ("reflect", "replicate", "circular") or len(shape_in) != len(shape_out) or len(pad) % 2
+            or len(pad) // 2 > len(shape_in) - 2):  # only spatial axes: the plane the gradient sums over
+        return None
+    c = a = 1.0
+    for k in range(len(pad) // 2):
+        axis = len(shape_in) - 1 - k
+        n, n_out, left = shape_in[axis], shape_out[axis], pad[2 * k]
+        if n < 1 or n_out != n + left + pad[2 * k + 1]:
+            return None
+        counts = [0] * n
+        for j in range(n_out):
+            counts[_pad_source(j, n, left, mode)] += 1
+        c, a = c * sum(counts) / n, a * sum(x * x for x in counts) / n
+    return c, a

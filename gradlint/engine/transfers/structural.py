@@ -8,7 +8,7 @@ from gradlint.capture.graph import Node
 from gradlint.engine.context import Context
 from gradlint.engine.state import BATCH, FEAT, POS, Bwd, Fwd, default_roles
 from gradlint.engine.transfers.registry import Transfer, register
-from gradlint.engine.transfers.resample import plane_moments
+from gradlint.engine.transfers.resample import pad_moments, plane_moments
 from gradlint.engine.transfers.roles import broadcast_sum, first_operand, out_shape, reshape_roles, roles_like
 
 # -- sources ------------------------------------------------------------------------------------
@@ -266,6 +266,10 @@ class DataMove(Transfer):
                                        node.attrs.get("scales")) if isinstance(x, Fwd) else None
         if plane is not None:
             return [_resampled(x.shape, out.shape, *plane, g)] + rest
+        copies = (pad_moments(x.shape, out.shape, node.attrs.get("mode", "constant"), node.attrs.get("pad") or [])
+                  if "pad" in op and isinstance(x, Fwd) else None)
+        if copies is not None:  # reflect/replicate: border elements get their copies' gradient too
+            return [_resampled(x.shape, out.shape, *copies, g)] + rest
         if op in ("pad", "constant_pad_nd"):
             # Each input element is one output element; the padding's gradient goes nowhere.
             return [g] + rest
