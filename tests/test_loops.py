@@ -197,3 +197,88 @@ def test_a_scan_whose_decay_cannot_be_evaluated_is_unknown_not_a_guess():
     assert report.summary.verdict == "unknown"
     assert not any(r.form == "scan" for r in report.recurrent)
     assert not any(f.code in ("GL101", "GL102") and f.severity == "error" for f in report.findings)
+
+
+# -- a vanilla cell written by hand, h_t = φ(Linear_x(x_t) + Linear_h(h_{t−1})): R1w ---------
+# R1w's sizes (tests/test_recurrent.py, realworld.py's hand-rnn): at T = 16, H = 32 R1 and R1w
+# agree within the seeds' noise; here R1 misses single seeds by up to a decade.
+R1W_SEED = 0.3  # decades, R1w's decay over a whole sequence, per seed (docs/design.md §6)
+EI, EH, ET, EB, ESEEDS = 32, 128, 64, 16, 4
+
+
+class Elman(nn.Module):
+    """h = φ(wx(x_t) + wh(h)) by hand (or wh(h) + wx(x_t)), every state written into a buffer."""
+
+    def __init__(self, act: str = "tanh", bias: bool = False, swap: bool = False, scale: float | None = None):
+        super().__init__()
+        self.wx = nn.Linear(EI, EH)
+        self.wh = nn.Linear(EH, EH, bias=bias)
+        self.act, self.swap, self.scale = getattr(torch, act), swap, scale
+
+    def forward(self, x):
+        out = x.new_zeros(x.shape[0], x.shape[1], EH)
+        h = x.new_zeros(x.shape[0], EH)
+        for t in range(x.shape[1]):
+            rec = self.wh(h) if self.scale is None else self.wh(h) * self.scale
+            h = self.act(rec + self.wx(x[:, t]) if self.swap else self.wx(x[:, t]) + rec)
+            out[:, t] = h
+        return out
+
+
+def _elman_decays(**kw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per seed: the measured decay log10 RMS(dL/dx_0) − log10 RMS(dL/dx_{T−1}) (float64
+    backward of the model itself, loss Σ g·h_{T−1}), the estimate and the bound (R1)."""
+    meas, est, bound = [], [], []
+    for seed in range(ESEEDS):
+        torch.manual_seed(seed)
+        model = Elman(**kw)
+        report, result = predict(model, (torch.randn(EB, ET, EI),))
+        (r,) = report.recurrent
+        assert (r.form, r.mode, r.steps) == ("loop", "rnn_" + kw.get("act", "tanh"), ET)
+        assert result.graph.loops[0].elman is not None
+        est.append(math.log10(r.lag_grad_rms[0] / r.lag_grad_rms[-1]))
+        bound.append(math.log10(r.lag_grad_rms_bound[0] / r.lag_grad_rms_bound[-1]))
+        real = Elman(**kw).double()
+        real.load_state_dict(model.state_dict())
+        gen = torch.Generator().manual_seed(1000 + seed)
+        x = torch.randn(EB, ET, EI, generator=gen, dtype=torch.float64, requires_grad=True)
+        y = real(x)[:, -1]
+        (torch.randn(y.shape, generator=gen, dtype=torch.float64) * y).sum().backward()
+        rms = x.grad.pow(2).mean(dim=(0, 2)).sqrt()
+        meas.append(float(torch.log10(rms[0] / rms[-1])))
+    return (torch.tensor(meas, dtype=torch.float64), torch.tensor(est, dtype=torch.float64),
+            torch.tensor(bound, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kw", [{}, {"bias": True, "swap": True}], ids=["tanh", "tanh-bias-swapped"])
+def test_hand_elman_cell_follows_each_weight_matrix(kw):
+    """The hand-written tanh cell gets R1w with its own W_hh (docs/design.md §6, R6): seed by
+    seed within the seeds' spread of the measured decay, and closer than R1 on average."""
+    meas, est, bound = _elman_decays(**kw)
+    err = (est - meas).abs()
+    assert float(err.max()) <= max(R1W_SEED, float(meas.std()) / 3), (est, meas)
+    assert float(err.mean()) < float((bound - meas).abs().mean()), (est, bound, meas)
+
+
+def test_hand_relu_cell_uses_r1w():
+    """ReLU: R1w and R1 agree here (as for nn.RNN's ReLU, §6); the seed mean of the estimate is
+    within three standard errors of the measured one."""
+    meas, est, _ = _elman_decays(act="relu")
+    se = float(meas.std()) / math.sqrt(len(meas))
+    assert abs(float(est.mean() - meas.mean())) <= max(R1W_SEED, 3 * se), (est, meas)
+
+
+def test_other_hand_cells_stay_op_by_op():
+    """A step that is not exactly φ(u_t + W·h_{t−1} + b) (here W·h scaled), or W without
+    values (meta device), keeps the op-by-op sweep (R1): the estimate is the bound."""
+    torch.manual_seed(0)
+    report, result = predict(Elman(scale=0.9), (torch.randn(EB, 8, EI),))
+    (r,) = report.recurrent
+    assert r.mode == "rnn_tanh" and result.graph.loops[0].elman is None
+    assert r.lag_grad_rms == r.lag_grad_rms_bound
+    with torch.device("meta"):
+        model = Elman()
+    report, result = predict(model, (torch.randn(EB, 8, EI, device="meta"),))
+    (r,) = report.recurrent
+    assert result.graph.loops[0].elman is not None
+    assert r.lag_grad_rms == r.lag_grad_rms_bound

@@ -42,6 +42,25 @@ _ACCUMULATE = {"add", "identity", "getitem", "dropout"}
 
 
 @dataclass(frozen=True)
+class Elman:
+    """The step h_t = φ(u_t + W·h_{t−1} [+ b]) of a vanilla cell written by hand.
+
+    Attributes:
+        weight: the parameter W of the one Linear on the state path, the same at every step.
+        bias: that Linear's bias parameter, or None.
+        layout: the Linear's weight layout (``out_in``: h·Wᵀ, ``in_out``: h·W).
+        drive: per step, u_t: the one value added from outside (x_t's projection).
+        init: what the first step's Linear reads: the initial state.
+    """
+
+    weight: str
+    bias: str | None
+    layout: str
+    drive: tuple[str, ...]
+    init: str | None
+
+
+@dataclass(frozen=True)
 class Loop:
     """A recurrence unrolled over ``steps`` steps.
 
@@ -54,6 +73,8 @@ class Loop:
         nodes: Every node of the loop's steps.
         module: The module the loop runs in.
         mode: ``rnn_tanh`` / ``rnn_relu`` for a hand-written vanilla cell, else ``loop``.
+        elman: for a vanilla cell whose step is exactly h_t = φ(u_t + W·h_{t−1} [+ b]), what
+            the exact-in-W backward (R1w, docs/design.md §6) needs; None otherwise.
     """
 
     name: str
@@ -62,6 +83,7 @@ class Loop:
     nodes: frozenset[str]
     module: str
     mode: str = "loop"
+    elman: Elman | None = None
 
     @property
     def steps(self) -> int:
@@ -293,8 +315,10 @@ def find_loops(g: Graph) -> list[Loop]:
         if {g.by_name[n].kind for n in members} <= _ACCUMULATE:
             continue
         module = _common_module([g.by_name[n].module for n in members])
+        mode = _vanilla_mode(g, members)
+        elman = _elman(g, states, members, inputs) if mode != "loop" else None
         loops.append(Loop(name=states[-1], states=tuple(states), inputs=inputs, nodes=frozenset(members),
-                          module=module, mode=_vanilla_mode(g, members)))
+                          module=module, mode=mode, elman=elman))
     return loops
 
 
@@ -338,6 +362,59 @@ def _vanilla_mode(g: Graph, members: set[str]) -> str:
     if acts == {"relu"}:
         return "rnn_relu"
     return "loop"
+
+
+def _elman(g: Graph, states: list[str], members: set[str], inputs: tuple[tuple[str, ...], ...]) -> Elman | None:
+    """The step's parts when every step is exactly state_t = φ(add(u_t, Linear(state_{t−1})))
+    (either operand order, casts on the way) and the loop holds nothing else; else None: the
+    op-by-op sweep (R6) is all that is known then."""
+    seen: set[str] = set()
+
+    def through_casts(name: str | None) -> Node | None:
+        n = g.by_name.get(name) if name else None
+        while n is not None and n.name in members and _is_cast(n):
+            seen.add(n.name)
+            n = g.by_name.get(n.inputs[0])
+        return n
+
+    parts: set[tuple] = set()
+    drive: list[str] = []
+    init: str | None = None
+    prev: str | None = None
+    for t, s in enumerate(states):
+        act = through_casts(s)
+        if act is None or act.kind != "act" or len(act.inputs) != 1 or act.name not in members:
+            return None
+        add = through_casts(act.inputs[0])
+        if add is None or add.name not in members or add.kind != "add" or len(add.inputs) != 2 \
+                or add.attrs.get("op") not in (None, "add") or add.attrs.get("alpha", 1) != 1:
+            return None
+        lin = [n for n in (through_casts(i) for i in add.inputs) if n is not None and n.name in members]
+        outside = [i for i in add.inputs if i is not None and i not in members]
+        if len(lin) != 1 or len(outside) != 1 or lin[0].kind != "linear" or len(lin[0].inputs) != 1:
+            return None
+        lin_node = lin[0]
+        u = outside[0]
+        if inputs[t] != (u,) or g.by_name[u].shape != add.shape:
+            return None
+        src = through_casts(lin_node.inputs[0])
+        if t == 0:
+            if lin_node.inputs[0] in members:
+                return None
+            init = lin_node.inputs[0]
+        elif src is None or src.name != prev:
+            return None
+        parts.add((str(act.attrs.get("fn")), lin_node.params.get("weight"), lin_node.params.get("bias"),
+                   lin_node.attrs.get("layout"), tuple(sorted(lin_node.params))))
+        seen.update((act.name, add.name, lin_node.name))
+        drive.append(u)
+        prev = act.name
+    if len(parts) != 1 or seen != members:
+        return None
+    _, weight, bias, layout, roles = parts.pop()
+    if not weight or layout not in ("out_in", "in_out") or set(roles) - {"weight", "bias"}:
+        return None
+    return Elman(weight=weight, bias=bias, layout=layout, drive=tuple(drive), init=init)
 
 
 # -- cell ops ----------------------------------------------------------------------------

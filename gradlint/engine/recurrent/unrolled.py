@@ -8,6 +8,11 @@ reaching what the loop reads from outside at that step (its input x_t). The per-
 factor is therefore plain mean field, step by step: R1 for a vanilla cell, the R2/R3-like
 pessimistic rule for gates written by hand (their weight-reuse correction, R4, needs the
 cell's structure, which only ``rnn_loop`` knows).
+
+A vanilla cell whose step is exactly h_t = φ(u_t + W·h_{t−1} [+ b]) (``Loop.elman``) with
+W's values known is instead handed to the same backward as nn.RNN and nn.RNNCell loops: R1w,
+the δ covariance carried through W itself. The op-by-op sweep treats W as fresh at every step
+(R1), which misses the finite-width spectrum of the one W reused T times (§6, R1w; §11).
 """
 
 from __future__ import annotations
@@ -15,9 +20,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 from gradlint.base.report import RecurrentReport
 from gradlint.capture.graph import Graph
+from gradlint.capture.loops import Loop
 from gradlint.engine.context import Context
+from gradlint.engine.recurrent.backward_pass import backward
+from gradlint.engine.recurrent.forward_pass import forward
+from gradlint.engine.recurrent.layers import tensor_stats
 from gradlint.engine.state import Bwd, Fwd
 
 
@@ -33,15 +44,63 @@ def loop_reports(graph: Graph, fwd: dict[str, Any], table: dict, ctx: Context) -
     """
     out = []
     for loop in graph.loops:
-        scratch = Context(graph, ctx.stats, ctx.model)
-        scratch.memo = ctx.memo
-        lag = _sweep(graph, loop, fwd, table, scratch)
+        lag, bound = _elman(loop, fwd, ctx), None
+        if lag is not None:
+            lag, bound = lag
+        else:
+            scratch = Context(graph, ctx.stats, ctx.model)
+            scratch.memo = ctx.memo
+            lag = bound = _sweep(graph, loop, fwd, table, scratch)
         if lag is None:
             continue
         rms = tuple(math.sqrt(max(v, 0.0)) for v in lag)
         out.append(RecurrentReport(node=loop.name, module=loop.module, mode=loop.mode, steps=loop.steps,
-                                   input_grad_rms=(), lag_grad_rms=rms, lag_grad_rms_bound=rms, form="loop"))
+                                   input_grad_rms=(), lag_grad_rms=rms,
+                                   lag_grad_rms_bound=tuple(math.sqrt(max(v, 0.0)) for v in bound), form="loop"))
     return out
+
+
+def _elman(loop: Loop, fwd: dict[str, Any], ctx: Context) -> tuple[list[float], list[float]] | None:
+    """The long-range s at each step's u_t of a vanilla cell h_t = φ(u_t + W·h_{t−1} + b):
+    R1w with W's values, and R1 as the bound (as for an nn.RNNCell loop); None when W's values
+    are not known (meta device) or the step does not have that form.
+
+    The cell is nn.RNN's with W_ih = I on u_t: the pre-activation gets u_t's mean as its bias
+    and u_t's variance as its input part, and s at u_t is s at the pre-activation,
+    H·σ²_ih·s_pre with σ²_ih = 1/H.
+    """
+    el = loop.elman
+    if el is None or ctx.model is None:
+        return None
+    drive = [fwd.get(u) for u in el.drive]
+    if not all(isinstance(u, Fwd) and not u.blocked for u in drive):
+        return None
+    try:
+        w = ctx.model.get_parameter(el.weight)
+        b = ctx.model.get_parameter(el.bias) if el.bias else None
+    except AttributeError:
+        return None
+    if w.is_meta or w.dim() != 2 or w.shape[0] != w.shape[1] or not bool(torch.isfinite(w).all()):
+        return None
+    H = w.shape[0]
+    if any(not u.shape or u.shape[-1] != H for u in drive):
+        return None
+    w = w.detach().to(torch.float64)
+    w = w.T if el.layout == "in_out" else w
+    mu = sum(u.mu for u in drive) / len(drive)
+    b_hh = b.detach().to(torch.float64) if b is not None and not b.is_meta else torch.zeros(H, dtype=torch.float64)
+    st = tensor_stats(loop.mode, torch.eye(H, dtype=torch.float64), w, torch.full((H,), mu, dtype=torch.float64),
+                      b_hh)
+    if st.weight_hh is None:
+        return None
+    init = fwd.get(el.init) if el.init else None
+    q_h0 = init.q if isinstance(init, Fwd) else 0.0
+    f = forward(st, [max(u.q - mu * mu, 0.0) for u in drive], q_h0=q_h0)
+    last = [0.0] * (loop.steps - 1) + [1.0]
+    batch = drive[0].shape[0] if len(drive[0].shape) == 2 else 1
+    lag = backward(st, f, last, batch, reuse=True)
+    bound = backward(st, f, last, batch, reuse=False)
+    return list(lag.s_x), list(bound.s_x)
 
 
 def _sweep(graph: Graph, loop, fwd: dict[str, Any], table: dict, ctx: Context) -> list[float] | None:
