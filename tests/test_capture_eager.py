@@ -265,6 +265,28 @@ class CheckpointedBlocks(nn.Module):
         return self.out(h)
 
 
+class ProjectionHead(nn.Module):
+    """SAGAN's discriminator head: sum(h * embed(label)) with the embedding spectral-normed."""
+
+    def __init__(self, classes: int = 10, d: int = 256):
+        super().__init__()
+        self.body = nn.utils.spectral_norm(nn.Linear(64, d))
+        self.out = nn.utils.spectral_norm(nn.Linear(d, 1))
+        self.embed = nn.utils.spectral_norm(nn.Embedding(classes, d))
+
+    def forward(self, x, labels):
+        h = torch.relu(self.body(x))
+        return self.out(h).squeeze(1) + (h * self.embed(labels)).sum(1)
+
+
+def test_a_table_computed_in_forward_is_read_and_gets_its_gradient():
+    # The spectral-normed embedding's table is weight_orig / sigma: it was dropped, read as
+    # N(0, 1) rows (1,000x its mean square: every weight below +1.3 to +2.0 decades in SAGAN)
+    # and weight_orig predicted a false zero.
+    EagerTrials(ProjectionHead, lambda: (torch.randn(32, 64), torch.randint(0, 10, (32,)))).check_matrices(
+        decades(0.036))
+
+
 def test_a_checkpointing_function_is_recorded_as_its_derivative_not_as_a_blocked_path():
     # Autograd runs a Function's forward without grad and its no_grad() inside read as blocking
     # (guided diffusion: three GL701 errors, verdict blocked). Recorded through, with the

@@ -145,9 +145,12 @@ def _weight_norm(c: Converter, fxn, b):
 
 @normalizer("embedding")
 def _embedding(c: Converter, fxn, b):
+    """A table lookup. A table computed in forward (spectral norm's weight_orig / sigma) is a
+    second operand whose gradient flows back through the ops that made it."""
     w = c.param_of(b["weight"])
     pad = b.get("padding_idx", -1)
-    c.add(fxn, "embedding", [b["indices"]], {"weight": w} if w else {},
+    computed = w is None and isinstance(b["weight"], fx.Node)
+    c.add(fxn, "embedding", [b["indices"]] + ([b["weight"]] if computed else []), {"weight": w} if w else {},
           {"padding_idx": None if pad is None or pad < 0 else int(pad)})
 
 

@@ -208,19 +208,22 @@ class Conv(Transfer):
 
 @register("embedding")
 class Embedding(Transfer):
-    """nn.Embedding (L4 forward, W4 gradient); token ids take no gradient."""
+    """nn.Embedding (L4 forward, W4 gradient); token ids take no gradient. A table computed in
+    forward (spectral norm) is the second operand: its statistics are read from it and its
+    gradient returned to it, as ``linear_w`` does for a Linear."""
 
     def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
         ids = ins[0]
         w = ctx.param_stats(node.params["weight"]) if "weight" in node.params else None
-        q = w.ms if w else 1.0
+        table = ins[1] if len(ins) > 1 and isinstance(ins[1], Fwd) else None  # computed in forward
+        q = w.ms if w else table.q if table else 1.0
         shape = out_shape(node, ids)
-        vocab = w.shape[0] if w else (ids.vocab or 1)
+        vocab = w.shape[0] if w else table.shape[0] if table and table.shape else (ids.vocab or 1)
         # Constant ids (position ids, token-type ids) index the same rows in every sample; a
         # single distinct id (all zeros) means every position reads one row.
         same_row = bool(ids.const and (ids.vocab == 1
                                        or (ids.vocab is None and ids.origin and "token_type" in ids.origin)))
-        mu = w.mean if w else 0.0
+        mu = w.mean if w else table.mu if table else 0.0
         if ids.const and not same_row:
             # Position ids: each position its own row, the same in every sample. Rows of a
             # fixed table (sinusoids) are far from independent: read the rows the positions use.
@@ -237,11 +240,16 @@ class Embedding(Transfer):
         return Fwd(q=q, mu=mu, k=k, kt=kt, shape=shape, roles=default_roles(shape), origin=node.name)
 
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
-        if "weight" in node.params:
-            w = ctx.param_stats(node.params["weight"])
-            n_tok = ins[0].numel or 1
-            rows = max(w.shape[0], 1)  # an empty table: no row to update
-            if node.attrs.get("padding_idx") is not None:
-                n_tok = n_tok * (rows - 1) / rows
-            ctx.param_grad(node.params["weight"], n_tok / rows * (g.s + g.sw))
-        return [None]
+        table = ins[1] if len(ins) > 1 and isinstance(ins[1], Fwd) else None
+        if "weight" not in node.params and table is None:
+            return [None] * len(ins)
+        shape = ctx.param_stats(node.params["weight"]).shape if table is None else table.shape
+        n_tok = ins[0].numel or 1
+        rows = max(shape[0] if shape else 1, 1)  # an empty table: no row to update
+        if node.attrs.get("padding_idx") is not None:
+            n_tok = n_tok * (rows - 1) / rows
+        e2 = n_tok / rows * (g.s + g.sw)
+        if table is None:
+            ctx.param_grad(node.params["weight"], e2)
+            return [None]
+        return [None, Bwd(e2)]
