@@ -287,6 +287,22 @@ def test_a_table_computed_in_forward_is_read_and_gets_its_gradient():
         decades(0.036))
 
 
+class GLUStack(nn.Module):
+    """F.glu as PixelSNAIL's gated residual blocks call it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(32, 128), nn.Linear(64, 128), nn.Linear(64, 8)
+
+    def forward(self, x):
+        return self.c(nn.functional.glu(self.b(nn.functional.glu(self.a(x), -1)), -1))
+
+
+def test_glu_is_a_gate_on_the_other_half():
+    # aten.glu had no rule: PixelSNAIL's 221 weights were unknown.
+    EagerTrials(GLUStack, lambda: (torch.randn(64, 32),)).check_matrices(decades(0.036))
+
+
 def test_a_checkpointing_function_is_recorded_as_its_derivative_not_as_a_blocked_path():
     # Autograd runs a Function's forward without grad and its no_grad() inside read as blocking
     # (guided diffusion: three GL701 errors, verdict blocked). Recorded through, with the

@@ -237,6 +237,19 @@ def _addc(c, fxn, b):
     c.add(fxn, "add", [b["self"], prod], attrs={"op": "add", "alpha": 1 if value is None else value})
 
 
+@normalizer("glu")
+def _glu(c, fxn, b):
+    """F.glu(x, dim) = a * sigmoid(b), a and b the two halves of x along dim: two selections (two
+    variables, as x.chunk(2) gives), a sigmoid and a product, each with the output's shape."""
+    x, dim = b.get("self", b.get("input")), int(b.get("dim", -1))
+    halves = [f"{fxn.name}_half{i}" for i in (0, 1)]
+    for i, half in enumerate(halves):
+        c.add(fxn, "select", [x], attrs={"op": "narrow", "where": f"glu[dim={dim}, half={i}]"}, name=half)
+    gate = f"{fxn.name}_gate"
+    c.add(fxn, "act", [halves[1]], attrs={"fn": "sigmoid"}, name=gate)
+    c.add(fxn, "mul", [halves[0], gate], attrs={"op": "mul"})
+
+
 @normalizer("lerp")
 def _lerp(c, fxn, b):
     """lerp(x, end, w) = (1 - w)·x + w·end for a number w; a tensor w has no rule."""
