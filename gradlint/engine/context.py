@@ -79,6 +79,37 @@ class Context:
             return None
         return int(b.unique().numel())
 
+    def const_moments(self, name: str) -> tuple[float, float, float] | None:
+        """Statistics of a float buffer or tensor attribute the forward reads as a constant (a
+        fixed sin-cos position table): (mean square, mean, covariance of two different rows,
+        same column, means included), the rows being all dims but the last. The same value
+        reaches every sample. None when the value is unknown (meta device, a global lifted
+        without a name), not float, or not finite (an additive -inf mask selects, it does not
+        add a signal)."""
+        t = self._named_tensor(name)
+        if t is None or t.is_meta or not t.is_floating_point() or t.numel() == 0 or t.numel() > 50_000_000:
+            return None
+        with torch.no_grad():
+            r = t.detach().double().reshape(-1, t.shape[-1] if t.dim() else 1)
+            if not bool(torch.isfinite(r).all()):
+                return None
+            n, d = r.shape
+            sq = float(r.pow(2).sum())
+            if n < 2:
+                return sq / (n * d), float(r.mean()), sq / (n * d)
+            cols = float(r.sum(0).pow(2).sum())
+            return sq / (n * d), float(r.mean()), (cols - sq) / (n * (n - 1) * d)
+
+    def _named_tensor(self, name: str) -> torch.Tensor | None:
+        if self.model is None or not name:
+            return None
+        obj: Any = self.model
+        for part in name.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                return None
+        return obj if isinstance(obj, torch.Tensor) and not isinstance(obj, nn.Parameter) else None
+
     def table_rows(self, param: str, rows: int) -> tuple[float, float, float] | None:
         """Statistics of the first ``rows`` rows of a 2-D parameter (a position table read by
         constant ids): (mean square, mean, covariance of two different rows, same column,

@@ -48,9 +48,11 @@ class Add(Transfer):
             return x.with_(q=x.q + 2 * c * x.mu + c * c, mu=x.mu + c, k=x.k + 2 * c * x.mu + c * c,
                            kt=x.kt + 2 * c * x.mu + c * c, shape=shape, roles=roles_like(shape, x))
         a, b = tensors[0], tensors[1]
-        if a.const and not b.const:
+        # A constant of unknown value (q = 0: created by the forward, or a mask) adds nothing the
+        # engine can account for; one whose value is known (a position table) adds its moments.
+        if a.const and not b.const and a.q == 0:
             return b.with_(shape=shape, roles=roles_like(shape, b))
-        if b.const and not a.const:
+        if b.const and not a.const and b.q == 0:
             return a.with_(shape=shape, roles=roles_like(shape, a))
         roles = a.roles if len(a.shape) == len(shape) else roles_like(shape, b)
         if a.origin is not None and a.origin == b.origin and not a.origin.startswith("const"):

@@ -9,7 +9,14 @@ from gradlint.engine.context import Context
 from gradlint.engine.state import BATCH, FEAT, POS, Bwd, Fwd, default_roles
 from gradlint.engine.transfers.registry import Transfer, register
 from gradlint.engine.transfers.resample import pad_moments, plane_moments
-from gradlint.engine.transfers.roles import broadcast_sum, first_operand, out_shape, reshape_roles, roles_like
+from gradlint.engine.transfers.roles import (
+    broadcast_sum,
+    conv_roles,
+    first_operand,
+    out_shape,
+    reshape_roles,
+    roles_like,
+)
 
 # -- sources ------------------------------------------------------------------------------------
 
@@ -22,7 +29,10 @@ class Input(Transfer):
         if node.dtype != "float":
             return Fwd(q=0.0, shape=shape, roles=default_roles(shape), dtype=node.dtype,
                        vocab=node.attrs.get("vocab"), origin=node.name)
-        return Fwd(q=1.0, shape=shape, roles=default_roles(shape), origin=node.name)
+        # Four or five dims are an image or a volume, channels first as every torch conv takes
+        # them; a patchify written as reshapes (einops) must see H, W as positions, C as features.
+        roles = conv_roles(len(shape)) if len(shape) in (4, 5) else default_roles(shape)
+        return Fwd(q=1.0, shape=shape, roles=roles, origin=node.name)
 
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
         return []
@@ -42,8 +52,18 @@ class Const(Transfer):
             distinct = 1
         elif node.attrs.get("buffer") and node.dtype == "int":
             distinct = ctx.distinct_values(node.attrs["buffer"])
-        return Fwd(q=q, shape=shape, roles=default_roles(shape), dtype=node.dtype, const=True, vocab=distinct,
-                   origin="const:" + str(node.attrs.get("op") or node.attrs.get("buffer") or "value"))
+        mu = k = kt = 0.0
+        if isinstance(value, (int, float)):
+            mu, k, kt = float(value), q, q  # one number everywhere, in every sample
+        elif node.attrs.get("buffer") and node.dtype == "float":
+            # A fixed table added to activations (a sin-cos position embedding) is a signal the
+            # samples share: k = q, and its rows' overlap is the correlation it gives positions.
+            moments = ctx.const_moments(node.attrs["buffer"])
+            if moments is not None:
+                q, mu, kt = moments
+                k = q
+        return Fwd(q=q, mu=mu, k=k, kt=kt, shape=shape, roles=default_roles(shape), dtype=node.dtype, const=True,
+                   vocab=distinct, origin="const:" + str(node.attrs.get("op") or node.attrs.get("buffer") or "value"))
 
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
         return []
