@@ -6,7 +6,7 @@ import math
 
 from gradlint.capture.graph import Node
 from gradlint.engine.context import Context
-from gradlint.engine.state import FEAT, Bwd, Fwd, default_roles
+from gradlint.engine.state import BATCH, FEAT, POS, Bwd, Fwd, default_roles
 from gradlint.engine.transfers.registry import INIT, Transfer, register
 from gradlint.engine.transfers.roles import conv_roles, out_shape
 
@@ -174,6 +174,16 @@ class Conv(Transfer):
         c_out, c_in_g = wshape[0], wshape[1]
         return c_in_g * fwd, (c_out / groups) * bwd
 
+    @staticmethod
+    def _mixes_positions(ctx: Context, node: Node, x: Fwd) -> bool:
+        """A Conv1d fed a (batch, positions, features) tensor (MLP-Mixer's token mixing,
+        ``nn.Conv1d(num_patches, hidden, 1)``): its channels are the positions and its length
+        the features (docs/design.md §4.1, L5). A graph input's layout is a guess, not evidence."""
+        if len(x.shape) != 3 or x.roles != BATCH + POS + FEAT or node.attrs.get("transposed", False):
+            return False
+        src = ctx.graph.by_name.get(x.origin) if x.origin else None
+        return src is None or src.kind != "input"
+
     def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
         x = ins[0]
         w_ms = _weight(ctx, node, ins)[0]
@@ -183,6 +193,11 @@ class Conv(Transfer):
         wshape, dims = self._geometry(ctx, node, ins, out0)
         fwd_fan, _ = self._fans(node, wshape, dims)
         gq = fwd_fan * w_ms
+        if self._mixes_positions(ctx, node, x):
+            # Two output positions (conv channels) draw on every input position through
+            # independent weight rows: they share only the bias mean.
+            return Fwd(q=gq * x.q + bq, mu=bm, k=gq * x.k + bq, kt=bm * bm, shape=shape, roles=x.roles,
+                       origin=node.name, const=x.const, blocked=x.blocked)
         return Fwd(q=gq * x.q + bq, mu=bm, k=gq * x.k + bq, kt=gq * _shared_taps(node, dims) * x.kt + bq, shape=shape,
                    roles=conv_roles(len(shape)), origin=node.name, const=x.const, blocked=x.blocked)
 
@@ -196,12 +211,22 @@ class Conv(Transfer):
         m2 = math.prod(sum(c * c for c in d[0]) / len(d[0]) for d in dims)
         s = g.s + g.sw
         res: list[Bwd | None] = [None] * len(ins)
+        f = bwd_fan * w_ms
+        if self._mixes_positions(ctx, node, x):
+            # The weight sums over (sample, feature) rows; the engine carries no correlation
+            # across the features of one position (mean field: none), so only s and rb enter.
+            # r across positions does not reach the input: each input position gets the
+            # output positions' gradients through its own independent weight column.
+            n_f = math.prod(out.shape[2:]) if len(out.shape) > 2 else 1
+            _book(ctx, node, res, "weight", batch * n_f * s * x.q + batch * (batch - 1) * n_f * g.rb * x.k)
+            _book(ctx, node, res, "bias", _centred(batch * n_f * g.s, batch * (batch - 1) * n_f * n_f * g.rb))
+            res[0] = Bwd(f * g.s, 0.0, 0.0, f * g.rb)
+            return res
         _book(ctx, node, res, "weight", batch * (m1 * (s * x.q - g.r * x.kt) + m2 * g.r * x.kt)
               + batch * (batch - 1) * m2 * g.rb * x.k + batch * (m2 - m1) * g.coh * w_ms * x.v * x.v)
         p_out = math.prod(out.shape[2:]) if len(out.shape) > 2 else 1
         _book(ctx, node, res, "bias", _centred(batch * p_out * g.s, batch * p_out * (p_out - 1) * g.r,
                                                batch * (batch - 1) * p_out * p_out * g.rb))
-        f = bwd_fan * w_ms
         res[0] = Bwd(f * g.s, f * g.r, 0.0, f * g.rb)
         return res
 
