@@ -107,6 +107,15 @@ def _looks_causal(g: Graph, name: str | None, depth: int = 40) -> bool:
     return False
 
 
+def _is_const_mask_mul(g: Graph, n: Node, prev: str) -> bool:
+    """``probabilities * mask`` with a mask no input or parameter reaches: it zeroes whole
+    rows or keys but leaves the probabilities the attention transfer models."""
+    if n.kind != "mul" or len(n.inputs) != 2 or prev not in n.inputs:
+        return False
+    other = n.inputs[1] if n.inputs[0] == prev else n.inputs[0]
+    return other is not None and _all_const(g, other)
+
+
 def _fan_in(stats: dict[str, ParamStats], node: Node) -> int:
     w = stats.get(node.params.get("weight", ""))
     if w is None:
@@ -124,6 +133,7 @@ def fuse_attention(g: Graph, stats: dict[str, ParamStats]) -> int:
     for sm in [n for n in g.nodes if n.kind == "softmax" and not n.attrs.get("log")]:
         scale = 1.0
         mask_names: list[str] = []
+        fill_masks: list[str] = []
         cur = sm.inputs[0]
         m1 = None
         for _ in range(20):
@@ -145,6 +155,9 @@ def fuse_attention(g: Graph, stats: dict[str, ParamStats]) -> int:
                 continue
             elif n.kind not in _PASS:
                 break
+            elif n.attrs.get("op") == "masked_fill" and len(n.inputs) > 1 and n.inputs[1] is not None:
+                # A boolean mask says which keys are seen (causal or not); it adds no score bias.
+                fill_masks.append(n.inputs[1])
             cur = n.inputs[0] if n.inputs else None
         if m1 is None or len(m1.inputs) < 2:
             continue
@@ -162,6 +175,8 @@ def fuse_attention(g: Graph, stats: dict[str, ParamStats]) -> int:
                     break
                 if un.kind == "dropout":
                     p_drop = float(un.attrs.get("p", 0.0)) if un.attrs.get("train", True) else 0.0
+                elif _is_const_mask_mul(g, un, prev):
+                    pass  # probabilities times a fixed mask (PixelSNAIL's start_mask zeroing row 0)
                 elif un.kind not in _PASS:
                     break
                 nxt = g.users.get(un.name, [])
@@ -189,7 +204,7 @@ def fuse_attention(g: Graph, stats: dict[str, ParamStats]) -> int:
             k_name = k_src
         scale *= k_path_scale
         v_name = m2.inputs[1]
-        attrs = {"scale": scale, "causal": any(_looks_causal(g, mn) for mn in mask_names),
+        attrs = {"scale": scale, "causal": any(_looks_causal(g, mn) for mn in mask_names + fill_masks),
                  "dropout": p_drop, "k_transposed": k_transposed, "masks": mask_names}
         new = replace(m2, kind="attention", op="attention (fused)", inputs=(q_name, k_name, v_name, None),
                       attrs=attrs, fused=(m1.name, sm.name, m2.name), params={})
