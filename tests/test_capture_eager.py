@@ -10,6 +10,7 @@ gradlint's graph), and that the model comes out of ``check`` as it went in.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import warnings
@@ -301,6 +302,36 @@ class GLUStack(nn.Module):
 def test_glu_is_a_gate_on_the_other_half():
     # aten.glu had no rule: PixelSNAIL's 221 weights were unknown.
     EagerTrials(GLUStack, lambda: (torch.randn(64, 32),)).check_matrices(decades(0.036))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_causal_mask(n: int) -> torch.Tensor:
+    return torch.tril(torch.ones(n, n))
+
+
+class CachedMaskAttention(nn.Module):
+    """PixelSNAIL's idiom: a module-level lru_cache'd mask built in forward."""
+
+    def __init__(self, d: int = 16):
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, -1)
+        scores = (q @ k.transpose(1, 2)).masked_fill(_cached_causal_mask(x.shape[1]) == 0, -1e4)
+        return scores.softmax(-1) @ v
+
+
+def test_a_cache_of_the_users_module_holds_no_fake_tensor_after_check():
+    # Capture runs the forward on fake (and, to try inputs, meta) tensors: a mask cached then
+    # reached the user's next real forward, which failed (DataDependentOutputException).
+    _cached_causal_mask.cache_clear()
+    _cached_causal_mask(5)  # an entry from before: a cache that grew is cleared whole
+    model = CachedMaskAttention()
+    gradlint.check(model, (4, 7, 16))
+    assert _cached_causal_mask.cache_info().currsize == 0
+    model(torch.randn(4, 7, 16)).sum().backward()
+    assert type(_cached_causal_mask(7)) is torch.Tensor
 
 
 def test_a_checkpointing_function_is_recorded_as_its_derivative_not_as_a_blocked_path():

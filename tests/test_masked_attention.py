@@ -81,7 +81,6 @@ def test_masked_attention_matches_a_real_backward():
     model = Block()
     report, _ = predict(model, (torch.randn(2, 64, 32),))
     pred = {p.name: math.log10(p.predicted_grad_rms) for p in report.params if p.predicted_grad_rms}
-    causal_mask.cache_clear()  # tracing cached the mask as a fake tensor
     truth = measured(model)
     for name in ("attention.value.weight", "attention.value.bias", "inp.weight", "inp.bias", "aux.weight"):
         assert abs(pred[name] - truth[name]) < 0.3, (name, pred[name], truth[name])

@@ -35,7 +35,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from gradlint.capture.examples import _map, _plain
 from gradlint.capture.inputs import ExampleInputs, TensorSpec
-from gradlint.capture.meta import meta_copy
+from gradlint.capture.meta import caches_kept, meta_copy
 from gradlint.capture.reads import ValueReader
 
 
@@ -56,8 +56,8 @@ _CONTAINERS = (dict, OrderedDict, list, set)  # refilled in place; other contain
 @contextlib.contextmanager
 def untouched(model: nn.Module) -> Iterator[None]:
     """Restores, on exit, what a forward may change: every module's attributes (and the contents
-    of the tables among them: parameters, buffers, submodules, hooks), the random generators
-    and the grad mode.
+    of the tables among them: parameters, buffers, submodules, hooks), the random generators,
+    the grad mode and the caches of the model's own modules (``meta.caches_kept``).
 
     The modules' own containers are refilled in place, so references to them stay valid.
     """
@@ -74,7 +74,8 @@ def untouched(model: nn.Module) -> Iterator[None]:
     np = sys.modules.get("numpy")
     np_rng = np.random.get_state() if np is not None else None
     try:
-        yield
+        with caches_kept(model):
+            yield
     finally:
         for mod, attrs, contents in saved:
             d = mod.__dict__

@@ -480,7 +480,7 @@ def _seq_len(draw: Draw) -> int | None:
 def _attempt(ctx: _Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """``"runs"``, ``"fails"``, or ``"unsure"`` (the error may come from the meta device alone);
     ``_search`` says ``"untried"`` where there was only one candidate."""
-    from gradlint.capture.meta import quiet
+    from gradlint.capture.meta import caches_kept, quiet
 
     copy = ctx.meta_copy()
     if copy is None:
@@ -492,7 +492,7 @@ def _attempt(ctx: _Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> st
         # Without autograd: whether a forward runs on these shapes does not depend on it (it
         # only refuses more, e.g. in-place writes on leaves), and a meta forward with it costs
         # 2.5x as much (a 100-block conv/BatchNorm stack: 0.87 s against 0.34 s).
-        with _kept_as_found(), quiet(), torch.no_grad():
+        with _kept_as_found(), quiet(), torch.no_grad(), caches_kept(copy):
             copy(*meta_args, **meta_kwargs)
     except Exception as exc:  # noqa: BLE001 - the user's forward on a trial input: any failure counts
         return "unsure" if meta_only(exc) else "fails"

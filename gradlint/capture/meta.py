@@ -6,6 +6,7 @@ import contextlib
 import copy
 import io
 import logging
+import sys
 import warnings
 from typing import Any
 
@@ -35,6 +36,26 @@ def meta_copy(model: nn.Module) -> nn.Module:
     # RNN modules keep a list of their weights; the memo maps those entries too.
     return copy.deepcopy(model, memo)
 
+
+
+@contextlib.contextmanager
+def caches_kept(model: nn.Module):
+    """Forgets, on exit, what a forward on fake or meta tensors left in the ``functools.lru_cache``
+    functions of the modules that define the model's classes (torch's own aside): a cached fake
+    tensor would reach the user's next real forward (PixelSNAIL's ``causal_mask``). A cache that
+    grew is cleared, and fills again on the next call."""
+    import functools
+
+    names = {type(m).__module__ for m in model.modules()}
+    caches = [v for name in names if name.split(".")[0] != "torch" and (mod := sys.modules.get(name)) is not None
+              for v in list(vars(mod).values()) if isinstance(v, functools._lru_cache_wrapper)]
+    sizes = [c.cache_info().currsize for c in caches]
+    try:
+        yield
+    finally:
+        for cache, size in zip(caches, sizes):
+            if cache.cache_info().currsize != size:
+                cache.cache_clear()
 
 
 @contextlib.contextmanager
