@@ -103,3 +103,37 @@ def benchmark_corpus() -> list:
         sys.modules[name] = module  # dataclasses resolve the module by name while it runs
         spec.loader.exec_module(module)
     return sys.modules[name].CORPUS
+
+
+# -- a model whose layers a helper in another file builds (docs/cli.md's example) -----------------
+# In helper/layers.py the nn.Linear is line 5 and the nn.init call line 6; deep.py calls the
+# helper on line 11. Findings about the init point into layers.py, "called from deep.py:11".
+
+HELPER_LAYERS = """\
+import torch.nn as nn
+
+
+def make_layer(width):
+    layer = nn.Linear(width, width)
+    nn.init.normal_(layer.weight, std=1.0)
+    return layer
+"""
+HELPER_DEEP = """\
+import torch.nn as nn
+from layers import make_layer
+
+import gradlint
+
+
+@gradlint.target(inputs=(64, 128))
+class Deep(nn.Module):
+    def __init__(self, depth=10, width=128):
+        super().__init__()
+        self.layers = nn.ModuleList([make_layer(width) for _ in range(depth)])
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = self.act(layer(x))
+        return x
+"""

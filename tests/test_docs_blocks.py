@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import HELPER_DEEP, HELPER_LAYERS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -448,34 +449,7 @@ def cli_init(b: Block, ws: Path) -> None:
 
 
 # docs/cli.md's helper that builds and initializes each layer, in a file of its own.
-LAYERS = textwrap.dedent("""\
-    import torch.nn as nn
-
-
-    def make_layer(width):
-        layer = nn.Linear(width, width)
-        nn.init.normal_(layer.weight, std=1.0)
-        return layer
-    """)
-DEEP = textwrap.dedent("""\
-    import torch.nn as nn
-    from layers import make_layer
-
-    import gradlint
-
-
-    @gradlint.target(inputs=(64, 128))
-    class Deep(nn.Module):
-        def __init__(self, depth=10, width=128):
-            super().__init__()
-            self.layers = nn.ModuleList([make_layer(width) for _ in range(depth)])
-            self.act = nn.ReLU()
-
-        def forward(self, x):
-            for layer in self.layers:
-                x = self.act(layer(x))
-            return x
-    """)
+LAYERS, DEEP = HELPER_LAYERS, HELPER_DEEP
 
 
 @runs("docs/cli.md: layers.py:6:1: GL102 [error] forward signal explodes: at layers.9 it is 10^8.1 of its scale at "

@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 from click.testing import CliRunner
+from helpers import HELPER_DEEP, HELPER_LAYERS
 
 from gradlint.base.findings import Finding
 from gradlint.base.paths import repo_root, root_relative
@@ -227,34 +228,7 @@ def test_github_format_from_the_command_line(workspace, monkeypatch):
 
 # -- a finding inside a helper ------------------------------------------------------------------
 
-LAYERS = """\
-import torch.nn as nn
-
-
-def make_layer(width):
-    layer = nn.Linear(width, width)
-    nn.init.normal_(layer.weight, std=1.0)
-    return layer
-"""
-DEEP = """\
-import torch.nn as nn
-from layers import make_layer
-
-import gradlint
-
-
-@gradlint.target(inputs=(64, 128))
-class Deep(nn.Module):
-    def __init__(self, depth=10, width=128):
-        super().__init__()
-        self.layers = nn.ModuleList([make_layer(width) for _ in range(depth)])
-        self.act = nn.ReLU()
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = self.act(layer(x))
-        return x
-"""
+LAYERS, DEEP = HELPER_LAYERS, HELPER_DEEP
 INIT_CALL, LINEAR, CALLER = 6, 5, 11  # layers.py's nn.init.normal_ and nn.Linear, deep.py's make_layer call
 
 

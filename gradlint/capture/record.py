@@ -476,4 +476,5 @@ def record_program(model: nn.Module, args: tuple, kwargs: dict, reader: ValueRea
         torch.compiler._is_compiling_flag, torch.compiler._is_exporting_flag = flags
         pre.remove()
         post.remove()
-    return RecordedProgram(builder.sig, builder.finish(out), own_backward=found(out, calls.hooks))
+    return RecordedProgram(builder.sig, builder.finish(out), own_backward=found(out, calls.hooks),
+                           random_reads=tuple(reader.random_reads) if reader is not None else ())

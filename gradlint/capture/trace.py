@@ -87,9 +87,7 @@ def recorded_program(model: nn.Module, inputs: ExampleInputs):
     if os.environ.get("GRADLINT_CAPTURE") == "export":
         raise Unsupported("GRADLINT_CAPTURE=export")
     with fake_forward(model, inputs) as run, quiet():
-        program = record_program(run.model, run.args, run.kwargs, run.reader)
-        program.random_reads = tuple(run.reader.random_reads) if run.reader is not None else ()
-        return program
+        return record_program(run.model, run.args, run.kwargs, run.reader)
 
 
 def export_graph(model: nn.Module, inputs: ExampleInputs) -> Graph:
