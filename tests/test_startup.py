@@ -47,3 +47,43 @@ def test_import_gradlint_leaves_torch_out():
             "from gradlint import target, tokens, Tokens, GradlintError, __version__\n"
             f"print(json.dumps({{'code': 0, 'loaded': [m for m in {HEAVY!r} if m in sys.modules]}}), file=sys.stderr)")
     assert _loaded(code)["loaded"] == []
+
+
+# A check of a small model in a fresh interpreter: whether torch's compiler got imported, what
+# torch looks like afterwards, and the report; with the compiler imported first when asked.
+_CHECK = """
+import json, sys
+import torch, torch.nn as nn
+{first}
+import gradlint
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.LayerNorm(32), nn.Linear(32, 4))
+report = gradlint.check(model, (torch.randn(8, 16),))
+state = {{"compiler": "torch._dynamo" in sys.modules, "attr": "_dynamo" in torch.__dict__,
+          "report": report.to_dict()}}
+# Afterwards the compiler loads and works as it would have, with the one config module.
+compiled = torch.compile(lambda x: torch.tanh(x) * 2, backend="eager")
+state["compiled"] = compiled(torch.ones(3)).tolist()
+state["one_config"] = torch._dynamo.config is sys.modules["torch._dynamo.config"]
+state["export"] = len(torch.export.export(model, (torch.randn(8, 16),)).graph.nodes)
+print(json.dumps(state), file=sys.stderr)
+"""
+
+
+def _check_state(first: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _CHECK.format(first=first)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stderr.strip().splitlines()[-1])
+
+
+def test_capture_leaves_the_compiler_unloaded_and_working():
+    cold = _check_state("")
+    assert not cold["compiler"] and not cold["attr"]
+    warm = _check_state("import torch._dynamo")
+    assert warm["compiler"]
+    # The same analysis whether or not the compiler was there first.
+    assert cold["report"] == warm["report"]
+    for state in (cold, warm):
+        assert state["compiled"] == pytest.approx([2 * 0.7615941559557649] * 3)
+        assert state["one_config"] and state["export"] > 5

@@ -34,6 +34,7 @@ from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from gradlint.capture.examples import _map, _plain
+from gradlint.capture.fakemode import compiler_unloaded, fake_tensor, no_idle_trace_handler
 from gradlint.capture.inputs import ExampleInputs, TensorSpec
 from gradlint.capture.meta import caches_kept, meta_copy
 from gradlint.capture.reads import ValueReader
@@ -128,14 +129,14 @@ def fake_forward(model: nn.Module, inputs: ExampleInputs, *, enter: bool = True)
         args, kwargs = inputs.meta()
         yield FakeForward(meta_copy(model).train(), args, kwargs, None, None)
         return
-    with untouched(model):
+    with untouched(model), no_idle_trace_handler(), compiler_unloaded():
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         memo: dict[int, torch.Tensor] = {}
         real: dict[int, torch.Tensor] = {}
 
         def fake(t: torch.Tensor) -> torch.Tensor:
             if id(t) not in memo:
-                memo[id(t)] = mode.from_tensor(t, static_shapes=True)
+                memo[id(t)] = fake_tensor(mode, t)
                 real[id(memo[id(t)])] = t
             return memo[id(t)]
 

@@ -32,6 +32,7 @@ import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_map
 
+from gradlint.capture.fakemode import fake_tensor
 from gradlint.capture.inputs import ExampleInputs, TensorSpec
 
 if TYPE_CHECKING:
@@ -239,7 +240,7 @@ class ValueReader:
             results.append(out)
         # A selection from a tensor of unknown values has unknown values: only its shape is real.
         self.pending = [UNKNOWN] * len(results) if shape_only else results
-        return tree_map(lambda x: self.mode.from_tensor(x) if isinstance(x, torch.Tensor) else x, results[0])
+        return tree_map(lambda x: fake_tensor(self.mode, x) if isinstance(x, torch.Tensor) else x, results[0])
 
     def bind(self, node: fx.Node) -> None:
         """Gives the node just recorded for the last read its real values."""
