@@ -10,7 +10,12 @@ exported graph run for real in float64, 3 seeds, geometric mean over seeds). Per
 * verdicts: predicted, and measured (the same ``summarize`` on measured node statistics);
 * for recurrent models, the long-range gradient decay over the sequence, both ways.
 
-Run: ``python benchmarks/accuracy.py [--seeds 3] [--only NAME ...] [--json FILE]``.
+Then the real-world set, code gradlint was not written for (``benchmarks/realworld.py``: public
+model files as their repositories build them, Hugging Face architectures, hand-written loops and
+gates; no offset removed): pooled median and 90th percentile error, false zeros, fallbacks, and
+each recurrence's decay predicted against measured. ``--no-realworld`` skips it.
+
+Run: ``python benchmarks/accuracy.py [--seeds 3] [--only NAME ...] [--json FILE] [--no-realworld]``.
 """
 
 from __future__ import annotations
@@ -143,6 +148,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threshold", type=float, default=2.0)
     ap.add_argument("--only", nargs="*", help="model names (prefix match)")
     ap.add_argument("--json", help="write the rows to this file")
+    ap.add_argument("--realworld", action=argparse.BooleanOptionalAction, default=True,
+                    help="then the real-world set (benchmarks/realworld.py)")
+    ap.add_argument("--realworld-seeds", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     entries = [e for e in CORPUS if not args.only or any(e.name.startswith(o) for o in args.only)]
@@ -162,6 +170,11 @@ def main(argv=None) -> int:
     print_findings(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "p50": p50, "p90": p90}, indent=1))
+    if args.realworld and not args.only:
+        import realworld
+
+        print("\n## Real-world models (benchmarks/realworld.py)\n")
+        realworld.main(["--seeds", str(args.realworld_seeds)])
     return 0
 
 
