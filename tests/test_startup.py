@@ -59,6 +59,7 @@ import gradlint
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.LayerNorm(32), nn.Linear(32, 4))
 report = gradlint.check(model, (torch.randn(8, 16),))
+report = gradlint.check(model, (torch.randn(8, 16),))  # a second capture in the same process
 state = {{"compiler": "torch._dynamo" in sys.modules, "attr": "_dynamo" in torch.__dict__,
           "report": report.to_dict()}}
 # Afterwards the compiler loads and works as it would have, with the one config module.

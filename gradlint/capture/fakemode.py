@@ -101,7 +101,8 @@ def compiler_unloaded() -> Iterator[None]:
     stand_in.__path__ = list(spec.submodule_search_locations)
     sys.modules[_PACKAGE] = stand_in
     try:
-        importlib.import_module(_PACKAGE + ".config")  # also sets stand_in.config
+        # Loaded once per process; a later stand-in takes the module already loaded.
+        stand_in.config = importlib.import_module(_PACKAGE + ".config")
     finally:
         if sys.modules.get(_PACKAGE) is stand_in:
             del sys.modules[_PACKAGE]
