@@ -101,11 +101,12 @@ class _Unit:
         num = torch.zeros_like(z[..., 0])
         den = torch.zeros_like(z[..., 0])
         out = []
-        for t in range(self.T):
-            et = e[..., t]
+        # unbind, not e[..., t]: the backward of each strided slice would write a full-size zero
+        # tensor per step (5x the whole simulation's time at T = 32).
+        for et, vt in zip(e.unbind(-1), v.unbind(-1)):
             now = boost * et
-            out.append((num + now * v[..., t]) / (den + now))
-            num = decay * num + et * v[..., t]
+            out.append((num + now * vt) / (den + now))
+            num = decay * num + et * vt
             den = decay * den + et
         return torch.stack(out, -1)
 
@@ -155,15 +156,17 @@ class Wkv(Transfer):
             unit, _, zs, vs, params = _setup(ctx, node, ins)
         except (LookupError, RuntimeError, ValueError, KeyError, AttributeError, IndexError):
             return Unknown().forward(ctx, node, ins)
+        shared = max(v.k - v.mu * v.mu, 0.0)
         with torch.no_grad():
             o = unit.outputs(zs, vs, params)
-            weights = unit.outputs(zs, torch.ones_like(vs), params)  # Σ of the coefficients per t
+            # Two samples share only v's common part, weighted by each one's (independent)
+            # coefficients: Σ_i of them per t, averaged over samples, squared.
+            coef = float((unit.outputs(zs, torch.ones_like(vs), params).mean(0) ** 2).mean()) if shared else 0.0
         if not bool(torch.isfinite(o).all()):
             return Unknown().forward(ctx, node, ins)
         q, mu = float((o * o).mean()), float(o.mean())
         kt = _pair_mean(o)
-        # Two samples share only v's common part, weighted by each one's (independent) coefficients.
-        k = mu * mu + max(v.k - v.mu * v.mu, 0.0) * float((weights.mean(0) ** 2).mean())
+        k = mu * mu + shared * coef
         shape = node.shape if isinstance(node.shape, tuple) else v.shape
         roles = v.roles if len(v.roles) == len(shape) else default_roles(shape)
         return Fwd(q=q, mu=mu, k=min(k, q), kt=min(kt, q), shape=shape, roles=roles, origin=node.name)
@@ -175,11 +178,17 @@ class Wkv(Transfer):
             unit, gen, zs, vs, params = _setup(ctx, node, ins)
         except (LookupError, RuntimeError, ValueError, KeyError, AttributeError, IndexError):
             return Unknown().backward(ctx, node, ins, out, g)
+        lag = bool(node.attrs.get("lag_inputs"))
+        if g.s <= 0.0 and g.r <= 0.0 and not lag:
+            # No gradient reaches the output (RWKV_Init zeroes the output projection): none
+            # passes, and the parameters provably get none.
+            for p in [*node.params.values(), *(node.attrs.get("params") or ())]:
+                ctx.param_grad(p, 0.0)
+            return [Bwd() if isinstance(f, Fwd) and not f.const else None for f in ins[:2]] + [None] * (len(ins) - 2)
         n, U, T = zs.shape
         o = unit.outputs(zs, vs, params)
         d = (math.sqrt(max(g.s - max(g.r, 0.0), 0.0)) * torch.randn(n, U, T, generator=gen, dtype=torch.float64)
              + math.sqrt(max(g.r, 0.0)) * torch.randn(n, U, 1, generator=gen, dtype=torch.float64))
-        lag = bool(node.attrs.get("lag_inputs"))
         grads = torch.autograd.grad((d * o).sum(), [zs, vs, *params], retain_graph=lag)
         dz, dv, dp = grads[0], grads[1], grads[2:]
         back: list[Bwd | None] = [None] * len(ins)
