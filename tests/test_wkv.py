@@ -152,3 +152,13 @@ def test_rwkv_v1_time_mixing_matches_a_real_backward():
     names = [n for n, _ in model.named_parameters() if n != "key.bias"]
     errs = _errors(report, model, lambda: torch.randn(4, 16, 32), names)
     assert max(abs(e) for e in errs.values()) < 0.25, errs
+
+
+def test_time_mixing_without_values_is_unknown():
+    # The rule evaluates the unit on the parameters' values; on the meta device it has none and
+    # says so rather than guessing a decay.
+    with torch.device("meta"):
+        model = TimeMixV1()
+    report, _ = predict(model, (torch.randn(4, 16, 32),))
+    assert report.summary.verdict == "unknown"
+    assert all(p.predicted_grad_rms is None for p in report.params)

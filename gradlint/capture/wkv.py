@@ -41,8 +41,9 @@ def _is_exp(n: Node | None) -> bool:
 
 
 def _is_op(n: Node | None, kind: str, op: str, arity: int = 2) -> bool:
-    return n is not None and n.kind == kind and n.attrs.get("op") in (op,) and len(n.inputs) == arity \
-        and n.attrs.get("alpha", 1) in (1, -1)
+    # A subtraction is recorded as ``sub`` with alpha −1; any other alpha scales an operand.
+    return n is not None and n.kind == kind and n.attrs.get("op") == op and len(n.inputs) == arity \
+        and n.attrs.get("alpha", 1) == (-1 if op == "sub" else 1)
 
 
 def _step_index(n: Node | None) -> tuple[str, int] | None:
