@@ -63,6 +63,9 @@ class _Unit:
             self.first = first.detach().double().reshape(-1)
             self.units = self.theta.numel()
             self.share = 1
+            channels = node.shape[-1] if isinstance(node.shape, tuple) and node.shape else None
+            if self.first.numel() != self.units or channels != self.units:
+                raise LookupError("one decay and one bonus per channel expected")
         else:
             d = constant_value(ctx, node.inputs[2])
             if d is None:
