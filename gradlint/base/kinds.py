@@ -57,6 +57,7 @@ KINDS = {
     "extremum": "element-wise maximum or minimum of two tensors",
     "loss": "a loss function (cross-entropy, NLL, MSE, L1, smooth L1, Huber, binary cross-entropy)",
     "broadcast": "torch.broadcast_tensors: each operand expanded to the common shape",
+    "wkv": "RWKV time mixing: a causal average of values with weights exp(k) times decays, fused",
 }
 
 #: Kinds that only move, select or reduce data: the summary counts their gain as neutral.

@@ -20,6 +20,7 @@ import torch.nn as nn
 from gradlint.capture.graph import Graph, Node
 from gradlint.capture.loops import fuse_loops
 from gradlint.capture.params import ParamStats
+from gradlint.capture.wkv import fuse_wkv
 
 _PASS = {"identity", "datamove"}
 _SCALE_OPS = {"mul"}
@@ -557,5 +558,6 @@ def fuse(g: Graph, model: nn.Module | None, stats: dict[str, ParamStats]) -> Gra
     fuse_rotary(g)
     fuse_attention(g, stats)
     fuse_router(g)
+    fuse_wkv(g)
     fuse_loops(g)
     return g

@@ -777,8 +777,9 @@ def lag_targets(g: Graph) -> dict[str, tuple[tuple[tuple[str, ...], ...], str]]:
     program, so the probe reads the same tensors in a real forward pass."""
     out: dict[str, tuple[tuple[tuple[str, ...], ...], str]] = {}
     for n in g.nodes:
-        if n.kind in ("rnn_loop", "scan") and n.attrs.get("lag_inputs"):
-            out[n.name] = (tuple((x,) for x in n.attrs["lag_inputs"]), n.attrs["lag_output"])
+        if n.kind in ("rnn_loop", "scan", "wkv") and n.attrs.get("lag_inputs"):
+            out[n.name] = (tuple(tuple(x) if isinstance(x, (tuple, list)) else (x,) for x in n.attrs["lag_inputs"]),
+                           n.attrs["lag_output"])
     for lp in getattr(g, "loops", ()):
         out[lp.name] = (lp.inputs, lp.name)
     return out

@@ -19,7 +19,8 @@ _CHUNKS = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 _CELL = {"rnn_tanh": "nn.RNN (tanh)", "rnn_relu": "nn.RNN (relu)", "lstm": "nn.LSTM", "gru": "nn.GRU"}
 
 
-_LOOP = {"rnn_tanh": "a tanh RNN step", "rnn_relu": "a ReLU RNN step", "lstm": "an LSTM cell", "gru": "a GRU cell"}
+_LOOP = {"rnn_tanh": "a tanh RNN step", "rnn_relu": "a ReLU RNN step", "lstm": "an LSTM cell", "gru": "a GRU cell",
+         "wkv": "an RWKV time-mixing step"}
 
 
 def cell_name(mode: str) -> str:
