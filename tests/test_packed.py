@@ -5,6 +5,7 @@ checked against a real backward pass of the model itself (float64, loss Σ g·y,
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import pytest
@@ -255,3 +256,31 @@ def test_initial_state_as_handed_in(zeros):
     for p in report.params:
         if p.name.startswith("rnn.weight"):
             assert abs(math.log10(p.predicted_grad_rms) - logs[p.name]) <= 0.15, (p.name, zeros)
+
+
+class CoinPath(nn.Module):
+    """Teacher forcing's form: a branch picked by Python's random.random()."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(INP, INP)
+        self.b = nn.Linear(INP, INP)
+
+    def forward(self, x):
+        return self.a(x) if random.random() < 0.5 else self.b(x)
+
+
+@pytest.mark.parametrize("seed", [0, 1])  # random.random() is 0.84 after seed 0, 0.13 after seed 1
+def test_a_path_picked_by_python_random_is_the_path_probed(seed):
+    import gradlint
+
+    random.seed(seed)
+    state = random.getstate()
+    report = gradlint.probe(CoinPath(), (8, INP), seeds=3)
+    assert random.getstate() == state  # the caller's stream is left where it was
+    used = "a" if seed == 1 else "b"
+    for p in report.params:
+        assert bool(p.predicted_grad_rms) == p.name.startswith(used), p.name
+        assert bool(p.measured_grad_rms) == p.name.startswith(used), p.name
+    finding = next(f for f in report.findings if "not used in forward" in f.message)
+    assert "random" in finding.message

@@ -26,6 +26,7 @@ import inspect
 import linecache
 import operator
 import os
+import random
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -477,6 +478,10 @@ def record_program(model: nn.Module, args: tuple, kwargs: dict, reader: ValueRea
     # torch.compiler.is_exporting() (transformers' mask builders do) takes the same branch.
     flags = torch.compiler._is_compiling_flag, torch.compiler._is_exporting_flag
     torch.compiler._is_compiling_flag = torch.compiler._is_exporting_flag = True
+    # A forward that draws from Python's random (teacher forcing: random.random() < ratio) takes
+    # the path this draw picks; the caller puts the generator back, and the probe starts every
+    # forward from it, so the path measured is this one (docs/design.md §6, R7).
+    py_rng = random.getstate()
     try:
         with enable_python_dispatcher(), torch._C._EnablePreDispatch(), _Recorder(builder, reader), \
                 _GradCalls(builder, reader), calls:
@@ -489,5 +494,8 @@ def record_program(model: nn.Module, args: tuple, kwargs: dict, reader: ValueRea
         torch.compiler._is_compiling_flag, torch.compiler._is_exporting_flag = flags
         pre.remove()
         post.remove()
+    chance = tuple(reader.random_reads) if reader is not None else ()
+    if random.getstate() != py_rng:
+        chance += ("Python's random module",)
     return RecordedProgram(builder.sig, builder.finish(out), own_backward=found(out, calls.hooks),
-                           random_reads=tuple(reader.random_reads) if reader is not None else ())
+                           random_reads=chance)
