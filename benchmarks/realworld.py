@@ -4,7 +4,9 @@ public model files and Hugging Face architectures, as their repositories build t
 For every model: the static prediction (``gradlint.check(model, inputs)``) and the truth, a
 real backward pass of the model itself (a float64 copy in train mode; the inputs drawn afresh
 per seed by the manifest's own expression; loss sum(g * y) over every float output with
-g ~ N(0, 1); per parameter, the geometric mean over seeds of the gradient's RMS). No gradlint
+g ~ N(0, 1); per parameter, the geometric mean over seeds of the gradient's RMS; Python's
+``random`` seeded alike before capture and before every measured forward, so a path picked by
+``random.random()``, seq2seq's teacher forcing, is the analyzed one in both). No gradlint
 graph is involved in the measurement, so a capture that misses part of the computation shows.
 
 Per weight matrix (two or more dims larger than 1): |log10 predicted - log10 measured|, with
@@ -32,6 +34,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -249,6 +252,7 @@ def measure(rebuild: Callable[[], nn.Module], inputs: Callable[[], tuple], seeds
                     return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
 
                 real.zero_grad(set_to_none=True)
+                _same_python_draws()
                 if isinstance(drawn, dict):
                     ys = _outputs(real(**{k: cast(v) for k, v in drawn.items()}))
                 else:
@@ -274,6 +278,13 @@ def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
     return build()
 
 
+def _same_python_draws() -> None:
+    """Python's ``random`` as capture found it: a forward that picks its path with
+    ``random.random()`` (seq2seq's teacher forcing) takes, in every measured forward, the path
+    its capture analyzed (capture puts the generator back as it found it)."""
+    random.seed(0)
+
+
 def decays(model: nn.Module, example: Any, report: Any, result: Any, seeds: int) -> list[dict]:
     """Per recurrence of ``report``, the long-range decay predicted and measured (decades)."""
     from gradlint.capture.loops import lag_targets
@@ -281,6 +292,7 @@ def decays(model: nn.Module, example: Any, report: Any, result: Any, seeds: int)
 
     if not report.recurrent:
         return []
+    _same_python_draws()
     meas = probe_measure(model, as_example_inputs(model, example), seeds=seeds, loops=lag_targets(result.graph))
     out = []
     for r in report.recurrent:
@@ -301,6 +313,7 @@ def run(models: list[Model], seeds: int) -> list[dict]:
             model = _seeded(m.build)
             example = m.inputs()
             t = time.perf_counter()
+            _same_python_draws()
             report, result = predict(model, example)
             row["check_s"] = time.perf_counter() - t
             row["analysis"] = report.analysis

@@ -47,6 +47,7 @@ KINDS = {
     "router": "mixture-of-experts routing weights",
     "moe_linear": "expert layers run as one grouped matmul",
     "rnn": "nn.RNN, nn.LSTM, nn.GRU",
+    "packing": "pack_padded_sequence / pad_packed_sequence: a padded batch's valid steps, packed or padded back",
     "rnn_cell": "nn.RNNCell, nn.LSTMCell, nn.GRUCell called once",
     "rnn_loop": "a cell called once per step by a Python loop over time, fused",
     "scan": "a diagonal linear recurrence s = a*s + b written as a loop (a selective scan), fused",
@@ -62,7 +63,7 @@ KINDS = {
 
 #: Kinds that only move, select or reduce data: the summary counts their gain as neutral.
 BENIGN_KINDS = frozenset({"identity", "select", "split", "getitem", "expand", "datamove", "dropout", "avg_pool",
-                          "max_pool", "reduce", "cumulative", "cat", "const"})
+                          "max_pool", "reduce", "cumulative", "cat", "const", "packing"})
 #: Layer kinds that hold weights.
 WEIGHTED_KINDS = frozenset({"linear", "conv", "linear_w", "conv_w", "embedding", "rnn", "rnn_cell", "rnn_loop",
                             "attention", "moe_linear"})

@@ -58,7 +58,7 @@ CREATORS = {
     "zeros", "ones", "full", "empty", "arange", "zeros_like", "ones_like", "full_like",
     "empty_like", "scalar_tensor", "tensor", "eye", "linspace", "new_zeros", "new_ones",
     "new_full", "new_empty", "rand", "randn", "randint", "rand_like", "randn_like",
-    "randint_like", "_local_scalar_dense", "empty_strided", "new_empty_strided",
+    "randint_like", "_local_scalar_dense", "item", "empty_strided", "new_empty_strided",
 }
 # Element-wise maths without a closed-form rule: evaluated on the Gaussian grid.
 ELEMENTWISE = {

@@ -512,14 +512,37 @@ def _grouped_mm(c, fxn, b):
                                                 "offs": c.ref(offs)})
 
 
+def batch_sizes_of(a: Any) -> tuple[int, ...] | None:
+    """A packed sequence's ``batch_sizes``, as capture keeps them: real (``capture.reads``)."""
+    val = getattr(a, "meta", {}).get("val")
+    if isinstance(val, torch.Tensor) and not isinstance(val, torch._subclasses.FakeTensor) and not val.is_meta:
+        return tuple(int(v) for v in val.tolist())
+    return None
+
+
+@normalizer("_pack_padded_sequence", "_pad_packed_sequence")
+def _packing(c, fxn, b):
+    """A padded batch's valid steps packed time-major (``data`` rows), or padded back; the
+    lengths come from the packed ``batch_sizes`` (engine.transfers.recurrent)."""
+    name = op_name(fxn.target)
+    pack = name == "_pack_padded_sequence"
+    x = b["input"] if pack else b["data"]
+    attrs = {"op": name, "batch_first": bool(b.get("batch_first"))}
+    if not pack:
+        attrs["batch_sizes"] = batch_sizes_of(b.get("batch_sizes"))
+    c.add(fxn, "packing", [x], attrs=attrs)
+
+
 @normalizer("lstm", "gru", "rnn_tanh", "rnn_relu")
 def _rnn(c, fxn, b):
     name = op_name(fxn.target)
     params = [c.param_of(p) for p in (b.get("params") or [])]
     hx = b.get("hx")
     hx_nodes = list(hx) if isinstance(hx, (list, tuple)) else [hx]
-    c.add(fxn, "rnn", [b["input"], *hx_nodes], attrs={
+    packed = "data" in b  # lstm.data, gru.data: a PackedSequence's data and batch_sizes
+    c.add(fxn, "rnn", [b["data"] if packed else b["input"], *hx_nodes], attrs={
         "mode": {"rnn_tanh": "rnn_tanh", "rnn_relu": "rnn_relu"}.get(name, name),
         "params": params, "has_biases": bool(b.get("has_biases", True)), "num_layers": int(b.get("num_layers") or 1),
         "dropout": float(b.get("dropout") or 0.0), "bidirectional": bool(b.get("bidirectional") or False),
-        "batch_first": bool(b.get("batch_first") or False), "n_hx": len(hx_nodes)})
+        "batch_first": bool(b.get("batch_first") or False), "n_hx": len(hx_nodes),
+        **({"batch_sizes": batch_sizes_of(b.get("batch_sizes"))} if packed else {})})

@@ -30,10 +30,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_map
 
 from gradlint.capture.fakemode import fake_tensor
 from gradlint.capture.inputs import ExampleInputs, TensorSpec
+
+try:
+    import numpy as np
+except ImportError:  # torch runs without NumPy; then no forward calls .numpy()
+    np = None
 
 if TYPE_CHECKING:
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -43,8 +49,13 @@ DRAWS = 8  # a branch taken by half of all draws passes all of them with probabi
 # Ops whose output shape depends on the values of their indices or mask only, never on those of
 # the tensor they select from: ``h[:, mask]`` with ``h`` computed from the weights is decided by
 # the mask alone. The selected tensor is replaced by zeros of its shape, and the result's values
-# stay unknown (only its shape is used).
-_SHAPE_FROM_INDICES = {torch.ops.aten.index.Tensor, torch.ops.aten.masked_select.default}
+# stay unknown (only its shape is used). Per op, which outputs hold the selection; the others are
+# computed from the indices alone and keep their real values: packing a padded batch by its
+# lengths (the packed data, and ``batch_sizes``) and padding it back (the padded data, and the
+# lengths).
+_SHAPE_FROM_INDICES = {torch.ops.aten.index.Tensor: (True,), torch.ops.aten.masked_select.default: (True,),
+                       torch.ops.aten._pack_padded_sequence.default: (True, False),
+                       torch.ops.aten._pad_packed_sequence.default: (True, False)}
 
 
 class _Unknown:
@@ -166,6 +177,22 @@ class _Draw:
         return out
 
 
+class UnknownArray(np.ndarray if np is not None else object):
+    """``.numpy()`` of a tensor whose values only the weights decide (seq2seq's decoder compares
+    its argmax with the end-of-sequence token to count output lengths, a Python-side record).
+    The values are placeholders: NumPy arithmetic and indexing on it go on (their results are
+    unknown too), but any Python value taken from it (a bool for an ``if``, an int, ``item``,
+    ``tolist``, iteration) refuses capture, as a read of the weights by torch does."""
+
+    def _refuse(self, *_args: Any, **_kwargs: Any) -> Any:
+        from gradlint.capture.record import Unsupported
+
+        raise Unsupported("the forward reads a value computed from the weights through NumPy (.numpy()); only "
+                          "real arithmetic on the weights decides it")
+
+    __bool__ = __int__ = __float__ = __index__ = __iter__ = item = tolist = _refuse
+
+
 class ValueReader:
     """Answers the values a fake-tensor forward reads (see the module doc for the policy)."""
 
@@ -204,6 +231,10 @@ class ValueReader:
     def read(self, builder: Any, func: torch._ops.OpOverload, args: tuple, kwargs: dict, where: str) -> Any:
         """The op's real result, as the forward receives it (a number, or a fake tensor).
 
+        Integer metadata computed from the inputs alone by a packing op (a packed sequence's
+        ``batch_sizes``, the lengths padding returns) is handed back real, as the forward would
+        hold it: the kernels that take it (a packed ``nn.GRU``) read its values on the CPU.
+
         Raises:
             Unsupported: When the value depends on a parameter, or differs between draws.
         """
@@ -228,19 +259,58 @@ class ValueReader:
                 raise Unsupported(f"the forward reads a value computed from the weights ({func.overloadpacket.__name__}"
                                   f" at {where}); only real arithmetic on the weights decides it")
             if shape_only:
-                out = torch.empty(out.shape, dtype=out.dtype, device=out.device)
-                if results and results[0].shape != out.shape:
+                selected = _SHAPE_FROM_INDICES[func]
+                parts = out if isinstance(out, (tuple, list)) else (out,)
+                shapes = tuple(p.shape for p, sel in zip(parts, selected) if sel)
+                known = tuple(p for p, sel in zip(parts, selected) if not sel)
+                if results and (results[0][0] != shapes or not _same(results[0][1], known)):
                     raise Unsupported(f"the forward selects by a mask of the inputs that differs between draws "
                                       f"({func.overloadpacket.__name__} at {where}): its shape depends on the "
                                       "inputs; declare the inputs as tensors to analyze the path they take")
+                results.append((shapes, known, out))
             elif results and not _same(results[0], out):
                 raise Unsupported(f"the forward reads a value of the inputs that differs between draws "
                                   f"({func.overloadpacket.__name__} at {where}): it takes different paths for "
                                   "different inputs; declare the inputs as tensors to analyze the path they take")
-            results.append(out)
-        # A selection from a tensor of unknown values has unknown values: only its shape is real.
-        self.pending = [UNKNOWN] * len(results) if shape_only else results
-        return tree_map(lambda x: fake_tensor(self.mode, x) if isinstance(x, torch.Tensor) else x, results[0])
+            else:
+                results.append(out)
+        if shape_only:
+            # A selection from a tensor of unknown values has unknown values: only its shape is real.
+            selected = _SHAPE_FROM_INDICES[func]
+            self.pending = [(tuple(UNKNOWN if sel else p for p, sel in zip(r[2], selected))
+                             if isinstance(r[2], (tuple, list)) else UNKNOWN) for r in results]
+            results = [r[2] for r in results]
+        else:
+            self.pending = results
+        fake = lambda x: fake_tensor(self.mode, x) if isinstance(x, torch.Tensor) else x
+        if False in _SHAPE_FROM_INDICES.get(func, ()):
+            with unset_fake_temporarily():
+                real = [p.clone() for p in results[0]]
+            return tuple(fake(p) if sel else r for p, r, sel in zip(results[0], real, _SHAPE_FROM_INDICES[func]))
+        return tree_map(fake, results[0])
+
+    def numpy(self, builder: Any, t: torch.Tensor) -> Any:
+        """``t.numpy()`` of a fake tensor: its real values when the inputs alone decide them, the
+        same on every draw; else an ``UnknownArray`` of its shape and dtype."""
+        node = builder.arg(t)
+        values: list[Any] = []
+        # Called above the recorder (``.numpy()`` reaches no dispatcher): the replay must not be
+        # recorded, nor run on fake tensors.
+        with _disable_current_modes(), torch._C.DisableTorchFunction(), torch.no_grad():
+            for draw in self.draws():
+                draw.catch_up(builder)
+                v = draw.value(node)
+                if not isinstance(v, torch.Tensor) or _storage(v) in draw.tainted \
+                        or (values and not _same(values[0], v)):
+                    break
+                values.append(v)
+            else:
+                return values[0].detach().cpu().clone().numpy()
+        try:
+            dtype = np.dtype(str(t.dtype).removeprefix("torch."))
+        except TypeError:  # bfloat16 and the like: the values are placeholders anyway
+            dtype = np.dtype("float32")
+        return np.zeros(tuple(t.shape), dtype=dtype).view(UnknownArray)
 
     def bind(self, node: fx.Node) -> None:
         """Gives the node just recorded for the last read its real values."""

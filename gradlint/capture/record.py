@@ -26,6 +26,7 @@ import inspect
 import linecache
 import operator
 import os
+import random
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensor
 from torch.fx.experimental.proxy_tensor import ProxyTorchDispatchMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -45,6 +46,11 @@ if TYPE_CHECKING:
     from gradlint.capture.reads import ValueReader
 
 _SKIPPED_DIRS = (_TORCH_DIR, _GRADLINT_DIR)
+# Ops handed to the value reader whenever there is one: their kernels read the values of the data
+# they move, so they run on no fake tensor, even where only the result's shape is needed. The
+# reader computes a packed sequence's batch_sizes (and the lengths padding returns) for real,
+# as the packed nn.GRU / LSTM / RNN kernels need them (gradlint.capture.reads).
+_PACKING = {torch.ops.aten._pack_padded_sequence.default, torch.ops.aten._pad_packed_sequence.default}
 
 
 class Unsupported(Exception):
@@ -354,6 +360,8 @@ class _Recorder(ProxyTorchDispatchMode):
         # Below this mode the op only needs its meta kernel: C++, without the Python
         # dispatcher's reference implementations (five times faster).
         try:
+            if func in _PACKING and self.reader is not None:
+                raise DynamicOutputShapeException(func)
             with torch._C._DisablePythonDispatcher():
                 out = func(*args, **kwargs)
         except (DataDependentOutputException, DynamicOutputShapeException):
@@ -386,11 +394,13 @@ def _in_custom_function() -> bool:
 
 
 class _GradCalls(TorchFunctionMode):
-    """Sees the calls export keeps that reach no dispatcher: grad-mode switches and autocast."""
+    """Sees the calls export keeps that reach no dispatcher: grad-mode switches and autocast;
+    and ``.numpy()``, which reads values without a dispatcher op (``ValueReader.numpy``)."""
 
-    def __init__(self, builder: _Builder):
+    def __init__(self, builder: _Builder, reader: ValueReader | None):
         super().__init__()
         self.builder = builder
+        self.reader = reader
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is torch._C._set_grad_enabled and not _in_custom_function():
@@ -399,6 +409,10 @@ class _GradCalls(TorchFunctionMode):
             # Export wraps an autocast block in a higher-order op of its own; inside a grad
             # region it ends up in that region's subgraph, which gradlint never reads.
             raise Unsupported("the forward enters an autocast block")
+        elif func is torch.Tensor.numpy and isinstance(args[0], FakeTensor):
+            if self.reader is None:
+                raise Unsupported("the forward reads values through NumPy (.numpy())")
+            return self.reader.numpy(self.builder, args[0])
         return func(*args, **(kwargs or {}))
 
 
@@ -464,9 +478,13 @@ def record_program(model: nn.Module, args: tuple, kwargs: dict, reader: ValueRea
     # torch.compiler.is_exporting() (transformers' mask builders do) takes the same branch.
     flags = torch.compiler._is_compiling_flag, torch.compiler._is_exporting_flag
     torch.compiler._is_compiling_flag = torch.compiler._is_exporting_flag = True
+    # A forward that draws from Python's random (teacher forcing: random.random() < ratio) takes
+    # the path this draw picks; the caller puts the generator back, and the probe starts every
+    # forward from it, so the path measured is this one (docs/design.md §6, R7).
+    py_rng = random.getstate()
     try:
         with enable_python_dispatcher(), torch._C._EnablePreDispatch(), _Recorder(builder, reader), \
-                _GradCalls(builder), calls:
+                _GradCalls(builder, reader), calls:
             out = model(*args, **kwargs)
     except Unsupported:
         raise
@@ -476,5 +494,8 @@ def record_program(model: nn.Module, args: tuple, kwargs: dict, reader: ValueRea
         torch.compiler._is_compiling_flag, torch.compiler._is_exporting_flag = flags
         pre.remove()
         post.remove()
+    chance = tuple(reader.random_reads) if reader is not None else ()
+    if random.getstate() != py_rng:
+        chance += ("Python's random module",)
     return RecordedProgram(builder.sig, builder.finish(out), own_backward=found(out, calls.hooks),
-                           random_reads=tuple(reader.random_reads) if reader is not None else ())
+                           random_reads=chance)

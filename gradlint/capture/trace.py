@@ -130,6 +130,15 @@ def program_graph(ep, inputs: ExampleInputs) -> Graph:
     graph = Converter(ep, vocabs).convert()
     if inputs.batch_size:
         graph.batch_size = inputs.batch_size
+    # An RNN's initial state handed in as zeros (init_hidden) is zeros, not the protocol's
+    # N(0, 1) draw (docs/design.md §6, R7).
+    concrete = torch.utils._pytree.tree_leaves(inputs.concrete) if inputs.concrete is not None else []
+    if len(concrete) == len(user):
+        zeros = {name for name, v in zip(user, concrete) if isinstance(v, torch.Tensor) and v.is_floating_point()
+                 and v.numel() and not v.is_meta and not bool(v.any())}
+        for n in graph.nodes:
+            if n.kind == "input" and n.name in zeros:
+                n.attrs["zeros"] = True
     return graph
 
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 from gradlint.capture.graph import Graph, Node, Source
 from gradlint.capture.params import ParamStats
 from gradlint.engine.context import Context
+from gradlint.engine.recurrent.node import step_calls
 from gradlint.engine.recurrent.unrolled import loop_reports
 from gradlint.engine.state import Bwd, Fwd, default_roles
 from gradlint.engine.transfers import TRANSFERS
@@ -182,6 +183,7 @@ def propagate(graph: Graph, stats: dict[str, ParamStats], model: nn.Module | Non
 
     # Loops written by hand stay unrolled: their long-range gradient is a sweep of its own.
     ctx.recurrent.extend(loop_reports(graph, fwd, table, ctx))
+    ctx.recurrent[:] = step_calls(graph, ctx, ctx.recurrent)
     results = []
     for node in graph.nodes:
         f = fwd[node.name]

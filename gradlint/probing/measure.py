@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.nn.utils.rnn import PackedSequence
 
 from gradlint.base.errors import ProbeError
 from gradlint.capture.inputs import ExampleInputs
@@ -282,6 +284,9 @@ def _measure_model(model: nn.Module, inputs: ExampleInputs, seeds: int, dtype: t
     every module call's output and output gradient."""
     work = _Working(model, device, dtype)
     net = work.module
+    # Every forward starts from Python's random state as capture found it (and left it), so a
+    # path chosen by random.random() (teacher forcing) is the path the prediction analyzed.
+    py_rng = random.getstate()
     names = {}
     for name, m in net.named_modules(remove_duplicate=False):
         names.setdefault(id(m), name)
@@ -312,6 +317,7 @@ def _measure_model(model: nn.Module, inputs: ExampleInputs, seeds: int, dtype: t
             net.zero_grad(set_to_none=True)
             calls.clear()
             try:
+                random.setstate(py_rng)
                 out = net(*a, **kw)
             except torch.OutOfMemoryError:
                 raise  # the caller retries with a smaller batch
@@ -348,9 +354,11 @@ def _measure_model(model: nn.Module, inputs: ExampleInputs, seeds: int, dtype: t
                 if prm.is_floating_point() or prm.is_complex():
                     param_ms.setdefault(name, []).append(_mean_square(prm.grad))
             calls.clear()
+            random.setstate(py_rng)
             for rname, seq in _lag_grads(net, a, kw, dtype, gen).items():
                 lag.setdefault(rname, []).append(list(seq))
     finally:
+        random.setstate(py_rng)
         for h in handles:
             h.remove()
         calls.clear()
@@ -613,22 +621,28 @@ def _loop_lag_grads(values: dict[str, torch.Tensor], loops: dict, gen) -> dict[s
 
 def _lag_grads(work: nn.Module, a, kw, dtype, gen) -> dict[str, list[float]]:
     """Per recurrent module of the (already converted) working model: mean(δ_x_t²) for every t
-    when only the last output step carries g."""
+    when only the last output step carries g. A module a loop calls once per step (one step per
+    call, three calls or more) is measured over its calls: x_t is call t's input, the loss on the
+    last call's output (R7, docs/design.md §6)."""
     rnns = [(n, m) for n, m in work.named_modules() if isinstance(m, nn.RNNBase)]
     if not rnns:
         return {}
-    caught: dict[str, tuple[torch.Tensor, torch.Tensor, bool]] = {}
+    caught: dict[str, list[list[Any]]] = {}
     handles = []
     for name, mod in rnns:
 
         def pre(m, args, name=name):
+            if isinstance(args[0], PackedSequence):
+                # Time-major rows, longest sequences first (R7, docs/design.md §6).
+                x = args[0].data.detach().requires_grad_(True)
+                caught.setdefault(name, []).append([x, None, [int(b) for b in args[0].batch_sizes]])
+                return (args[0]._replace(data=x),) + tuple(args[1:])
             x = args[0].detach().requires_grad_(True)
-            caught[name] = (x, None, m.batch_first)
+            caught.setdefault(name, []).append([x, None, m.batch_first])
             return (x,) + tuple(args[1:])
 
         def post(m, args, out, name=name):
-            x, _, bf = caught[name]
-            caught[name] = (x, out[0], bf)
+            caught[name][-1][1] = out[0].data if isinstance(out[0], PackedSequence) else out[0]
 
         handles.append(mod.register_forward_pre_hook(pre))
         handles.append(mod.register_forward_hook(post))
@@ -644,13 +658,30 @@ def _lag_grads(work: nn.Module, a, kw, dtype, gen) -> dict[str, list[float]]:
         for h in handles:
             h.remove()
     res = {}
-    for name, (x, y, bf) in caught.items():
+    for name, calls in caught.items():
+        x, y, bf = calls[-1]
         if y is None:
             continue
-        last = y[:, -1] if bf else y[-1]
+        if len(calls) >= 3 and all(not isinstance(c[2], list) and c[0].dim() == 3 and c[1] is not None
+                                   and c[0].shape[1 if c[2] else 0] == 1 for c in calls):
+            last = y[:, -1] if bf else y[-1]
+            g = torch.randn(last.shape, generator=gen, dtype=torch.float64).to(last)
+            dxs = torch.autograd.grad((g * last).sum(), [c[0] for c in calls], allow_unused=True)
+            res[name] = [float(d.double().pow(2).mean()) if d is not None else 0.0 for d in dxs]
+            continue
+        if isinstance(bf, list):
+            # A packed sequence: the samples that run every step, their last step's output.
+            rows = [sum(bf[:t]) for t in range(len(bf) + 1)]
+            full = bf[-1]
+            last = y[rows[-2]:rows[-2] + full]
+        else:
+            last = y[:, -1] if bf else y[-1]
         g = torch.randn(last.shape, generator=gen, dtype=torch.float64).to(last)
         (dx,) = torch.autograd.grad((g * last).sum(), x, allow_unused=True)
         if dx is None:
+            continue
+        if isinstance(bf, list):
+            res[name] = [float(dx[rows[t]:rows[t] + full].double().pow(2).mean()) for t in range(len(bf))]
             continue
         steps = dx.shape[1] if bf else dx.shape[0]
         res[name] = [float((dx[:, t] if bf else dx[t]).double().pow(2).mean()) for t in range(steps)]
