@@ -4,7 +4,12 @@ public model files and Hugging Face architectures, as their repositories build t
 For every model: the static prediction (``gradlint.check(model, inputs)``) and the truth, a
 real backward pass of the model itself (a float64 copy in train mode; the inputs drawn afresh
 per seed by the manifest's own expression; loss sum(g * y) over every float output with
-g ~ N(0, 1); per parameter, the geometric mean over seeds of the gradient's RMS). No gradlint
+g ~ N(0, 1); per parameter, the geometric mean over seeds of the gradient's RMS). Every seed
+is a first step of the model as built: its buffers are put back before each seed, because a
+train-mode forward may update them. Spectral norm's power iteration does (SAGAN: each forward
+refines u, the estimated σ grows and the next seed's activations shrink, 0.4 decades at the
+last block by the second seed, while the prediction and the first seed take the one iteration
+from the u it was built with); so do VQ-VAE's codebook averages. No gradlint
 graph is involved in the measurement, so a capture that misses part of the computation shows.
 
 Per weight matrix (two or more dims larger than 1): |log10 predicted - log10 measured|, with
@@ -251,8 +256,14 @@ def measure(rebuild: Callable[[], nn.Module], inputs: Callable[[], tuple], seeds
     for dtype in (torch.float64, torch.float32):
         real = rebuild().to(dtype).train()
         logs: dict[str, list[float]] = {n: [] for n, p in real.named_parameters() if p.requires_grad}
+        built = {n: b.detach().clone() for n, b in real.named_buffers()}
         try:
             for seed in range(seeds):
+                # Every seed measures the model as built: a train-mode forward may update its
+                # buffers (spectral norm's power iteration, VQ-VAE's codebook averages).
+                with torch.no_grad():
+                    for n, b in real.named_buffers():
+                        b.copy_(built[n])
                 torch.manual_seed(1000 + seed)
                 drawn = inputs()
 
