@@ -92,7 +92,12 @@ class Add(Transfer):
                 continue
             gi = g if first else g.scaled(alpha * alpha)
             first = False
-            res.append(broadcast_sum(f, out, gi.s, gi.r))
+            b = broadcast_sum(f, out, gi.s, gi.r)
+            if gi.coh and f.numel >= out.numel:
+                # The activation after the sum reads every branch: its Stein term (W1) holds for
+                # a layer at the head of either branch, E[φ'(a + Wx)·x_j] = w_j·E[φ'']·Var x_j.
+                b = Bwd(b.s, b.r, b.sw, b.rb, gi.coh, b.unknown)
+            res.append(b)
         return res
 
 
