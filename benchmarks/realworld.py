@@ -6,13 +6,29 @@ real backward pass of the model itself (a float64 copy in train mode; the inputs
 per seed by the manifest's own expression; loss sum(g * y) over every float output with
 g ~ N(0, 1); per parameter, the geometric mean over seeds of the gradient's RMS; Python's
 ``random`` seeded alike before capture and before every measured forward, so a path picked by
-``random.random()``, seq2seq's teacher forcing, is the analyzed one in both). No gradlint
+``random.random()``, seq2seq's teacher forcing, is the analyzed one in both). Every seed
+is a first step of the model as built: its buffers are put back before each seed, because a
+train-mode forward may update them. Spectral norm's power iteration does (SAGAN: each forward
+refines u, the estimated σ grows and the next seed's activations shrink, 0.4 decades at the
+last block by the second seed, while the prediction and the first seed take the one iteration
+from the u it was built with); so do VQ-VAE's codebook averages. No gradlint
 graph is involved in the measurement, so a capture that misses part of the computation shows.
 
 Per weight matrix (two or more dims larger than 1): |log10 predicted - log10 measured|, with
 no offset removed. A *false zero* is a parameter predicted to get exactly no gradient (or no
 prediction at all) while the backward pass gives it one. A *fallback* is a model analyzed by
-the fx or module-order path instead of a captured graph.
+the fx or module-order path instead of a captured graph. A weight with no measured gradient on
+some seed (none reaches it, or that seed's random path skipped it) has no geometric mean: it is
+counted as unmeasured, neither compared nor a false zero.
+
+Paths chosen by random numbers (CaiT's layer dropout, each layer skipped when a uniform draw is
+under 0.05): gradlint predicts the path where every random choice takes its more likely outcome,
+every layer kept (docs/design.md §2.1). The measurement is left as the model's own training step,
+its random choices drawn per seed; a layer a seed skips is unmeasured (above), so what is compared
+is each layer's gradient on steps that run it, the prediction's own condition (the mean over all
+steps would be (1 - p) of it in E[g²], 0.011 decades lower at p = 0.05). A measured step may still
+skip other layers, which the prediction does not; at seeds 1000 and 1001 CaiT's steps kept every
+layer, so both took the same path.
 
 Per recurrence (nn.RNN / LSTM / GRU, a loop over time steps, a scan; ``report.recurrent``):
 the decay of the long-range gradient, log10 of the RMS gradient at the first step's input over
@@ -243,8 +259,14 @@ def measure(rebuild: Callable[[], nn.Module], inputs: Callable[[], tuple], seeds
     for dtype in (torch.float64, torch.float32):
         real = rebuild().to(dtype).train()
         logs: dict[str, list[float]] = {n: [] for n, p in real.named_parameters() if p.requires_grad}
+        built = {n: b.detach().clone() for n, b in real.named_buffers()}
         try:
             for seed in range(seeds):
+                # Every seed measures the model as built: a train-mode forward may update its
+                # buffers (spectral norm's power iteration, VQ-VAE's codebook averages).
+                with torch.no_grad():
+                    for n, b in real.named_buffers():
+                        b.copy_(built[n])
                 torch.manual_seed(1000 + seed)
                 drawn = inputs()
 
@@ -381,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(done)} of {len(rows)} models checked and measured, {len(errs) + zeros} weight matrices")
     print(f"error over weight matrices: median {_q(errs, 0.5)}, 90th percentile {_q(errs, 0.9)} decades")
     print(f"false zeros: {zeros} (in {sum(bool(r['false_zeros']) for r in done)} models)")
+    print(f"weight matrices with no measured gradient (not compared): {sum(r['unmeasured'] for r in done)}")
     print(f"fallbacks: {len(fallbacks)} ({', '.join(fallbacks) or 'none'})")
     rec = [(r["model"], d) for r in done for d in r.get("recurrent", ())]
     if rec or any(r["family"] in ("rnn", "ssm") for r in done):

@@ -84,8 +84,9 @@ class UnusedParameters(Rule):
     ## Known limits
     Only the forward pass the example inputs take is seen: modules used in a branch of
     data-dependent control flow (or by a loss computed outside forward) look unused. A
-    path chosen by random numbers (layer dropout) is taken as one step takes it, and the
-    layers it skips are said to be unused on that step. Fused
+    path chosen by random numbers (layer dropout) is taken with every random number at its
+    median, each choice's more likely outcome (a layer dropped with probability under 1/2 is
+    kept), and the layers that path skips are said to be unused on it. Fused
     normalization units may hide a parameter's use; their parameters are never reported.
     On the `module-order` fallback graph only modules that never run are reported.
     """
@@ -129,9 +130,11 @@ class UnusedParameters(Rule):
             return
         chance = [where for kind, where in g.notes if kind == "random-path"]
         if chance:
-            # The forward chose its path by random numbers (layer dropout): unused on this draw.
-            unused = {n: why.replace("never used in forward", f"not used in forward on the path its random "
-                                     f"choices took this time ({chance[0]}); other steps may use them")
+            # The forward chose its path by random numbers (layer dropout): capture takes every
+            # random choice's more likely outcome, and steps that draw otherwise use them.
+            unused = {n: why.replace("never used in forward", f"not used in forward on the path where every "
+                                     f"random choice takes its more likely outcome ({chance[0]}); steps that "
+                                     "draw otherwise use them")
                       for n, why in unused.items()}
         trainable = [n for n, st in stats.items() if st.requires_grad]
         for top, (names, whole) in _top_modules(unused, trainable, stats).items():

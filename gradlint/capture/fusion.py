@@ -117,6 +117,32 @@ def _is_const_mask_mul(g: Graph, n: Node, prev: str) -> bool:
     return other is not None and _all_const(g, other)
 
 
+def _einsum_terms(n: Node) -> tuple[str, str, str] | None:
+    eq = n.attrs.get("equation")
+    if not isinstance(eq, str) or "->" not in eq:
+        return None
+    lhs, out = eq.replace(" ", "").replace("...", "").split("->")
+    parts = lhs.split(",")
+    return (parts[0], parts[1], out) if len(parts) == 2 and min(map(len, parts)) >= 2 and len(out) >= 2 else None
+
+
+def _attention_product(n: Node, scores: bool) -> bool:
+    """An einsum is attention's score product (queries by keys over the features: the output's
+    last letter, the key, comes from b alone) or its value product (the probabilities' last
+    letter, the key, is contracted against b). A product over another letter (talking heads
+    mixing the heads of the scores, ``bhij,hg->bgij``) is neither. Other matmuls qualify."""
+    if n.attrs.get("target") != "einsum":
+        return True
+    t = _einsum_terms(n)
+    if t is None:
+        return False
+    a, b, out = t
+    if scores:
+        key, query = out[-1], out[-2]
+        return key in b and key not in a and query in a and query not in b and bool(set(a) & set(b) - set(out))
+    return a[-1] in b and a[-1] not in out and a[-2] in out
+
+
 def _fan_in(stats: dict[str, ParamStats], node: Node) -> int:
     w = stats.get(node.params.get("weight", ""))
     if w is None:
@@ -142,7 +168,7 @@ def fuse_attention(g: Graph, stats: dict[str, ParamStats]) -> int:
             if n is None:
                 break
             if n.kind == "matmul":
-                m1 = n
+                m1 = n if _attention_product(n, scores=True) else None
                 break
             if _is_scalar_mul(n):
                 scale *= _scalar_of(n)
@@ -172,7 +198,7 @@ def fuse_attention(g: Graph, stats: dict[str, ParamStats]) -> int:
                 if un is None:
                     break
                 if un.kind == "matmul" and un.inputs and un.inputs[0] == prev:  # probabilities @ V
-                    m2 = un
+                    m2 = un if _attention_product(un, scores=False) else None
                     break
                 if un.kind == "dropout":
                     p_drop = float(un.attrs.get("p", 0.0)) if un.attrs.get("train", True) else 0.0

@@ -14,8 +14,12 @@ one to choose a kernel) cannot go on by itself. The policy:
   ``DRAWS`` independent draws; the value is accepted only when every draw gives the same
   one, the path every such forward takes. Tensors the user passed are used as they are
   (one draw): their own forward takes that path. Random ops (``uniform_``, ``bernoulli``,
-  dropout) draw the same numbers on every draw: a path chosen by chance (layer dropout) is
-  taken as one training step takes it, not refused as a difference between inputs.
+  dropout) draw the same numbers on every draw, each at its median where its distribution has
+  one (``_at_median``): a path chosen by chance (layer dropout) is taken with every choice at
+  its more likely outcome, not refused as a difference between inputs. For a layer dropped
+  with probability p < 1/2 that is the kept path, whose gradient is the one the layer gets on
+  the steps that train it (the mean over steps is (1 - p) of it); a seeded draw dropped some
+  of CaiT's layers and predicted them 0 (docs/design.md §2.1).
 * A value that depends on a parameter (``if self.gate(x).mean() > 0:``, routing by
   weights), or on a tensor a parameter-dependent value was written into, is refused: only
   real arithmetic on the weights could decide it. Capture then falls back, and the report
@@ -153,13 +157,14 @@ class _Draw:
         if known:
             try:
                 if torch.Tag.nondeterministic_seeded in func.tags:
-                    # Random numbers are not the inputs: every draw gets the same ones, so a value
-                    # read from them (CaiT's layer dropout) is the same on every draw, the one path
-                    # a single training step takes.
+                    # Random numbers are not the inputs: every draw gets the same ones, each at its
+                    # median where it has one, so a value read from them (CaiT's layer dropout) is
+                    # the same on every draw: the path where every random choice takes its more
+                    # likely outcome (every layer kept, for a drop rate under 1/2).
                     self.random_ops += 1
                     with torch.random.fork_rng(devices=[]):
                         torch.manual_seed(self.random_ops)
-                        out = func(*args, **kwargs)
+                        out = _at_median(func, args, kwargs, func(*args, **kwargs))
                 else:
                     out = func(*args, **kwargs)
             except Exception:  # noqa: BLE001 - an op that does not run on these tensors decides nothing
@@ -191,6 +196,33 @@ class UnknownArray(np.ndarray if np is not None else object):
                           "real arithmetic on the weights decides it")
 
     __bool__ = __int__ = __float__ = __index__ = __iter__ = item = tolist = _refuse
+
+
+def _at_median(func: torch._ops.OpOverload, args: tuple, kwargs: dict, out: Any) -> Any:
+    """``out`` (a seeded draw of the random op ``func``) with every number set to the median of
+    its distribution, for the draws that have one: ``u < p`` then takes the outcome of
+    probability at least 1/2 (docs/design.md §2.1, step 1). Other random ops keep the draw."""
+    name = func.overloadpacket.__name__.rstrip("_")
+    if not isinstance(out, torch.Tensor) or name not in ("uniform", "rand", "randn", "normal", "bernoulli",
+                                                         "randint", "rand_like", "randn_like", "randint_like"):
+        return out
+    bound = dict(zip((a.name for a in func._schema.arguments), args)) | dict(kwargs)
+    if name == "uniform":
+        return out.fill_((float(bound.get("from", 0.0)) + float(bound.get("to", 1.0))) / 2)
+    if name in ("rand", "rand_like"):
+        return out.fill_(0.5)
+    if name in ("randn", "randn_like"):
+        return out.fill_(0.0)
+    if name == "normal":
+        mean = bound.get("mean", 0.0)
+        return out.copy_(mean.expand_as(out)) if isinstance(mean, torch.Tensor) else out.fill_(float(mean))
+    if name == "bernoulli":
+        names = [a.name for a in func._schema.arguments]
+        p = bound.get("p", 0.5) if "p" in names else bound.get("self")
+        p = p.to(out.dtype).expand_as(out) if isinstance(p, torch.Tensor) else torch.full_like(out, float(p))
+        return out.copy_((p > 0.5).to(out.dtype))
+    low, high = bound.get("low", 0), bound.get("high")
+    return out.fill_((int(low) + int(high) - 1) // 2) if high is not None else out
 
 
 class ValueReader:

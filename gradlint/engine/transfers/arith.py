@@ -92,8 +92,19 @@ class Add(Transfer):
                 continue
             gi = g if first else g.scaled(alpha * alpha)
             first = False
-            res.append(broadcast_sum(f, out, gi.s, gi.r))
+            b = broadcast_sum(f, out, gi.s, gi.r)
+            if gi.coh and f.numel >= out.numel:
+                # The activation after the sum reads every branch: its Stein term (W1) holds for
+                # a layer at the head of either branch, E[φ'(a + Wx)·x_j] = w_j·E[φ'']·Var x_j.
+                b = Bwd(b.s, b.r, b.sw, b.rb, gi.coh, b.unknown)
+            res.append(b)
         return res
+
+
+def _known(c: Fwd) -> bool:
+    """A constant whose moments were read from the model (a table), not a mask or a value the
+    forward makes (q = 0: unknown)."""
+    return c.q > 0 and c.shape is not None and c.numel > 1 and not c.unknown
 
 
 def _inverse_moments(d: Fwd) -> tuple[float, float, float] | None:
@@ -145,7 +156,12 @@ class Mul(Transfer):
             return a.with_(q=a.q * m2, mu=a.mu * m1, k=a.k * m1 * m1, kt=a.kt * m1 * m1, shape=shape,
                            roles=roles_like(shape, a), origin=None, scale=1.0)
         if a.const != b.const:
-            x = b if a.const else a
+            x, c = (b, a) if a.const else (a, b)
+            if _known(c):
+                # A fixed table read from the model (rotary's cos and sin) multiplies the moments
+                # of an independent factor; one of unknown value (q = 0) passes x through.
+                return x.with_(q=x.q * c.q, mu=x.mu * c.mu, k=x.k * c.k, kt=x.kt * c.kt, shape=shape,
+                               roles=roles_like(shape, x), origin=None, scale=1.0)
             return x.with_(shape=shape, roles=roles_like(shape, x))
         roles = a.roles if len(a.shape) == len(shape) else roles_like(shape, b)
         if a.origin is not None and a.origin == b.origin:
@@ -185,7 +201,9 @@ class Mul(Transfer):
                 res[ib] = broadcast_sum(b, out, g.s * a.q * m4, 0.0)
             return res
         if a.const != b.const:
-            res[ib if a.const else ia] = g
+            c = a if a.const else b
+            res[ib if a.const else ia] = Bwd(g.s * c.q, g.r * c.kt, g.sw * c.q, g.rb * c.k, 0.0, g.unknown) \
+                if _known(c) else g
             return res
         if a.origin is not None and a.origin == b.origin:
             res[ia] = Bwd(4 * g.s * a.q, 4 * g.r * a.kt)

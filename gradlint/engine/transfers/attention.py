@@ -93,6 +93,62 @@ class Attention(Transfer):
         return res
 
 
+def einsum_counts(equation: str, sa: tuple, sb: tuple) -> tuple[int, int, int] | None:
+    """For ``einsum(equation, a, b)``: (terms summed per output element, terms summed per
+    element of a's gradient, of b's). A letter in neither operand's gradient index is summed
+    over: the contracted letters forward, the letters of the output and of the other operand
+    that a lacks backward. None when the equation cannot be read against the shapes."""
+    eq = equation.replace(" ", "")
+    if "->" in eq:
+        lhs, out = eq.split("->")
+    else:
+        lhs = eq
+        letters = lhs.replace(",", "").replace(".", "")
+        out = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    parts = lhs.split(",")
+    if len(parts) != 2:
+        return None
+    spare = iter(c for c in "0123456789" if c not in eq)
+    ell = ""
+    terms = []
+    for term, shape in zip(parts, (sa, sb)):
+        if "..." in term:
+            n = len(shape) - (len(term) - 3)
+            if n < 0:
+                return None
+            if len(ell) < n:
+                ell = "".join(next(spare) for _ in range(n - len(ell))) + ell
+            term = term.replace("...", ell[len(ell) - n:] if n else "")
+        if len(term) != len(shape):
+            return None
+        terms.append(term)
+    out = out.replace("...", ell)
+    size: dict[str, int] = {}
+    for term, shape in zip(terms, (sa, sb)):
+        for c, d in zip(term, shape):
+            size[c] = max(size.get(c, 1), int(d))
+    ta, tb = set(terms[0]), set(terms[1])
+
+    def prod(letters: set[str]) -> int:
+        return math.prod(size.get(c, 1) for c in letters)
+
+    return prod((ta | tb) - set(out)), prod((set(out) | tb) - ta), prod((set(out) | ta) - tb)
+
+
+def _counts(node: Node, a: Fwd, b: Fwd, out_shape_: tuple) -> tuple[int, int, int]:
+    """(contracted size, gradient terms for a, for b) of a product of two tensors: the
+    einsum's own letters where it is one, else a matmul's last dim of a against b's rows."""
+    eq = node.attrs.get("equation")
+    if isinstance(eq, str):
+        got = einsum_counts(eq, tuple(a.shape), tuple(b.shape))
+        if got is not None:
+            return got
+    d = a.shape[-1] if a.shape else 1
+    n = out_shape_[-1] if out_shape_ else 1
+    m = out_shape_[-2] if len(out_shape_) >= 2 else 1
+    return d, n, m
+
+
 @register("matmul")
 class MatMul(Transfer):
     """Product of two activations outside a recognised attention pattern."""
@@ -101,7 +157,7 @@ class MatMul(Transfer):
         a, b = ins[0], ins[1]
         if node.attrs.get("vector") and isinstance(a, Fwd) and isinstance(b, Fwd):
             return _vector_forward(ctx, node, a, b)
-        d = a.shape[-1] if a.shape else 1
+        d = _counts(node, a, b, out_shape(node, a))[0]
         shape = out_shape(node, a)
         return Fwd(q=d * a.q * b.q, mu=0.0, k=d * a.k * b.k, kt=d * a.kt * b.kt, shape=shape,
                    roles=roles_like(shape, a), origin=node.name, blocked=a.blocked and b.blocked)
@@ -113,8 +169,7 @@ class MatMul(Transfer):
             rows = a.shape[0] if node.attrs["vector"] == "mv" and a.shape else 1
             return [None if a.const or a.blocked else Bwd(g.s * b.q, 0.0),
                     None if b.const or b.blocked else Bwd(rows * g.s * a.q, 0.0)] + [None] * (len(ins) - 2)
-        n = out.shape[-1] if out.shape else 1
-        m = out.shape[-2] if len(out.shape) >= 2 else 1
+        _, n, m = _counts(node, a, b, out.shape)
         return [Bwd(n * g.s * b.q, 0.0), Bwd(m * g.s * a.q, 0.0)] + [None] * (len(ins) - 2)
 
 

@@ -27,7 +27,7 @@ class _RowNorm(Transfer):
         shape = node.attrs.get("normalized_shape") or ([x.shape[-1]] if x.shape else [1])
         return max(math.prod(shape), 1)
 
-    def var(self, x: Fwd) -> float:
+    def var(self, node: Node, x: Fwd) -> float:
         return x.v if self.centred else x.q
 
     def eps(self, node: Node) -> float:
@@ -48,7 +48,7 @@ class _RowNorm(Transfer):
     def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
         x = ins[0]
         g2, b2, bm = _affine(ctx, node)
-        v = self.var(x)
+        v = self.var(node, x)
         ve = v + self.eps(node)
         mu0 = x.mu if self.centred else 0.0
         k = g2 * (x.k - mu0 * x.mu) / ve + b2
@@ -59,7 +59,7 @@ class _RowNorm(Transfer):
     def backward(self, ctx: Context, node: Node, ins: list[Fwd], out: Fwd, g: Bwd):
         x = ins[0]
         g2, _, _ = _affine(ctx, node)
-        v = self.var(x)
+        v = self.var(node, x)
         ve = v + self.eps(node)
         d = self.group(node, x)
         rows = max(x.numel // d, 1) if x.numel else 1
@@ -74,7 +74,7 @@ class _RowNorm(Transfer):
     def param_grads(self, ctx: Context, node: Node, x, g, rows, xhat2):
         batch = ctx.batch_of(rows)
         pos = max(rows // batch, 1)
-        kt_hat = corr(x.kt, x.mu if self.centred else 0.0, self.var(x)) * xhat2
+        kt_hat = corr(x.kt, x.mu if self.centred else 0.0, self.var(node, x)) * xhat2
         if "weight" in node.params:
             ctx.param_grad(node.params["weight"], rows * (g.s * xhat2 + (pos - 1) * g.r * kt_hat))
         if "bias" in node.params:
@@ -100,6 +100,40 @@ class GroupNorm(_RowNorm):
             return 1
         return max(x.shape[1] // max(node.attrs.get("groups", 1), 1), 1) * max(math.prod(x.shape[2:]), 1)
 
+    def _layout(self, node: Node, x: Fwd) -> tuple[int, int]:
+        """(channels per group, positions per channel)."""
+        cg = max(x.shape[1] // max(node.attrs.get("groups", 1), 1), 1) if len(x.shape) >= 2 else 1
+        return cg, max(math.prod(x.shape[2:]), 1) if len(x.shape) > 2 else 1
+
+    def _shared(self, node: Node, x: Fwd) -> float:
+        """The covariance of two members of one statistics group (N3): positions of one channel
+        share k_tok (the channel's own offset, a conv's bias and Σw·μ_x), channels only μ²."""
+        cg, pos = self._layout(node, x)
+        d = cg * pos
+        return ((pos - 1) * x.kt + (cg - 1) * pos * x.mu * x.mu) / (d - 1) if d > 1 else x.mu * x.mu
+
+    def var(self, node: Node, x: Fwd) -> float:
+        return max(x.q - self._shared(node, x), 0.0)
+
+    def forward(self, ctx: Context, node: Node, ins: list[Fwd]):
+        # The group divides by its own variance, q less what its members share, and takes the
+        # shared part away: with one channel per group (InstanceNorm) a channel's offset over
+        # positions is gone, so positions keep no covariance (k_tok' = β²). Read as LayerNorm's
+        # q - μ², TransformerNet's InstanceNorms divided by up to 4x their variance and passed a
+        # growing k_tok on: every weight 0.3-0.5 decades low.
+        x = ins[0]
+        g2, b2, bm = _affine(ctx, node)
+        v = self.var(node, x)
+        ve = v + self.eps(node)
+        cg, pos = self._layout(node, x)
+        d = cg * pos
+        # Another sample's group mean shares k with the same element, min(k, k_tok) with the
+        # channel's other positions, μ² with the other channels.
+        ck = (x.k + (pos - 1) * min(x.k, x.kt) + (cg - 1) * pos * x.mu * x.mu) / d
+        kt = max(x.kt - self._shared(node, x), 0.0)
+        return x.with_(q=g2 * v / ve + b2, mu=bm, k=g2 * max(x.k - ck, 0.0) / ve + b2, kt=g2 * kt / ve + b2,
+                       origin=node.name, normed=1.0, scale=1.0, shape=out_shape(node, x))
+
     def centre(self, node: Node, x, b: Bwd) -> Bwd:
         # The gradient's mean over each statistics group (C/G channels x all positions of one
         # sample) is removed (N3): per element the mean part of r, per channel the share 1/cg of
@@ -111,7 +145,6 @@ class GroupNorm(_RowNorm):
         cg = max(x.shape[1] // max(node.attrs.get("groups", 1), 1), 1)
         pos = max(math.prod(x.shape[2:]), 1)
         return _centred_positions(b, cg, pos, self.rho(cg * pos, x.normed))
-
 
     def param_grads(self, ctx: Context, node: Node, x, g, rows, xhat2):
         if len(x.shape) < 2:

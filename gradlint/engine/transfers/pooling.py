@@ -210,7 +210,17 @@ class AvgPool(Transfer):
             # map (AvgPool2d(8) at stride 1 on 8×8, GoogLeNet's head) has one output, not n.
             nw = n * out.numel / x.numel
         s = g.s * nw / (n * n)
-        return [Bwd(s, g.s / (n * n) + g.r * nw / (n * n), 0.0, g.rb * nw / (n * n))]
+        p_in = math.prod(x.shape[2:]) if len(x.shape) > 2 else 1
+        p_out = math.prod(out.shape[2:]) if len(out.shape) > 2 else 1
+        if p_in > 1:
+            # Only the other entries of a window share its δ: r is the mean over all pairs of
+            # positions. Every output's δ/n lands on its n entries, so the gradient summed over a
+            # plane is the same on both sides (P2; as P4 for interpolation).
+            r = (p_out * g.s + p_out * (p_out - 1) * g.r - p_in * s) / (p_in * (p_in - 1))
+            r = max(r, -s / (p_in - 1))
+        else:
+            r = g.s / (n * n) + g.r * nw / (n * n)
+        return [Bwd(s, r, 0.0, g.rb * nw / (n * n))]
 
 
 @register("softmax")
