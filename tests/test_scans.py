@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from helpers import Trials
 
-from gradlint.api import predict
+from gradlint.api import as_example_inputs, predict
 
 
 def blelloch_(A, X):
@@ -136,3 +136,95 @@ def test_two_parts_of_one_tensor_multiply_as_two_variables():
     t = Trials(Halves, (32, 64), seeds=4)
     for name in ("a.weight", "b.weight", "c.weight", "out.weight"):
         t.check_param(name, 0.1)
+
+
+# -- the scan as mamba-minimal writes it: einsums, a causal conv, the default init -------------
+
+class MinimalMixer(nn.Module):
+    """johnma2006/mamba-minimal's MambaBlock, small: Δ, A, B·u built by einsum (an outer product
+    and a three-operand product: nothing summed), the state read out by an einsum that sums
+    over the state dim, u = silu(causal depthwise conv), dt_proj with nn.Linear's default init."""
+
+    def __init__(self, d: int = 16, n: int = 8, rank: int = 2):
+        super().__init__()
+        self.d, self.n, self.rank = d, n, rank
+        self.in_proj = nn.Linear(d, 4 * d, bias=False)
+        self.conv1d = nn.Conv1d(2 * d, 2 * d, 4, groups=2 * d, padding=3)
+        self.x_proj = nn.Linear(2 * d, rank + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(rank, 2 * d)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(2 * d, 1))
+        self.D = nn.Parameter(torch.ones(2 * d))
+        self.out_proj = nn.Linear(2 * d, d, bias=False)
+
+    def forward(self, x):
+        L = x.shape[1]
+        u, res = self.in_proj(x).chunk(2, dim=-1)
+        u = F.silu(self.conv1d(u.transpose(1, 2))[:, :, :L].transpose(1, 2))
+        A = -torch.exp(self.A_log.float())
+        delta, B, C = self.x_proj(u).split([self.rank, self.n, self.n], dim=-1)
+        delta = F.softplus(self.dt_proj(delta))
+        dA = torch.exp(torch.einsum("bld,dn->bldn", delta, A))
+        dBu = torch.einsum("bld,bln,bld->bldn", delta, B, u)
+        h, ys = torch.zeros_like(dBu[:, 0]), []
+        for i in range(L):
+            h = dA[:, i] * h + dBu[:, i]
+            ys.append(torch.einsum("bdn,bn->bd", h, C[:, i]))
+        y = torch.stack(ys, dim=1) + u * self.D
+        return self.out_proj(y * F.silu(res))
+
+
+MINIMAL_WEIGHTS = ["A_log", "dt_proj.weight", "dt_proj.bias", "x_proj.weight", "in_proj.weight", "out_proj.weight"]
+
+
+@pytest.mark.parametrize("equation,shapes", [
+    ("bld,dn->bldn", [(2, 3, 4), (4, 5)]), ("bld,bln,bld->bldn", [(2, 3, 4), (2, 3, 5), (2, 3, 4)]),
+    ("bdn,bn->bd", [(2, 4, 5), (2, 5)]), ("bhij,hg->bgij", [(2, 3, 4, 4), (3, 5)]),
+    ("htu,buhc->bthc", [(3, 4, 4), (2, 4, 3, 5)]), ("i,j->ij", [(3,), (4,)]), ("ij->j", [(3, 4)]),
+    ("...ij,...jk", [(2, 3, 4), (4, 5)]), ("bh,bn,bhp->bhpn", [(2, 3), (2, 5), (2, 3, 4)]),
+])
+def test_an_einsum_spelled_out_is_the_einsum(equation, shapes):
+    from gradlint.capture.einsum import plan
+
+    xs = [torch.randn(s) for s in shapes]
+    p = plan(equation, shapes)
+    cur = list(xs)
+    for i, steps in enumerate(p.operands):
+        for s in steps:
+            cur[i] = cur[i].permute(*s.arg) if s.kind == "permute" else cur[i].unsqueeze(s.arg)
+            assert tuple(cur[i].shape) == s.shape
+    for s in p.tail:
+        cur[0] = cur[0] * cur[s.arg] if s.kind == "mul" else cur[0].sum(s.arg)
+        assert tuple(cur[0].shape) == s.shape
+    torch.testing.assert_close(cur[0], torch.einsum(equation, *xs))
+
+
+def test_batched_matmul_einsums_stay_matmul():
+    from gradlint.capture.einsum import plan
+
+    assert plan("bhid,bhjd->bhij", [(2, 3, 4, 5), (2, 3, 6, 5)]).matmul
+    assert plan("bhij,bhjd->bhid", [(2, 3, 4, 6), (2, 3, 6, 5)]).matmul
+    assert not plan("bdn,bn->bd", [(2, 4, 5), (2, 5)]).matmul  # no free index of its own in C
+
+
+def test_mamba_minimal_scan_matches_backward():
+    """Before: the outer-product einsum was a matmul summing 2d terms, the three-operand one had
+    no rule, and the scan's decay could not be evaluated: every weight unknown. The decay's
+    per-channel Δ comes from dt_proj's bias (a default init here, not Mamba's), which the scan
+    rule evaluates unit by unit."""
+    from gradlint.capture.loops import lag_targets
+    from gradlint.probing.measure import measure
+
+    t = Trials(MinimalMixer, (4, 12, 16), seeds=3)
+    report = t.report
+    assert report.summary.verdict != "unknown"
+    assert [(r.form, r.steps) for r in report.recurrent] == [("scan", 12)]
+    for name in MINIMAL_WEIGHTS:
+        t.check_param(name, 0.15)
+    torch.manual_seed(1000)
+    model = MinimalMixer()
+    ex = as_example_inputs(model, (torch.randn(4, 12, 16),))
+    report, result = predict(model, ex)
+    r = report.recurrent[0]
+    lag = measure(model, ex, seeds=2, loops=lag_targets(result.graph)).lag_rms(r.node)
+    pred, meas = math.log10(r.lag_grad_rms[0] / r.lag_grad_rms[-1]), math.log10(lag[0] / lag[-1])
+    assert meas < -1.0 and abs(pred - meas) < 0.3, (pred, meas)
