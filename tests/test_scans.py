@@ -6,7 +6,8 @@ Two selections of one tensor are two variables: before, ``A[..., 1] * A[..., 0]`
 A² (one origin), and mamba.py came out 1.5 to 5.4 decades over on every weight, its LM
 infinite, both "healthy". Combined in place over log2(T) levels, the decays are op by op
 (E_u[a²])^k where the truth is E_u[Π a²] per unit (docs/design.md §6, R5): that is unknown,
-while the loop form gets the per-unit scan rule.
+while the loop form gets the per-unit scan rule. A custom Function whose forward and backward,
+run on random decays, are the loop's (``capture.function_scans``) is replaced by the loop.
 """
 
 from __future__ import annotations
@@ -66,11 +67,29 @@ class PScan(torch.autograd.Function):
             return torch.autograd.grad(loop_scan(a, x), (a, x), g)
 
 
+class ScaledBackward(PScan):
+    """The same forward, a backward twice the derivative: no linear scan."""
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(2 * d for d in PScan.backward(ctx, g))
+
+
+def inline_scan(A, X):
+    """The parallel scan with no Function around it: autograd would see its in-place ops."""
+    A, X = A.clone().transpose(2, 1), X.clone().transpose(2, 1)
+    blelloch_(A, X)
+    return X.transpose(2, 1)
+
+
+SCANS = {"loop": loop_scan, "function": PScan.apply, "scaled": ScaledBackward.apply, "inline": inline_scan}
+
+
 class Mixer(nn.Module):
     """Mamba's selective scan (mamba.py's sizes: d = 16, n = 16, T = 64), Δ initialized as Mamba
     does (softplus of the bias log-uniform in [0.001, 0.1])."""
 
-    def __init__(self, parallel: bool, d: int = 16, n: int = 16):
+    def __init__(self, parallel: bool | str, d: int = 16, n: int = 16):
         super().__init__()
         self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d, 1))
         self.dt_proj, self.B, self.C = nn.Linear(d, d), nn.Linear(d, n, bias=False), nn.Linear(d, n, bias=False)
@@ -85,7 +104,8 @@ class Mixer(nn.Module):
         delta = F.softplus(self.dt_proj(x))
         dA = torch.exp(delta.unsqueeze(-1) * A)
         dBx = delta.unsqueeze(-1) * self.B(x).unsqueeze(2) * x.unsqueeze(-1)
-        h = PScan.apply(dA, dBx) if self.parallel else loop_scan(dA, dBx)
+        scan = SCANS[self.parallel] if isinstance(self.parallel, str) else PScan.apply if self.parallel else loop_scan
+        h = scan(dA, dBx)
         return self.out((h * self.C(x).unsqueeze(2)).sum(-1))
 
 
@@ -99,12 +119,32 @@ def test_the_parallel_scan_is_the_loop():
 
 @pytest.mark.parametrize("seed", [1000, 1001, 1003])
 def test_decays_combined_in_place_are_unknown_never_healthy(seed):
-    """Seed 1001 was predicted +7 decades on every weight and 1003 inf, each 'healthy'."""
-    torch.manual_seed(seed)
-    # The Function's backward trusted: unknown because of the scan itself, not its custom backward.
-    report, _ = predict(Mixer(parallel=True), (torch.randn(8, 64, 16),), trust_custom_backward=True)
-    assert report.summary.verdict == "unknown"
-    assert all(p.predicted_grad_rms is None for p in report.params if p.name in WEIGHTS)
+    """Seed 1001 was predicted +7 decades on every weight and 1003 inf, each 'healthy'. Inline
+    (no Function to run), or in a Function whose backward is not the loop's, it stays unknown."""
+    for form in ("inline", "scaled"):
+        torch.manual_seed(seed)
+        # The Function's backward trusted: unknown because of the scan itself, not its custom backward.
+        report, _ = predict(Mixer(parallel=form), (torch.randn(8, 64, 16),), trust_custom_backward=True)
+        assert report.summary.verdict == "unknown", form
+        assert all(p.predicted_grad_rms is None for p in report.params if p.name in WEIGHTS), form
+        assert not report.recurrent, form
+
+
+def test_a_function_that_runs_as_the_loop_is_the_loop():
+    """The Function, run on random decays, is the loop forward and backward: its ops are replaced
+    by the loop, predicted as the loop is (the slow test below checks the loop against a real
+    backward), and its backward is no unknown of its own."""
+    torch.manual_seed(1000)
+    model = Mixer(parallel=True)
+    x = torch.randn(8, 32, 16)
+    report, result = predict(model, (x,))
+    assert not result.custom_backward and report.summary.verdict != "unknown"
+    model.parallel = False
+    loop, _ = predict(model, (x,))
+    assert [(r.form, r.steps) for r in report.recurrent] == [("scan", 32)]
+    assert report.recurrent[0].lag_grad_rms == pytest.approx(loop.recurrent[0].lag_grad_rms, rel=1e-9)
+    for p, q in zip(report.params, loop.params):
+        assert p.predicted_grad_rms == pytest.approx(q.predicted_grad_rms, rel=1e-9), p.name
 
 
 @pytest.mark.slow
@@ -228,3 +268,22 @@ def test_mamba_minimal_scan_matches_backward():
     lag = measure(model, ex, seeds=2, loops=lag_targets(result.graph)).lag_rms(r.node)
     pred, meas = math.log10(r.lag_grad_rms[0] / r.lag_grad_rms[-1]), math.log10(lag[0] / lag[-1])
     assert meas < -1.0 and abs(pred - meas) < 0.3, (pred, meas)
+
+
+def test_the_probe_measures_the_function_scans_decay():
+    """The loop replacing a Function is not in the exported program: the probe reads its steps as
+    slices of the Function's inputs and output, in a run of the program whose inlined in-place
+    ops autograd refuses until each op reads copies. Same draws, same numbers as the loop's."""
+    from gradlint.capture.loops import lag_targets
+    from gradlint.probing.measure import measure
+
+    lags = []
+    for form in (True, False):
+        torch.manual_seed(1000)
+        model = Mixer(parallel=form)
+        ex = as_example_inputs(model, (torch.randn(4, 16, 16),))
+        _, result = predict(model, ex)
+        m = measure(model, ex, seeds=1, loops=lag_targets(result.graph))
+        assert m.graph_error is None
+        lags.append(m.lag_rms(next(iter(lag_targets(result.graph)))))
+    assert len(lags[0]) == 16 and lags[0] == pytest.approx(lags[1], rel=1e-6)

@@ -785,14 +785,16 @@ def fuse_loops(g: Graph) -> int:
     return count
 
 
-def lag_targets(g: Graph) -> dict[str, tuple[tuple[tuple[str, ...], ...], str]]:
+def lag_targets(g: Graph) -> dict[str, tuple[tuple[tuple[Any, ...], ...], Any]]:
     """Per recurrence a probe can measure, by the node that names it in reports: the nodes
     holding each step's inputs, and the last step's state. These are nodes of the exported
-    program, so the probe reads the same tensors in a real forward pass."""
-    out: dict[str, tuple[tuple[tuple[str, ...], ...], str]] = {}
+    program (or one step of one, ``(node, dim, index)``: ``Graph.slices``), so the probe reads
+    the same tensors in a real forward pass."""
+    out: dict[str, tuple[tuple[tuple[Any, ...], ...], Any]] = {}
     for n in g.nodes:
         if n.kind in ("rnn_loop", "scan") and n.attrs.get("lag_inputs"):
-            out[n.name] = (tuple((x,) for x in n.attrs["lag_inputs"]), n.attrs["lag_output"])
+            out[n.name] = (tuple((g.slices.get(x, x),) for x in n.attrs["lag_inputs"]),
+                           g.slices.get(n.attrs["lag_output"], n.attrs["lag_output"]))
     for lp in getattr(g, "loops", ()):
         out[lp.name] = (lp.inputs, lp.name)
     return out
