@@ -117,13 +117,13 @@ class _Recorder(fx.Interpreter):
 
     def call_function(self, target, args, kwargs):
         if self.clone and isinstance(target, torch._ops.OpOverload):
-            # Copies of what an op reads, not of what it writes into or returns a view of: what
-            # autograd saves is then never written in place later.
+            # Copies of the views an op reads, not of what it writes into or returns a view of:
+            # what autograd saves is then never written in place later through its base.
             schema = target._schema
             views = any(r.alias_info is not None for r in schema.returns)
             written = {i for i, x in enumerate(schema.arguments) if x.alias_info is not None and x.alias_info.is_write}
             if not views or written:
-                args = tuple(x.clone() if isinstance(x, torch.Tensor) and i not in written else x
+                args = tuple(x.clone() if isinstance(x, torch.Tensor) and x._is_view() and i not in written else x
                              for i, x in enumerate(args))
         return super().call_function(target, args, kwargs)
 
