@@ -491,6 +491,8 @@ def _measure(model, inputs, seeds, dtype, device, seed0, loops) -> Measurement:
             # The forward of a custom autograd.Function, inlined, writes in place into tensors
             # autograd saved (alxndrTL/mamba.py's parallel scan): again, on the same draws, each
             # op reading copies.
+            rec = seq_of = None  # the refused run's graph, freed before the next one
+            del out
             gen.set_state(draws[0])
             torch.set_rng_state(draws[1])
             for t in [*state.values(), *torch.utils._pytree.tree_leaves((a, kw))]:
