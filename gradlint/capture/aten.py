@@ -161,9 +161,9 @@ class Converter:
         return None
 
     def add(self, fxn: fx.Node, kind: str, inputs=(), params=None, attrs=None, name: str | None = None,
-            like: fx.Node | None = None) -> None:
-        """Add a node for ``fxn`` (named ``name`` instead, with ``like``'s shape, for a node that
-        has no fx node of its own)."""
+            like: fx.Node | None = None, shape: tuple[int, ...] | None = None) -> None:
+        """Add a node for ``fxn`` (named ``name`` instead, with ``like``'s shape or ``shape``, for
+        a node that has no fx node of its own)."""
         stack = fxn.meta.get("nn_module_stack") or {}
         module, module_type = ("", "")
         if stack:
@@ -173,7 +173,7 @@ class Converter:
         val = (like if like is not None else fxn).meta.get("val")
         self.nodes.append(Node(
             name=name or fxn.name, kind=kind, op=str(fxn.target), inputs=tuple(self.ref(i) for i in inputs),
-            params=params or {}, attrs=attrs or {}, shape=_shape(val), dtype=_dtype(val),
+            params=params or {}, attrs=attrs or {}, shape=_shape(val) if shape is None else shape, dtype=_dtype(val),
             module=module, module_type=module_type, call_site=call_site(fxn.meta.get("stack_trace"))))
 
     # -- conversion ----------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from gradlint.capture.function_scans import fuse_function_scans
 from gradlint.capture.graph import Graph, Node
 from gradlint.capture.loops import fuse_loops
 from gradlint.capture.params import ParamStats
@@ -585,5 +586,6 @@ def fuse(g: Graph, model: nn.Module | None, stats: dict[str, ParamStats]) -> Gra
     fuse_attention(g, stats)
     fuse_router(g)
     fuse_wkv(g)
+    fuse_function_scans(g)
     fuse_loops(g)
     return g

@@ -70,6 +70,8 @@ class Graph:
             (``capture.loops.Loop``): the engine reports their long-range gradient.
         own_backward: Custom autograd Functions and forward-registered tensor hooks on the
             gradient paths, whose backward the graph does not show (``capture.own_backward``).
+        slices: Nodes the capture added that the exported program does not have, each one step
+            of a node it has: (that node, dim, index), for the probe to read (``capture.function_scans``).
     """
 
     nodes: list[Node]
@@ -79,6 +81,7 @@ class Graph:
     notes: list[tuple[str, str]] = field(default_factory=list)
     loops: list[Any] = field(default_factory=list)
     own_backward: tuple[str, ...] = ()
+    slices: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.reindex()

@@ -615,12 +615,14 @@ def _dependent(g: Graph) -> set[str]:
     return out
 
 
-def _leaves(g: Graph, root: str, dependent: set[str]) -> list[str] | None:
+def _leaves(g: Graph, root: str, dependent: set[str], z: str | None = None) -> list[str] | None:
     """The input-dependent values a construction starts from, through evaluable ops; None when
-    it reads one through an op that is not evaluable and depends on nothing random
-    (the construction cannot be evaluated)."""
+    it reads one through an op that is not evaluable and depends on nothing random (the
+    construction cannot be evaluated). Given the decay's ``z``, a value built without ``z`` or
+    parameters is one leaf, whose second moment the forward knows (mamba-minimal's silu(conv(x)))."""
     out: list[str] = []
     stack, seen = [root], set()
+    opaque: dict[str, bool] = {}
     while stack:
         cur = stack.pop()
         if cur in seen:
@@ -629,13 +631,22 @@ def _leaves(g: Graph, root: str, dependent: set[str]) -> list[str] | None:
         n = g.by_name[cur]
         if n.kind in ("param", "const"):
             continue
-        if evaluable(n):
+        if evaluable(n) and not (z is not None and cur in dependent and _opaque(g, cur, z, opaque)):
             stack.extend(i for i in n.inputs if i is not None)
         elif cur in dependent:
             out.append(cur)
         else:
             return None
     return out
+
+
+def _opaque(g: Graph, name: str, z: str, memo: dict[str, bool]) -> bool:
+    """Whether ``name``'s construction reads neither ``z`` nor a parameter through evaluable ops."""
+    if name not in memo:
+        n = g.by_name[name]
+        memo[name] = name != z and n.kind != "param" and (
+            not evaluable(n) or all(_opaque(g, i, z, memo) for i in n.inputs if i is not None))
+    return memo[name]
 
 
 def _monomial(g: Graph, root: str, factors: set[str], z_side: set[str]) -> bool:
@@ -682,10 +693,13 @@ def _constructions(g: Graph, a: list[str], b: list[str]) -> dict[str, Any]:
         return {}
     a_root, b_root = a_src.pop(), b_src.pop()
     dependent = _dependent(g)
-    la, lb = _leaves(g, a_root, dependent), _leaves(g, b_root, dependent)
-    if la is None or lb is None or len(la) > 1:
+    la = _leaves(g, a_root, dependent)
+    if la is None or len(la) > 1:
         return {}
     z = la[0] if la else None
+    lb = _leaves(g, b_root, dependent, z)
+    if lb is None:
+        return {}
     others = [x for x in lb if x != z]
     z_side = _free_of(g, b_root, set(others), set(lb))
     if not _monomial(g, b_root, set(others), z_side):
@@ -771,15 +785,17 @@ def fuse_loops(g: Graph) -> int:
     return count
 
 
-def lag_targets(g: Graph) -> dict[str, tuple[tuple[tuple[str, ...], ...], str]]:
+def lag_targets(g: Graph) -> dict[str, tuple[tuple[tuple[Any, ...], ...], Any]]:
     """Per recurrence a probe can measure, by the node that names it in reports: the nodes
     holding each step's inputs, and the last step's state. These are nodes of the exported
-    program, so the probe reads the same tensors in a real forward pass."""
-    out: dict[str, tuple[tuple[tuple[str, ...], ...], str]] = {}
+    program (or one step of one, ``(node, dim, index)``: ``Graph.slices``), so the probe reads
+    the same tensors in a real forward pass."""
+    out: dict[str, tuple[tuple[tuple[Any, ...], ...], Any]] = {}
     for n in g.nodes:
         if n.kind in ("rnn_loop", "scan", "wkv") and n.attrs.get("lag_inputs"):
-            out[n.name] = (tuple(tuple(x) if isinstance(x, (tuple, list)) else (x,) for x in n.attrs["lag_inputs"]),
-                           n.attrs["lag_output"])
+            steps = (x if isinstance(x, (tuple, list)) else (x,) for x in n.attrs["lag_inputs"])
+            out[n.name] = (tuple(tuple(g.slices.get(y, y) for y in step) for step in steps),
+                           g.slices.get(n.attrs["lag_output"], n.attrs["lag_output"]))
     for lp in getattr(g, "loops", ()):
         out[lp.name] = (lp.inputs, lp.name)
     return out

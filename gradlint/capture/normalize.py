@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 
-from gradlint.capture import writes
+from gradlint.capture import einsum, writes
 
 if TYPE_CHECKING:
     from gradlint.capture.aten import Converter
@@ -121,8 +121,34 @@ def _baddbmm(c: Converter, fxn, b):
 
 @normalizer("einsum")
 def _einsum(c: Converter, fxn, b):
+    """A batched matrix product stays ``matmul``; any other einsum is spelled out as broadcast
+    products and a sum (``capture.einsum``)."""
     ops = list(fxn.args[1])
-    c.add(fxn, "matmul" if len(ops) == 2 else "unknown", ops, attrs={"equation": fxn.args[0], "target": "einsum"})
+    shapes = [_shape(o.meta.get("val")) if isinstance(o, fx.Node) else None for o in ops]
+    p = einsum.plan(str(fxn.args[0]), shapes) if all(isinstance(s, tuple) for s in shapes) else None
+    if p is None or p.matmul:
+        c.add(fxn, "matmul" if len(ops) == 2 else "unknown", ops, attrs={"equation": fxn.args[0], "target": "einsum"})
+        return
+    steps = [(f"{fxn.name}_in{i}_{k}", s, i) for i, seq in enumerate(p.operands) for k, s in enumerate(seq)]
+    steps += [(f"{fxn.name}_{s.kind}{k}", s, None) for k, s in enumerate(p.tail)]
+    cur = [c.ref(o) for o in ops]
+    for k, (name, s, i) in enumerate(steps):
+        name = fxn.name if k == len(steps) - 1 else name
+        if s.kind == "permute":
+            c.add(fxn, "identity", [cur[i]], attrs={"op": "permute", "args": {"dims": s.arg}}, name=name, shape=s.shape)
+        elif s.kind == "unsqueeze":
+            c.add(fxn, "identity", [cur[i]], attrs={"op": "unsqueeze", "args": {"dim": s.arg}}, name=name,
+                  shape=s.shape)
+        elif s.kind == "mul":
+            c.add(fxn, "mul", [cur[0], cur[s.arg]], attrs={"op": "mul", "alpha": 1}, name=name, shape=s.shape)
+            i = 0
+        else:
+            c.add(fxn, "reduce", [cur[0]], attrs={"op": "sum", "dims": s.arg, "keepdim": False, "correction": None},
+                  name=name, shape=s.shape)
+            i = 0
+        cur[i] = name
+    if not steps:  # einsum("ij->ij", x): a copy
+        c.add(fxn, "identity", ops[:1], attrs={"op": "clone", "args": {}})
 
 
 @normalizer("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d",

@@ -24,6 +24,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
+# The classes behind ``found``'s descriptions, for the captures that test what a Function
+# computes (``capture.function_scans``).
+_CLASSES: dict[str, type] = {}
 
 
 def _site(obj: Any) -> str:
@@ -85,10 +88,16 @@ def found(out: Any, hooks: list[tuple[Any, str]] = ()) -> tuple[str, ...]:
     for cls in functions:
         site = _site(cls)
         out_.append(f"custom autograd.Function {cls.__qualname__}" + (f" ({site})" if site else ""))
+        _CLASSES[out_[-1]] = cls
     sites = list(dict.fromkeys(site for fn, site in hooks if fn in seen))
     for site in sites:
         out_.append("tensor hook registered in forward" + (f" ({site})" if site else ""))
     return tuple(out_)
+
+
+def function_class(entry: str) -> type | None:
+    """The class of a custom autograd Function that ``found`` described (this process's last)."""
+    return _CLASSES.get(entry)
 
 
 def is_function(entry: str) -> bool:

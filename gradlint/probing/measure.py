@@ -109,12 +109,25 @@ def _log_mean_rms(values) -> float | None:
 
 
 class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, device: str, dtype: torch.dtype | None):
+    def __init__(self, gm: fx.GraphModule, device: str, dtype: torch.dtype | None, clone: bool = False):
         super().__init__(gm, garbage_collect_values=False)
         self.values: dict[str, torch.Tensor] = {}
         self.computed: set[str] = set()
         self.device = torch.device(device)
         self.dtype = dtype
+        self.clone = clone
+
+    def call_function(self, target, args, kwargs):
+        if self.clone and isinstance(target, torch._ops.OpOverload):
+            # Copies of the views an op reads, not of what it writes into or returns a view of:
+            # what autograd saves is then never written in place later through its base.
+            schema = target._schema
+            views = any(r.alias_info is not None for r in schema.returns)
+            written = {i for i, x in enumerate(schema.arguments) if x.alias_info is not None and x.alias_info.is_write}
+            if not views or written:
+                args = tuple(x.clone() if isinstance(x, torch.Tensor) and x._is_view() and i not in written else x
+                             for i, x in enumerate(args))
+        return super().call_function(target, args, kwargs)
 
 
     def run_node(self, n: fx.Node) -> Any:
@@ -127,6 +140,49 @@ class _Recorder(fx.Interpreter):
             if n.op == "call_function":
                 self.computed.add(n.name)
         return out
+
+
+def _run_graph(gm, state, a, kw, loops, gen, device, dtype, clone: bool):
+    """One seed's run of the graph module with the real tensors swapped in, the loops' per-step
+    gradients, then the backward pass: (recorder, output, per-loop gradients, the failure)."""
+    for t in state.values():
+        if t.grad is not None:
+            t.grad = None
+    orig = {}
+    for name, t in state.items():
+        owner, _, attr = name.rpartition(".")
+        mod = gm.get_submodule(owner) if owner else gm
+        orig[name] = (mod, attr, getattr(mod, attr))
+        if isinstance(orig[name][2], nn.Parameter):
+            mod._parameters[attr] = t  # plain tensor with requires_grad, so grads land on `t`
+        else:
+            mod._buffers[attr] = t
+    try:
+        rec = _Recorder(gm, device, dtype, clone)
+        out = rec.run(*_flatten_for(gm, a, kw))
+    except torch.OutOfMemoryError:
+        raise  # the caller retries with a smaller batch
+    except Exception as e:
+        # Kernels differ by dtype (a transposed convolution with an empty output passes in
+        # float32 and raises in float64): the model's own code, not a gradlint failure.
+        raise _run_failed("runs the exported graph on real tensors", dtype, e, _STATIC_HINT) from e
+    finally:
+        for mod, attr, val in orig.values():
+            if isinstance(val, nn.Parameter):
+                mod._parameters[attr] = val
+            else:
+                mod._buffers[attr] = val
+    seq_of: dict[str, list[float]] = {}
+    try:
+        seq_of = _loop_lag_grads(rec.values, loops, gen)
+        ys = [y for y in _leaves(out) if (y.is_floating_point() or y.is_complex()) and y.requires_grad]
+        if ys:  # else no output depends on a parameter or an input: every gradient is absent
+            sum(_weighted(y, gen) for y in ys).backward()
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a custom autograd.Function's backward, an in-place op autograd refuses
+        return rec, out, seq_of, _run_failed("runs the backward pass", dtype, e, _STATIC_HINT)
+    return rec, out, seq_of, None
 
 
 def _leaves(x: Any) -> list[torch.Tensor]:
@@ -435,45 +491,25 @@ def _measure(model, inputs, seeds, dtype, device, seed0, loops) -> Measurement:
             # the autograd graph to have a gradient.
             grad = lambda t: t.requires_grad_(True) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
             a, kw = torch.utils._pytree.tree_map(grad, (tuple(a), dict(kw)))
-        for t in state.values():
-            if t.grad is not None:
-                t.grad = None
-        # Interpret the graph module with the real tensors swapped in.
-        orig = {}
-        for name, t in state.items():
-            owner, _, attr = name.rpartition(".")
-            mod = gm.get_submodule(owner) if owner else gm
-            orig[name] = (mod, attr, getattr(mod, attr))
-            if isinstance(orig[name][2], nn.Parameter):
-                mod._parameters[attr] = t  # plain tensor with requires_grad, so grads land on `t`
-            else:
-                mod._buffers[attr] = t
-        try:
-            rec = _Recorder(gm, device, dtype)
-            out = rec.run(*_flatten_for(gm, a, kw))
-        except torch.OutOfMemoryError:
-            raise  # the caller retries with a smaller batch
-        except Exception as e:
-            # Kernels differ by dtype (a transposed convolution with an empty output passes in
-            # float32 and raises in float64): the model's own code, not a gradlint failure.
-            raise _run_failed("runs the exported graph on real tensors", dtype, e, _STATIC_HINT) from e
-        finally:
-            for mod, attr, val in orig.values():
-                if isinstance(val, nn.Parameter):
-                    mod._parameters[attr] = val
-                else:
-                    mod._buffers[attr] = val
-        for lname, seq in _loop_lag_grads(rec.values, loops, gen).items():
+        draws = gen.get_state(), torch.get_rng_state()
+        for clone in (False, True):
+            rec, out, seq_of, failed = _run_graph(gm, state, a, kw, loops, gen, device, dtype, clone)
+            if failed is None or clone or "inplace" not in str(failed):
+                break
+            # The forward of a custom autograd.Function, inlined, writes in place into tensors
+            # autograd saved (alxndrTL/mamba.py's parallel scan): again, on the same draws, each
+            # op reading copies.
+            rec = seq_of = None  # the refused run's graph, freed before the next one
+            del out
+            gen.set_state(draws[0])
+            torch.set_rng_state(draws[1])
+            for t in [*state.values(), *torch.utils._pytree.tree_leaves((a, kw))]:
+                if isinstance(t, torch.Tensor):
+                    t.grad = None
+        if failed is not None:
+            raise failed
+        for lname, seq in seq_of.items():
             lag.setdefault(lname, []).append(seq)
-        ys = [y for y in _leaves(out) if (y.is_floating_point() or y.is_complex()) and y.requires_grad]
-        loss = sum(_weighted(y, gen) for y in ys)
-        if ys:  # else no output depends on a parameter or an input: every gradient is absent
-            try:
-                loss.backward()
-            except torch.OutOfMemoryError:
-                raise
-            except Exception as e:  # a custom autograd.Function's backward, an in-place op autograd refuses
-                raise _run_failed("runs the backward pass", dtype, e, _STATIC_HINT) from e
         for name, t in rec.values.items():
             q = float(t.detach().double().pow(2).mean()) if t.numel() else 0.0
             node_q[name] = node_q.get(name, 0.0) + q / seeds
@@ -596,22 +632,32 @@ def _loop_lag_grads(values: dict[str, torch.Tensor], loops: dict, gen) -> dict[s
     """Per loop: at every step, the mean over its inputs' elements of δ² when the loss is
     g · (the last step's state), g ~ N(0, 1), read from the tensors of the real forward."""
     res = {}
+
+    def value(spec):
+        """A node's tensor, or one step of it: ``(node, dim, index)`` (``capture.loops.lag_targets``)."""
+        if isinstance(spec, (tuple, list)):
+            base = values.get(spec[0])
+            return (base, base.select(spec[1], spec[2])) if base is not None else (None, None)
+        return values.get(spec), values.get(spec)
+
     for name, (steps, last) in loops.items():
-        y = values.get(last)
-        xs = [[values.get(i) for i in step] for step in steps]
-        flat = [x for step in xs for x in step if x is not None]
+        y = value(last)[1]
+        xs = [[value(i) for i in step] for step in steps]
+        flat = list({id(b): b for step in xs for b, _ in step if b is not None}.values())
         if y is None or not flat:
             continue
         g = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y)
         grads = torch.autograd.grad((g * y).sum(), flat, retain_graph=True, allow_unused=True)
         by_id = {id(x): d for x, d in zip(flat, grads)}
         seq = []
-        for step in xs:
+        for step, spec in zip(xs, steps):
             num = den = 0.0
-            for x in step:
+            for (base, x), sp in zip(step, spec):
                 if x is None:
                     continue
-                d = by_id.get(id(x))
+                d = by_id.get(id(base))
+                if d is not None and isinstance(sp, (tuple, list)):
+                    d = d.select(sp[1], sp[2])
                 num += float(d.double().pow(2).sum()) if d is not None else 0.0
                 den += x.numel()
             seq.append(num / den if den else 0.0)

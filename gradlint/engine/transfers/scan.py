@@ -71,9 +71,11 @@ class _Evaluator:
     varies only along the dims along which parameters vary: the units of the state.
     ``shift`` adds a constant to one parameter, for derivatives by central differences."""
 
-    def __init__(self, ctx: Context, z: str | None, value: float, shift: tuple[str, float] | None = None):
+    def __init__(self, ctx: Context, z: str | None, value: float | torch.Tensor,
+                 shift: tuple[str, float] | None = None, others: tuple[str, ...] = ()):
         self.ctx, self.z, self.value, self.shift = ctx, z, value, shift
         self.cache: dict[str, torch.Tensor] = {}
+        self.leaves = {z, *others} - {None}
 
     def __call__(self, name: str) -> torch.Tensor:
         if name not in self.cache:
@@ -87,10 +89,13 @@ class _Evaluator:
                 raise _Unsupported(n.name)
             v = p.detach().double()
             return v + self.shift[1] if self.shift and self.shift[0] == n.attrs["param"] else v
-        if n.kind == "const" or not evaluable(n):
+        # A leaf may be an evaluable op itself (mamba-minimal's u = silu(conv(x)), capture.loops):
+        # evaluated through, silu(1) would stand for u.
+        if n.kind == "const" or not evaluable(n) or n.name in self.leaves:
             if not isinstance(n.shape, tuple) or not all(isinstance(d, int) for d in n.shape) or n.kind == "const":
                 raise _Unsupported(n.name)
-            return torch.full([1] * len(n.shape), self.value if n.name == self.z else 1.0, dtype=torch.float64)
+            ones = torch.ones([1] * len(n.shape), dtype=torch.float64)
+            return ones * self.value if n.name == self.z else ones
         xs = [self(i) for i in n.inputs if i is not None]
         op, args = n.attrs.get("op"), n.attrs.get("args", {})
         if n.kind == "identity":
@@ -144,6 +149,22 @@ def _params_of(g: Graph, root: str) -> list[str]:
     return sorted(set(out))
 
 
+def _unit_bias(ctx: Context, z: Node) -> torch.Tensor | None:
+    """The bias of the Linear that makes the decay's input-dependent value, when it has one
+    (Mamba's dt_proj): fixed per channel, it makes some units decay slowly at every step, and
+    products over steps are ruled by those units, so it is no part of z's randomness."""
+    name = z.params.get("bias") if z.kind == "linear" else None
+    if not name or ctx.model is None or not isinstance(z.shape, tuple) or not z.shape:
+        return None
+    try:
+        b = ctx.model.get_parameter(name)
+    except AttributeError:
+        return None
+    if b.is_meta or b.dim() != 1 or b.numel() != z.shape[-1]:
+        return None
+    return b.detach().double()
+
+
 def _numel(n: Node) -> int:
     return math.prod(n.shape) if isinstance(n.shape, tuple) and all(isinstance(d, int) for d in n.shape) else 0
 
@@ -192,6 +213,13 @@ def unit_stats(ctx: Context, node: Node) -> Units | None:
         return None
     q_other = {x: fwd[x].q if isinstance(fwd.get(x), Fwd) else math.nan for x in others}
     mu, sd = (zf.mu, math.sqrt(zf.v)) if zf is not None else (0.0, 0.0)
+    offset: float | torch.Tensor = 0.0
+    bias = _unit_bias(ctx, g.by_name[z]) if z is not None else None
+    if bias is not None and zf is not None:
+        # z = r + b_u: the random part r is the same for every unit, the bias is the unit's own.
+        mu_r = zf.mu - float(bias.mean())
+        mu, sd = mu_r, math.sqrt(max(zf.q - float(((mu_r + bias) ** 2).mean()), 0.0))
+        offset = bias.reshape([1] * (len(zf.shape) - 1) + [-1])
     nodes, weights = _gauss_hermite(HERMITE_NODES) if z is not None else ((0.0,), (1.0,))
     pa, pb = _params_of(g, at["a_root"]), _params_of(g, at["b_root"])
     acc: dict[str, torch.Tensor] = {}
@@ -203,16 +231,16 @@ def unit_stats(ctx: Context, node: Node) -> Units | None:
 
     try:
         for x, w in zip(nodes, weights):
-            zk = mu + sd * x
+            zk = mu + sd * x + offset
 
-            def ev(root: str, zv: float = zk, shift: tuple[str, float] | None = None) -> torch.Tensor:
-                return _Evaluator(ctx, z, zv, shift)(root)
+            def ev(root: str, zv: float | torch.Tensor = zk, shift: tuple[str, float] | None = None) -> torch.Tensor:
+                return _Evaluator(ctx, z, zv, shift, tuple(others))(root)
 
             a_k = ev(at["a_root"])
             add("a", w, a_k)
             add("b", w, ev(at["b_root"]))
             if z is not None:
-                h = 1e-5 * max(1.0, abs(zk))
+                h = 1e-5 * max(1.0, float(abs(torch.as_tensor(zk)).max()))
                 add("a_z", w, (ev(at["a_root"], zk + h) - ev(at["a_root"], zk - h)) / (2 * h), a_k)
                 add("b_z", w, (ev(at["b_root"], zk + h) - ev(at["b_root"], zk - h)) / (2 * h))
             for side, names in (("a", pa), ("b", pb)):
