@@ -307,6 +307,25 @@ def _same_python_draws() -> None:
     random.seed(0)
 
 
+# Models whose recurrences are predicted but not measured here, and why.
+NO_DECAY_MEASUREMENT = {
+    "mambapy/mambapy/lm.py": "decay not measured: the probe reruns the exported PScan program with copies of the "
+                             "views its in-place ops read, which at 24 layers x 1536 x 16 states x 64 steps in "
+                             "float64 exceeds this machine's 24 GB (OOM-killed); the same scan at mambapy/mamba.py's "
+                             "size is measured",
+}
+
+
+def predicted_decays(report: Any) -> list[dict]:
+    out = []
+    for r in report.recurrent:
+        pred = math.log10(r.lag_grad_rms[0] / r.lag_grad_rms[-1]) if r.lag_grad_rms and r.lag_grad_rms[0] > 0 \
+            and r.lag_grad_rms[-1] > 0 else None
+        out.append({"node": r.node, "module": r.module, "form": r.form, "mode": r.mode, "steps": r.steps,
+                    "decay_pred": pred, "lag_key": r.lag_key})
+    return out
+
+
 def decays(model: nn.Module, example: Any, report: Any, result: Any, seeds: int) -> list[dict]:
     """Per recurrence of ``report``, the long-range decay predicted and measured (decades)."""
     from gradlint.capture.loops import lag_targets
@@ -317,13 +336,9 @@ def decays(model: nn.Module, example: Any, report: Any, result: Any, seeds: int)
     _same_python_draws()
     meas = probe_measure(model, as_example_inputs(model, example), seeds=seeds, loops=lag_targets(result.graph))
     out = []
-    for r in report.recurrent:
-        lag = meas.lag_rms(r.lag_key)
-        pred = math.log10(r.lag_grad_rms[0] / r.lag_grad_rms[-1]) if r.lag_grad_rms and r.lag_grad_rms[0] > 0 \
-            and r.lag_grad_rms[-1] > 0 else None
-        got = math.log10(lag[0] / lag[-1]) if lag and lag[0] > 0 and lag[-1] > 0 else None
-        out.append({"node": r.node, "module": r.module, "form": r.form, "mode": r.mode, "steps": r.steps,
-                    "decay_pred": pred, "decay_meas": got})
+    for d in predicted_decays(report):
+        lag = meas.lag_rms(d.pop("lag_key"))
+        out.append({**d, "decay_meas": math.log10(lag[0] / lag[-1]) if lag and lag[0] > 0 and lag[-1] > 0 else None})
     return out
 
 
@@ -364,7 +379,12 @@ def run(models: list[Model], seeds: int) -> list[dict]:
                    unmeasured=unmeasured, verdict=report.summary.verdict if report.summary else None,
                    worst=max(errs, key=lambda e: e[1])[0] if errs else "")
         try:
-            row["recurrent"] = decays(model, example, report, result, seeds)
+            if m.name in NO_DECAY_MEASUREMENT:
+                row["recurrent_error"] = NO_DECAY_MEASUREMENT[m.name]
+                row["recurrent"] = [{k: v for k, v in d.items() if k != "lag_key"} | {"decay_meas": None}
+                                    for d in predicted_decays(report)]
+            else:
+                row["recurrent"] = decays(model, example, report, result, seeds)
         except Exception as e:  # noqa: BLE001 - the weights' row stands; the decay says why it is missing
             row["recurrent_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
         rows.append(row)
@@ -420,7 +440,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r.get('recurrent_error', 'no recurrence in report.recurrent')} |")
         within = [abs(d["decay_pred"] - d["decay_meas"]) <= 1 for _, d in rec
                   if d["decay_pred"] is not None and d["decay_meas"] is not None]
-        print(f"recurrences: {len(rec)}, decay within 1 decade of the measured one: {sum(within)} of {len(rec)}")
+        print(f"recurrences: {len(rec)}, decay within 1 decade of the measured one: {sum(within)} of {len(within)} "
+              f"measured ({len(rec) - len(within)} not measured)")
+        for r in done:
+            if r.get("recurrent") and r.get("recurrent_error"):
+                print(f"{r['model']}: {r['recurrent_error']}")
     failed = [r for r in rows if "error" in r]
     if failed:
         print("not measured: " + "; ".join(f"{r['model']}: {r['error']}" for r in failed))
