@@ -118,21 +118,32 @@ def compiler_unloaded() -> Iterator[None]:
             del torch._dynamo
 
 
-def _undisabled() -> list[Callable]:
-    """Every function ``torch._disable_dynamo`` has wrapped and not yet called, made to stand
-    for its own disabled version; the list of them."""
-    import torch._compile
+_WRAPPED: list[Callable] | None = None
 
-    codes = [c for c in torch._compile._disable_dynamo.__code__.co_consts
-             if isinstance(c, types.CodeType) and c.co_name == "inner" and "fn" in c.co_freevars]
-    if len(codes) != 1:
-        return []
-    slot = codes[0].co_freevars.index("fn")
+
+def _wrapped() -> list[Callable]:
+    """The functions ``torch._disable_dynamo`` has wrapped, found once per process (a scan of
+    the heap, about 15 ms): torch wraps them as its modules are imported, and one wrapped later
+    only costs the compiler's import on its first call."""
+    global _WRAPPED
+    if _WRAPPED is None:
+        import torch._compile
+
+        codes = [c for c in torch._compile._disable_dynamo.__code__.co_consts
+                 if isinstance(c, types.CodeType) and c.co_name == "inner" and "fn" in c.co_freevars]
+        _WRAPPED = []
+        if len(codes) == 1:
+            slot = codes[0].co_freevars.index("fn")
+            _WRAPPED = [w.__closure__[slot].cell_contents for w in gc.get_referrers(codes[0])
+                        if isinstance(w, types.FunctionType) and w.__closure__ is not None]
+    return _WRAPPED
+
+
+def _undisabled() -> list[Callable]:
+    """Every wrapped function not yet called, made to stand for its own disabled version; the
+    list of them."""
     out = []
-    for wrapper in gc.get_referrers(codes[0]):
-        if not isinstance(wrapper, types.FunctionType) or wrapper.__closure__ is None:
-            continue
-        fn = wrapper.__closure__[slot].cell_contents
+    for fn in _wrapped():
         if getattr(fn, "__dynamo_disable", None) is None and hasattr(fn, "__dict__"):
             fn.__dynamo_disable = fn
             out.append(fn)
