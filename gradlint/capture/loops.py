@@ -786,10 +786,9 @@ def fuse_loops(g: Graph) -> int:
 
 
 def lag_targets(g: Graph) -> dict[str, tuple[tuple[tuple[Any, ...], ...], Any]]:
-    """Per recurrence a probe can measure, by the node that names it in reports: the nodes
-    holding each step's inputs, and the last step's state. These are nodes of the exported
-    program (or one step of one, ``(node, dim, index)``: ``Graph.slices``), so the probe reads
-    the same tensors in a real forward pass."""
+    """Per recurrence a probe can measure, by its node in reports: the nodes holding each step's
+    inputs, and the last step's state, nodes of the exported program (or one step of one,
+    ``Graph.slices``), so the probe reads the same tensors in a real forward pass."""
     out: dict[str, tuple[tuple[tuple[Any, ...], ...], Any]] = {}
     for n in g.nodes:
         if n.kind in ("rnn_loop", "scan", "wkv") and n.attrs.get("lag_inputs"):
