@@ -1,15 +1,16 @@
 """``torch.einsum`` in the ops the engine has rules for (docs/design.md §4.2).
 
-An einsum that is a batched matrix product (two operands, one contracted index, one free
-index per operand at the output's last two places, the rest shared) stays one ``matmul``.
-Any other einsum is spelled out as torch would broadcast it: each operand permuted to one
-common order of the indices (the output's, then the contracted ones) and unsqueezed where
-it lacks an index, the operands multiplied element-wise, and the contracted indices summed.
-Read as a matmul, mamba-minimal's ``einsum(delta, A, 'b l d, d n -> b l d n')`` (an outer
-product: nothing is summed) was a sum over d = 64 terms, and its three-operand
-``einsum(delta, B, u, ...)`` had no rule; spelled out, they are the element-wise products the
-selective scan's rule evaluates per unit of the state (§6, R5), as when a model writes
-``delta.unsqueeze(-1) * A``.
+An einsum of two operands with one index contracted between them stays one ``matmul``, whose
+rule reads its counts from the equation (``engine.transfers.attention.einsum_counts``):
+attention's products, CaiT's talking heads, RWKV-v1's ``einsum(D, e^k v)`` (which the wkv unit
+recognises as a matmul), the selective scan's readout ``bdn,bn->bd``. Any other einsum is
+spelled out as torch would broadcast it: each operand permuted to one common order of the
+indices (the output's, then the contracted ones) and unsqueezed where it lacks an index, the
+operands multiplied element-wise, and the contracted indices summed. Read as a matmul,
+mamba-minimal's ``einsum(delta, A, 'b l d, d n -> b l d n')`` (an outer product: nothing is
+summed) was a sum over d = 64 terms, and its three-operand ``einsum(delta, B, u, ...)`` had no
+rule; spelled out, they are the element-wise products the selective scan's rule evaluates per
+unit of the state (§6, R5), as when a model writes ``delta.unsqueeze(-1) * A``.
 """
 
 from __future__ import annotations
@@ -71,17 +72,14 @@ def _terms(equation: str, ranks: list[int]) -> tuple[list[str], str] | None:
 
 
 def _is_matmul(terms: list[str], out: str) -> bool:
-    """Two operands, one contracted index in both, the output's last two indices free in one
-    operand each, every other output index shared: what the ``matmul`` rule's counts read."""
+    """Two operands and one index contracted between them: the ``matmul`` rule's counts."""
     if len(terms) != 2 or len(out) < 2:
         return False
     a, b = set(terms[0]), set(terms[1])
     contracted = (a | b) - set(out)
     if len(contracted) != 1 or not contracted <= (a & b):
         return False
-    i, k = out[-2], out[-1]
-    return ((i in a) != (i in b) and (k in a) != (k in b) and (i in a) != (k in a)
-            and all(c in a and c in b for c in out[:-2]))
+    return True
 
 
 def plan(equation: str, shapes: list[tuple[int, ...]]) -> Plan | None:
