@@ -27,6 +27,21 @@ T999 = {1: 636.6, 2: 31.60, 3: 12.92, 4: 8.610, 5: 6.869, 6: 5.959, 7: 5.408, 8:
         11: 4.437, 15: 4.073, 19: 3.883}
 
 
+def measured_log_rms(model: nn.Module, shape: tuple[int, ...], seeds: int = 4) -> dict[str, float]:
+    """Per parameter, the mean over seeds of log10 RMS of the gradient of the model itself
+    (float64, train mode, loss Σ g·y with g ~ N(0, 1), input N(0, 1) of ``shape``)."""
+    acc: dict[str, float] = {}
+    real = model.double().train()
+    for s in range(seeds):
+        torch.manual_seed(100 + s)
+        real.zero_grad(set_to_none=True)
+        y = real(torch.randn(*shape, dtype=torch.float64))
+        (torch.randn_like(y) * y).sum().backward()
+        for n, p in real.named_parameters():
+            acc[n] = acc.get(n, 0.0) + 0.5 * math.log10(float(p.grad.pow(2).mean())) / seeds
+    return acc
+
+
 def log_rms(e2: float) -> float:
     return 0.5 * math.log10(e2) if e2 > 0 else -math.inf
 

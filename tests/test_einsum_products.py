@@ -20,6 +20,7 @@ import math
 
 import torch
 import torch.nn as nn
+from helpers import measured_log_rms
 
 from gradlint.api import predict
 from gradlint.engine.transfers.attention import einsum_counts
@@ -51,20 +52,6 @@ class TalkingHeads(nn.Module):
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
-def measured(model: nn.Module, shape: tuple[int, ...], seeds: int = 4) -> dict[str, float]:
-    """Per parameter, the mean over seeds of log10 RMS of the gradient (float64, loss Σ g·y)."""
-    acc: dict[str, float] = {}
-    real = model.double().train()
-    for s in range(seeds):
-        torch.manual_seed(100 + s)
-        real.zero_grad(set_to_none=True)
-        y = real(torch.randn(*shape, dtype=torch.float64))
-        (torch.randn_like(y) * y).sum().backward()
-        for n, p in real.named_parameters():
-            acc[n] = acc.get(n, 0.0) + 0.5 * math.log10(float(p.grad.pow(2).mean())) / seeds
-    return acc
-
-
 def test_einsum_counts_read_the_equation():
     # 'bhij,hg->bgij': each output sums over h (8); a's gradient over g (8); b's over b·i·j.
     assert einsum_counts("b h i j, h g -> b g i j", (4, 8, 64, 64), (8, 8)) == (8, 8, 4 * 64 * 64)
@@ -79,7 +66,7 @@ def test_talking_heads_attention_matches_a_real_backward():
     report, result = predict(model, (torch.randn(4, 64, 128),))
     # The head-mixing products are not attention's score or value products.
     assert not any(n.kind == "attention" for n in result.graph.nodes)
-    truth = measured(model, (4, 64, 128))
+    truth = measured_log_rms(model, (4, 64, 128))
     for p in report.params:
         if p.name.startswith("norm"):
             continue

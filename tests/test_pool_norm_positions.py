@@ -20,21 +20,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import measured_log_rms
 
 from gradlint.api import predict
-
-
-def measured(model: nn.Module, shape: tuple[int, ...], seeds: int = 4) -> dict[str, float]:
-    acc: dict[str, float] = {}
-    real = model.double().train()
-    for s in range(seeds):
-        torch.manual_seed(100 + s)
-        real.zero_grad(set_to_none=True)
-        y = real(torch.randn(*shape, dtype=torch.float64))
-        (torch.randn_like(y) * y).sum().backward()
-        for n, p in real.named_parameters():
-            acc[n] = acc.get(n, 0.0) + 0.5 * math.log10(float(p.grad.pow(2).mean())) / seeds
-    return acc
 
 
 class Down(nn.Module):
@@ -95,7 +83,7 @@ def test_conv_weights_match_a_real_backward(build, shape, tol):
     torch.manual_seed(0)
     model = build()
     report, _ = predict(model, (torch.randn(*shape),))
-    truth = measured(model, shape)
+    truth = measured_log_rms(model, shape)
     for p in report.params:
         if p.name.endswith("weight") and len(p.shape) > 1:
             err = math.log10(p.predicted_grad_rms) - truth[p.name]
