@@ -4,9 +4,9 @@ Sections (run all, or pick with ``--only``):
 
 * ``realistic``: BERT-base on 8 sequences of 512 tokens, GPT-2 medium on 8 of 256 (512 runs
   out of 24 GB in the forward + backward), and an HF ResNet-50 on 8 images of 224x224, built
-  from transformers configs (random init). Per model, in the same process: the median of
-  ``--repeat`` timed ``check`` calls after one warm-up, and the median of ``--repeat`` forward
-  + backward passes (float32, CPU, train mode, loss sum(g * y)) after one warm-up; the ratio.
+  from transformers configs (random init). Per model, in the same process, after one warm-up
+  of each: ``--repeat`` rounds that each time one ``check`` and one forward + backward pass
+  (float32, CPU, train mode, loss sum(g * y)), alternated; the medians and their ratio.
 * ``meta7b``: the Llama-2-7B config built on the meta device; ``check`` time and the
   process's peak RSS increase (its forward + backward would not fit in this machine's memory).
 * ``corpus``: every model of ``benchmarks/corpus.py``: the first ``check`` of each model and the
@@ -100,10 +100,12 @@ def realistic(repeat: int) -> None:
 
 
 def time_case(build, ex: ExampleInputs, repeat: int) -> tuple[float, float]:
-    """``check`` time and forward + backward time of one freshly built model."""
+    """``check`` time and forward + backward time of one freshly built model: medians of
+    ``repeat`` rounds that each time one of both, after one warm-up of each. Alternating them
+    keeps the ratio when the machine's speed drifts during the run (on this shared machine it
+    moved by half within a minute)."""
     torch.manual_seed(0)
     model = build().train()
-    t_check = timed(lambda: gradlint.check(model, ex), repeat)
     gen = torch.Generator().manual_seed(0)
     args, kwargs = ex.materialize("cpu", gen)
 
@@ -114,7 +116,20 @@ def time_case(build, ex: ExampleInputs, repeat: int) -> tuple[float, float]:
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    return t_check, timed(fwd_bwd, repeat)
+    check = lambda: gradlint.check(model, ex)
+    check()
+    fwd_bwd()
+    t_check, t_fb = [], []
+    for _ in range(repeat):
+        t_check.append(timed_once(check))
+        t_fb.append(timed_once(fwd_bwd))
+    return statistics.median(t_check), statistics.median(t_fb)
+
+
+def timed_once(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def meta7b() -> None:

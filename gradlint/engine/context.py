@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -91,14 +92,19 @@ class Context:
             return None
         with torch.no_grad():
             r = t.detach().double().reshape(-1, t.shape[-1] if t.dim() else 1)
-            if not bool(torch.isfinite(r).all()):
-                return None
             n, d = r.shape
-            sq = float(r.pow(2).sum())
+            flat = r.reshape(-1)
+            # A NaN or inf element makes the square sum non-finite: no separate scan for them
+            # (a BatchNorm's running statistics come here twice per layer).
+            sq = float(torch.dot(flat, flat))
+            if not math.isfinite(sq):
+                return None
+            mean = float(flat.sum()) / (n * d)
             if n < 2:
-                return sq / (n * d), float(r.mean()), sq / (n * d)
-            cols = float(r.sum(0).pow(2).sum())
-            return sq / (n * d), float(r.mean()), (cols - sq) / (n * (n - 1) * d)
+                return sq / (n * d), mean, sq / (n * d)
+            col = r.sum(0)
+            cols = float(torch.dot(col, col))
+            return sq / (n * d), mean, (cols - sq) / (n * (n - 1) * d)
 
     def _named_tensor(self, name: str) -> torch.Tensor | None:
         if self.model is None or not name:
