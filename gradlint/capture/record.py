@@ -28,6 +28,7 @@ import operator
 import os
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicO
 from torch.fx.experimental.proxy_tensor import ProxyTorchDispatchMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_leaves, tree_map
+from torch.utils._pytree import tree_flatten, tree_leaves
 
 from gradlint.capture.aten import _GRADLINT_DIR, _TORCH_DIR
 
@@ -185,8 +186,8 @@ class _Builder:
             raise Unsupported("grad mode changed other than through torch.set_grad_enabled (inference_mode?)")
         if func is torch.ops.aten.lift_fresh.default:
             func = torch.ops.aten.lift_fresh_copy.default  # as proxy tracing writes a torch.tensor() literal
-        fx_args = tree_map(self.arg, args)
-        fx_kwargs = tree_map(self.arg, kwargs)
+        fx_args = _map_args(self.arg, args)
+        fx_kwargs = {k: _map_args(self.arg, v) for k, v in kwargs.items()}
         node = self.graph.create_node("call_function", func, fx_args, fx_kwargs,
                                       name=self.graph._target_to_str(func.overloadpacket.__name__))
         node.meta["val"] = out
@@ -295,6 +296,14 @@ class _GraphHolder:
     """Stands in for a GraphModule: the Converter reads only ``.graph`` (no code generation)."""
 
     graph: fx.Graph
+
+
+def _map_args(f: Callable[[Any], Any], a: Any) -> Any:
+    """``tree_map`` over an aten op's arguments, which nest only in lists and tuples: without
+    pytree's type registry, a tenth of recording's own time per op."""
+    if type(a) in (list, tuple):
+        return type(a)(_map_args(f, x) for x in a)
+    return f(a)
 
 
 def _user_frames() -> str:
