@@ -28,7 +28,8 @@ Sections (run all, or pick with ``--only``):
   35 tokens) with its analysis on one torch thread, as gradlint runs it, against the same on all
   of torch's threads; interleaved ``--repeat`` times in one process, and the load average.
 
-Run: ``python benchmarks/speed.py [--only realistic meta7b corpus floor threads] [--repeat 3] [--rounds 7]``.
+Run: ``python benchmarks/speed.py [--only realistic meta7b corpus floor threads] [--repeat 3] [--rounds 7]
+[--models resnet] [--files kaiming]``.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def timed(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
-def realistic(repeat: int) -> None:
+def realistic(repeat: int, models: list[str] | None = None) -> None:
     import transformers as T
 
     b = 8
@@ -94,6 +95,8 @@ def realistic(repeat: int) -> None:
     ]
     print("| model | check s | forward+backward s | ratio |\n|---|---|---|---|")
     for name, build, ex in cases:
+        if models and not any(m.lower() in name.lower() for m in models):
+            continue
         t_check, t_fb = time_case(build, ex, repeat)  # the model is freed when it returns
         print(f"| {name} | {t_check:.2f} | {t_fb:.2f} | {t_fb / t_check:.1f}x cheaper |", flush=True)
         gc.collect()
@@ -345,6 +348,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", default=["realistic", "meta7b", "corpus", "floor"])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=7, help="floor: timed rounds per file")
+    ap.add_argument("--models", nargs="*", help="realistic: only the models whose name contains one of these")
     ap.add_argument("--files", nargs="*", help="floor: only the files whose path contains one of these")
     ap.add_argument("--check", metavar="CMD", help="floor: the gradlint command to time (default: the gradlint "
                                                    "script beside this Python)")
@@ -357,7 +361,7 @@ def main(argv=None) -> int:
         meta7b()
         print()
     if "realistic" in args.only:
-        realistic(args.repeat)
+        realistic(args.repeat, args.models)
         print()
     if "corpus" in args.only:
         corpus()
