@@ -60,8 +60,12 @@ torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.LayerNorm(32), nn.Linear(32, 4))
 report = gradlint.check(model, (torch.randn(8, 16),))
 report = gradlint.check(model, (torch.randn(8, 16),))  # a second capture in the same process
+# Inputs inferred by trial forwards on the meta device, through BatchNorm's Python meta kernel
+# (which sits behind one of torch's _disable_dynamo wrappers).
+conv = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3))
+inferred = gradlint.check(conv)
 state = {{"compiler": "torch._dynamo" in sys.modules, "attr": "_dynamo" in torch.__dict__,
-          "report": report.to_dict()}}
+          "report": report.to_dict(), "inferred": inferred.to_dict()}}
 # Afterwards the compiler loads and works as it would have, with the one config module.
 compiled = torch.compile(lambda x: torch.tanh(x) * 2, backend="eager")
 state["compiled"] = compiled(torch.ones(3)).tolist()
@@ -85,6 +89,7 @@ def test_capture_leaves_the_compiler_unloaded_and_working():
     assert warm["compiler"]
     # The same analysis whether or not the compiler was there first.
     assert cold["report"] == warm["report"]
+    assert cold["inferred"] == warm["inferred"] and cold["inferred"]["inputs"]
     for state in (cold, warm):
         assert state["compiled"] == pytest.approx([2 * 0.7615941559557649] * 3)
         assert state["one_config"] and state["export"] > 5
