@@ -362,9 +362,17 @@ def run(models: list[Model], seeds: int) -> list[dict]:
             rows.append(row)
             print(f"| {m.name} | error: {row['error']} |", flush=True)
             continue
-        errs, false_zeros, unmeasured = [], [], 0
+        # A tensor registered under two names (a module kept both as an attribute and inside
+        # an nn.Sequential, as TCN's blocks are; tied weights) is one weight: compared once,
+        # under the name named_parameters() gives it, which is the one the measurement has.
+        first: dict[int, str] = {}
+        canonical = {n: first.setdefault(id(t), n) for n, t in model.named_parameters(remove_duplicate=False)}
+        errs, false_zeros, unmeasured, aliases = [], [], 0, 0
         for p in report.params:
             if sum(d > 1 for d in p.shape) < 2:
+                continue
+            if canonical.get(p.name, p.name) != p.name:
+                aliases += 1
                 continue
             meas = truth.get(p.name)
             if meas is None or meas <= 0:
@@ -376,7 +384,7 @@ def run(models: list[Model], seeds: int) -> list[dict]:
                 continue
             errs.append((p.name, abs(math.log10(pred) - math.log10(meas))))
         row.update(weights=len(errs) + len(false_zeros), errors=[e for _, e in errs], false_zeros=false_zeros,
-                   unmeasured=unmeasured, verdict=report.summary.verdict if report.summary else None,
+                   unmeasured=unmeasured, aliases=aliases, verdict=report.summary.verdict if report.summary else None,
                    worst=max(errs, key=lambda e: e[1])[0] if errs else "")
         try:
             if m.name in NO_DECAY_MEASUREMENT:
@@ -424,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error over weight matrices: median {_q(errs, 0.5)}, 90th percentile {_q(errs, 0.9)} decades")
     print(f"false zeros: {zeros} (in {sum(bool(r['false_zeros']) for r in done)} models)")
     print(f"weight matrices with no measured gradient (not compared): {sum(r['unmeasured'] for r in done)}")
+    print(f"second names of a weight registered twice (compared once): {sum(r['aliases'] for r in done)}")
     print(f"fallbacks: {len(fallbacks)} ({', '.join(fallbacks) or 'none'})")
     rec = [(r["model"], d) for r in done for d in r.get("recurrent", ())]
     if rec or any(r["family"] in ("rnn", "ssm") for r in done):
