@@ -34,15 +34,17 @@ class Step:
 
 @dataclass(frozen=True)
 class Plan:
-    """``matmul``: the einsum is a batched matrix product; else ``operands``: per operand
-    the reshapes that align it, then ``tail``: the products and the sum, in order."""
+    """``matmul``: the einsum is a product of two operands, whose index letters (the ellipsis
+    spelled out) ``terms`` holds, the output's last; else ``operands``: per operand the
+    reshapes that align it, then ``tail``: the products and the sum, in order."""
 
     matmul: bool
     operands: tuple[tuple[Step, ...], ...] = ()
     tail: tuple[Step, ...] = ()
+    terms: tuple[str, ...] = ()
 
 
-def _terms(equation: str, ranks: list[int]) -> tuple[list[str], str] | None:
+def terms(equation: str, ranks: list[int]) -> tuple[list[str], str] | None:
     """The index letters per operand and of the output, the ellipsis spelled out with
     letters of its own; None for a form this module does not follow."""
     eq = equation.replace(" ", "")
@@ -71,33 +73,31 @@ def _terms(equation: str, ranks: list[int]) -> tuple[list[str], str] | None:
     return terms, out
 
 
-def _is_matmul(terms: list[str], out: str) -> bool:
+def _is_matmul(ins: list[str], out: str) -> bool:
     """Two operands and one index contracted between them: the ``matmul`` rule's counts."""
-    if len(terms) != 2 or len(out) < 2:
+    if len(ins) != 2 or len(out) < 2:
         return False
-    a, b = set(terms[0]), set(terms[1])
+    a, b = set(ins[0]), set(ins[1])
     contracted = (a | b) - set(out)
-    if len(contracted) != 1 or not contracted <= (a & b):
-        return False
-    return True
+    return len(contracted) == 1 and contracted <= (a & b)
 
 
 def plan(equation: str, shapes: list[tuple[int, ...]]) -> Plan | None:
     """How to spell ``einsum(equation, *operands)`` out, for operands of these shapes; None
     when the equation is not followed."""
-    parsed = _terms(equation, [len(s) for s in shapes])
+    parsed = terms(equation, [len(s) for s in shapes])
     if parsed is None:
         return None
-    terms, out = parsed
-    if _is_matmul(terms, out):
-        return Plan(matmul=True)
+    ins, out = parsed
+    if _is_matmul(ins, out):
+        return Plan(matmul=True, terms=(*ins, out))
     size: dict[str, int] = {}
-    for t, s in zip(terms, shapes):
+    for t, s in zip(ins, shapes):
         for c, d in zip(t, s):
             size[c] = max(size.get(c, 1), d)  # an ellipsis dim of size 1 broadcasts
-    order = out + "".join(dict.fromkeys(c for t in terms for c in t if c not in out))
+    order = out + "".join(dict.fromkeys(c for t in ins for c in t if c not in out))
     operands, aligned = [], []
-    for t, s in zip(terms, shapes):
+    for t, s in zip(ins, shapes):
         steps: list[Step] = []
         mine = [c for c in order if c in t]
         perm = [t.index(c) for c in mine]
@@ -113,7 +113,7 @@ def plan(equation: str, shapes: list[tuple[int, ...]]) -> Plan | None:
         aligned.append(tuple(cur))
     tail = []
     shape = aligned[0]
-    for k in range(1, len(terms)):
+    for k in range(1, len(ins)):
         shape = tuple(torch.broadcast_shapes(shape, aligned[k]))
         tail.append(Step("mul", k, shape))
     if len(order) > len(out):

@@ -118,15 +118,6 @@ def _is_const_mask_mul(g: Graph, n: Node, prev: str) -> bool:
     return other is not None and _all_const(g, other)
 
 
-def _einsum_terms(n: Node) -> tuple[str, str, str] | None:
-    eq = n.attrs.get("equation")
-    if not isinstance(eq, str) or "->" not in eq:
-        return None
-    lhs, out = eq.replace(" ", "").replace("...", "").split("->")
-    parts = lhs.split(",")
-    return (parts[0], parts[1], out) if len(parts) == 2 and min(map(len, parts)) >= 2 and len(out) >= 2 else None
-
-
 def _attention_product(n: Node, scores: bool) -> bool:
     """An einsum is attention's score product (queries by keys over the features: the output's
     last letter, the key, comes from b alone) or its value product (the probabilities' last
@@ -134,10 +125,9 @@ def _attention_product(n: Node, scores: bool) -> bool:
     mixing the heads of the scores, ``bhij,hg->bgij``) is neither. Other matmuls qualify."""
     if n.attrs.get("target") != "einsum":
         return True
-    t = _einsum_terms(n)
-    if t is None:
+    if len(n.attrs.get("terms", ())) != 3:
         return False
-    a, b, out = t
+    a, b, out = n.attrs["terms"]
     if scores:
         key, query = out[-1], out[-2]
         return key in b and key not in a and query in a and query not in b and bool(set(a) & set(b) - set(out))

@@ -127,7 +127,10 @@ def _einsum(c: Converter, fxn, b):
     shapes = [_shape(o.meta.get("val")) if isinstance(o, fx.Node) else None for o in ops]
     p = einsum.plan(str(fxn.args[0]), shapes) if all(isinstance(s, tuple) for s in shapes) else None
     if p is None or p.matmul:
-        c.add(fxn, "matmul" if len(ops) == 2 else "unknown", ops, attrs={"equation": fxn.args[0], "target": "einsum"})
+        # A product's index letters, read once here for attention fusion, the wkv unit and the
+        # matmul rule's counts.
+        c.add(fxn, "matmul" if len(ops) == 2 else "unknown", ops,
+              attrs={"equation": fxn.args[0], "target": "einsum", "terms": p.terms if p is not None else ()})
         return
     steps = [(f"{fxn.name}_in{i}_{k}", s, i) for i, seq in enumerate(p.operands) for k, s in enumerate(seq)]
     steps += [(f"{fxn.name}_{s.kind}{k}", s, None) for k, s in enumerate(p.tail)]

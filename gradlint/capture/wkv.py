@@ -252,9 +252,10 @@ def _matrix_unit(g: Graph, d: Node) -> dict[str, Any] | None:
     V = _other(mul, E.name)
     dn = root.inputs[1 - kv_pos]
     removed += kv_path + [mul.name]
-    lhs, _, out = root.attrs["equation"].replace(" ", "").partition("->")
-    ops = lhs.split(",")
-    if len(ops) != 2 or len(ops[kv_pos]) != 4 or len(out) != 4 or len(ops[1 - kv_pos]) != 3:
+    if len(root.attrs.get("terms", ())) != 3:
+        return None
+    *ops, out = root.attrs["terms"]
+    if len(ops[kv_pos]) != 4 or len(out) != 4 or len(ops[1 - kv_pos]) != 3:
         return None
     kvl, dl = ops[kv_pos], ops[1 - kv_pos]
     b, i_, h, c = kvl

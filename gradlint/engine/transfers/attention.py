@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from gradlint.capture import einsum
 from gradlint.capture.graph import Node
 from gradlint.engine import gaussian
 from gradlint.engine.context import Context
@@ -98,41 +99,20 @@ def einsum_counts(equation: str, sa: tuple, sb: tuple) -> tuple[int, int, int] |
     element of a's gradient, of b's). A letter in neither operand's gradient index is summed
     over: the contracted letters forward, the letters of the output and of the other operand
     that a lacks backward. None when the equation cannot be read against the shapes."""
-    eq = equation.replace(" ", "")
-    if "->" in eq:
-        lhs, out = eq.split("->")
-    else:
-        lhs = eq
-        letters = lhs.replace(",", "").replace(".", "")
-        out = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
-    parts = lhs.split(",")
-    if len(parts) != 2:
+    parsed = einsum.terms(equation, [len(sa), len(sb)])
+    if parsed is None:
         return None
-    spare = iter(c for c in "0123456789" if c not in eq)
-    ell = ""
-    terms = []
-    for term, shape in zip(parts, (sa, sb)):
-        if "..." in term:
-            n = len(shape) - (len(term) - 3)
-            if n < 0:
-                return None
-            if len(ell) < n:
-                ell = "".join(next(spare) for _ in range(n - len(ell))) + ell
-            term = term.replace("...", ell[len(ell) - n:] if n else "")
-        if len(term) != len(shape):
-            return None
-        terms.append(term)
-    out = out.replace("...", ell)
+    (ta, tb), out = parsed
     size: dict[str, int] = {}
-    for term, shape in zip(terms, (sa, sb)):
+    for term, shape in zip((ta, tb), (sa, sb)):
         for c, d in zip(term, shape):
             size[c] = max(size.get(c, 1), int(d))
-    ta, tb = set(terms[0]), set(terms[1])
+    a, b, o = set(ta), set(tb), set(out)
 
     def prod(letters: set[str]) -> int:
         return math.prod(size.get(c, 1) for c in letters)
 
-    return prod((ta | tb) - set(out)), prod((set(out) | tb) - ta), prod((set(out) | ta) - tb)
+    return prod((a | b) - o), prod((o | b) - a), prod((o | a) - b)
 
 
 def _counts(node: Node, a: Fwd, b: Fwd, out_shape_: tuple) -> tuple[int, int, int]:

@@ -3,6 +3,8 @@ and the packing of a padded batch that feeds them variable-length sequences (§6
 
 from __future__ import annotations
 
+import math
+
 from gradlint.capture.graph import Node
 from gradlint.engine import recurrent
 from gradlint.engine.context import Context
@@ -44,7 +46,7 @@ class Packing(Transfer):
         meta = Fwd(q=0.0, shape=meta_shape, roles=default_roles(meta_shape), dtype="int", const=True, blocked=True)
         if node.attrs.get("op") == "_pack_padded_sequence":
             return x.with_(shape=data_shape, roles=default_roles(data_shape), origin=None), meta
-        share = x.numel / _numel(data_shape) if _numel(data_shape) else 1.0
+        share = x.numel / math.prod(data_shape) if math.prod(data_shape) else 1.0
         roles = default_roles(data_shape)
         if len(data_shape) == 3 and not node.attrs.get("batch_first"):
             roles = "PBF"
@@ -63,9 +65,3 @@ class Packing(Transfer):
             return [gd.scaled(frac)] + rest
         return [gd] + rest
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
