@@ -49,8 +49,10 @@ def test_import_gradlint_leaves_torch_out():
     assert _loaded(code)["loaded"] == []
 
 
-# A check of a small model in a fresh interpreter: whether torch's compiler got imported, what
-# torch looks like afterwards, and the report; with the compiler imported first when asked.
+# A check of a small model in a fresh interpreter: which of the modules fake-tensor capture
+# needs none of got imported (torch's compiler; sympy and symbolic shapes; DTensor), what torch
+# looks like afterwards, and the reports; with those modules imported first when asked.
+_DEFERRED = ("torch._dynamo", "sympy", "torch.fx.experimental.symbolic_shapes", "torch.distributed.tensor")
 _CHECK = """
 import json, sys
 import torch, torch.nn as nn
@@ -64,32 +66,63 @@ report = gradlint.check(model, (torch.randn(8, 16),))  # a second capture in the
 # (which sits behind one of torch's _disable_dynamo wrappers).
 conv = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3))
 inferred = gradlint.check(conv)
-state = {{"compiler": "torch._dynamo" in sys.modules, "attr": "_dynamo" in torch.__dict__,
+state = {{"loaded": [m for m in {deferred!r} if m in sys.modules], "attr": "_dynamo" in torch.__dict__,
           "report": report.to_dict(), "inferred": inferred.to_dict()}}
+
+
+class Gathered(nn.Module):  # a data-dependent shape: torch.export, with the real modules, mid-capture
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h[torch.nonzero(h.abs().sum(-1) > 0).squeeze(-1)]).relu()
+
+
+state["gathered"] = gradlint.check(Gathered(), (torch.randn(8, 16),)).to_dict()
 # Afterwards the compiler loads and works as it would have, with the one config module.
 compiled = torch.compile(lambda x: torch.tanh(x) * 2, backend="eager")
 state["compiled"] = compiled(torch.ones(3)).tolist()
 state["one_config"] = torch._dynamo.config is sys.modules["torch._dynamo.config"]
 state["export"] = len(torch.export.export(model, (torch.randn(8, 16),)).graph.nodes)
+batch = torch.export.Dim("batch")
+dynamic = torch.export.export(model, (torch.randn(8, 16),), dynamic_shapes=({{0: batch}},))
+state["dynamic"] = dynamic.module()(torch.ones(5, 16)).shape[0]
+# And DTensors take torch's C++ fast path as they would have (a one-process fake world).
+import torch.distributed as dist
+from torch.testing._internal.distributed.fake_pg import FakeStore
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Replicate, distribute_tensor
+dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=1)
+x = torch.randn(4, 4)
+d = distribute_tensor(x, init_device_mesh("cpu", (1,)), [Replicate()])
+y = d.relu() @ d + 1
+state["dtensor"] = [type(y) is DTensor, torch.allclose(y.full_tensor(), x.relu() @ x + 1)]
 print(json.dumps(state), file=sys.stderr)
 """
 
 
 def _check_state(first: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _CHECK.format(first=first)], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", _CHECK.format(first=first, deferred=_DEFERRED)], capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stderr.strip().splitlines()[-1])
 
 
-def test_capture_leaves_the_compiler_unloaded_and_working():
+def test_capture_leaves_unneeded_modules_unloaded_and_working():
     cold = _check_state("")
-    assert not cold["compiler"] and not cold["attr"]
+    assert cold["loaded"] == [] and not cold["attr"]
     warm = _check_state("import torch._dynamo")
-    assert warm["compiler"]
-    # The same analysis whether or not the compiler was there first.
-    assert cold["report"] == warm["report"]
-    assert cold["inferred"] == warm["inferred"] and cold["inferred"]["inputs"]
-    for state in (cold, warm):
+    assert warm["loaded"] == list(_DEFERRED)  # the compiler imports the other two
+    dtensor = _check_state("import torch.distributed.tensor")
+    assert "torch.distributed.tensor" in dtensor["loaded"] and "torch._dynamo" not in dtensor["loaded"]
+    # The same analysis whether or not those modules were there first.
+    for other in (warm, dtensor):
+        for key in ("report", "inferred", "gathered"):
+            assert cold[key] == other[key], key
+    assert cold["inferred"]["inputs"] and cold["gathered"]["status"] == "ok"
+    for state in (cold, warm, dtensor):
         assert state["compiled"] == pytest.approx([2 * 0.7615941559557649] * 3)
         assert state["one_config"] and state["export"] > 5
+        assert state["dynamic"] == 5 and state["dtensor"] == [True, True]

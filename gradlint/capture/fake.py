@@ -34,7 +34,7 @@ from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from gradlint.capture.examples import _map, _plain
-from gradlint.capture.fakemode import compiler_unloaded, fake_tensor, no_idle_trace_handler
+from gradlint.capture.fakemode import compiler_unloaded, fake_tensor, no_idle_trace_handler, unused_imports_deferred
 from gradlint.capture.inputs import ExampleInputs, TensorSpec
 from gradlint.capture.meta import caches_kept, meta_copy
 from gradlint.capture.reads import ValueReader
@@ -135,7 +135,7 @@ def fake_forward(model: nn.Module, inputs: ExampleInputs, *, enter: bool = True)
         args, kwargs = inputs.meta()
         yield FakeForward(meta_copy(model).train(), args, kwargs, None, None)
         return
-    with untouched(model), no_idle_trace_handler(), compiler_unloaded():
+    with untouched(model), no_idle_trace_handler(), compiler_unloaded(), unused_imports_deferred():
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         memo: dict[int, torch.Tensor] = {}
         real: dict[int, torch.Tensor] = {}

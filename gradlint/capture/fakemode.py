@@ -1,21 +1,26 @@
-"""Capture's fake tensors without torch's compiler.
+"""Capture's fake tensors without the parts of torch they import and capture never uses.
 
 A first fake-tensor forward imports ``torch._dynamo``, whose ``__init__`` imports the whole
-compiler: about 0.9 s, more than a one-file ``gradlint check`` spends on its analysis
-(``benchmarks/speed.py --only floor``). gradlint compiles nothing; ``compiler_unloaded`` and
-``fake_tensor`` keep that import out of capture, and ``no_idle_trace_handler`` keeps torch's
+compiler (about 0.9 s), then symbolic shapes with sympy (0.4 s) and, through torch's C++
+dispatch, DTensor (0.2 s): each more than a one-file ``gradlint check`` spends on its analysis
+(``benchmarks/speed.py --only floor``). gradlint compiles nothing and captures static shapes
+with no DTensor: ``compiler_unloaded`` and ``fake_tensor`` keep the compiler out,
+``unused_imports_deferred`` the other two, and ``no_idle_trace_handler`` keeps torch's
 structured-trace logging from capturing a Python stack for every fake tensor.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import importlib.util
 import logging
+import operator
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -160,3 +165,246 @@ def _undisabled() -> list[Callable]:
             fn.__dynamo_disable = fn
             out.append(fn)
     return out
+
+
+# --- imports fake-tensor dispatch makes and capture's static shapes never use ------------------
+
+_SYMBOLIC = "torch.fx.experimental.symbolic_shapes"
+_DTENSOR = "torch.distributed.tensor"
+_FAKE_TENSOR = "torch._subclasses.fake_tensor"
+
+
+class _Deferred(types.ModuleType):
+    """A module not imported yet, in ``sys.modules`` while capture runs.
+
+    It answers a few names itself, each to the importers listed with it (``None``: to any):
+    the answers in ``_answers``. Any other name, or any other importer, imports the real
+    module, which takes its place in ``sys.modules``; a stale reference to the stand-in keeps
+    forwarding to it.
+    """
+
+    def __init__(self, name: str, spec: Any, answers: dict[str, tuple[object, frozenset[str] | None]]) -> None:
+        super().__init__(name)
+        self.__spec__ = spec
+        self._answers = answers
+
+    def __getattr__(self, name: str) -> object:
+        answer = self._answers.get(name)
+        if answer is not None and sys.modules.get(self.__name__) is self:
+            value, importers = answer
+            if importers is None or sys._getframe(1).f_globals.get("__name__") in importers:
+                return value
+        spec = self.__spec__
+        if name == "__path__" and spec.submodule_search_locations is None:
+            raise AttributeError(name)  # asked by every ``from module import ...``: a plain module has none
+        if name == "__file__" and spec.has_location:
+            return spec.origin
+        return getattr(_real(self.__name__), name)
+
+
+def _real(name: str) -> types.ModuleType:
+    if isinstance(sys.modules.get(name), _Deferred):
+        del sys.modules[name]
+    return importlib.import_module(name)
+
+
+def _if_imported(module: str, name: str) -> Any:
+    real = sys.modules.get(module)
+    return None if real is None or isinstance(real, _Deferred) else getattr(real, name)
+
+
+class _Absent(type):
+    """The type of a class standing for one whose module is not imported yet: nothing is an
+    instance or a subclass of it until the real class exists, and anything else asked of it
+    (an attribute, a call) goes to the real class, importing it."""
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        real = _if_imported(cls._module, cls.__name__)
+        return real is not None and isinstance(obj, real)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        real = _if_imported(cls._module, cls.__name__)
+        return real is not None and issubclass(sub, real)
+
+    def __getattr__(cls, name: str) -> object:
+        return getattr(getattr(_real(cls._module), cls.__name__), name)
+
+    def __call__(cls, *args: object, **kwargs: object) -> object:
+        return getattr(_real(cls._module), cls.__name__)(*args, **kwargs)
+
+
+def _absent(module: str, name: str) -> type:
+    return _Absent(name, (), {"_module": module, "__qualname__": name,
+                              "__doc__": f"{module}.{name}, not imported yet (gradlint.capture.fakemode)"})
+
+
+class _GuardOnDataDependentSymNode(RuntimeError):
+    """Stands for symbolic_shapes' exception in fake-tensor dispatch's ``except`` clauses: only
+    a symbolic value raises the real one, and making a symbolic value imports the real module."""
+
+
+def _static(value: object) -> bool:
+    """Whether ``value`` holds nothing symbolic, in the terms of symbolic_shapes' own walks
+    (``_iterate_exprs``, ``_iterate_nodes``): plain numbers, strings and None, containers of
+    them, strided tensors with integer sizes, strides and offset, generators. Anything else
+    (a SymInt, a sympy expression, a sparse or nested tensor, an unknown object) is left to
+    the real functions."""
+    if value is None or isinstance(value, (int, float, bool, str, torch.Generator)):
+        return True  # SymInt and SymFloat are not int or float subclasses
+    if isinstance(value, (tuple, list)):  # torch.Size too
+        return all(_static(v) for v in value)
+    if isinstance(value, dict):
+        return all(_static(k) and _static(v) for k, v in value.items())
+    if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided or value.is_nested:
+            return False
+        return (all(type(s) is int for s in value.size()) and all(type(s) is int for s in value.stride())
+                and type(value.storage_offset()) is int)
+    return False
+
+
+def _symbolic_shapes_answers() -> dict[str, object]:
+    """The symbolic_shapes functions that fake-tensor dispatch, meta kernels and decompositions
+    import on every op, answered for plain values as the real ones answer them
+    (``tests/test_fakemode.py`` compares the two); anything else goes to the real function."""
+    from torch.utils._ordered_set import OrderedSet
+
+    def real(name: str) -> Callable:
+        return getattr(_real(_SYMBOLIC), name)
+
+    def passing(name: str, kinds: tuple[type, ...]) -> Callable:
+        # The guards and hints: a plain bool (or int) is its own answer.
+        def answer(a: object, *args: object, **kwargs: object) -> object:
+            return a if type(a) in kinds else real(name)(a, *args, **kwargs)
+        return answer
+
+    def walking(name: str, empty: Callable[[], object]) -> Callable:
+        def answer(val: object) -> object:
+            return empty() if _static(val) else real(name)(val)
+        return answer
+
+    def joining(name: str, join: Callable[[Iterable[bool]], bool]) -> Callable:
+        def answer(x: object, *others: object) -> object:
+            if type(x) is bool and all(type(y) is bool for y in others):
+                return join((x, *others))
+            return real(name)(x, *others)
+        return answer
+
+    def sym_eq(x: object, y: object) -> object:
+        if isinstance(x, (tuple, list)) and isinstance(y, (tuple, list)):
+            if len(x) != len(y):
+                return False
+            return functools.reduce(operator.and_, map(sym_eq, x, y), True)
+        if type(x) in (int, bool) and type(y) in (int, bool):
+            return x == y
+        return real("sym_eq")(x, y)
+
+    def compute_unbacked_bindings(shape_env: object, *args: object, **kwargs: object) -> object:
+        # No shape environment, no unbacked symbols to bind: the real function's first line.
+        return None if shape_env is None else real("compute_unbacked_bindings")(shape_env, *args, **kwargs)
+
+    def is_nested_int(s: object) -> bool:
+        return isinstance(s, torch.SymInt) and real("is_nested_int")(s)
+
+    def has_guarding_hint(a: object) -> bool:
+        return True if type(a) in (int, float, bool) else real("has_guarding_hint")(a)
+
+    answers: dict[str, object] = {
+        name: passing(name, (bool,)) for name in
+        ("expect_true", "guard_bool", "guard_or_false", "guard_or_true", "guard_size_oblivious",
+         "statically_known_true")}
+    answers.update(guard_int=passing("guard_int", (int,)),
+                   guarding_hint_or_throw=passing("guarding_hint_or_throw", (int, bool)),
+                   _iterate_exprs=walking("_iterate_exprs", lambda: iter(())),
+                   _iterate_nodes=walking("_iterate_nodes", lambda: iter(())),
+                   free_unbacked_symbols=walking("free_unbacked_symbols", OrderedSet),
+                   has_free_unbacked_symbols=walking("has_free_unbacked_symbols", lambda: False),
+                   sym_and=joining("sym_and", all), sym_or=joining("sym_or", any), sym_eq=sym_eq,
+                   compute_unbacked_bindings=compute_unbacked_bindings, is_nested_int=is_nested_int,
+                   has_guarding_hint=has_guarding_hint)
+    return answers
+
+
+_ANSWERS: dict[str, dict[str, tuple[object, frozenset[str] | None]]] = {}
+
+
+def _answers() -> dict[str, dict[str, tuple[object, frozenset[str] | None]]]:
+    """Per deferred module, the names its stand-in answers and to whom; built once."""
+    if not _ANSWERS:
+        _ANSWERS["sympy"] = {
+            # ``isinstance(x, (Number, TensorLike, sympy.Basic))`` in every elementwise op's dtype rule.
+            "Basic": (_absent("sympy", "Basic"), frozenset({"torch._prims_common"}))}
+        _ANSWERS[_SYMBOLIC] = {name: (fn, None) for name, fn in _symbolic_shapes_answers().items()}
+        _ANSWERS[_SYMBOLIC]["GuardOnDataDependentSymNode"] = (_GuardOnDataDependentSymNode, frozenset({_FAKE_TENSOR}))
+    return _ANSWERS
+
+
+_DTENSOR_SETTLED = False
+
+
+def _settle_dtensor() -> None:
+    """Has torch's C++ dispatch look ``DTensor`` up now, while a stand-in module answers it.
+
+    On its first dispatch to a tensor subclass (fake tensors are one), torch's C++ dispatch
+    imports ``torch.distributed.tensor`` to ask whether the tensor is a DTensor, and keeps the
+    class it got for the process. Here it gets a stand-in (``_absent``) that answers those
+    questions as the real class would, and the stand-in module is gone before any Python code
+    can import it: a real DTensor later still takes C++'s fast path (``tests/test_startup.py``).
+    """
+    global _DTENSOR_SETTLED
+    _DTENSOR_SETTLED = True
+    if _DTENSOR in sys.modules or not torch.distributed.is_available() or _spec(_DTENSOR) is None:
+        return
+    stand_in = _Deferred(_DTENSOR, _spec(_DTENSOR), {"DTensor": (_absent(_DTENSOR, "DTensor"), None)})
+    sys.modules[_DTENSOR] = stand_in
+    try:
+        with compiler_unloaded(), FakeTensorMode():
+            probe = torch.empty(1)
+        with compiler_unloaded():
+            torch.ops.aten.alias.default(probe)  # outside the mode: a dispatch on the FakeTensor subclass
+    finally:
+        if sys.modules.get(_DTENSOR) is stand_in:
+            del sys.modules[_DTENSOR]
+
+
+@contextlib.contextmanager
+def unused_imports_deferred() -> Iterator[None]:
+    """Fake-tensor dispatch without the imports it makes for symbolic shapes and DTensors.
+
+    On its first ops, ``FakeTensorMode`` imports ``torch.fx.experimental.symbolic_shapes``
+    and ``sympy`` (0.4 s) and, through torch's C++ dispatch, ``torch.distributed.tensor``
+    (0.2 s): together more than a one-file ``gradlint check`` spends on its analysis. With
+    static shapes and no DTensor, it uses neither. While capture runs, the first two are
+    stand-ins (``_Deferred``) that answer what dispatch asks of them on static values and import
+    the real module for anything else; C++ dispatch's DTensor lookup is answered once per
+    process (``_settle_dtensor``). The stand-ins are removed on exit; a module imported
+    already is left as it is.
+    """
+    answers = _answers()
+    installed = []
+    for name in ("sympy", _SYMBOLIC):
+        if name not in sys.modules and _spec(name) is not None:
+            stand_in = _Deferred(name, _spec(name), answers[name])
+            sys.modules[name] = stand_in
+            installed.append((name, stand_in))
+    try:
+        if not _DTENSOR_SETTLED:
+            _settle_dtensor()
+        yield
+    finally:
+        for name, stand_in in installed:
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+
+
+_SPECS: dict[str, Any] = {}
+
+
+def _spec(name: str) -> Any:
+    """The module's import spec (found once per process), or None where it is not installed."""
+    if name not in _SPECS:
+        try:
+            _SPECS[name] = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            _SPECS[name] = None
+    return _SPECS[name]

@@ -480,7 +480,7 @@ def _seq_len(draw: Draw) -> int | None:
 def _attempt(ctx: _Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """``"runs"``, ``"fails"``, or ``"unsure"`` (the error may come from the meta device alone);
     ``_search`` says ``"untried"`` where there was only one candidate."""
-    from gradlint.capture.fakemode import compiler_unloaded
+    from gradlint.capture.fakemode import compiler_unloaded, unused_imports_deferred
     from gradlint.capture.meta import caches_kept, quiet
 
     copy = ctx.meta_copy()
@@ -496,7 +496,8 @@ def _attempt(ctx: _Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> st
         # Meta kernels written in Python (BatchNorm's) sit behind torch's _disable_dynamo
         # wrappers, whose first call imports the compiler: 1.1 s of a first check that infers
         # a CIFAR MobileNetV2's inputs.
-        with _kept_as_found(), quiet(), torch.no_grad(), caches_kept(copy), compiler_unloaded():
+        with _kept_as_found(), quiet(), torch.no_grad(), caches_kept(copy), compiler_unloaded(), \
+                unused_imports_deferred():
             copy(*meta_args, **meta_kwargs)
     except Exception as exc:  # noqa: BLE001 - the user's forward on a trial input: any failure counts
         return "unsure" if meta_only(exc) else "fails"
