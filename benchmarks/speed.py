@@ -23,6 +23,8 @@ Sections (run all, or pick with ``--only``):
   (the child's user + system, workers included) and their ratios, per file and pooled (the
   sums of the medians). Files: ``examples/`` and three of ``benchmarks/ecosystem/`` that
   gradlint analyzes with no configuration, each run from a copy of its folder outside this repository.
+  gradlint's modules run from bytecode, as an installed gradlint's do (the section compiles this
+  checkout's first where ``PYTHONDONTWRITEBYTECODE`` would keep Python from writing it).
 
 * ``threads``: ``check`` of the PyTorch examples' word-language model (2-layer LSTM, 200 wide,
   35 tokens) with its analysis on one torch thread, as gradlint runs it, against the same on all
@@ -275,6 +277,12 @@ def floor(rounds: int, baseline: str | None = None, check: str | None = None, on
           f"`{shlex.join(gradlint_cmd)} check FILE --no-cache` (one worker process)\n", flush=True)
     if baseline:
         print(f"baseline: `{baseline} check FILE --no-cache`, in the same rounds\n")
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        # Python would write this checkout's bytecode on first import, and pip writes an installed
+        # gradlint's at install; with writing turned off, every process would compile ~150 modules.
+        subprocess.run([env_python, "-m", "compileall", "-q", str(ROOT / "gradlint"), str(ROOT / "rules")], check=True)
+        print("PYTHONDONTWRITEBYTECODE is set: compiled this checkout's gradlint/ and rules/ first "
+              "(a --baseline checkout needs `python -m compileall` too)\n")
     kinds = list(cases[0][2]) if cases else []
     times = {rel: {k: [] for k in kinds} for rel, *_ in cases}
     for _rel, cwd, arms, _ in cases:  # untimed: the page cache, the .pyc files

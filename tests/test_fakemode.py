@@ -59,7 +59,7 @@ def test_walks_of_static_values_answer_as_the_real_ones(name):
 
 @pytest.mark.parametrize("name", ["expect_true", "guard_bool", "guard_or_false", "guard_or_true",
                                   "guard_size_oblivious", "statically_known_true", "guard_int",
-                                  "guarding_hint_or_throw", "is_nested_int", "has_guarding_hint"])
+                                  "guarding_hint_or_throw", "is_nested_int", "is_symbolic", "has_guarding_hint"])
 def test_guards_on_plain_values_answer_as_the_real_ones(name):
     # Values of the wrong kind too: the real function's error is the answer.
     for value in (True, False, 0, 7, 2.5, None, "x"):
@@ -86,9 +86,18 @@ def test_symbolic_values_go_to_the_real_functions():
     assert ANSWERS["guard_or_false"](s == 3) is real.guard_or_false(s == 3)
     assert ANSWERS["statically_known_true"](s >= 0) is real.statically_known_true(s >= 0)
     assert ANSWERS["is_nested_int"](s) is False
+    assert ANSWERS["is_symbolic"](s) is True
     assert ANSWERS["has_guarding_hint"](s) is real.has_guarding_hint(s)
     assert str(ANSWERS["sym_eq"]((s, 2), (s, 2))) == str(real.sym_eq((s, 2), (s, 2)))
     assert str(ANSWERS["sym_and"](s >= 0, s < 5)) == str(real.sym_and(s >= 0, s < 5))
+
+
+def test_a_constants_name_is_the_compilers():
+    from torch._dynamo.source import ConstantSource
+
+    ours, theirs = fakemode._ConstantSource("c0"), ConstantSource("c0")
+    assert (ours.name, ours.guard_source, ours.is_ephemeral()) == (theirs.name, theirs.guard_source,
+                                                                   theirs.is_ephemeral())
 
 
 # In a fresh interpreter, where neither module is imported: a stand-in answers its names (the

@@ -66,8 +66,21 @@ report = gradlint.check(model, (torch.randn(8, 16),))  # a second capture in the
 # (which sits behind one of torch's _disable_dynamo wrappers).
 conv = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3))
 inferred = gradlint.check(conv)
+
+
+class LastPosition(nn.Module):  # a constant made from Python data, as nanoGPT's x[:, [-1], :]
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(x[:, [-1], :])
+
+
+last = gradlint.check(LastPosition(), (torch.randn(2, 5, 16),))
 state = {{"loaded": [m for m in {deferred!r} if m in sys.modules], "attr": "_dynamo" in torch.__dict__,
-          "report": report.to_dict(), "inferred": inferred.to_dict()}}
+          "report": report.to_dict(), "inferred": inferred.to_dict(),
+          "last": last.to_dict()}}
 
 
 class Gathered(nn.Module):  # a data-dependent shape: torch.export, with the real modules, mid-capture
@@ -119,9 +132,10 @@ def test_capture_leaves_unneeded_modules_unloaded_and_working():
     assert "torch.distributed.tensor" in dtensor["loaded"] and "torch._dynamo" not in dtensor["loaded"]
     # The same analysis whether or not those modules were there first.
     for other in (warm, dtensor):
-        for key in ("report", "inferred", "gathered"):
+        for key in ("report", "inferred", "last", "gathered"):
             assert cold[key] == other[key], key
     assert cold["inferred"]["inputs"] and cold["gathered"]["status"] == "ok"
+    assert cold["last"]["analysis"] == "export"  # the graph, recorded
     for state in (cold, warm, dtensor):
         assert state["compiled"] == pytest.approx([2 * 0.7615941559557649] * 3)
         assert state["one_config"] and state["export"] > 5

@@ -12,8 +12,10 @@ structured-trace logging from capturing a Python stack for every fake tensor.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gc
+import importlib.machinery
 import importlib.util
 import logging
 import operator
@@ -170,6 +172,8 @@ def _undisabled() -> list[Callable]:
 # --- imports fake-tensor dispatch makes and capture's static shapes never use ------------------
 
 _SYMBOLIC = "torch.fx.experimental.symbolic_shapes"
+_SYMPY_FUNCTIONS = "torch.utils._sympy.functions"
+_DYNAMO_SOURCE = "torch._dynamo.source"
 _DTENSOR = "torch.distributed.tensor"
 _FAKE_TENSOR = "torch._subclasses.fake_tensor"
 
@@ -263,6 +267,24 @@ def _static(value: object) -> bool:
     return False
 
 
+@dataclasses.dataclass(frozen=True)
+class _ConstantSource(torch._guards.Source):
+    """``torch._dynamo.source.ConstantSource`` as fake tensors use it: the name of a constant
+    (a tensor the forward made from Python data, such as the index of ``x[:, [-1]]``) that
+    fake-tensor dispatch converts. Its real module imports the compiler: 3 s on a fresh
+    nanoGPT check."""
+
+    source_name: str
+
+    @property
+    def _name_template(self) -> str:
+        return self.source_name
+
+    @property
+    def guard_source(self) -> torch._guards.GuardSource:
+        return torch._guards.GuardSource.CONSTANT
+
+
 def _symbolic_shapes_answers() -> dict[str, object]:
     """The symbolic_shapes functions that fake-tensor dispatch, meta kernels and decompositions
     import on every op, answered for plain values as the real ones answer them
@@ -306,6 +328,9 @@ def _symbolic_shapes_answers() -> dict[str, object]:
     def is_nested_int(s: object) -> bool:
         return isinstance(s, torch.SymInt) and real("is_nested_int")(s)
 
+    def is_symbolic(val: object) -> bool:
+        return False if isinstance(val, (int, float, bool)) else real("is_symbolic")(val)
+
     def has_guarding_hint(a: object) -> bool:
         return True if type(a) in (int, float, bool) else real("has_guarding_hint")(a)
 
@@ -321,7 +346,7 @@ def _symbolic_shapes_answers() -> dict[str, object]:
                    has_free_unbacked_symbols=walking("has_free_unbacked_symbols", lambda: False),
                    sym_and=joining("sym_and", all), sym_or=joining("sym_or", any), sym_eq=sym_eq,
                    compute_unbacked_bindings=compute_unbacked_bindings, is_nested_int=is_nested_int,
-                   has_guarding_hint=has_guarding_hint)
+                   is_symbolic=is_symbolic, has_guarding_hint=has_guarding_hint)
     return answers
 
 
@@ -334,7 +359,13 @@ def _answers() -> dict[str, dict[str, tuple[object, frozenset[str] | None]]]:
         _ANSWERS["sympy"] = {
             # ``isinstance(x, (Number, TensorLike, sympy.Basic))`` in every elementwise op's dtype rule.
             "Basic": (_absent("sympy", "Basic"), frozenset({"torch._prims_common"}))}
+        # Imported, and never used, by the density test of every dtype conversion.
+        _ANSWERS[_SYMPY_FUNCTIONS] = {"Max": (_absent(_SYMPY_FUNCTIONS, "Max"), frozenset({"torch._prims_common"}))}
         _ANSWERS[_SYMBOLIC] = {name: (fn, None) for name, fn in _symbolic_shapes_answers().items()}
+        # Converting a constant names it (meta_utils) and asks whether it came from random (fake_tensor).
+        _ANSWERS[_DYNAMO_SOURCE] = {
+            "ConstantSource": (_ConstantSource, frozenset({"torch._subclasses.meta_utils"})),
+            "RandomValueSource": (_absent(_DYNAMO_SOURCE, "RandomValueSource"), frozenset({_FAKE_TENSOR}))}
         _ANSWERS[_SYMBOLIC]["GuardOnDataDependentSymNode"] = (_GuardOnDataDependentSymNode, frozenset({_FAKE_TENSOR}))
     return _ANSWERS
 
@@ -382,7 +413,7 @@ def unused_imports_deferred() -> Iterator[None]:
     """
     answers = _answers()
     installed = []
-    for name in ("sympy", _SYMBOLIC):
+    for name in ("sympy", _SYMPY_FUNCTIONS, _SYMBOLIC, _DYNAMO_SOURCE):
         if name not in sys.modules and _spec(name) is not None:
             stand_in = _Deferred(name, _spec(name), answers[name])
             sys.modules[name] = stand_in
@@ -403,8 +434,14 @@ _SPECS: dict[str, Any] = {}
 def _spec(name: str) -> Any:
     """The module's import spec (found once per process), or None where it is not installed."""
     if name not in _SPECS:
+        parent = name.rpartition(".")[0]
         try:
-            _SPECS[name] = importlib.util.find_spec(name)
+            if not parent or parent in sys.modules:
+                _SPECS[name] = importlib.util.find_spec(name)
+            else:  # found without importing the parent (``find_spec`` would: torch._dynamo's is the compiler)
+                found = _spec(parent)
+                locations = found.submodule_search_locations if found is not None else None
+                _SPECS[name] = importlib.machinery.PathFinder.find_spec(name, locations) if locations else None
         except (ImportError, ValueError):
             _SPECS[name] = None
     return _SPECS[name]
