@@ -8,6 +8,7 @@ tested in tests/test_startup.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -124,7 +125,7 @@ with fakemode.unused_imports_deferred():
     exception = stand_in.GuardOnDataDependentSymNode  # asked from here, not from fake-tensor dispatch
     real = sys.modules[sym]
     out["real_exception"] = exception is real.GuardOnDataDependentSymNode and type(real).__name__ == "module"
-    out["stale_forwards"] = stand_in.guard_or_false is real.guard_or_false
+    out["stale_forwards"] = stand_in.ShapeEnv is real.ShapeEnv and stand_in.guard_or_false(True) is True
     symbol = sympy_stand_in.Symbol("x")  # another name: the real sympy
     out["basic_after"] = [isinstance(symbol, placeholder), isinstance(3, placeholder)]
 out["left"] = [n for n in ("sympy", sym) if isinstance(sys.modules.get(n), fakemode._Deferred)]
@@ -139,3 +140,67 @@ def test_stand_ins_answer_their_names_and_hand_the_rest_to_the_real_module():
     assert out == {"deferred": ["_Deferred", "_Deferred"], "file": True, "path": False, "answered": True,
                    "not_yet_basic": True, "still_deferred": ["_Deferred", "_Deferred"], "real_exception": True,
                    "stale_forwards": True, "basic_after": [True, False], "left": []}
+
+
+def _layout(t: torch.Tensor) -> tuple:
+    return (tuple(t.shape), t.stride(), t.dtype, t.device)
+
+
+def test_batch_norms_output_is_the_kernels_where_it_is_certain():
+    answered = 0
+    for shape, fmt, dtype, affine, stats, training in itertools.product(
+            [(4, 3), (4, 3, 5), (2, 3, 4, 5), (2, 3, 2, 4, 5), (1, 3), (1, 3, 1, 1)],
+            [torch.contiguous_format, torch.channels_last, torch.channels_last_3d],
+            [torch.float32, torch.float64, torch.bfloat16], [True, False], [True, False], [True, False]):
+        with FakeTensorMode():
+            x = torch.empty(shape, dtype=dtype)
+            if fmt is torch.channels_last and len(shape) == 4 or fmt is torch.channels_last_3d and len(shape) == 5:
+                x = x.contiguous(memory_format=fmt)
+            c = shape[1]
+            per_channel = [torch.empty(c) if affine else None] * 2 + [torch.empty(c) if stats else None] * 2
+            args = (x, *per_channel, training, 0.1, 1e-5, False)
+            ours = fakemode._batch_norm(args, {})
+            try:
+                theirs = torch.ops.aten.batch_norm.default(*args)
+            except Exception:  # noqa: BLE001 - the kernel refuses: so must the rule
+                theirs = None
+        if ours is not None:
+            answered += 1
+            assert theirs is not None and _layout(ours) == _layout(theirs), (shape, fmt, dtype, affine, stats, training)
+    assert answered > 100
+
+
+def test_batch_norm_leaves_what_it_cannot_be_sure_of_to_the_kernel():
+    with FakeTensorMode():
+        x, c = torch.empty(4, 3, 5), torch.empty(3)
+        assert fakemode._batch_norm((x, torch.empty(4), c, c, c, True, 0.1, 1e-5, False), {}) is None  # wrong size
+        assert fakemode._batch_norm((x[:, :, ::2], c, c, c, c, True, 0.1, 1e-5, False), {}) is None  # not dense
+        one = torch.empty(1, 3)
+        assert fakemode._batch_norm((one, c, c, c, c, True, 0.1, 1e-5, False), {}) is None  # one value per channel
+        assert fakemode._batch_norm((x, c, c, None, None, False, 0.1, 1e-5, False), {}) is None  # eval, no stats
+        assert fakemode._batch_norm((x.long(), c, c, c, c, True, 0.1, 1e-5, False), {}) is None
+
+
+def test_slow_kernels_run_once_per_signature_and_still_refuse():
+    slow, runs = fakemode.SlowKernels(), []
+    func = torch.ops.aten.native_batch_norm.default
+
+    def run(args):
+        def go():
+            runs.append(1)
+            return func(*args)
+        return go
+
+    with FakeTensorMode():
+        for channels_last in (False, False, True, True):
+            x, c = torch.empty(2, 3, 4, 5), torch.empty(3)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            args = (x, c, c, torch.empty(3), torch.empty(3), True, 0.1, 1e-5)
+            out = slow(func, args, {}, run(args))
+            assert [_layout(o) for o in out] == [_layout(o) for o in func(*args)]
+        assert len(runs) == 2  # once per layout
+        bad = (torch.empty(2, 3, 4, 5), torch.empty(4), None, None, None, True, 0.1, 1e-5)
+        for _ in range(2):
+            with pytest.raises(RuntimeError):
+                slow(func, bad, {}, run(bad))

@@ -363,6 +363,26 @@ def test_mehler_matches_2d_quadrature():
         assert approx == pytest.approx(exact, rel=1e-4)
 
 
+@pytest.mark.parametrize("shapes", [((), (), ()), ((5,), (5,), (5,)), ((7, 7), (7, 7), (7, 7)), ((6,), (), (6,)),
+                                    ((6,), (), ()), ((3, 4, 2), (3, 4, 2), (3, 4, 2))])
+def test_mehler_sums_in_order_of_n(shapes):
+    # The same floating-point result as adding the terms one by one, in any broadcast.
+    def one_by_one(d_a, d_b, rho):
+        out, p = d_a[..., 0] * d_b[..., 0], torch.ones_like(rho)
+        for n in range(1, d_a.shape[-1]):
+            p = p * rho
+            out = out + d_a[..., n] * d_b[..., n] * p
+        return out
+
+    g = torch.Generator().manual_seed(0)
+    a_shape, b_shape, rho_shape = shapes
+    for _ in range(10):
+        d_a = torch.randn(*a_shape, numerics.N_HERMITE + 1, dtype=torch.float64, generator=g)
+        d_b = torch.randn(*b_shape, numerics.N_HERMITE + 1, dtype=torch.float64, generator=g)
+        rho = torch.rand(rho_shape, dtype=torch.float64, generator=g) * 2 - 1
+        assert torch.equal(numerics.mehler(d_a, d_b, rho), one_by_one(d_a, d_b, rho))
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     steps=st.integers(1, 30),

@@ -197,6 +197,16 @@ class _Context:
     seq_first: bool
     copy: Any = None
     copy_failed: bool = False
+    slow: Any = None
+
+    @property
+    def slow_kernels(self) -> Any:
+        """One mode for all trial forwards, which keeps BatchNorm's outputs per signature."""
+        if self.slow is None:
+            from gradlint.capture.fakemode import SlowKernelsSkipped
+
+            self.slow = SlowKernelsSkipped()
+        return self.slow
 
     def meta_copy(self) -> Any:
         if self.copy is None and not self.copy_failed:
@@ -497,7 +507,7 @@ def _attempt(ctx: _Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> st
         # wrappers, whose first call imports the compiler: 1.1 s of a first check that infers
         # a CIFAR MobileNetV2's inputs.
         with _kept_as_found(), quiet(), torch.no_grad(), caches_kept(copy), compiler_unloaded(), \
-                unused_imports_deferred():
+                unused_imports_deferred(), ctx.slow_kernels:
             copy(*meta_args, **meta_kwargs)
     except Exception as exc:  # noqa: BLE001 - the user's forward on a trial input: any failure counts
         return "unsure" if meta_only(exc) else "fails"

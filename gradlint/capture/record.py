@@ -42,6 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_leaves
 
 from gradlint.capture.aten import _GRADLINT_DIR, _TORCH_DIR
+from gradlint.capture.fakemode import SlowKernels
 
 if TYPE_CHECKING:
     from gradlint.capture.reads import ValueReader
@@ -357,6 +358,7 @@ class _Recorder(ProxyTorchDispatchMode):
         self.enter_stack = []
         self.builder = builder
         self.reader = reader
+        self.slow = SlowKernels()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -372,7 +374,7 @@ class _Recorder(ProxyTorchDispatchMode):
             if func in _PACKING and self.reader is not None:
                 raise DynamicOutputShapeException(func)
             with torch._C._DisablePythonDispatcher():
-                out = func(*args, **kwargs)
+                out = self.slow(func, args, kwargs, lambda: func(*args, **kwargs))
         except (DataDependentOutputException, DynamicOutputShapeException):
             # A value the forward reads (.item(), `if mask.any()`, x[mask]) on fake tensors.
             if self.reader is None:

@@ -85,13 +85,15 @@ def hermite(name: str, mu: float, v: float) -> torch.Tensor:
 
 
 def mehler(d_a: torch.Tensor, d_b: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-    """Σ_n d_a[..., n]·d_b[..., n]·ρⁿ, elementwise over the leading dims."""
-    out = d_a[..., 0] * d_b[..., 0]
-    p = torch.ones_like(rho)
-    for n in range(1, d_a.shape[-1]):
-        p = p * rho
-        out = out + d_a[..., n] * d_b[..., n] * p
-    return out
+    """Σ_n d_a[..., n]·d_b[..., n]·ρⁿ, elementwise over the leading dims.
+
+    Summed in order of n (``cumsum``, sequential on the CPU): the same floating-point result as
+    adding the terms one by one, in three ops instead of seventy (an LSTM's check makes ~850 calls).
+    """
+    n = d_a.shape[-1]
+    powers = torch.cumprod(rho[..., None].expand(*rho.shape, n - 1), -1)
+    terms = d_a * d_b * torch.cat([torch.ones_like(powers[..., :1]), powers], -1)
+    return torch.cumsum(terms, -1)[..., -1]
 
 
 def corr(cov: torch.Tensor, var_a: torch.Tensor, var_b: torch.Tensor) -> torch.Tensor:
