@@ -253,7 +253,7 @@ def floor(rounds: int, baseline: str | None = None, check: str | None = None, on
     # repository (and its gradlint) on sys.path, and --check or --baseline would not run alone.
     scratch = Path(tempfile.mkdtemp(prefix="gradlint-floor-"))
     for folder, rel in FLOOR_FILES:
-        if only and not any(o in rel for o in only):
+        if only and not any(o in f"{folder}/{rel}" for o in only):
             continue
         cwd = scratch / Path(folder).name
         if not cwd.exists():
