@@ -167,7 +167,7 @@ def test_batch_norms_output_is_the_kernels_where_it_is_certain():
         if ours is not None:
             answered += 1
             assert theirs is not None and _layout(ours) == _layout(theirs), (shape, fmt, dtype, affine, stats, training)
-    assert answered > 100
+    assert answered == 252  # of 432: the rest (eval without statistics, one value per channel, ...) go to the kernel
 
 
 def test_batch_norm_leaves_what_it_cannot_be_sure_of_to_the_kernel():
