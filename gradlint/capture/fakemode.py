@@ -182,27 +182,26 @@ _FAKE_TENSOR = "torch._subclasses.fake_tensor"
 class _Deferred(types.ModuleType):
     """A module not imported yet, in ``sys.modules`` while capture runs.
 
-    It answers a few names itself, each to the importers listed with it (``None``: to any):
-    the answers in ``_answers``. Any other name, or any other importer, imports the real
-    module, which takes its place in ``sys.modules``; a stale reference to the stand-in keeps
-    forwarding other names to it.
+    It answers a few names itself (``_answers``), each to the importers listed with it
+    (``None``: to any). Any other name, or any other importer, imports the real module, which
+    takes its place in ``sys.modules``; a stale reference to the stand-in keeps forwarding
+    other names to it.
     """
 
     def __init__(self, name: str, spec: Any, answers: dict[str, tuple[object, frozenset[str] | None]]) -> None:
         super().__init__(name)
         self.__spec__ = spec
-        self._answers = {k: v for k, v in answers.items() if v[1] is not None}
+        self._only_to = {k: v for k, v in answers.items() if v[1] is not None}
         # Answers for any importer are plain attributes: fake-tensor dispatch asks for them
         # ~40,000 times in a CIFAR MobileNetV2's check. They stay correct after the real module
         # is imported (each passes anything symbolic to the real function).
         self.__dict__.update({k: v[0] for k, v in answers.items() if v[1] is None})
 
     def __getattr__(self, name: str) -> object:
-        answer = self._answers.get(name)
-        if answer is not None and sys.modules.get(self.__name__) is self:
-            value, importers = answer
-            if importers is None or sys._getframe(1).f_globals.get("__name__") in importers:
-                return value
+        answer = self._only_to.get(name)
+        if answer is not None and sys.modules.get(self.__name__) is self and \
+                sys._getframe(1).f_globals.get("__name__") in answer[1]:
+            return answer[0]
         spec = self.__spec__
         if name == "__path__" and spec.submodule_search_locations is None:
             raise AttributeError(name)  # asked by every ``from module import ...``: a plain module has none
