@@ -78,9 +78,30 @@ class LastPosition(nn.Module):  # a constant made from Python data, as nanoGPT's
 
 
 last = gradlint.check(LastPosition(), (torch.randn(2, 5, 16),))
+
+
+class Mixed(nn.Module):  # embeddings, a transformer layer, an LSTM, conv, group norm, pooling, SDPA
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(100, 32)
+        self.enc = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+        self.lstm = nn.LSTM(32, 32, batch_first=True)
+        self.conv = nn.Conv1d(32, 32, 3, padding=1)
+        self.gn = nn.GroupNorm(4, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, ids):
+        x, _ = self.lstm(self.enc(self.emb(ids)))
+        y = nn.functional.max_pool1d(self.gn(nn.functional.gelu(self.conv(x.transpose(1, 2)))), 2).transpose(1, 2)
+        q = y.reshape(y.shape[0], y.shape[1], 4, 8).transpose(1, 2)
+        a = nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).transpose(1, 2).reshape(y.shape)
+        return self.head(nn.functional.dropout(a.softmax(-1), 0.1)).mean(1)
+
+
+mixed = gradlint.check(Mixed(), (torch.randint(0, 100, (4, 16)),))
 state = {{"loaded": [m for m in {deferred!r} if m in sys.modules], "attr": "_dynamo" in torch.__dict__,
           "report": report.to_dict(), "inferred": inferred.to_dict(),
-          "last": last.to_dict()}}
+          "last": last.to_dict(), "mixed": mixed.to_dict()}}
 
 
 class Gathered(nn.Module):  # a data-dependent shape: torch.export, with the real modules, mid-capture
@@ -132,10 +153,10 @@ def test_capture_leaves_unneeded_modules_unloaded_and_working():
     assert "torch.distributed.tensor" in dtensor["loaded"] and "torch._dynamo" not in dtensor["loaded"]
     # The same analysis whether or not those modules were there first.
     for other in (warm, dtensor):
-        for key in ("report", "inferred", "last", "gathered"):
+        for key in ("report", "inferred", "last", "mixed", "gathered"):
             assert cold[key] == other[key], key
     assert cold["inferred"]["inputs"] and cold["gathered"]["status"] == "ok"
-    assert cold["last"]["analysis"] == "export"  # the graph, recorded
+    assert cold["last"]["analysis"] == cold["mixed"]["analysis"] == "export"  # the graph, recorded
     for state in (cold, warm, dtensor):
         assert state["compiled"] == pytest.approx([2 * 0.7615941559557649] * 3)
         assert state["one_config"] and state["export"] > 5
