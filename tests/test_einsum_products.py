@@ -23,7 +23,10 @@ import torch.nn as nn
 from helpers import measured_log_rms
 
 from gradlint.api import predict
-from gradlint.engine.transfers.attention import einsum_counts
+from gradlint.capture import einsum
+from gradlint.capture.graph import Node
+from gradlint.engine.state import Fwd
+from gradlint.engine.transfers.attention import _counts, einsum_counts
 
 
 class TalkingHeads(nn.Module):
@@ -58,6 +61,18 @@ def test_einsum_counts_read_the_equation():
     assert einsum_counts("bhid,bhjd->bhij", (4, 8, 64, 32), (4, 8, 64, 32)) == (32, 64, 64)
     assert einsum_counts("...ij,...jk", (4, 3, 5), (4, 5, 7)) == (5, 7, 3)
     assert einsum_counts("ij,jk,kl->il", (2, 3), (3, 4)) is None
+
+
+def test_a_products_counts_from_capture_letters_are_the_equations():
+    # The matmul rule reads the letters capture kept on the node (einsum.terms, once per
+    # product); they give what reading the equation again gives.
+    for eq, sa, sb in [("b h i j, h g -> b g i j", (4, 8, 64, 64), (8, 8)),
+                       ("bhid,bhjd->bhij", (4, 8, 64, 32), (4, 8, 64, 32)), ("...ij,...jk", (4, 3, 5), (4, 5, 7))]:
+        ins, out = einsum.terms(eq, [len(sa), len(sb)])
+        kept = Node("e", "matmul", attrs={"equation": eq, "target": "einsum", "terms": (*ins, out)})
+        read = Node("e", "matmul", attrs={"equation": eq, "target": "einsum"})
+        a, b = Fwd(q=1.0, shape=sa), Fwd(q=1.0, shape=sb)
+        assert _counts(kept, a, b, ()) == _counts(read, a, b, ()) == einsum_counts(eq, sa, sb)
 
 
 def test_talking_heads_attention_matches_a_real_backward():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import inspect
 import io
 import os
@@ -197,16 +198,13 @@ class _Context:
     seq_first: bool
     copy: Any = None
     copy_failed: bool = False
-    slow: Any = None
 
-    @property
+    @functools.cached_property
     def slow_kernels(self) -> Any:
         """One mode for all trial forwards, which keeps BatchNorm's outputs per signature."""
-        if self.slow is None:
-            from gradlint.capture.fakemode import SlowKernelsSkipped
+        from gradlint.capture.fakemode import SlowKernelsSkipped
 
-            self.slow = SlowKernelsSkipped()
-        return self.slow
+        return SlowKernelsSkipped()
 
     def meta_copy(self) -> Any:
         if self.copy is None and not self.copy_failed:

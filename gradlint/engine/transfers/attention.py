@@ -103,6 +103,10 @@ def einsum_counts(equation: str, sa: tuple, sb: tuple) -> tuple[int, int, int] |
     if parsed is None:
         return None
     (ta, tb), out = parsed
+    return _letter_counts(ta, tb, out, sa, sb)
+
+
+def _letter_counts(ta: str, tb: str, out: str, sa: tuple, sb: tuple) -> tuple[int, int, int]:
     size: dict[str, int] = {}
     for term, shape in zip((ta, tb), (sa, sb)):
         for c, d in zip(term, shape):
@@ -118,6 +122,9 @@ def einsum_counts(equation: str, sa: tuple, sb: tuple) -> tuple[int, int, int] |
 def _counts(node: Node, a: Fwd, b: Fwd, out_shape_: tuple) -> tuple[int, int, int]:
     """(contracted size, gradient terms for a, for b) of a product of two tensors: the
     einsum's own letters where it is one, else a matmul's last dim of a against b's rows."""
+    terms = node.attrs.get("terms", ())
+    if len(terms) == 3 and (len(terms[0]), len(terms[1])) == (len(a.shape), len(b.shape)):
+        return _letter_counts(*terms, tuple(a.shape), tuple(b.shape))  # read by capture (einsum.terms)
     eq = node.attrs.get("equation")
     if isinstance(eq, str):
         got = einsum_counts(eq, tuple(a.shape), tuple(b.shape))

@@ -46,7 +46,8 @@ class Packing(Transfer):
         meta = Fwd(q=0.0, shape=meta_shape, roles=default_roles(meta_shape), dtype="int", const=True, blocked=True)
         if node.attrs.get("op") == "_pack_padded_sequence":
             return x.with_(shape=data_shape, roles=default_roles(data_shape), origin=None), meta
-        share = x.numel / math.prod(data_shape) if math.prod(data_shape) else 1.0
+        n = math.prod(data_shape)
+        share = x.numel / n if n else 1.0
         roles = default_roles(data_shape)
         if len(data_shape) == 3 and not node.attrs.get("batch_first"):
             roles = "PBF"
